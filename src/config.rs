@@ -1,0 +1,350 @@
+//! Configuration: serde structs with defaults, read from a TOML file, then `FERRY_*`
+//! environment variables, then command-line flags, then validated with messages that say
+//! what to fix. Every key has a default, so an empty file is a complete config.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem, naming the key and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown keys or wrong types.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {key}: {message}")]
+    Invalid {
+        /// The offending key, as written in the file.
+        key: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// A duration written as `"30s"`, `"5m"`, `"24h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration such as \"30s\" or \"5m\": {e}")))
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and connection limits.
+    pub server: ServerConfig,
+    /// TLS for the registry listener.
+    pub tls: TlsConfig,
+    /// Where content is kept.
+    pub storage: StorageConfig,
+    /// Registry behaviour.
+    pub registry: RegistryConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Registry API address. Default `"127.0.0.1:5000"`.
+    pub listen: String,
+    /// Admin address for `/metrics`, `/healthz`, `/readyz`. Default `"127.0.0.1:5090"`.
+    pub admin_listen: String,
+    /// Time a client has to send a request's headers; also closes idle keep-alive connections. Default `"30s"`.
+    pub header_read_timeout: HumanDuration,
+    /// Requests served at once; more get 429 with `Retry-After`. Default `1024`.
+    pub max_in_flight_requests: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests may run before they are cut. Default `"30s"`.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:5000".into(),
+            admin_listen: "127.0.0.1:5090".into(),
+            header_read_timeout: HumanDuration(Duration::from_secs(30)),
+            max_in_flight_requests: 1024,
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[tls]`: both `cert` and `key` (PEM files) turn TLS on for the registry listener.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM. Default `""` (no TLS).
+    pub cert: String,
+    /// Private key, PEM. Default `""` (no TLS).
+    pub key: String,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty() || !self.key.is_empty()
+    }
+}
+
+/// The storage backend.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The local filesystem under `data_dir`.
+    #[default]
+    Fs,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `"fs"` (the default).
+    pub backend: Backend,
+    /// Directory of the filesystem backend. Default `"./data"`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { backend: Backend::Fs, data_dir: PathBuf::from("./data") }
+    }
+}
+
+/// `[registry]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Allow DELETE of blobs, manifests and tags, as ECR does. Default `true`.
+    pub delete_enabled: bool,
+    /// Upload sessions with no write for this long are purged. Default `"24h"`.
+    pub upload_max_idle: HumanDuration,
+    /// How often to look for abandoned upload sessions. Default `"10m"`.
+    pub upload_purge_interval: HumanDuration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            delete_enabled: true,
+            upload_max_idle: HumanDuration(Duration::from_secs(24 * 3600)),
+            upload_purge_interval: HumanDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"text"` (default) or `"json"`.
+    pub format: LogFormat,
+    /// A tracing filter such as `"info"` or `"ferry=debug"`. Default `"info"`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given), applies `FERRY_*` variables from `env`, and returns the unvalidated config.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_owned(), source })?,
+            None => String::new(),
+        };
+        Self::from_toml(&text, env)
+    }
+
+    /// Parses TOML text and applies `FERRY_*` overrides.
+    pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        let defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("FERRY_")).collect();
+        for (var, value) in &env {
+            apply_env(&mut table, &defaults, var, value)?;
+        }
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Checks values that types cannot, with messages that say what to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let addr = |key, v: &str| {
+            v.parse::<SocketAddr>().map(|_| ()).map_err(|_| ConfigError::Invalid {
+                key,
+                message: format!("{v:?} is not an address such as \"127.0.0.1:5000\""),
+            })
+        };
+        addr("server.listen", &self.server.listen)?;
+        addr("server.admin_listen", &self.server.admin_listen)?;
+        if self.server.max_in_flight_requests == 0 {
+            return Err(ConfigError::Invalid {
+                key: "server.max_in_flight_requests",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.server.header_read_timeout.0.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "server.header_read_timeout",
+                message: "must be more than 0s".into(),
+            });
+        }
+        if self.tls.enabled() {
+            let pair = [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)];
+            if let Some((key, _)) = pair.iter().find(|(_, v)| v.is_empty()) {
+                return Err(ConfigError::Invalid { key, message: "TLS needs both tls.cert and tls.key (PEM files)".into() });
+            }
+            if let Some((key, v)) = pair.iter().find(|(_, v)| !Path::new(v).is_file()) {
+                return Err(ConfigError::Invalid { key, message: format!("{v:?} is not a readable file") });
+            }
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "storage.data_dir",
+                message: "give a directory for the data".into(),
+            });
+        }
+        if self.registry.upload_purge_interval.0.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "registry.upload_purge_interval",
+                message: "must be more than 0s".into(),
+            });
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::Invalid {
+                key: "log.level",
+                message: format!("{:?} is not a filter such as \"info\" or \"ferry=debug\"", self.log.level),
+            });
+        }
+        Ok(())
+    }
+
+    /// The effective settings as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Sets the key that `var` names (`FERRY_SERVER_ADMIN_LISTEN` → `server.admin_listen`),
+/// typed like its default. Known keys are matched rather than split on `_`, because keys contain `_`.
+fn apply_env(table: &mut toml::Table, defaults: &toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    for (section, fields) in defaults {
+        let Some(fields) = fields.as_table() else { continue };
+        for (field, default) in fields {
+            let name = format!("FERRY_{}_{}", section.to_uppercase(), field.to_uppercase());
+            if name != var {
+                continue;
+            }
+            let parsed = match default {
+                toml::Value::String(_) => toml::Value::String(value.to_owned()),
+                toml::Value::Integer(_) => toml::Value::Integer(value.parse().map_err(|_| ConfigError::Invalid {
+                    key: "environment",
+                    message: format!("{var}={value:?} must be a whole number"),
+                })?),
+                toml::Value::Boolean(_) => toml::Value::Boolean(value.parse().map_err(|_| ConfigError::Invalid {
+                    key: "environment",
+                    message: format!("{var}={value:?} must be true or false"),
+                })?),
+                _ => continue,
+            };
+            let section_table = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let Some(t) = section_table.as_table_mut() {
+                t.insert(field.clone(), parsed);
+            }
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_and_single_section() {
+        let c = Config::from_toml("", env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+        let c = Config::from_toml("[server]\nlisten = \"127.0.0.1:7000\"\n", env(&[])).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:7000");
+        assert_eq!(c.server.admin_listen, "127.0.0.1:5090");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = Config::from_toml(
+            "[server]\nlisten = \"127.0.0.1:7000\"\n",
+            env(&[
+                ("FERRY_SERVER_LISTEN", "127.0.0.1:7001"),
+                ("FERRY_SERVER_ADMIN_LISTEN", "127.0.0.1:7002"),
+                ("FERRY_REGISTRY_DELETE_ENABLED", "false"),
+                ("FERRY_SERVER_MAX_IN_FLIGHT_REQUESTS", "7"),
+                ("FERRY_REGISTRY_UPLOAD_MAX_IDLE", "1h"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:7001");
+        assert_eq!(c.server.admin_listen, "127.0.0.1:7002");
+        assert!(!c.registry.delete_enabled);
+        assert_eq!(c.server.max_in_flight_requests, 7);
+        assert_eq!(c.registry.upload_max_idle.0, Duration::from_secs(3600));
+        assert!(Config::from_toml("", env(&[("FERRY_SERVER_MAX_IN_FLIGHT_REQUESTS", "x")])).is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_toml("[server]\nlisen = \"x\"\n", env(&[])).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::from_toml("[registry]\nupload_max_idle = \"soon\"\n", env(&[])).unwrap_err().to_string();
+        assert!(e.contains("soon"), "{e}");
+        let c = Config::from_toml("[server]\nlisten = \"nowhere\"\n", env(&[])).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("server.listen"));
+        let c = Config::from_toml("[tls]\ncert = \"/nonexistent\"\n", env(&[])).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("tls.key"));
+    }
+}

@@ -1,0 +1,261 @@
+//! Parse, then dispatch: a request's method and path become one typed [`Endpoint`], scanned
+//! from the right so repository names of any depth work. Names, tags and digests are
+//! validated here, before anything touches storage.
+
+use crate::oci::{Digest, ErrorCode, OciError, Reference, RepositoryName};
+use crate::storage::UploadId;
+use http::Method;
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /v2/`
+    Base,
+    /// `GET /v2/_catalog`
+    Catalog,
+    /// `GET /v2/<name>/blobs/<digest>`
+    BlobGet(RepositoryName, Digest),
+    /// `HEAD /v2/<name>/blobs/<digest>`
+    BlobHead(RepositoryName, Digest),
+    /// `DELETE /v2/<name>/blobs/<digest>`
+    BlobDelete(RepositoryName, Digest),
+    /// `POST /v2/<name>/blobs/uploads/`
+    UploadStart(RepositoryName),
+    /// `GET /v2/<name>/blobs/uploads/<id>`
+    UploadStatus(RepositoryName, UploadId),
+    /// `PATCH /v2/<name>/blobs/uploads/<id>`
+    UploadChunk(RepositoryName, UploadId),
+    /// `PUT /v2/<name>/blobs/uploads/<id>?digest=`
+    UploadFinish(RepositoryName, UploadId),
+    /// `DELETE /v2/<name>/blobs/uploads/<id>`
+    UploadCancel(RepositoryName, UploadId),
+    /// `GET /v2/<name>/manifests/<reference>`
+    ManifestGet(RepositoryName, Reference),
+    /// `HEAD /v2/<name>/manifests/<reference>`
+    ManifestHead(RepositoryName, Reference),
+    /// `PUT /v2/<name>/manifests/<reference>`
+    ManifestPut(RepositoryName, Reference),
+    /// `DELETE /v2/<name>/manifests/<reference>`
+    ManifestDelete(RepositoryName, Reference),
+    /// `GET /v2/<name>/tags/list`
+    TagsList(RepositoryName),
+    /// `GET /v2/<name>/referrers/<digest>`
+    Referrers(RepositoryName, Digest),
+}
+
+/// What an endpoint does, for authorization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Reads content.
+    Pull,
+    /// Writes content.
+    Push,
+    /// Removes content.
+    Delete,
+}
+
+impl Endpoint {
+    /// A stable, low-cardinality name for metric labels and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Base => "base",
+            Self::Catalog => "catalog",
+            Self::BlobGet(..) => "blob_get",
+            Self::BlobHead(..) => "blob_head",
+            Self::BlobDelete(..) => "blob_delete",
+            Self::UploadStart(..) => "upload_start",
+            Self::UploadStatus(..) => "upload_status",
+            Self::UploadChunk(..) => "upload_chunk",
+            Self::UploadFinish(..) => "upload_finish",
+            Self::UploadCancel(..) => "upload_cancel",
+            Self::ManifestGet(..) => "manifest_get",
+            Self::ManifestHead(..) => "manifest_head",
+            Self::ManifestPut(..) => "manifest_put",
+            Self::ManifestDelete(..) => "manifest_delete",
+            Self::TagsList(..) => "tags_list",
+            Self::Referrers(..) => "referrers",
+        }
+    }
+
+    /// Whether the endpoint reads, writes or removes.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Base
+            | Self::Catalog
+            | Self::BlobGet(..)
+            | Self::BlobHead(..)
+            | Self::ManifestGet(..)
+            | Self::ManifestHead(..)
+            | Self::TagsList(..)
+            | Self::Referrers(..) => Action::Pull,
+            Self::UploadStart(..)
+            | Self::UploadStatus(..)
+            | Self::UploadChunk(..)
+            | Self::UploadFinish(..)
+            | Self::UploadCancel(..)
+            | Self::ManifestPut(..) => Action::Push,
+            Self::BlobDelete(..) | Self::ManifestDelete(..) => Action::Delete,
+        }
+    }
+
+    /// Parses a request line into an endpoint, or the OCI error to answer with.
+    pub fn parse(method: &Method, path: &str) -> Result<Self, OciError> {
+        let rest = path.strip_prefix("/v2").filter(|r| r.is_empty() || r.starts_with('/')).ok_or_else(not_found)?;
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        if rest.is_empty() {
+            return one_method(method, &[Method::GET, Method::HEAD]).map(|_| Self::Base);
+        }
+        if rest == "_catalog" {
+            return one_method(method, &[Method::GET]).map(|_| Self::Catalog);
+        }
+        let decoded = percent_encoding::percent_decode_str(rest)
+            .decode_utf8()
+            .map_err(|_| OciError::new(ErrorCode::NameInvalid, "the path is not valid UTF-8"))?;
+        let segments: Vec<&str> = decoded.split('/').collect();
+        let n = segments.len();
+        let name_of = |end: usize| -> Result<RepositoryName, OciError> {
+            let name = segments[..end].join("/");
+            RepositoryName::parse(&name).map_err(|e| {
+                OciError::new(ErrorCode::NameInvalid, e.to_string())
+                    .with_detail(serde_json::json!({ "name": name.chars().take(300).collect::<String>() }))
+            })
+        };
+        let digest_of = |s: &str| Digest::parse(s).map_err(|e| OciError::new(ErrorCode::DigestInvalid, e.to_string()));
+        // Scan from the right: the last segments say which endpoint it is.
+        if n >= 3 && segments[n - 2] == "tags" && segments[n - 1] == "list" {
+            let name = name_of(n - 2)?;
+            return one_method(method, &[Method::GET]).map(|_| Self::TagsList(name));
+        }
+        if n >= 3 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads" {
+            let name = name_of(n - 3)?;
+            if segments[n - 1].is_empty() {
+                return one_method(method, &[Method::POST]).map(|_| Self::UploadStart(name));
+            }
+            let id = UploadId::parse(segments[n - 1])
+                .ok_or_else(|| OciError::new(ErrorCode::BlobUploadUnknown, "upload id is not a known session"))?;
+            return match *method {
+                Method::GET | Method::HEAD => Ok(Self::UploadStatus(name, id)),
+                Method::PATCH => Ok(Self::UploadChunk(name, id)),
+                Method::PUT => Ok(Self::UploadFinish(name, id)),
+                Method::DELETE => Ok(Self::UploadCancel(name, id)),
+                _ => Err(method_not_allowed()),
+            };
+        }
+        if n >= 2 && segments[n - 2] == "blobs" && segments[n - 1] == "uploads" {
+            let name = name_of(n - 2)?;
+            return one_method(method, &[Method::POST]).map(|_| Self::UploadStart(name));
+        }
+        if n >= 3 && segments[n - 2] == "blobs" {
+            let name = name_of(n - 2)?;
+            let digest = digest_of(segments[n - 1])?;
+            return match *method {
+                Method::GET => Ok(Self::BlobGet(name, digest)),
+                Method::HEAD => Ok(Self::BlobHead(name, digest)),
+                Method::DELETE => Ok(Self::BlobDelete(name, digest)),
+                _ => Err(method_not_allowed()),
+            };
+        }
+        if n >= 3 && segments[n - 2] == "manifests" {
+            let name = name_of(n - 2)?;
+            let reference = Reference::parse(segments[n - 1]).map_err(|e| match e {
+                crate::oci::name::ReferenceError::Digest(e) => OciError::new(ErrorCode::DigestInvalid, e.to_string()),
+                crate::oci::name::ReferenceError::Tag(e) => OciError::new(ErrorCode::TagInvalid, e.to_string()),
+            })?;
+            return match *method {
+                Method::GET => Ok(Self::ManifestGet(name, reference)),
+                Method::HEAD => Ok(Self::ManifestHead(name, reference)),
+                Method::PUT => Ok(Self::ManifestPut(name, reference)),
+                Method::DELETE => Ok(Self::ManifestDelete(name, reference)),
+                _ => Err(method_not_allowed()),
+            };
+        }
+        if n >= 3 && segments[n - 2] == "referrers" {
+            let name = name_of(n - 2)?;
+            let digest = digest_of(segments[n - 1])?;
+            return one_method(method, &[Method::GET]).map(|_| Self::Referrers(name, digest));
+        }
+        Err(not_found())
+    }
+}
+
+fn not_found() -> OciError {
+    OciError::new(ErrorCode::Unsupported, "no such endpoint in the registry API").with_status(404)
+}
+
+fn method_not_allowed() -> OciError {
+    OciError::new(ErrorCode::Unsupported, "this method is not supported on this endpoint")
+}
+
+fn one_method(method: &Method, allowed: &[Method]) -> Result<(), OciError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(method_not_allowed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(m: &str, p: &str) -> Result<Endpoint, OciError> {
+        Endpoint::parse(&Method::from_bytes(m.as_bytes()).unwrap(), p)
+    }
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn routes() {
+        let name = |s: &str| RepositoryName::parse(s).unwrap();
+        let d = Digest::parse(D).unwrap();
+        let id = "3f2e1a2b-0b7c-4c1d-9e6f-0a1b2c3d4e5f";
+        let uid = UploadId::parse(id).unwrap();
+        let cases: Vec<(&str, String, Endpoint)> = vec![
+            ("GET", "/v2/".into(), Endpoint::Base),
+            ("GET", "/v2".into(), Endpoint::Base),
+            ("GET", "/v2/_catalog".into(), Endpoint::Catalog),
+            ("GET", format!("/v2/a/b/c/blobs/{D}"), Endpoint::BlobGet(name("a/b/c"), d.clone())),
+            ("HEAD", format!("/v2/a/blobs/{D}"), Endpoint::BlobHead(name("a"), d.clone())),
+            ("DELETE", format!("/v2/a/blobs/{D}"), Endpoint::BlobDelete(name("a"), d.clone())),
+            ("POST", "/v2/a/blobs/uploads/".into(), Endpoint::UploadStart(name("a"))),
+            ("POST", "/v2/a/blobs/uploads".into(), Endpoint::UploadStart(name("a"))),
+            ("PATCH", format!("/v2/a/blobs/uploads/{id}"), Endpoint::UploadChunk(name("a"), uid)),
+            ("PUT", format!("/v2/a/blobs/uploads/{id}"), Endpoint::UploadFinish(name("a"), uid)),
+            ("GET", format!("/v2/a/blobs/uploads/{id}"), Endpoint::UploadStatus(name("a"), uid)),
+            ("DELETE", format!("/v2/a/blobs/uploads/{id}"), Endpoint::UploadCancel(name("a"), uid)),
+            (
+                "GET",
+                "/v2/manifests/x/manifests/latest".into(),
+                Endpoint::ManifestGet(name("manifests/x"), Reference::parse("latest").unwrap()),
+            ),
+            (
+                "PUT",
+                format!("/v2/a/manifests/{}", D.replace(':', "%3A")),
+                Endpoint::ManifestPut(name("a"), Reference::Digest(d.clone())),
+            ),
+            ("GET", "/v2/tags/tags/list".into(), Endpoint::TagsList(name("tags"))),
+            ("GET", format!("/v2/a/referrers/{D}"), Endpoint::Referrers(name("a"), d.clone())),
+            ("GET", format!("/v2/blobs/blobs/{D}"), Endpoint::BlobGet(name("blobs"), d)),
+        ];
+        for (m, p, want) in cases {
+            assert_eq!(parse(m, &p).unwrap(), want, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn rejects() {
+        let code = |m: &str, p: &str| parse(m, p).unwrap_err().code;
+        assert_eq!(code("GET", "/v2/A/tags/list"), ErrorCode::NameInvalid);
+        assert_eq!(code("GET", "/v2/../etc/tags/list"), ErrorCode::NameInvalid);
+        assert_eq!(code("GET", "/v2/a/%2e%2e/b/tags/list"), ErrorCode::NameInvalid);
+        assert_eq!(code("GET", "/v2/a/blobs/sha256:123"), ErrorCode::DigestInvalid);
+        assert_eq!(code("GET", "/v2/a/manifests/-bad"), ErrorCode::TagInvalid);
+        assert_eq!(code("GET", "/v2/a/blobs/uploads/not-a-uuid"), ErrorCode::BlobUploadUnknown);
+        assert_eq!(code("POST", "/v2/a/manifests/latest"), ErrorCode::Unsupported);
+        assert_eq!(parse("GET", "/v3/").unwrap_err().status, 404);
+        assert_eq!(parse("GET", "/v2/a").unwrap_err().status, 404);
+        assert_eq!(parse("GET", "/v2x").unwrap_err().status, 404);
+        let long = format!("/v2/{}/tags/list", "a".repeat(256));
+        assert_eq!(code("GET", &long), ErrorCode::NameInvalid);
+    }
+}

@@ -1,0 +1,265 @@
+//! The HTTP edge: listeners (plain, h2c, TLS), limits, graceful shutdown, routing to
+//! handlers, the admin listener, and turning errors into OCI error responses.
+//! The only module that knows hyper.
+
+mod admin;
+pub mod endpoint;
+mod error;
+mod handlers;
+
+use crate::metrics::Metrics;
+use crate::oci::OciError;
+use crate::registry::Registry;
+use crate::storage::ByteStream;
+use bytes::Bytes;
+use endpoint::Endpoint;
+use futures_util::StreamExt;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// Every response body: empty, whole, or streamed.
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// What every request handler shares.
+pub struct App {
+    /// The registry service.
+    pub registry: Arc<Registry>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Limits requests in flight (a permit lives until the response body ends).
+    pub in_flight: Arc<Semaphore>,
+    /// Whether start-up finished and shutdown has not begun, for `/readyz`.
+    pub ready: watch::Receiver<bool>,
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A body of bytes already in memory.
+pub fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A streamed body.
+pub fn stream(s: ByteStream) -> Body {
+    StreamBody::new(s.map(|r| r.map(Frame::data))).boxed_unsync()
+}
+
+/// Renders an OCI error as a response.
+pub fn error_response(e: &OciError) -> Response<Body> {
+    let body = e.to_body();
+    let mut resp = Response::builder()
+        .status(StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(full(Bytes::from(body)))
+        .unwrap_or_default();
+    for (name, value) in &e.headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            resp.headers_mut().insert(*name, v);
+        }
+    }
+    resp
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Serves one registry request: limit, parse, dispatch, count, log.
+pub async fn serve_request(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let Ok(permit) = app.in_flight.clone().try_acquire_owned() else {
+        app.metrics.http_rejected.inc();
+        let e = OciError::new(crate::oci::ErrorCode::Toomanyrequests, "too many requests in flight; retry shortly")
+            .with_header("Retry-After", "1");
+        return Ok(error_response(&e));
+    };
+    let (endpoint_name, result) = match Endpoint::parse(&method, &path) {
+        Ok(ep) => {
+            let name = ep.name();
+            (name, handlers::handle(&app, ep, req).await)
+        }
+        Err(e) => ("invalid", Err(e)),
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status >= 500 {
+                app.metrics.storage_errors.with_label_values(&[endpoint_name]).inc();
+                tracing::warn!(endpoint = endpoint_name, %method, path, code = ?e.code, message = %e.message, "request failed");
+            } else {
+                tracing::debug!(endpoint = endpoint_name, %method, path, code = ?e.code, message = %e.message, "request refused");
+            }
+            error_response(&e)
+        }
+    };
+    resp.headers_mut().insert("Docker-Distribution-API-Version", HeaderValue::from_static("registry/2.0"));
+    let status = resp.status();
+    let m = &app.metrics;
+    m.http_requests.with_label_values(&[endpoint_name, status_class(status)]).inc();
+    m.http_duration.with_label_values(&[endpoint_name]).observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        endpoint = endpoint_name,
+        %method,
+        path,
+        status = status.as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    // The permit and the in-flight gauge last until the body is fully sent (or dropped).
+    let sent = m.http_sent_bytes.with_label_values(&[endpoint_name]);
+    let guard = InFlight::new(permit, m.http_in_flight.clone());
+    let resp = resp.map(move |body| {
+        body.map_frame(move |frame| {
+            let _keep = &guard;
+            if let Some(d) = frame.data_ref() {
+                sent.inc_by(d.len() as u64);
+            }
+            frame
+        })
+        .boxed_unsync()
+    });
+    Ok(resp)
+}
+
+/// Holds an in-flight permit and keeps the gauge in step with it.
+struct InFlight {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl InFlight {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self { _permit: permit, gauge }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Connection settings for a listener.
+#[derive(Clone)]
+pub struct ListenerSettings {
+    /// Time allowed to send request headers; also ends idle keep-alive connections.
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests may finish after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// TLS, when configured.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true, then drains them for up to the grace period.
+pub async fn run_listener<F, Fut>(
+    listener: TcpListener,
+    settings: ListenerSettings,
+    mut shutdown: watch::Receiver<bool>,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(60)));
+    let builder = Arc::new(builder);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let handler = handler.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = settings.tls.clone();
+        let header_timeout = settings.header_read_timeout;
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(&handler);
+            match tls {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
+                    let _ = watcher.watch(conn).await;
+                }
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) = tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    let _ = watcher.watch(conn).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(settings.shutdown_grace) => {
+            tracing::warn!("shutdown grace period over; cutting the remaining connections");
+        }
+    }
+}
+
+/// Serves a request on the admin listener.
+pub async fn serve_admin(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    Ok(admin::handle(&app, req.uri().path()))
+}
+
+/// Binds a listener, with a message that names the address on failure.
+pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Loads the TLS certificate chain and key into an acceptor (HTTP/2 and HTTP/1.1 by ALPN).
+pub fn tls_acceptor(cert: &str, key: &str) -> std::io::Result<TlsAcceptor> {
+    let certs: Vec<_> =
+        rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(cert)?)).collect::<Result<_, _>>()?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(std::fs::File::open(key)?))?
+        .ok_or_else(|| std::io::Error::other(format!("{key} holds no private key")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(std::io::Error::other)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,141 @@
+//! Ferry: a self-hosted container registry and pull-through cache.
+//!
+//! [`start`] is the one entry point, used by `main` and by the tests: it opens storage,
+//! binds the registry and admin listeners and returns a [`RunningServer`].
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod oci;
+pub mod registry;
+pub mod storage;
+
+use config::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why Ferry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Storage could not be opened.
+    #[error("cannot open storage at {path}: {source}")]
+    Storage {
+        /// The data directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A listener could not be bound, or TLS files could not be loaded.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A running Ferry: its bound addresses and a handle to stop it.
+pub struct RunningServer {
+    /// The registry listener's address.
+    pub addr: SocketAddr,
+    /// The admin listener's address.
+    pub admin_addr: SocketAddr,
+    /// The metrics, for tests to read.
+    pub metrics: Arc<metrics::Metrics>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// A sender that starts the shutdown when `true` is sent, e.g. from a signal handler.
+    pub fn shutdown_trigger(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the listeners have stopped.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Validates `config`, opens storage, binds both listeners and starts serving.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    config.validate()?;
+    let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
+    let store = storage::fs::FsStorage::open(&config.storage.data_dir)
+        .map_err(|source| StartError::Storage { path: config.storage.data_dir.display().to_string(), source })?;
+    let settings = registry::Settings {
+        delete_enabled: config.registry.delete_enabled,
+        upload_max_idle: config.registry.upload_max_idle.0,
+    };
+    let registry = Arc::new(registry::Registry::new(Arc::new(store), settings, metrics.clone()));
+    let tls = if config.tls.enabled() { Some(http::tls_acceptor(&config.tls.cert, &config.tls.key)?) } else { None };
+    let (listener, addr) = http::bind(&config.server.listen).await?;
+    let (admin_listener, admin_addr) = http::bind(&config.server.admin_listen).await?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = watch::channel(true);
+    let app = Arc::new(http::App {
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight_requests)),
+        ready: ready_rx,
+    });
+    let settings = http::ListenerSettings {
+        header_read_timeout: config.server.header_read_timeout.0,
+        shutdown_grace: config.server.shutdown_grace.0,
+        tls,
+    };
+    let mut tasks = Vec::new();
+    let a = app.clone();
+    tasks.push(tokio::spawn(http::run_listener(listener, settings.clone(), shutdown_rx.clone(), move |req| {
+        http::serve_request(a.clone(), req)
+    })));
+    let admin_settings = http::ListenerSettings { tls: None, ..settings };
+    let a = app.clone();
+    tasks.push(tokio::spawn(http::run_listener(admin_listener, admin_settings, shutdown_rx.clone(), move |req| {
+        http::serve_admin(a.clone(), req)
+    })));
+    // Not ready once shutdown begins, so load balancers stop sending work.
+    let mut rx = shutdown_rx.clone();
+    tokio::spawn(async move {
+        let _ = rx.changed().await;
+        let _ = ready_tx.send(false);
+    });
+    tasks.push(tokio::spawn(purge_uploads(registry, config.registry.upload_purge_interval.0, shutdown_rx)));
+    tracing::info!(%addr, %admin_addr, tls = config.tls.enabled(), data_dir = %config.storage.data_dir.display(), "ferry started");
+    Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks })
+}
+
+/// Purges abandoned upload sessions every `interval` until shutdown.
+async fn purge_uploads(
+    registry: Arc<registry::Registry>,
+    interval: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match registry.purge_uploads().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "purged abandoned upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "purging upload sessions failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

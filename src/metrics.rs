@@ -1,0 +1,87 @@
+//! Every metric Ferry exports, in one place. Registered into a registry that is passed in
+//! (no globals), so tests can build their own and read counters back.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Ferry's metrics.
+pub struct Metrics {
+    /// The registry they are registered in, for `/metrics`.
+    pub registry: Registry,
+    /// `ferry_http_requests_total{endpoint,status_class}`.
+    pub http_requests: IntCounterVec,
+    /// `ferry_http_request_duration_seconds{endpoint}`: time to the response head.
+    pub http_duration: HistogramVec,
+    /// `ferry_http_sent_bytes_total{endpoint}`: body bytes served.
+    pub http_sent_bytes: IntCounterVec,
+    /// `ferry_http_received_bytes_total{endpoint}`: body bytes received.
+    pub http_received_bytes: IntCounterVec,
+    /// `ferry_http_requests_in_flight`.
+    pub http_in_flight: IntGauge,
+    /// `ferry_http_requests_rejected_total`: refused because too many were in flight.
+    pub http_rejected: IntCounter,
+    /// `ferry_uploads_in_progress`: upload sessions this process is tracking.
+    pub uploads_in_progress: IntGauge,
+    /// `ferry_storage_errors_total{endpoint}`: requests that failed because storage did.
+    pub storage_errors: IntCounterVec,
+    /// `ferry_uploads_purged_total`: abandoned upload sessions removed.
+    pub uploads_purged: IntCounter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them into `registry`.
+    pub fn new(registry: Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            http_requests: IntCounterVec::new(
+                Opts::new("ferry_http_requests_total", "HTTP requests by endpoint and status class"),
+                &["endpoint", "status_class"],
+            )?,
+            http_duration: HistogramVec::new(
+                HistogramOpts::new("ferry_http_request_duration_seconds", "Time to the response head, by endpoint")
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                &["endpoint"],
+            )?,
+            http_sent_bytes: IntCounterVec::new(
+                Opts::new("ferry_http_sent_bytes_total", "Response body bytes sent, by endpoint"),
+                &["endpoint"],
+            )?,
+            http_received_bytes: IntCounterVec::new(
+                Opts::new("ferry_http_received_bytes_total", "Request body bytes received, by endpoint"),
+                &["endpoint"],
+            )?,
+            http_in_flight: IntGauge::new("ferry_http_requests_in_flight", "Requests being served")?,
+            http_rejected: IntCounter::new(
+                "ferry_http_requests_rejected_total",
+                "Requests refused because the in-flight limit was reached",
+            )?,
+            uploads_in_progress: IntGauge::new("ferry_uploads_in_progress", "Upload sessions being received")?,
+            storage_errors: IntCounterVec::new(
+                Opts::new("ferry_storage_errors_total", "Requests that failed because storage failed, by endpoint"),
+                &["endpoint"],
+            )?,
+            uploads_purged: IntCounter::new("ferry_uploads_purged_total", "Abandoned upload sessions purged")?,
+            registry,
+        };
+        m.registry.register(Box::new(m.http_requests.clone()))?;
+        m.registry.register(Box::new(m.http_duration.clone()))?;
+        m.registry.register(Box::new(m.http_sent_bytes.clone()))?;
+        m.registry.register(Box::new(m.http_received_bytes.clone()))?;
+        m.registry.register(Box::new(m.http_in_flight.clone()))?;
+        m.registry.register(Box::new(m.http_rejected.clone()))?;
+        m.registry.register(Box::new(m.uploads_in_progress.clone()))?;
+        m.registry.register(Box::new(m.storage_errors.clone()))?;
+        m.registry.register(Box::new(m.uploads_purged.clone()))?;
+        Ok(m)
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if encoder.encode_utf8(&self.registry.gather(), &mut buf).is_err() {
+            buf.clear();
+        }
+        buf
+    }
+}

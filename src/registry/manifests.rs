@@ -1,0 +1,215 @@
+//! Manifests, tags and referrers: a manifest is stored only after everything it references
+//! exists in the repository, and a tag moves with one small write after that.
+
+use super::{paginate, Error, Page, Registry, Result};
+use crate::oci::manifest::{ManifestError, MAX_MANIFEST_BYTES};
+use crate::oci::{Descriptor, Digest, DigestAlgorithm, Hasher, Manifest, Reference, RepositoryName, Tag};
+use crate::storage::{self, Key};
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use serde::{Deserialize, Serialize};
+
+/// What a manifest link and a tag record hold: enough to answer a HEAD with one read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestRecord {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Its media type, served as `Content-Type`.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A manifest read for a GET.
+#[derive(Debug, Clone)]
+pub struct ManifestContent {
+    /// Digest, media type and size.
+    pub record: ManifestRecord,
+    /// The bytes exactly as pushed.
+    pub bytes: Bytes,
+}
+
+/// The outcome of a manifest PUT.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// The subject it refers to, for the `OCI-Subject` header.
+    pub subject: Option<Digest>,
+}
+
+fn digest_of(algorithm: DigestAlgorithm, bytes: &[u8]) -> Digest {
+    let mut h = Hasher::new(algorithm);
+    h.update(bytes);
+    h.finish()
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Storage(storage::Error::Io(e.into())))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes> {
+    serde_json::to_vec(value).map(Bytes::from).map_err(|e| Error::Storage(storage::Error::Io(e.into())))
+}
+
+impl Registry {
+    /// Stores a manifest under its digest (and the tag, when the reference is one).
+    pub async fn manifest_put(
+        &self,
+        name: &RepositoryName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<StoredManifest> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::ManifestTooLarge(MAX_MANIFEST_BYTES));
+        }
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let actual = digest_of(expected.algorithm(), &bytes);
+                if &actual != expected {
+                    return Err(Error::DigestMismatch { expected: expected.clone(), actual });
+                }
+                actual
+            }
+            Reference::Tag(_) => digest_of(DigestAlgorithm::Sha256, &bytes),
+        };
+        let manifest = Manifest::parse(&bytes, content_type).map_err(|e| match e {
+            ManifestError::Json(m) | ManifestError::MediaType(m) | ManifestError::Invalid(m) => {
+                Error::ManifestInvalid(m)
+            }
+        })?;
+        let blob_checks = manifest.blobs.iter().map(|d| async move {
+            match self.storage.record_get(&Key::blob_link(name, d)).await? {
+                Some(_) => Ok(()),
+                None => Err(Error::ManifestBlobUnknown(d.clone())),
+            }
+        });
+        let child_checks = manifest.children.iter().map(|d| async move {
+            match self.storage.record_get(&Key::manifest_link(name, d)).await? {
+                Some(_) => Ok(()),
+                None => Err(Error::ManifestBlobUnknown(d.clone())),
+            }
+        });
+        try_join_all(blob_checks).await?;
+        try_join_all(child_checks).await?;
+
+        let record = ManifestRecord {
+            digest: digest.clone(),
+            media_type: manifest.media_type.as_str().to_owned(),
+            size: bytes.len() as u64,
+        };
+        let record_bytes = encode(&record)?;
+        self.storage.blob_put_small(&digest, bytes).await?;
+        self.storage.record_put(&Key::manifest_link(name, &digest), record_bytes.clone()).await?;
+        if let Some(subject) = &manifest.subject {
+            let descriptor = Descriptor {
+                media_type: record.media_type.clone(),
+                digest: digest.clone(),
+                size: record.size,
+                urls: None,
+                artifact_type: manifest.artifact_type.clone(),
+                annotations: manifest.annotations.clone(),
+                platform: None,
+            };
+            self.storage.record_put(&Key::referrer(name, &subject.digest, &digest), encode(&descriptor)?).await?;
+        }
+        self.ensure_repository(name).await?;
+        if let Reference::Tag(tag) = reference {
+            self.storage.record_put(&Key::tag(name, tag), record_bytes).await?;
+        }
+        Ok(StoredManifest { digest, subject: manifest.subject.map(|s| s.digest) })
+    }
+
+    /// Digest, media type and size of a manifest, without its bytes (for HEAD).
+    pub async fn manifest_record(&self, name: &RepositoryName, reference: &Reference) -> Result<ManifestRecord> {
+        let key = match reference {
+            Reference::Tag(t) => Key::tag(name, t),
+            Reference::Digest(d) => Key::manifest_link(name, d),
+        };
+        match self.storage.record_get(&key).await? {
+            Some(v) => decode(&v),
+            None => Err(self.unknown(name, Error::ManifestUnknown(reference.to_string())).await),
+        }
+    }
+
+    /// A manifest's bytes, exactly as pushed.
+    pub async fn manifest_get(&self, name: &RepositoryName, reference: &Reference) -> Result<ManifestContent> {
+        let record = self.manifest_record(name, reference).await?;
+        let bytes = self.storage.blob_read_small(&record.digest).await.map_err(|e| match e {
+            storage::Error::NotFound => Error::ManifestUnknown(reference.to_string()),
+            e => e.into(),
+        })?;
+        Ok(ManifestContent { record, bytes })
+    }
+
+    /// Deletes a tag (by tag), or a manifest with its tags and referrer entry (by digest).
+    pub async fn manifest_delete(&self, name: &RepositoryName, reference: &Reference) -> Result<()> {
+        if !self.settings.delete_enabled {
+            return Err(Error::DeleteDisabled);
+        }
+        let digest = match reference {
+            Reference::Tag(tag) => {
+                return if self.storage.record_delete(&Key::tag(name, tag)).await? {
+                    Ok(())
+                } else {
+                    Err(self.unknown(name, Error::ManifestUnknown(tag.to_string())).await)
+                };
+            }
+            Reference::Digest(d) => d,
+        };
+        let record = self.manifest_record(name, reference).await?;
+        if let Ok(bytes) = self.storage.blob_read_small(digest).await {
+            let subject = Manifest::parse(&bytes, Some(&record.media_type)).ok().and_then(|m| m.subject);
+            if let Some(subject) = subject {
+                self.storage.record_delete(&Key::referrer(name, &subject.digest, digest)).await?;
+            }
+        }
+        for tag in self.storage.record_list(&Key::tags(name)).await? {
+            let Ok(tag) = Tag::parse(&tag) else { continue };
+            let key = Key::tag(name, &tag);
+            if let Some(v) = self.storage.record_get(&key).await? {
+                if decode::<ManifestRecord>(&v).map(|r| &r.digest == digest).unwrap_or(false) {
+                    self.storage.record_delete(&key).await?;
+                }
+            }
+        }
+        self.storage.record_delete(&Key::manifest_link(name, digest)).await?;
+        Ok(())
+    }
+
+    /// The repository's tags, sorted, one page after `last`.
+    pub async fn tags_list(&self, name: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<Page<String>> {
+        if !self.repository_exists(name).await? {
+            return Err(Error::NameUnknown(name.clone()));
+        }
+        let mut tags: Vec<String> =
+            self.storage.record_list(&Key::tags(name)).await?.into_iter().filter(|t| Tag::parse(t).is_ok()).collect();
+        tags.sort_unstable();
+        Ok(paginate(tags, n, last))
+    }
+
+    /// Descriptors of the manifests whose subject is `subject`, optionally of one artifact type.
+    pub async fn referrers(
+        &self,
+        name: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
+        if !self.repository_exists(name).await? {
+            return Err(Error::NameUnknown(name.clone()));
+        }
+        let mut out = Vec::new();
+        for entry in self.storage.record_list(&Key::referrers(name, subject)).await? {
+            let Ok(referrer) = Digest::parse(&entry) else { continue };
+            let Some(v) = self.storage.record_get(&Key::referrer(name, subject, &referrer)).await? else {
+                continue;
+            };
+            let descriptor: Descriptor = decode(&v)?;
+            if artifact_type.is_none_or(|t| descriptor.artifact_type.as_deref() == Some(t)) {
+                out.push(descriptor);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,186 @@
+//! The registry domain: repositories, blobs, uploads, manifests, tags, catalog and referrers.
+//! Handlers call one method here; the rules (what must exist, what a digest must match) live here.
+//! Knows nothing of HTTP.
+
+mod error;
+mod manifests;
+mod uploads;
+
+pub use error::{Error, Result};
+pub use manifests::{ManifestContent, ManifestRecord, StoredManifest};
+
+use crate::metrics::Metrics;
+use crate::oci::{Digest, RepositoryName};
+use crate::storage::{self, ByteRange, ByteStream, Key, Storage, UploadId};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The most entries one page of a tag list or the catalog may hold; larger `n` is clamped.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Registry settings taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Whether DELETE of blobs, manifests and tags is allowed.
+    pub delete_enabled: bool,
+    /// Upload sessions idle for longer than this are purged.
+    pub upload_max_idle: Duration,
+}
+
+/// One page of a sorted listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The entries of this page.
+    pub items: Vec<T>,
+    /// Whether more entries follow the last one.
+    pub more: bool,
+}
+
+/// The registry service, shared by every request.
+pub struct Registry {
+    storage: Arc<dyn Storage>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    /// Running hash of each upload this process is receiving, so finishing needs no re-read.
+    upload_hashes: Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<uploads::UploadHash>>>>,
+    /// Repositories known to have a catalog entry (entries are never removed yet).
+    known_repositories: Mutex<HashSet<RepositoryName>>,
+}
+
+impl Registry {
+    /// A registry over `storage`.
+    pub fn new(storage: Arc<dyn Storage>, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            storage,
+            settings,
+            metrics,
+            upload_hashes: Mutex::new(HashMap::new()),
+            known_repositories: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Whether the repository holds any content.
+    pub async fn repository_exists(&self, name: &RepositoryName) -> Result<bool> {
+        if self.known_repositories.lock().map(|k| k.contains(name)).unwrap_or(false) {
+            return Ok(true);
+        }
+        let exists = self.storage.record_get(&Key::catalog_entry(name)).await?.is_some();
+        if exists {
+            self.remember_repository(name);
+        }
+        Ok(exists)
+    }
+
+    fn remember_repository(&self, name: &RepositoryName) {
+        if let Ok(mut k) = self.known_repositories.lock() {
+            k.insert(name.clone());
+        }
+    }
+
+    /// Records that a repository exists, for the catalog.
+    async fn ensure_repository(&self, name: &RepositoryName) -> Result<()> {
+        if !self.repository_exists(name).await? {
+            self.storage.record_put(&Key::catalog_entry(name), Bytes::new()).await?;
+            self.remember_repository(name);
+        }
+        Ok(())
+    }
+
+    /// `NameUnknown` when the repository does not exist, else `other`.
+    async fn unknown(&self, name: &RepositoryName, other: Error) -> Error {
+        match self.repository_exists(name).await {
+            Ok(false) => Error::NameUnknown(name.clone()),
+            Ok(true) => other,
+            Err(e) => e,
+        }
+    }
+
+    /// The size of a blob the repository holds.
+    pub async fn blob_size(&self, name: &RepositoryName, digest: &Digest) -> Result<u64> {
+        match self.storage.record_get(&Key::blob_link(name, digest)).await? {
+            Some(v) => match std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()) {
+                Some(size) => Ok(size),
+                None => self.storage.blob_size(digest).await?.ok_or_else(|| Error::BlobUnknown(digest.clone())),
+            },
+            None => Err(self.unknown(name, Error::BlobUnknown(digest.clone())).await),
+        }
+    }
+
+    /// Streams a blob (or a range of it) that `blob_size` found.
+    pub async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
+        self.storage.blob_read(digest, range).await.map_err(|e| match e {
+            storage::Error::NotFound => Error::BlobUnknown(digest.clone()),
+            e => e.into(),
+        })
+    }
+
+    /// Removes a blob from the repository (the content itself stays for other repositories).
+    pub async fn blob_delete(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+        if !self.settings.delete_enabled {
+            return Err(Error::DeleteDisabled);
+        }
+        if self.storage.record_delete(&Key::blob_link(name, digest)).await? {
+            Ok(())
+        } else {
+            Err(self.unknown(name, Error::BlobUnknown(digest.clone())).await)
+        }
+    }
+
+    /// Makes `digest` (of `size` bytes) servable from the repository.
+    async fn link_blob(&self, name: &RepositoryName, digest: &Digest, size: u64) -> Result<()> {
+        self.storage.record_put(&Key::blob_link(name, digest), Bytes::from(size.to_string())).await?;
+        self.ensure_repository(name).await
+    }
+
+    /// The sorted catalog of repositories, one page after `last`.
+    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page<String>> {
+        let mut names: Vec<String> = self
+            .storage
+            .record_list(&Key::catalog())
+            .await?
+            .iter()
+            .filter_map(|e| storage::keys::decode_catalog_entry(e))
+            .map(|n| n.as_str().to_owned())
+            .collect();
+        names.sort_unstable();
+        Ok(paginate(names, n, last))
+    }
+}
+
+/// Takes the page of sorted `items` that follows `last`, at most `n` long (clamped to [`MAX_PAGE`]).
+pub fn paginate(items: Vec<String>, n: Option<usize>, last: Option<&str>) -> Page<String> {
+    let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+    let start = match last {
+        Some(l) => items.partition_point(|i| i.as_str() <= l),
+        None => 0,
+    };
+    let mut items = items;
+    let rest = items.split_off(start.min(items.len()));
+    let more = rest.len() > limit;
+    Page { items: rest.into_iter().take(limit).collect(), more }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pagination() {
+        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(paginate(all.clone(), Some(2), None), Page { items: vec!["a".into(), "b".into()], more: true });
+        assert_eq!(
+            paginate(all.clone(), Some(2), Some("b")),
+            Page { items: vec!["c".into(), "d".into()], more: false }
+        );
+        assert_eq!(paginate(all.clone(), Some(0), None), Page { items: vec![], more: true });
+        assert_eq!(paginate(all.clone(), None, Some("bb")).items, vec!["c".to_string(), "d".into()]);
+        assert_eq!(paginate(all, Some(usize::MAX), Some("z")), Page { items: vec![], more: false });
+    }
+}

@@ -1,0 +1,307 @@
+//! The embedded default backend: a directory on the local filesystem.
+//!
+//! Writes go to a temporary file that is fsynced and renamed into place, so a crash never
+//! leaves partial content under a digest or a half-written record.
+
+use super::{ByteRange, ByteStream, Error, Key, Result, Storage, UploadId};
+use crate::oci::Digest;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+/// Incoming bytes are gathered into writes of this size, one blocking write in flight at a time.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Outgoing blobs are read in chunks of this size.
+const READ_CHUNK: usize = 512 * 1024;
+
+/// Filesystem storage rooted at one directory.
+#[derive(Debug, Clone)]
+pub struct FsStorage {
+    root: PathBuf,
+}
+
+fn not_found_as(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::NotFound {
+        Error::NotFound
+    } else {
+        Error::Io(e)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+/// Writes `bytes` to a temporary file beside nothing that can be served, fsyncs it, and renames it to `dest`.
+fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = tmp_dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(&tmp, dest)?;
+        sync_dir(dest.parent())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
+    match dir {
+        Some(d) => std::fs::File::open(d)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+impl FsStorage {
+    /// Opens (creating if needed) a store under `root`, and clears temporary files a crash left behind.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        for dir in ["blobs", "repos", "uploads", "catalog", "tmp"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        for entry in std::fs::read_dir(root.join("tmp"))? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        Ok(Self { root })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        self.root.join("blobs").join(d.algorithm().as_str()).join(&hex[..2]).join(hex)
+    }
+
+    fn upload_dir(&self, id: &UploadId) -> PathBuf {
+        self.root.join("uploads").join(id.to_string())
+    }
+
+    fn record_path(&self, key: &Key) -> PathBuf {
+        self.root.join(key.as_str())
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+}
+
+#[async_trait]
+impl Storage for FsStorage {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
+        let mut file = tokio::fs::File::open(self.blob_path(digest)).await.map_err(not_found_as)?;
+        let stream = match range {
+            Some(r) => {
+                file.seek(io::SeekFrom::Start(r.start)).await?;
+                ReaderStream::with_capacity(file.take(r.len()), READ_CHUNK).boxed()
+            }
+            None => ReaderStream::with_capacity(file, READ_CHUNK).boxed(),
+        };
+        Ok(stream)
+    }
+
+    async fn blob_read_small(&self, digest: &Digest) -> Result<Bytes> {
+        Ok(tokio::fs::read(self.blob_path(digest)).await.map_err(not_found_as)?.into())
+    }
+
+    async fn blob_put_small(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        let dest = self.blob_path(digest);
+        let tmp = self.tmp_dir();
+        blocking(move || {
+            if dest.exists() {
+                return Ok(());
+            }
+            write_atomic(&tmp, &dest, &bytes)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn upload_create(&self, id: &UploadId, state: Bytes) -> Result<()> {
+        let dir = self.upload_dir(id);
+        let tmp = self.tmp_dir();
+        blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::File::create(dir.join("data"))?;
+            write_atomic(&tmp, &dir.join("state"), &state)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn upload_state(&self, id: &UploadId) -> Result<Bytes> {
+        Ok(tokio::fs::read(self.upload_dir(id).join("state")).await.map_err(not_found_as)?.into())
+    }
+
+    async fn upload_append(&self, id: &UploadId, mut body: ByteStream) -> Result<u64> {
+        let path = self.upload_dir(id).join("data");
+        let file = blocking(move || std::fs::OpenOptions::new().append(true).open(path)).await.map_err(not_found_as)?;
+        // One write in flight while the next chunk is gathered: disk and network overlap.
+        let mut in_flight = Some(tokio::task::spawn_blocking(move || Ok::<_, io::Error>(file)));
+        let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+        let mut incoming_error = None;
+        loop {
+            let next = body.next().await;
+            let done = match next {
+                Some(Ok(b)) => {
+                    buf.extend_from_slice(&b);
+                    false
+                }
+                Some(Err(e)) => {
+                    incoming_error = Some(e);
+                    true
+                }
+                None => true,
+            };
+            if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) {
+                let chunk = buf.split().freeze();
+                let mut file = in_flight
+                    .take()
+                    .ok_or_else(|| io::Error::other("writer lost"))?
+                    .await
+                    .map_err(io::Error::other)??;
+                in_flight = Some(tokio::task::spawn_blocking(move || {
+                    file.write_all(&chunk)?;
+                    Ok(file)
+                }));
+                if buf.capacity() < WRITE_CHUNK {
+                    buf.reserve(WRITE_CHUNK);
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        let file =
+            in_flight.take().ok_or_else(|| io::Error::other("writer lost"))?.await.map_err(io::Error::other)??;
+        if let Some(e) = incoming_error {
+            return Err(Error::Incoming(e));
+        }
+        let len = blocking(move || Ok(file.metadata()?.len())).await?;
+        Ok(len)
+    }
+
+    async fn upload_size(&self, id: &UploadId) -> Result<u64> {
+        Ok(tokio::fs::metadata(self.upload_dir(id).join("data")).await.map_err(not_found_as)?.len())
+    }
+
+    async fn upload_read(&self, id: &UploadId) -> Result<ByteStream> {
+        let file = tokio::fs::File::open(self.upload_dir(id).join("data")).await.map_err(not_found_as)?;
+        Ok(ReaderStream::with_capacity(file, READ_CHUNK).boxed())
+    }
+
+    async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()> {
+        let dir = self.upload_dir(id);
+        let dest = self.blob_path(digest);
+        blocking(move || {
+            let data = dir.join("data");
+            if !dest.exists() {
+                std::fs::File::open(&data)?.sync_all()?;
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::rename(&data, &dest)?;
+                sync_dir(dest.parent())?;
+            }
+            std::fs::remove_dir_all(&dir)
+        })
+        .await
+        .map_err(not_found_as)
+    }
+
+    async fn upload_delete(&self, id: &UploadId) -> Result<()> {
+        match tokio::fs::remove_dir_all(self.upload_dir(id)).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn upload_list(&self) -> Result<Vec<(UploadId, SystemTime)>> {
+        let root = self.root.join("uploads");
+        let list = blocking(move || {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(root)? {
+                let entry = entry?;
+                let Some(id) = entry.file_name().to_str().and_then(UploadId::parse) else { continue };
+                let data = entry.path().join("data");
+                let state = entry.path().join("state");
+                // Last activity: the data file's modification time, else the state's, else the folder's.
+                let modified = [data, state, entry.path()]
+                    .iter()
+                    .find_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                out.push((id, modified));
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(list)
+    }
+
+    async fn record_get(&self, key: &Key) -> Result<Option<Bytes>> {
+        match tokio::fs::read(self.record_path(key)).await {
+            Ok(v) => Ok(Some(v.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn record_put(&self, key: &Key, value: Bytes) -> Result<()> {
+        let dest = self.record_path(key);
+        let tmp = self.tmp_dir();
+        blocking(move || write_atomic(&tmp, &dest, &value)).await?;
+        Ok(())
+    }
+
+    async fn record_delete(&self, key: &Key) -> Result<bool> {
+        match tokio::fs::remove_file(self.record_path(key)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn record_list(&self, prefix: &Key) -> Result<Vec<String>> {
+        let dir = self.record_path(prefix);
+        let names = blocking(move || {
+            let mut names = Vec::new();
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                if let Some(name) = entry?.file_name().to_str() {
+                    if !name.starts_with('.') {
+                        names.push(name.to_owned());
+                    }
+                }
+            }
+            names.sort_unstable();
+            Ok(names)
+        })
+        .await?;
+        Ok(names)
+    }
+}

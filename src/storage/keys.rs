@@ -1,0 +1,115 @@
+//! The storage layout. Keys are built here, and only from validated names, tags and digests,
+//! so no client string ever becomes a path.
+
+use crate::oci::{Digest, RepositoryName, Tag};
+use std::fmt;
+
+/// A record key such as `repos/team-a/app/_tags/latest`, relative to the store's root.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key(String);
+
+impl Key {
+    /// The key as a `/`-separated relative path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `catalog`: one entry per repository, for listing them in a single read.
+    pub fn catalog() -> Self {
+        Self("catalog".into())
+    }
+
+    /// `catalog/<name with / as +>`: marks that a repository exists.
+    pub fn catalog_entry(name: &RepositoryName) -> Self {
+        Self(format!("catalog/{}", encode_name(name)))
+    }
+
+    /// `repos/<name>/_blobs/<alg>/<hex>`: the repository may serve that blob.
+    pub fn blob_link(name: &RepositoryName, digest: &Digest) -> Self {
+        Self(format!("repos/{name}/_blobs/{}/{}", digest.algorithm().as_str(), digest.hex()))
+    }
+
+    /// `repos/<name>/_manifests/<alg>/<hex>`: the repository holds that manifest (value: its media type).
+    pub fn manifest_link(name: &RepositoryName, digest: &Digest) -> Self {
+        Self(format!("repos/{name}/_manifests/{}/{}", digest.algorithm().as_str(), digest.hex()))
+    }
+
+    /// `repos/<name>/_tags/<tag>`: the tag's current manifest.
+    pub fn tag(name: &RepositoryName, tag: &Tag) -> Self {
+        Self(format!("repos/{name}/_tags/{tag}"))
+    }
+
+    /// `repos/<name>/_tags`: every tag of a repository.
+    pub fn tags(name: &RepositoryName) -> Self {
+        Self(format!("repos/{name}/_tags"))
+    }
+
+    /// `repos/<name>/_referrers/<alg>/<hex>`: the manifests whose subject is `subject`.
+    pub fn referrers(name: &RepositoryName, subject: &Digest) -> Self {
+        Self(format!("repos/{name}/_referrers/{}/{}", subject.algorithm().as_str(), subject.hex()))
+    }
+
+    /// `repos/<name>/_referrers/<alg>/<hex>/<referrer digest>`: one referrer's descriptor.
+    pub fn referrer(name: &RepositoryName, subject: &Digest, referrer: &Digest) -> Self {
+        Self(format!("{}/{referrer}", Self::referrers(name, subject).0))
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `/` cannot appear in a file name; `+` cannot appear in a repository name, so it stands in.
+fn encode_name(name: &RepositoryName) -> String {
+    name.as_str().replace('/', "+")
+}
+
+/// The repository name a catalog entry stands for, if the entry is well formed.
+pub fn decode_catalog_entry(entry: &str) -> Option<RepositoryName> {
+    RepositoryName::parse(&entry.replace('+', "/")).ok()
+}
+
+/// An upload session's id: a UUID, so it is also a safe path component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UploadId(uuid::Uuid);
+
+impl UploadId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    /// Parses an id from a URL; `None` when it is not a UUID.
+    pub fn parse(s: &str) -> Option<Self> {
+        uuid::Uuid::try_parse(s).ok().map(Self)
+    }
+}
+
+impl Default for UploadId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.as_hyphenated(), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_entries_round_trip() {
+        let n = RepositoryName::parse("team-a/sub.x/app").unwrap();
+        let k = Key::catalog_entry(&n);
+        assert_eq!(k.as_str(), "catalog/team-a+sub.x+app");
+        assert_eq!(decode_catalog_entry("team-a+sub.x+app"), Some(n));
+        assert_eq!(decode_catalog_entry("..+x"), None);
+        assert!(UploadId::parse("../x").is_none());
+    }
+}

@@ -1,0 +1,96 @@
+//! Storage: content by digest (blobs and manifests alike), upload sessions, and small records
+//! (tags, links, catalog entries). Backends implement [`Storage`]; nothing above this trait
+//! may assume a filesystem. Knows nothing of repositories' rules or of HTTP.
+
+pub mod fs;
+pub mod keys;
+
+use crate::oci::Digest;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use std::io;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+pub use keys::{Key, UploadId};
+
+/// A stream of bytes: a request body going in, or content going out.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The blob, upload or record does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The stream being written failed (the client went away); what arrived before is kept.
+    #[error("the incoming stream failed: {0}")]
+    Incoming(io::Error),
+    /// The backend failed.
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The result type of storage operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// An inclusive byte range `start..=end` within a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// Number of bytes in the range.
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+
+    /// Never true: a range holds at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// A content-addressed store with upload sessions and small records.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// The size of a blob, or `None` when it is not stored.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Streams a blob, or the given range of it; `NotFound` when absent.
+    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream>;
+    /// Reads a small blob (a manifest) whole; `NotFound` when absent.
+    async fn blob_read_small(&self, digest: &Digest) -> Result<Bytes>;
+    /// Stores small content whose digest the caller computed from exactly these bytes.
+    async fn blob_put_small(&self, digest: &Digest, bytes: Bytes) -> Result<()>;
+
+    /// Creates an empty upload session holding `state` (opaque to storage).
+    async fn upload_create(&self, id: &UploadId, state: Bytes) -> Result<()>;
+    /// The session's state record; `NotFound` when there is no such session.
+    async fn upload_state(&self, id: &UploadId) -> Result<Bytes>;
+    /// Appends a stream to the session's data and returns the new size.
+    async fn upload_append(&self, id: &UploadId, body: ByteStream) -> Result<u64>;
+    /// The number of bytes received so far.
+    async fn upload_size(&self, id: &UploadId) -> Result<u64>;
+    /// Streams the data received so far (to re-hash it after a restart).
+    async fn upload_read(&self, id: &UploadId) -> Result<ByteStream>;
+    /// Makes the session's data durable and stores it under `digest`, which the caller has verified.
+    async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()>;
+    /// Removes a session and its data; absent sessions are not an error.
+    async fn upload_delete(&self, id: &UploadId) -> Result<()>;
+    /// Every session with the time of its last write, for purging abandoned ones.
+    async fn upload_list(&self) -> Result<Vec<(UploadId, SystemTime)>>;
+
+    /// Reads a record.
+    async fn record_get(&self, key: &Key) -> Result<Option<Bytes>>;
+    /// Writes a record atomically: readers see the old value or the new one, never a mix.
+    async fn record_put(&self, key: &Key, value: Bytes) -> Result<()>;
+    /// Deletes a record; returns whether it existed.
+    async fn record_delete(&self, key: &Key) -> Result<bool>;
+    /// The names directly below `prefix`, sorted.
+    async fn record_list(&self, prefix: &Key) -> Result<Vec<String>>;
+}
