@@ -231,7 +231,10 @@ impl Config {
         if self.tls.enabled() {
             let pair = [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)];
             if let Some((key, _)) = pair.iter().find(|(_, v)| v.is_empty()) {
-                return Err(ConfigError::Invalid { key, message: "TLS needs both tls.cert and tls.key (PEM files)".into() });
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "TLS needs both tls.cert and tls.key (PEM files)".into(),
+                });
             }
             if let Some((key, v)) = pair.iter().find(|(_, v)| !Path::new(v).is_file()) {
                 return Err(ConfigError::Invalid { key, message: format!("{v:?} is not a readable file") });

@@ -1,1 +1,9 @@
+//! Ferry's integration tests: one test binary, many modules, one shared harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api;
+mod clients;
+mod durability;
+mod harness;
+mod images;
+mod malformed;

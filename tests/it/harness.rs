@@ -1,0 +1,209 @@
+//! Starts Ferry for a test: in-process on port 0 with a temporary data directory, or as a
+//! separate process (for restarts and `kill -9`). Plus small helpers that speak the API.
+
+use ferry::config::Config;
+use ferry::RunningServer;
+use reqwest::{Client, Response, StatusCode};
+use sha2::Digest as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so blobs do not compress or dedupe by accident.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A Ferry running inside the test process.
+pub struct TestFerry {
+    pub server: Option<RunningServer>,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub admin: String,
+    pub client: Client,
+}
+
+/// A config for tests: loopback, port 0, data in `dir`.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.server.admin_listen = "127.0.0.1:0".into();
+    c.storage.data_dir = dir.join("data");
+    c
+}
+
+impl TestFerry {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(change: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        change(&mut config);
+        let server = ferry::start(config).await.expect("ferry starts");
+        let base = format!("http://{}", server.addr);
+        let admin = format!("http://{}", server.admin_addr);
+        Self { server: Some(server), dir, base, admin, client: Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client.get(format!("{}/metrics", self.admin)).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// Pushes a blob in one request and returns its digest.
+    pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
+        push_blob(&self.client, &self.base, repo, bytes).await
+    }
+
+    /// Pushes a manifest; returns the response.
+    pub async fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
+        self.client
+            .put(self.url(&format!("/v2/{repo}/manifests/{reference}")))
+            .header("Content-Type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Pushes a config and one layer, then an OCI image manifest under `tag`; returns (manifest bytes, digest).
+    pub async fn push_image(&self, repo: &str, tag: &str, layer: &[u8]) -> (Vec<u8>, String) {
+        let config = br#"{"architecture":"amd64","os":"linux"}"#;
+        let config_digest = self.push_blob(repo, config).await;
+        let layer_digest = self.push_blob(repo, layer).await;
+        let manifest = serde_json::to_vec_pretty(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer.len()}],
+        }))
+        .unwrap();
+        let resp = self.put_manifest(repo, tag, OCI_MANIFEST, &manifest).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
+        let d = digest(&manifest);
+        (manifest, d)
+    }
+}
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+pub async fn push_blob(client: &Client, base: &str, repo: &str, bytes: &[u8]) -> String {
+    let d = digest(bytes);
+    let resp =
+        client.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}")).body(bytes.to_vec()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
+    d
+}
+
+/// The OCI error code of a response body.
+pub async fn error_code(resp: Response) -> String {
+    let v: serde_json::Value = resp.json().await.expect("an OCI error body");
+    v["errors"][0]["code"].as_str().expect("an error code").to_owned()
+}
+
+/// A Ferry running as a separate process of the built binary.
+pub struct FerryProcess {
+    pub child: Child,
+    pub base: String,
+    pub addr: String,
+}
+
+impl FerryProcess {
+    /// Starts `ferry serve` on a free port with `data_dir` and waits until it listens.
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("FERRY_CONFIG", "/dev/null")
+            .env("FERRY_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ferry binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines.next().expect("ferry logs its address").unwrap();
+            if line.contains("ferry started") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                break v["fields"]["addr"].as_str().unwrap().to_owned();
+            }
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base: format!("http://{addr}"), addr }
+    }
+
+    /// Peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for FerryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every file under `dir` with its size, ignoring temporary files: a snapshot to compare.
+pub fn snapshot(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, u64)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                let rel = p.strip_prefix(base).unwrap().display().to_string();
+                out.push((rel, e.metadata().map(|m| m.len()).unwrap_or(0)));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
