@@ -1,1 +1,175 @@
+//! What survives a restart and what a crash leaves behind, and memory that does not grow with
+//! blob size. These run Ferry as a separate process so it can be stopped and killed.
 
+use crate::harness::*;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::{Client, StatusCode};
+use sha2::Digest as _;
+
+fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+/// `count` chunks of `chunk` bytes, each stamped with its index so no two are alike; also returns their digest.
+fn generated(count: usize, chunk: usize) -> (impl Fn(usize) -> Bytes, String) {
+    let base = random_bytes(chunk, 42);
+    let make = move |i: usize| {
+        let mut c = base.clone();
+        c[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        Bytes::from(c)
+    };
+    let mut h = sha2::Sha256::new();
+    for i in 0..count {
+        h.update(make(i));
+    }
+    (make, format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_resumes_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let blob = random_bytes(3_000_000, 7);
+    let d = digest(&blob);
+    let mut ferry = FerryProcess::start(dir.path());
+    let resp = client.post(format!("{}/v2/resume/me/blobs/uploads/", ferry.base)).send().await.unwrap();
+    let location = header(&resp, "location");
+    for (start, end) in [(0usize, 700_000usize), (700_000, 1_500_000)] {
+        let resp = client
+            .patch(format!("{}{location}", ferry.base))
+            .header("Content-Range", format!("{start}-{}", end - 1))
+            .body(blob[start..end].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    }
+    assert!(ferry.terminate().success(), "SIGTERM stops Ferry cleanly");
+
+    let ferry = FerryProcess::start(dir.path());
+    let resp = client.get(format!("{}{location}", ferry.base)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&resp, "range"), "0-1499999", "the upload's progress survived the restart");
+    let resp = client
+        .put(format!("{}{location}?digest={d}", ferry.base))
+        .header("Content-Range", "1500000-2999999")
+        .body(blob[1_500_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
+    let got = client.get(format!("{}/v2/resume/me/blobs/{d}", ferry.base)).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(digest(&got), d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_during_upload_leaves_nothing_under_the_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let mut ferry = FerryProcess::start(dir.path());
+    // Content that must survive.
+    let layer = random_bytes(100_000, 9);
+    let layer_digest = push_blob(&client, &ferry.base, "keep", &layer).await;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": layer_digest, "size": layer.len()},
+        "layers": [],
+    }))
+    .unwrap();
+    let resp = client
+        .put(format!("{}/v2/keep/manifests/v1", ferry.base))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let blobs_before = snapshot(&dir.path().join("blobs"));
+
+    // A big chunked upload and a big monolithic one, both cut by kill -9 half way.
+    let (make, big_digest) = generated(256, 1 << 20);
+    let make = std::sync::Arc::new(make);
+    let resp = client.post(format!("{}/v2/crash/blobs/uploads/", ferry.base)).send().await.unwrap();
+    let location = header(&resp, "location");
+    let mut uploads = Vec::new();
+    for url in [format!("{}{location}", ferry.base), format!("{}/v2/crash/blobs/uploads/?digest={big_digest}", ferry.base)] {
+        let m = make.clone();
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(0..256).then(move |i| {
+            let m = m.clone();
+            async move {
+                // Paced, so the kill lands mid-stream.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                Ok::<_, std::io::Error>(m(i))
+            }
+        }));
+        let c = client.clone();
+        let monolithic = url.contains("?digest=");
+        uploads.push(tokio::spawn(async move {
+            if monolithic { c.post(url).body(body).send().await } else { c.patch(url).body(body).send().await }
+        }));
+    }
+    // Wait until the chunked upload has bytes on disk, then kill.
+    loop {
+        let resp = client.get(format!("{}{location}", ferry.base)).send().await.unwrap();
+        let range = header(&resp, "range");
+        let end: u64 = range.split('-').nth(1).unwrap().parse().unwrap();
+        if end > 8 << 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    ferry.kill();
+    for u in uploads {
+        // Cut off: either the request failed, or it got an answer that is not success.
+        if let Ok(resp) = u.await.unwrap() {
+            assert!(!resp.status().is_success(), "a killed upload must not report success");
+        }
+    }
+
+    let ferry = FerryProcess::start(dir.path());
+    let hex = big_digest.trim_start_matches("sha256:");
+    assert!(!dir.path().join("blobs/sha256").join(&hex[..2]).join(hex).exists(), "nothing stored under the digest");
+    assert_eq!(snapshot(&dir.path().join("blobs")), blobs_before, "no other content changed");
+    let resp = client.head(format!("{}/v2/crash/blobs/{big_digest}", ferry.base)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let got = client.get(format!("{}/v2/keep/manifests/v1", ferry.base)).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(got.as_ref(), &manifest[..]);
+    let got = client.get(format!("{}/v2/keep/blobs/{layer_digest}", ferry.base)).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(got.as_ref(), &layer[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_blob_streams_in_bounded_memory() {
+    const CHUNKS: usize = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let ferry = FerryProcess::start(dir.path());
+    let (make, d) = generated(CHUNKS, 1 << 20);
+    let make = std::sync::Arc::new(make);
+    let resp = client.post(format!("{}/v2/big/blobs/uploads/", ferry.base)).send().await.unwrap();
+    let location = header(&resp, "location");
+    let m = make.clone();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter((0..CHUNKS).map(move |i| Ok::<_, std::io::Error>(m(i)))));
+    let resp = client.patch(format!("{}{location}", ferry.base)).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&resp, "range"), format!("0-{}", (CHUNKS << 20) - 1));
+    let resp = client.put(format!("{}{location}?digest={d}", ferry.base)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    let resp = client.get(format!("{}/v2/big/blobs/{d}", ferry.base)).send().await.unwrap();
+    assert_eq!(header(&resp, "content-length"), (CHUNKS << 20).to_string());
+    let mut h = sha2::Sha256::new();
+    let mut stream = resp.bytes_stream();
+    let mut n = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        n += chunk.len();
+        h.update(&chunk);
+    }
+    assert_eq!(n, CHUNKS << 20);
+    assert_eq!(format!("sha256:{}", hex::encode(h.finalize())), d);
+    let peak = ferry.peak_rss();
+    eprintln!("peak RSS after a 1 GiB push and pull: {} MiB", peak >> 20);
+    assert!(peak < 100 << 20, "peak RSS {} MiB must stay under 100 MiB", peak >> 20);
+}
