@@ -93,7 +93,9 @@ async fn kill_during_upload_leaves_nothing_under_the_digest() {
     let resp = client.post(format!("{}/v2/crash/blobs/uploads/", ferry.base)).send().await.unwrap();
     let location = header(&resp, "location");
     let mut uploads = Vec::new();
-    for url in [format!("{}{location}", ferry.base), format!("{}/v2/crash/blobs/uploads/?digest={big_digest}", ferry.base)] {
+    for url in
+        [format!("{}{location}", ferry.base), format!("{}/v2/crash/blobs/uploads/?digest={big_digest}", ferry.base)]
+    {
         let m = make.clone();
         let body = reqwest::Body::wrap_stream(futures_util::stream::iter(0..256).then(move |i| {
             let m = m.clone();
@@ -106,7 +108,11 @@ async fn kill_during_upload_leaves_nothing_under_the_digest() {
         let c = client.clone();
         let monolithic = url.contains("?digest=");
         uploads.push(tokio::spawn(async move {
-            if monolithic { c.post(url).body(body).send().await } else { c.patch(url).body(body).send().await }
+            if monolithic {
+                c.post(url).body(body).send().await
+            } else {
+                c.patch(url).body(body).send().await
+            }
         }));
     }
     // Wait until the chunked upload has bytes on disk, then kill.
@@ -135,7 +141,8 @@ async fn kill_during_upload_leaves_nothing_under_the_digest() {
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let got = client.get(format!("{}/v2/keep/manifests/v1", ferry.base)).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(got.as_ref(), &manifest[..]);
-    let got = client.get(format!("{}/v2/keep/blobs/{layer_digest}", ferry.base)).send().await.unwrap().bytes().await.unwrap();
+    let got =
+        client.get(format!("{}/v2/keep/blobs/{layer_digest}", ferry.base)).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(got.as_ref(), &layer[..]);
 }
 
@@ -150,7 +157,8 @@ async fn one_gib_blob_streams_in_bounded_memory() {
     let resp = client.post(format!("{}/v2/big/blobs/uploads/", ferry.base)).send().await.unwrap();
     let location = header(&resp, "location");
     let m = make.clone();
-    let body = reqwest::Body::wrap_stream(futures_util::stream::iter((0..CHUNKS).map(move |i| Ok::<_, std::io::Error>(m(i)))));
+    let body =
+        reqwest::Body::wrap_stream(futures_util::stream::iter((0..CHUNKS).map(move |i| Ok::<_, std::io::Error>(m(i)))));
     let resp = client.patch(format!("{}{location}", ferry.base)).body(body).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     assert_eq!(header(&resp, "range"), format!("0-{}", (CHUNKS << 20) - 1));

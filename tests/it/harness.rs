@@ -131,7 +131,6 @@ pub async fn error_code(resp: Response) -> String {
 pub struct FerryProcess {
     pub child: Child,
     pub base: String,
-    pub addr: String,
 }
 
 impl FerryProcess {
@@ -157,7 +156,7 @@ impl FerryProcess {
         };
         // Keep draining the log so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, base: format!("http://{addr}"), addr }
+        Self { child, base: format!("http://{addr}") }
     }
 
     /// Peak resident memory so far (VmHWM), in bytes.

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Ferry's test command: installs every test dependency on a fresh Debian machine, then runs
+# the format check, clippy and every test. `.ci/run` runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests drive for real: skopeo and podman (registry clients), openssl (TLS
+# certificates), docker-registry (the CNCF reference registry, the benchmark's peer).
+packages=()
+command -v skopeo >/dev/null || packages+=(skopeo)
+command -v podman >/dev/null || packages+=(podman)
+command -v openssl >/dev/null || packages+=(openssl)
+command -v docker-registry >/dev/null || packages+=(docker-registry)
+if [ ${#packages[@]} -gt 0 ]; then
+  echo "== installing ${packages[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+echo "== cargo test"
+cargo test
