@@ -1,1 +1,261 @@
-fn main() {}
+//! The load benchmark: Ferry beside the CNCF reference registry (Debian's `docker-registry`),
+//! same content, same load generator, same concurrency, run side by side on this machine.
+//! Prints one line per comparison: `<name> ferry=<v> peer=<v> ratio=<r> <unit>`, where a ratio
+//! above 1 means Ferry is better (latency ratios are inverted accordingly).
+//!
+//! Run with `cargo bench --bench load`. Needs `docker-registry` and `wrk` (Debian packages).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sha2::Digest as _;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GIB: usize = 1 << 30;
+const CHUNK: usize = 1 << 20;
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
+
+struct Server {
+    name: &'static str,
+    base: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_until_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server on port {port} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_ferry() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("FERRY_CONFIG", "/dev/null")
+        // Both registries log warnings only, so neither pays for per-request log lines.
+        .env("FERRY_LOG_LEVEL", "warn")
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("ferry starts");
+    wait_until_listening(port);
+    Server { name: "ferry", base: format!("http://127.0.0.1:{port}"), child, _dir: dir }
+}
+
+fn start_peer() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n  cache: {{blobdescriptor: inmemory}}\nhttp: {{addr: \"127.0.0.1:{port}\"}}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .env_remove("AWS_CA_BUNDLE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry starts (apt-get install docker-registry)");
+    wait_until_listening(port);
+    Server { name: "docker-registry", base: format!("http://127.0.0.1:{port}"), child, _dir: dir }
+}
+
+/// The 1 GiB test blob: 1 MiB chunks stamped with their index.
+fn chunk(i: usize, base: &Bytes) -> Bytes {
+    let mut c = base.to_vec();
+    c[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    Bytes::from(c)
+}
+
+fn big_blob() -> (Vec<Bytes>, String) {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut base = Vec::with_capacity(CHUNK);
+    while base.len() < CHUNK {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        base.extend_from_slice(&x.to_le_bytes());
+    }
+    let base = Bytes::from(base);
+    let chunks: Vec<Bytes> = (0..GIB / CHUNK).map(|i| chunk(i, &base)).collect();
+    let mut h = sha2::Sha256::new();
+    for c in &chunks {
+        h.update(c);
+    }
+    (chunks, format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+fn digest(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+/// Pushes `chunks` as one streamed PATCH and a PUT; returns MB/s.
+async fn push_blob(client: &reqwest::Client, base: &str, repo: &str, chunks: &[Bytes], d: &str) -> f64 {
+    let started = Instant::now();
+    let resp = client.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let url = if location.starts_with("http") { location } else { format!("{base}{location}") };
+    let owned: Vec<Bytes> = chunks.to_vec();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(owned.into_iter().map(Ok::<_, std::io::Error>)));
+    let resp = client.patch(&url).header("Content-Type", "application/octet-stream").body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let url = if location.starts_with("http") { location } else { format!("{base}{location}") };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let resp = client.put(format!("{url}{sep}digest={d}")).send().await.unwrap();
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    let bytes: usize = chunks.iter().map(|c| c.len()).sum();
+    bytes as f64 / 1e6 / started.elapsed().as_secs_f64()
+}
+
+async fn push_small(client: &reqwest::Client, base: &str, repo: &str, bytes: &[u8]) -> String {
+    let d = digest(bytes);
+    push_blob(client, base, repo, &[Bytes::copy_from_slice(bytes)], &d).await;
+    d
+}
+
+/// `streams` concurrent GETs of the blob; returns aggregate MB/s.
+async fn pull_blob(client: &reqwest::Client, base: &str, repo: &str, d: &str, streams: usize) -> f64 {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| {
+            let (client, url) = (client.clone(), format!("{base}/v2/{repo}/blobs/{d}"));
+            tokio::spawn(async move {
+                let resp = client.get(url).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let mut n = 0usize;
+                let mut s = resp.bytes_stream();
+                while let Some(c) = s.next().await {
+                    n += c.unwrap().len();
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, streams * GIB);
+    total as f64 / 1e6 / started.elapsed().as_secs_f64()
+}
+
+/// wrk at `connections` for `secs`: (requests/s, p99 latency in ms).
+fn wrk(url: &str, connections: usize, secs: u64) -> (f64, f64) {
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency", "-H"])
+        .arg(format!("Accept: {MANIFEST_ACCEPT}"))
+        .arg(url)
+        .output()
+        .expect("wrk runs (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| {
+            let v = v.trim();
+            let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+                (n, 0.001)
+            } else if let Some(n) = v.strip_suffix("ms") {
+                (n, 1.0)
+            } else if let Some(n) = v.strip_suffix('s') {
+                (n, 1000.0)
+            } else {
+                (v, 1.0)
+            };
+            num.parse::<f64>().unwrap() * scale
+        })
+        .unwrap_or_else(|| panic!("no 99% latency in wrk output:\n{text}"));
+    (rps, p99)
+}
+
+fn report(name: &str, ferry: f64, peer: f64, higher_is_better: bool, unit: &str) {
+    let ratio = if higher_is_better { ferry / peer } else { peer / ferry };
+    println!("{name} ferry={ferry:.2} peer={peer:.2} ratio={ratio:.2} {unit}");
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special: only run when benching.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let servers = [start_ferry(), start_peer()];
+        let client = reqwest::Client::builder().pool_max_idle_per_host(16).build().unwrap();
+        eprintln!("preparing a 1 GiB blob");
+        let (chunks, big) = big_blob();
+        let mut push = Vec::new();
+        for s in &servers {
+            eprintln!("seeding {}", s.name);
+            let config = push_small(&client, &s.base, "bench/app", br#"{"architecture":"amd64","os":"linux"}"#).await;
+            let layer = push_small(&client, &s.base, "bench/app", b"small layer").await;
+            let manifest = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2, "mediaType": MANIFEST_ACCEPT,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 37},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": 11}],
+            }))
+            .unwrap();
+            let resp = client
+                .put(format!("{}/v2/bench/app/manifests/v1", s.base))
+                .header("Content-Type", MANIFEST_ACCEPT)
+                .body(manifest)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 201);
+            push.push(push_blob(&client, &s.base, "bench/big", &chunks, &big).await);
+        }
+        drop(chunks);
+
+        let mut manifest = Vec::new();
+        for s in &servers {
+            let url = format!("{}/v2/bench/app/manifests/v1", s.base);
+            wrk(&url, 64, 2);
+            manifest.push(wrk(&url, 64, 10));
+        }
+        let mut one = Vec::new();
+        let mut eight = Vec::new();
+        for s in &servers {
+            pull_blob(&client, &s.base, "bench/big", &big, 1).await;
+            one.push(pull_blob(&client, &s.base, "bench/big", &big, 1).await);
+            eight.push(pull_blob(&client, &s.base, "bench/big", &big, 8).await);
+        }
+        report("manifest_get_by_tag_c64_throughput", manifest[0].0, manifest[1].0, true, "req/s");
+        report("manifest_get_by_tag_c64_p99", manifest[0].1, manifest[1].1, false, "ms");
+        report("blob_get_1gib_1_stream", one[0], one[1], true, "MB/s");
+        report("blob_get_1gib_8_streams", eight[0], eight[1], true, "MB/s");
+        report("blob_push_1gib", push[0], push[1], true, "MB/s");
+    });
+}

@@ -32,6 +32,9 @@ async fn raw(
     (status, body)
 }
 
+/// Method, path, headers, body, expected status, expected OCI code.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a [u8], u16, &'a str);
+
 #[tokio::test]
 async fn malformed_requests_get_clear_errors_and_change_nothing() {
     let f = TestFerry::start().await;
@@ -63,7 +66,7 @@ async fn malformed_requests_get_clear_errors_and_change_nothing() {
     let oci_ct = [("Content-Type", OCI_MANIFEST)];
 
     #[rustfmt::skip]
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &[u8], u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("GET", "/v2/Upper/tags/list", vec![], b"", 400, "NAME_INVALID"),
         ("GET", "/v2/a/../b/tags/list", vec![], b"", 400, "NAME_INVALID"),
         ("GET", "/v2/%2e%2e/%2e%2e/etc/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000", vec![], b"", 400, "NAME_INVALID"),
