@@ -5,12 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real: skopeo and podman (registry clients), openssl (TLS
-# certificates), docker-registry (the CNCF reference registry, the benchmark's peer).
+# certificates); for the benchmark: docker-registry (the CNCF reference registry, the peer) and wrk.
 packages=()
 command -v skopeo >/dev/null || packages+=(skopeo)
 command -v podman >/dev/null || packages+=(podman)
 command -v openssl >/dev/null || packages+=(openssl)
 command -v docker-registry >/dev/null || packages+=(docker-registry)
+command -v wrk >/dev/null || packages+=(wrk)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "== installing ${packages[*]}"
   sudo_cmd=""

@@ -223,6 +223,7 @@ impl Registry {
             if last_write < cutoff {
                 self.storage.upload_delete(&id).await?;
                 self.forget_upload(&id);
+                self.metrics.uploads_purged.inc();
                 purged += 1;
             }
         }

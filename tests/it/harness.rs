@@ -206,3 +206,11 @@ pub fn snapshot(dir: &Path) -> Vec<(String, u64)> {
     out.sort();
     out
 }
+
+/// The value of an unlabelled metric in a Prometheus text exposition (0 when absent).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

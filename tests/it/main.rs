@@ -7,3 +7,4 @@ mod durability;
 mod harness;
 mod images;
 mod malformed;
+mod operations;

@@ -1,0 +1,119 @@
+//! Operations: the CLI's config check, graceful shutdown, the in-flight limit, and the purge
+//! of abandoned uploads.
+
+use crate::harness::*;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use sha2::Digest as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[test]
+fn config_check_prints_effective_settings_or_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[server]\nlisten = \"127.0.0.1:6000\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry")).args(["config", "check"]).arg(&good).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = \"127.0.0.1:6000\""), "{text}");
+    assert!(text.contains("admin_listen = \"127.0.0.1:5090\""), "defaults fill the rest: {text}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["config", "check"])
+        .arg(&good)
+        .env("FERRY_SERVER_LISTEN", "127.0.0.1:6001")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("listen = \"127.0.0.1:6001\""),
+        "environment overrides the file"
+    );
+
+    for (text, key) in [
+        ("[server]\nlisen = \"x\"\n", "lisen"),
+        ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+        ("[storage]\nbackend = \"tape\"\n", "tape"),
+        ("[tls]\ncert = \"/nonexistent.pem\"\nkey = \"/nonexistent.key\"\n", "tls.cert"),
+    ] {
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry")).args(["config", "check"]).arg(&bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "error should name {key}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_downloads_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ferry = FerryProcess::start(dir.path());
+    let client = reqwest::Client::new();
+    let blob = random_bytes(64 << 20, 5);
+    let d = push_blob(&client, &ferry.base, "drain", &blob).await;
+    let resp = client.get(format!("{}/v2/drain/blobs/{d}", ferry.base)).send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut h = sha2::Sha256::new();
+    let first = stream.next().await.unwrap().unwrap();
+    h.update(&first);
+    Command::new("kill").arg("-TERM").arg(ferry.child.id().to_string()).status().unwrap();
+    let mut n = first.len();
+    while let Some(c) = stream.next().await {
+        let c = c.unwrap();
+        n += c.len();
+        h.update(&c);
+    }
+    assert_eq!(n, blob.len(), "the download in flight completed");
+    assert_eq!(format!("sha256:{}", hex::encode(h.finalize())), d);
+    assert!(ferry.child.wait().unwrap().success(), "Ferry exits cleanly once drained");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_limit_answers_429() {
+    let f = TestFerry::start_with(|c| c.server.max_in_flight_requests = 1).await;
+    let blob = random_bytes(64 << 20, 6);
+    let d = f.push_blob("limit", &blob).await;
+    // A download whose body is not read holds the one permit.
+    let held = f.client.get(f.url(&format!("/v2/limit/blobs/{d}"))).send().await.unwrap();
+    assert_eq!(held.status(), StatusCode::OK);
+    let resp = f.client.get(f.url("/v2/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(error_code(resp).await, "TOOMANYREQUESTS");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = f.client.get(f.url("/v2/")).send().await.unwrap();
+        if resp.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the permit is released when the download is dropped");
+        tokio::task::yield_now().await;
+    }
+    // At least the one asserted above; the wait loop may add more while the permit drains.
+    assert!(metric(&f.metrics().await, "ferry_http_requests_rejected_total") >= 1.0);
+}
+
+#[tokio::test]
+async fn abandoned_uploads_are_purged() {
+    let f = TestFerry::start_with(|c| {
+        c.registry.upload_max_idle = ferry::config::HumanDuration(Duration::from_millis(1));
+        c.registry.upload_purge_interval = ferry::config::HumanDuration(Duration::from_millis(20));
+    })
+    .await;
+    let resp = f.client.post(f.url("/v2/purge/blobs/uploads/")).send().await.unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = f.client.get(f.url(&location)).send().await.unwrap();
+        if resp.status() == StatusCode::NOT_FOUND {
+            assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the idle session was purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(snapshot(&f.data_dir().join("uploads")).is_empty());
+    assert_eq!(metric(&f.metrics().await, "ferry_uploads_purged_total"), 1.0);
+}
