@@ -245,12 +245,15 @@ fn main() {
             wrk(&url, 64, 2);
             manifest.push(wrk(&url, 64, 10));
         }
-        let mut one = Vec::new();
-        let mut eight = Vec::new();
-        for s in &servers {
-            pull_blob(&client, &s.base, "bench/big", &big, 1).await;
-            one.push(pull_blob(&client, &s.base, "bench/big", &big, 1).await);
-            eight.push(pull_blob(&client, &s.base, "bench/big", &big, 8).await);
+        // Loopback throughput is noisy on two shared cores: alternate the servers and keep each one's best of 3.
+        let (mut one, mut eight) = (vec![0f64; 2], vec![0f64; 2]);
+        pull_blob(&client, &servers[0].base, "bench/big", &big, 1).await;
+        pull_blob(&client, &servers[1].base, "bench/big", &big, 1).await;
+        for _ in 0..3 {
+            for (i, s) in servers.iter().enumerate() {
+                one[i] = one[i].max(pull_blob(&client, &s.base, "bench/big", &big, 1).await);
+                eight[i] = eight[i].max(pull_blob(&client, &s.base, "bench/big", &big, 8).await);
+            }
         }
         report("manifest_get_by_tag_c64_throughput", manifest[0].0, manifest[1].0, true, "req/s");
         report("manifest_get_by_tag_c64_p99", manifest[0].1, manifest[1].1, false, "ms");

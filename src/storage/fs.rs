@@ -9,14 +9,13 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::io::{self, Write};
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 /// Incoming bytes are gathered into writes of this size, one blocking write in flight at a time.
 const WRITE_CHUNK: usize = 1 << 20;
-/// Outgoing blobs are read in chunks of this size.
+/// Outgoing blobs are read in chunks of this size, one chunk read ahead of the one being sent.
 const READ_CHUNK: usize = 512 * 1024;
 
 /// Filesystem storage rooted at one directory.
@@ -61,6 +60,36 @@ fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
         Some(d) => std::fs::File::open(d)?.sync_all(),
         None => Ok(()),
     }
+}
+
+/// Streams `len` bytes from `file`'s current position. Each chunk is read on the blocking pool
+/// while the previous one is being sent, so disk and network overlap; at most two chunks are
+/// held per stream, whatever the blob's size.
+fn read_ahead(file: std::fs::File, len: u64) -> ByteStream {
+    fn read_chunk(mut file: std::fs::File, n: usize) -> tokio::task::JoinHandle<io::Result<(std::fs::File, Bytes)>> {
+        tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(n);
+            (&mut file).take(n as u64).read_to_end(&mut buf)?;
+            Ok((file, Bytes::from(buf)))
+        })
+    }
+    let first = (len > 0).then(|| read_chunk(file, READ_CHUNK.min(len as usize)));
+    futures_util::stream::unfold((first, len), |(next, remaining)| async move {
+        let pending = next?;
+        let (file, bytes) = match pending.await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => return Some((Err(e), (None, 0))),
+            Err(e) => return Some((Err(io::Error::other(e)), (None, 0))),
+        };
+        if bytes.is_empty() {
+            // The file is shorter than its recorded size: fail rather than end early.
+            return Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob ended early")), (None, 0)));
+        }
+        let remaining = remaining - bytes.len() as u64;
+        let next = (remaining > 0).then(|| read_chunk(file, READ_CHUNK.min(remaining as usize)));
+        Some((Ok(bytes), (next, remaining)))
+    })
+    .boxed()
 }
 
 impl FsStorage {
@@ -110,15 +139,20 @@ impl Storage for FsStorage {
     }
 
     async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
-        let mut file = tokio::fs::File::open(self.blob_path(digest)).await.map_err(not_found_as)?;
-        let stream = match range {
-            Some(r) => {
-                file.seek(io::SeekFrom::Start(r.start)).await?;
-                ReaderStream::with_capacity(file.take(r.len()), READ_CHUNK).boxed()
-            }
-            None => ReaderStream::with_capacity(file, READ_CHUNK).boxed(),
-        };
-        Ok(stream)
+        let path = self.blob_path(digest);
+        let (file, len) = blocking(move || {
+            let mut file = std::fs::File::open(path)?;
+            let size = file.metadata()?.len();
+            let (start, len) = match range {
+                Some(r) => (r.start, r.len().min(size.saturating_sub(r.start))),
+                None => (0, size),
+            };
+            file.seek(io::SeekFrom::Start(start))?;
+            Ok((file, len))
+        })
+        .await
+        .map_err(not_found_as)?;
+        Ok(read_ahead(file, len))
     }
 
     async fn blob_read_small(&self, digest: &Digest) -> Result<Bytes> {
@@ -207,8 +241,15 @@ impl Storage for FsStorage {
     }
 
     async fn upload_read(&self, id: &UploadId) -> Result<ByteStream> {
-        let file = tokio::fs::File::open(self.upload_dir(id).join("data")).await.map_err(not_found_as)?;
-        Ok(ReaderStream::with_capacity(file, READ_CHUNK).boxed())
+        let path = self.upload_dir(id).join("data");
+        let (file, len) = blocking(move || {
+            let file = std::fs::File::open(path)?;
+            let len = file.metadata()?.len();
+            Ok((file, len))
+        })
+        .await
+        .map_err(not_found_as)?;
+        Ok(read_ahead(file, len))
     }
 
     async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()> {

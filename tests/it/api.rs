@@ -5,10 +5,6 @@ use crate::harness::*;
 use reqwest::StatusCode;
 use serde_json::json;
 
-fn header(resp: &reqwest::Response, name: &str) -> String {
-    resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
-}
-
 #[tokio::test]
 async fn base_endpoint_and_admin() {
     let f = TestFerry::start().await;

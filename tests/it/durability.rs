@@ -7,10 +7,6 @@ use futures_util::StreamExt;
 use reqwest::{Client, StatusCode};
 use sha2::Digest as _;
 
-fn header(resp: &reqwest::Response, name: &str) -> String {
-    resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
-}
-
 /// `count` chunks of `chunk` bytes, each stamped with its index so no two are alike; also returns their digest.
 fn generated(count: usize, chunk: usize) -> (impl Fn(usize) -> Bytes, String) {
     let base = random_bytes(chunk, 42);
