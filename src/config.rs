@@ -64,6 +64,101 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Pull-through cache rules, `[[pull_through]]`, one per upstream registry.
+    pub pull_through: Vec<PullThroughRule>,
+}
+
+/// A secret string: printed as `<redacted>` in `Debug` and in `ferry config check`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "<redacted>" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+/// `[[pull_through]]`: repositories under `prefix` are cached from `upstream`, as ECR's
+/// pull-through cache rules do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullThroughRule {
+    /// Repository prefix: `docker-hub/library/nginx` comes from the upstream's `library/nginx`. Required.
+    pub prefix: String,
+    /// Upstream registry base URL, e.g. `"https://registry-1.docker.io"`. Required.
+    pub upstream: String,
+    /// Also serve unprefixed names that match no local repository (daemon.json `registry-mirrors`). Default `false`.
+    pub mirror_default: bool,
+    /// The registry host containerd names in `?ns=` (e.g. `"docker.io"`); selects this rule. Default `""`.
+    pub namespace: String,
+    /// Upstream user name; with a password, used for Basic auth and token requests. Default `""`.
+    pub username: String,
+    /// Upstream password, or set `password_file`, or `FERRY_PULL_THROUGH_<PREFIX>_PASSWORD`. Default `""`.
+    pub password: Secret,
+    /// File holding the upstream password. Default `""`.
+    pub password_file: String,
+    /// A cached tag is trusted this long before it is re-checked upstream. Default `"5m"`.
+    pub tag_ttl: HumanDuration,
+    /// While the upstream fails, a cached tag is served for this long past its TTL. Default `"7d"`.
+    pub stale_if_error: HumanDuration,
+    /// Add `library/` to one-component names. Default: true when `namespace` is `"docker.io"`
+    /// or the upstream is Docker Hub.
+    pub library_prefix: Option<bool>,
+}
+
+impl Default for PullThroughRule {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            upstream: String::new(),
+            mirror_default: false,
+            namespace: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+            password_file: String::new(),
+            tag_ttl: HumanDuration(Duration::from_secs(300)),
+            stale_if_error: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+            library_prefix: None,
+        }
+    }
+}
+
+impl PullThroughRule {
+    /// The environment variable that may hold this rule's password.
+    pub fn password_env_var(&self) -> String {
+        let p: String =
+            self.prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+        format!("FERRY_PULL_THROUGH_{p}_PASSWORD")
+    }
+
+    /// The password from `password`, else `password_file` (trailing newline trimmed).
+    pub fn resolved_password(&self) -> Result<Option<String>, ConfigError> {
+        if !self.password.0.is_empty() {
+            return Ok(Some(self.password.0.clone()));
+        }
+        if !self.password_file.is_empty() {
+            let p = std::fs::read_to_string(&self.password_file).map_err(|e| ConfigError::Invalid {
+                key: "pull_through.password_file",
+                message: format!("cannot read {:?}: {e}", self.password_file),
+            })?;
+            return Ok(Some(p.trim_end_matches(['\n', '\r']).to_owned()));
+        }
+        Ok(None)
+    }
+
+    /// Whether one-component names get `library/`, as Docker Hub requires.
+    pub fn adds_library(&self) -> bool {
+        self.library_prefix.unwrap_or_else(|| {
+            self.namespace == "docker.io" || self.upstream.contains("docker.io") || self.upstream.contains("docker.com")
+        })
+    }
 }
 
 /// `[server]`
@@ -203,7 +298,15 @@ impl Config {
         for (var, value) in &env {
             apply_env(&mut table, &defaults, var, value)?;
         }
-        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse(e.to_string()))
+        let mut config =
+            Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        for rule in &mut config.pull_through {
+            let var = rule.password_env_var();
+            if let Some((_, v)) = env.iter().find(|(k, _)| *k == var) {
+                rule.password = Secret(v.clone());
+            }
+        }
+        Ok(config)
     }
 
     /// Checks values that types cannot, with messages that say what to fix.
@@ -252,11 +355,60 @@ impl Config {
                 message: "must be more than 0s".into(),
             });
         }
+        self.validate_pull_through()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::Invalid {
                 key: "log.level",
                 message: format!("{:?} is not a filter such as \"info\" or \"ferry=debug\"", self.log.level),
             });
+        }
+        Ok(())
+    }
+
+    fn validate_pull_through(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let mut prefixes = std::collections::HashSet::new();
+        let mut namespaces = std::collections::HashSet::new();
+        for rule in &self.pull_through {
+            if crate::oci::RepositoryName::parse(&rule.prefix).is_err() {
+                return invalid(
+                    "pull_through.prefix",
+                    format!(
+                        "{:?} must be a repository name such as \"docker-hub\" (lowercase, no trailing /)",
+                        rule.prefix
+                    ),
+                );
+            }
+            if !prefixes.insert(rule.prefix.as_str()) {
+                return invalid("pull_through.prefix", format!("{:?} is used by two rules", rule.prefix));
+            }
+            let scheme_ok = rule.upstream.starts_with("http://") || rule.upstream.starts_with("https://");
+            if !scheme_ok || rule.upstream.parse::<http::Uri>().map(|u| u.host().is_none()).unwrap_or(true) {
+                return invalid(
+                    "pull_through.upstream",
+                    format!(
+                        "{:?} (rule {}) must be a URL such as \"https://registry-1.docker.io\"",
+                        rule.upstream, rule.prefix
+                    ),
+                );
+            }
+            if !rule.namespace.is_empty() && !namespaces.insert(rule.namespace.as_str()) {
+                return invalid("pull_through.namespace", format!("{:?} is used by two rules", rule.namespace));
+            }
+            let password = rule.resolved_password()?;
+            if !rule.username.is_empty() && password.is_none() {
+                return invalid(
+                    "pull_through.password",
+                    format!(
+                        "rule {} has a username but no password: set password, password_file or {}",
+                        rule.prefix,
+                        rule.password_env_var()
+                    ),
+                );
+            }
+        }
+        if self.pull_through.iter().filter(|r| r.mirror_default).count() > 1 {
+            return invalid("pull_through.mirror_default", "only one rule can be the mirror default".into());
         }
         Ok(())
     }
@@ -349,5 +501,28 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("server.listen"));
         let c = Config::from_toml("[tls]\ncert = \"/nonexistent\"\n", env(&[])).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("tls.key"));
+    }
+
+    #[test]
+    fn pull_through_rules() {
+        let text = "[[pull_through]]\nprefix = \"docker-hub\"\nupstream = \"https://registry-1.docker.io\"\nmirror_default = true\nnamespace = \"docker.io\"\nusername = \"bot\"\n\n[[pull_through]]\nprefix = \"quay\"\nupstream = \"https://quay.io\"\ntag_ttl = \"1m\"\n";
+        let c = Config::from_toml(text, env(&[("FERRY_PULL_THROUGH_DOCKER_HUB_PASSWORD", "hunter2")])).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.pull_through[0].password.0, "hunter2");
+        assert!(c.pull_through[0].adds_library());
+        assert!(!c.pull_through[1].adds_library());
+        assert_eq!(c.pull_through[1].tag_ttl.0, Duration::from_secs(60));
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let missing = Config::from_toml(text, env(&[])).unwrap();
+        assert!(missing.validate().unwrap_err().to_string().contains("FERRY_PULL_THROUGH_DOCKER_HUB_PASSWORD"));
+        for bad in [
+            "[[pull_through]]\nprefix = \"Bad/\"\nupstream = \"https://x\"\n",
+            "[[pull_through]]\nprefix = \"a\"\nupstream = \"ftp://x\"\n",
+            "[[pull_through]]\nprefix = \"a\"\nupstream = \"https://x\"\n[[pull_through]]\nprefix = \"a\"\nupstream = \"https://y\"\n",
+        ] {
+            assert!(Config::from_toml(bad, env(&[])).unwrap().validate().is_err(), "{bad}");
+        }
     }
 }

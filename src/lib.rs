@@ -7,6 +7,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod oci;
+pub mod proxy;
 pub mod registry;
 pub mod storage;
 
@@ -82,7 +83,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         delete_enabled: config.registry.delete_enabled,
         upload_max_idle: config.registry.upload_max_idle.0,
     };
-    let registry = Arc::new(registry::Registry::new(Arc::new(store), settings, metrics.clone()));
+    let proxy =
+        Arc::new(proxy::Proxy::new(&config.pull_through, &metrics).map_err(|e| std::io::Error::other(e.to_string()))?);
+    let registry = Arc::new(registry::Registry::new(Arc::new(store), proxy, settings, metrics.clone()));
     let tls = if config.tls.enabled() { Some(http::tls_acceptor(&config.tls.cert, &config.tls.key)?) } else { None };
     let (listener, addr) = http::bind(&config.server.listen).await?;
     let (admin_listener, admin_addr) = http::bind(&config.server.admin_listen).await?;

@@ -25,6 +25,18 @@ pub struct Metrics {
     pub storage_errors: IntCounterVec,
     /// `ferry_uploads_purged_total`: abandoned upload sessions removed.
     pub uploads_purged: IntCounter,
+    /// `ferry_cache_requests_total{rule,kind,result}`: pull-through lookups (hit, miss, revalidated, stale, coalesced).
+    pub cache_requests: IntCounterVec,
+    /// `ferry_upstream_requests_total{rule,method,status}`: requests sent upstream.
+    pub upstream_requests: IntCounterVec,
+    /// `ferry_upstream_received_bytes_total{rule}`: blob bytes fetched from upstreams.
+    pub upstream_bytes: IntCounterVec,
+    /// `ferry_upstream_request_duration_seconds{rule}`: time to the upstream's response head.
+    pub upstream_duration: HistogramVec,
+    /// `ferry_upstream_ratelimit_remaining{rule}`: the upstream's last `ratelimit-remaining`.
+    pub upstream_ratelimit_remaining: prometheus::IntGaugeVec,
+    /// `ferry_cache_fills_in_progress`: blobs being fetched from upstreams.
+    pub fills_in_progress: IntGauge,
 }
 
 impl Metrics {
@@ -61,6 +73,28 @@ impl Metrics {
                 &["endpoint"],
             )?,
             uploads_purged: IntCounter::new("ferry_uploads_purged_total", "Abandoned upload sessions purged")?,
+            cache_requests: IntCounterVec::new(
+                Opts::new("ferry_cache_requests_total", "Pull-through cache lookups by rule, kind and result"),
+                &["rule", "kind", "result"],
+            )?,
+            upstream_requests: IntCounterVec::new(
+                Opts::new("ferry_upstream_requests_total", "Requests sent to upstream registries"),
+                &["rule", "method", "status"],
+            )?,
+            upstream_bytes: IntCounterVec::new(
+                Opts::new("ferry_upstream_received_bytes_total", "Blob bytes fetched from upstream registries"),
+                &["rule"],
+            )?,
+            upstream_duration: HistogramVec::new(
+                HistogramOpts::new("ferry_upstream_request_duration_seconds", "Time to the upstream's response head")
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["rule"],
+            )?,
+            upstream_ratelimit_remaining: prometheus::IntGaugeVec::new(
+                Opts::new("ferry_upstream_ratelimit_remaining", "The upstream's last ratelimit-remaining header"),
+                &["rule"],
+            )?,
+            fills_in_progress: IntGauge::new("ferry_cache_fills_in_progress", "Blobs being fetched from upstreams")?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -72,6 +106,12 @@ impl Metrics {
         m.registry.register(Box::new(m.uploads_in_progress.clone()))?;
         m.registry.register(Box::new(m.storage_errors.clone()))?;
         m.registry.register(Box::new(m.uploads_purged.clone()))?;
+        m.registry.register(Box::new(m.cache_requests.clone()))?;
+        m.registry.register(Box::new(m.upstream_requests.clone()))?;
+        m.registry.register(Box::new(m.upstream_bytes.clone()))?;
+        m.registry.register(Box::new(m.upstream_duration.clone()))?;
+        m.registry.register(Box::new(m.upstream_ratelimit_remaining.clone()))?;
+        m.registry.register(Box::new(m.fills_in_progress.clone()))?;
         Ok(m)
     }
 

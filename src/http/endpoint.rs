@@ -77,6 +77,27 @@ impl Endpoint {
         }
     }
 
+    /// The repository the endpoint addresses, if any.
+    pub fn repository(&self) -> Option<&RepositoryName> {
+        match self {
+            Self::Base | Self::Catalog => None,
+            Self::BlobGet(n, _)
+            | Self::BlobHead(n, _)
+            | Self::BlobDelete(n, _)
+            | Self::UploadStart(n)
+            | Self::UploadStatus(n, _)
+            | Self::UploadChunk(n, _)
+            | Self::UploadFinish(n, _)
+            | Self::UploadCancel(n, _)
+            | Self::ManifestGet(n, _)
+            | Self::ManifestHead(n, _)
+            | Self::ManifestPut(n, _)
+            | Self::ManifestDelete(n, _)
+            | Self::TagsList(n)
+            | Self::Referrers(n, _) => Some(n),
+        }
+    }
+
     /// Whether the endpoint reads, writes or removes.
     pub fn action(&self) -> Action {
         match self {

@@ -1,6 +1,7 @@
 //! The one place where registry errors become OCI errors with a status code.
 
 use crate::oci::{ErrorCode, OciError};
+use crate::proxy::upstream;
 use crate::registry::Error;
 use serde_json::json;
 
@@ -29,8 +30,28 @@ impl From<Error> for OciError {
             Error::ManifestTooLarge(_) => OciError::new(ErrorCode::SizeInvalid, message).with_status(413),
             Error::DeleteDisabled => OciError::new(ErrorCode::Unsupported, message),
             Error::Incoming(_) => OciError::new(ErrorCode::BlobUploadInvalid, message),
+            Error::Denied(_) => OciError::new(ErrorCode::Denied, message),
+            Error::RangeNotSatisfiable { size } => {
+                OciError::new(ErrorCode::RangeInvalid, message).with_header("Content-Range", format!("bytes */{size}"))
+            }
+            Error::Upstream(e) => upstream_error(e),
             Error::Storage(_) => OciError::new(ErrorCode::Unavailable, "the registry's storage failed; try again")
                 .with_header("Retry-After", "1"),
+        }
+    }
+}
+
+/// An upstream failure with nothing cached to stand in: 429 when the upstream rate-limited
+/// Ferry (passing on its `Retry-After`), else 502 saying which upstream failed and how.
+fn upstream_error(e: upstream::Error) -> OciError {
+    let message = e.to_string();
+    match e {
+        upstream::Error::RateLimited { retry_after, .. } => OciError::new(ErrorCode::Toomanyrequests, message)
+            .with_header("Retry-After", retry_after.unwrap_or(60).to_string()),
+        upstream::Error::NotFound => OciError::new(ErrorCode::ManifestUnknown, message),
+        upstream::Error::Unauthorized(..) => OciError::new(ErrorCode::Denied, message).with_status(502),
+        upstream::Error::Unreachable(..) | upstream::Error::Failed(..) | upstream::Error::Invalid(..) => {
+            OciError::new(ErrorCode::Unavailable, message).with_status(502)
         }
     }
 }

@@ -4,8 +4,8 @@ use super::endpoint::Endpoint;
 use super::{empty, full, stream, App, Body};
 use crate::oci::manifest::MAX_MANIFEST_BYTES;
 use crate::oci::{Digest, ErrorCode, OciError, RepositoryName};
-use crate::registry::Page;
-use crate::storage::{ByteRange, ByteStream, UploadId};
+use crate::registry::{Page, RangeRequest};
+use crate::storage::{ByteStream, UploadId};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
@@ -21,6 +21,13 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
     let (parts, body) = req.into_parts();
     let query = query(parts.uri.query());
     let headers = &parts.headers;
+    // containerd names the upstream registry of a mirrored pull in `?ns=`.
+    let ns = query.get("ns").map(String::as_str);
+    if endpoint.action() != super::endpoint::Action::Pull {
+        if let Some(name) = endpoint.repository() {
+            reg.check_writable(name, ns)?;
+        }
+    }
     let received = app.metrics.http_received_bytes.with_label_values(&[endpoint.name()]);
     let incoming = move || -> ByteStream {
         http_body_util::BodyDataStream::new(body)
@@ -39,7 +46,8 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
         }
         Endpoint::TagsList(name) => {
             let (n, last) = page_params(&query)?;
-            let page = reg.tags_list(&name, n, last).await?;
+            let repo = reg.resolve(name.clone(), ns).await?;
+            let page = reg.tags_list(&repo, n, last).await?;
             let link = next_link(&format!("/v2/{name}/tags/list"), n, &page);
             let mut resp =
                 json_response(StatusCode::OK, &serde_json::json!({ "name": name.as_str(), "tags": page.items }));
@@ -47,31 +55,30 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
             Ok(resp)
         }
         Endpoint::BlobHead(name, digest) => {
-            let size = reg.blob_size(&name, &digest).await?;
+            let repo = reg.resolve(name, ns).await?;
+            let size = reg.blob_size(&repo, &digest).await?;
             Ok(blob_headers(Response::builder().status(StatusCode::OK), &digest)
                 .header(CONTENT_LENGTH, size)
                 .body(empty())
                 .unwrap_or_default())
         }
         Endpoint::BlobGet(name, digest) => {
-            let size = reg.blob_size(&name, &digest).await?;
             let range = match headers.get(RANGE) {
-                Some(v) => resolve_range(v, size)?,
+                Some(v) => parse_range(v)?,
                 None => None,
             };
-            let builder = blob_headers(Response::builder(), &digest);
-            let (builder, len) = match range {
-                Some(r) => (
-                    builder
-                        .status(StatusCode::PARTIAL_CONTENT)
-                        .header(CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end)),
-                    r.len(),
-                ),
-                None => (builder.status(StatusCode::OK), size),
+            let repo = reg.resolve(name, ns).await?;
+            let blob = reg.blob_get(&repo, &digest, range).await?;
+            let mut builder = blob_headers(Response::builder(), &digest);
+            builder = match (blob.range, blob.size) {
+                (Some(r), Some(size)) => builder
+                    .status(StatusCode::PARTIAL_CONTENT)
+                    .header(CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end))
+                    .header(CONTENT_LENGTH, r.len()),
+                (_, Some(size)) => builder.status(StatusCode::OK).header(CONTENT_LENGTH, size),
+                (_, None) => builder.status(StatusCode::OK),
             };
-            let content =
-                if size == 0 { futures_util::stream::empty().boxed() } else { reg.blob_read(&digest, range).await? };
-            Ok(builder.header(CONTENT_LENGTH, len).body(stream(content)).unwrap_or_default())
+            Ok(builder.body(stream(blob.body)).unwrap_or_default())
         }
         Endpoint::BlobDelete(name, digest) => {
             reg.blob_delete(&name, &digest).await?;
@@ -81,7 +88,7 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
             if let Some(mount) = query.get("mount") {
                 let digest = parse_digest(mount)?;
                 let from = query.get("from").and_then(|f| RepositoryName::parse(f).ok());
-                if let Some(from) = from {
+                if let Some(from) = from.filter(|f| reg.check_writable(f, None).is_ok()) {
                     if reg.upload_mount(&name, &digest, &from).await? {
                         return Ok(blob_created(&name, &digest));
                     }
@@ -141,11 +148,13 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
             Ok(b.body(empty()).unwrap_or_default())
         }
         Endpoint::ManifestHead(name, reference) => {
-            let record = reg.manifest_record(&name, &reference).await?;
+            let repo = reg.resolve(name, ns).await?;
+            let record = reg.manifest_record(&repo, &reference).await?;
             Ok(manifest_headers(&record.media_type, &record.digest, record.size).body(empty()).unwrap_or_default())
         }
         Endpoint::ManifestGet(name, reference) => {
-            let m = reg.manifest_get(&name, &reference).await?;
+            let repo = reg.resolve(name, ns).await?;
+            let m = reg.manifest_get(&repo, &reference).await?;
             let size = m.bytes.len() as u64;
             Ok(manifest_headers(&m.record.media_type, &m.record.digest, size).body(full(m.bytes)).unwrap_or_default())
         }
@@ -155,7 +164,8 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
         }
         Endpoint::Referrers(name, digest) => {
             let artifact_type = query.get("artifactType").map(String::as_str);
-            let manifests = reg.referrers(&name, &digest, artifact_type).await?;
+            let repo = reg.resolve(name, ns).await?;
+            let manifests = reg.referrers(&repo, &digest, artifact_type).await?;
             let index = serde_json::json!({
                 "schemaVersion": 2,
                 "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -301,35 +311,24 @@ fn content_range_start(headers: &HeaderMap) -> Result<Option<u64>, OciError> {
     Ok(Some(start))
 }
 
-/// Resolves a `Range: bytes=...` header against a blob's size. Several ranges are answered
-/// with the whole blob (allowed by RFC 9110); a malformed or unsatisfiable one gets 416.
-fn resolve_range(v: &HeaderValue, size: u64) -> Result<Option<ByteRange>, OciError> {
-    let unsatisfiable = || {
-        OciError::new(ErrorCode::RangeInvalid, format!("the range is not satisfiable for a blob of {size} bytes"))
-            .with_header("Content-Range", format!("bytes */{size}"))
-    };
-    let s = v.to_str().map_err(|_| unsatisfiable())?.trim();
-    let spec = s.strip_prefix("bytes=").ok_or_else(unsatisfiable)?;
+/// Parses a `Range: bytes=...` header. Several ranges are answered with the whole blob
+/// (allowed by RFC 9110); a malformed one gets 416.
+fn parse_range(v: &HeaderValue) -> Result<Option<RangeRequest>, OciError> {
+    let malformed =
+        || OciError::new(ErrorCode::RangeInvalid, "Range must be bytes=<start>-<end>, bytes=<start>- or bytes=-<n>");
+    let s = v.to_str().map_err(|_| malformed())?.trim();
+    let spec = s.strip_prefix("bytes=").ok_or_else(malformed)?;
     if spec.contains(',') {
         return Ok(None);
     }
-    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let (a, b) = spec.split_once('-').ok_or_else(malformed)?;
     let (a, b) = (a.trim(), b.trim());
-    let range = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| unsatisfiable())?;
-        if n == 0 || size == 0 {
-            return Err(unsatisfiable());
-        }
-        ByteRange { start: size - n.min(size), end: size - 1 }
-    } else {
-        let start: u64 = a.parse().map_err(|_| unsatisfiable())?;
-        let end: u64 = if b.is_empty() { u64::MAX } else { b.parse().map_err(|_| unsatisfiable())? };
-        if end < start || start >= size {
-            return Err(unsatisfiable());
-        }
-        ByteRange { start, end: end.min(size - 1) }
-    };
-    Ok(Some(range))
+    if a.is_empty() {
+        return Ok(Some(RangeRequest::Suffix(b.parse().map_err(|_| malformed())?)));
+    }
+    let start = a.parse().map_err(|_| malformed())?;
+    let end = if b.is_empty() { None } else { Some(b.parse().map_err(|_| malformed())?) };
+    Ok(Some(RangeRequest::From(start, end)))
 }
 
 /// Reads a body of at most `limit` bytes; more is refused with 413 before it is all read.
@@ -351,20 +350,25 @@ async fn read_limited(mut body: ByteStream, limit: usize) -> Result<Bytes, OciEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::ByteRange;
 
     #[test]
     fn ranges() {
-        let r = |s: &str, size| resolve_range(&HeaderValue::from_str(s).unwrap(), size);
-        assert_eq!(r("bytes=0-99", 1000).unwrap(), Some(ByteRange { start: 0, end: 99 }));
-        assert_eq!(r("bytes=990-", 1000).unwrap(), Some(ByteRange { start: 990, end: 999 }));
-        assert_eq!(r("bytes=-16", 1000).unwrap(), Some(ByteRange { start: 984, end: 999 }));
-        assert_eq!(r("bytes=-5000", 1000).unwrap(), Some(ByteRange { start: 0, end: 999 }));
-        assert_eq!(r("bytes=10-5000", 1000).unwrap(), Some(ByteRange { start: 10, end: 999 }));
-        assert_eq!(r("bytes=0-1,5-6", 1000).unwrap(), None);
-        for bad in ["bytes=1000-", "bytes=5-4", "bytes=-0", "items=0-1", "bytes=a-b", "bytes=0"] {
-            assert!(r(bad, 1000).is_err(), "{bad}");
+        let r = |s: &str, size| parse_range(&HeaderValue::from_str(s).unwrap()).map(|r| r.map(|r| r.resolve(size)));
+        let ok = |s: &str, size| r(s, size).unwrap().map(|r| r.unwrap());
+        assert_eq!(ok("bytes=0-99", 1000), Some(ByteRange { start: 0, end: 99 }));
+        assert_eq!(ok("bytes=990-", 1000), Some(ByteRange { start: 990, end: 999 }));
+        assert_eq!(ok("bytes=-16", 1000), Some(ByteRange { start: 984, end: 999 }));
+        assert_eq!(ok("bytes=-5000", 1000), Some(ByteRange { start: 0, end: 999 }));
+        assert_eq!(ok("bytes=10-5000", 1000), Some(ByteRange { start: 10, end: 999 }));
+        assert_eq!(ok("bytes=0-1,5-6", 1000), None);
+        for unsatisfiable in ["bytes=1000-", "bytes=5-4", "bytes=-0"] {
+            assert!(r(unsatisfiable, 1000).unwrap().unwrap().is_err(), "{unsatisfiable}");
         }
-        assert!(r("bytes=0-0", 0).is_err());
+        for malformed in ["items=0-1", "bytes=a-b", "bytes=0"] {
+            assert!(r(malformed, 1000).is_err(), "{malformed}");
+        }
+        assert!(r("bytes=0-0", 0).unwrap().unwrap().is_err());
     }
 
     #[test]

@@ -55,6 +55,18 @@ pub enum Error {
     /// The client's stream failed before the request was complete.
     #[error("the request body ended early: {0}")]
     Incoming(std::io::Error),
+    /// Writes to a pull-through repository.
+    #[error("{0}")]
+    Denied(String),
+    /// The upstream of a pull-through repository failed and nothing cached could stand in.
+    #[error("{0}")]
+    Upstream(crate::proxy::upstream::Error),
+    /// A `Range` outside the blob.
+    #[error("the range is not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable {
+        /// The blob's size.
+        size: u64,
+    },
     /// The store failed.
     #[error("storage failed: {0}")]
     Storage(storage::Error),

@@ -1,7 +1,7 @@
 //! Manifests, tags and referrers: a manifest is stored only after everything it references
 //! exists in the repository, and a tag moves with one small write after that.
 
-use super::{paginate, Error, Page, Registry, Result};
+use super::{paginate, Error, Page, Registry, Repo, Result};
 use crate::oci::manifest::{ManifestError, MAX_MANIFEST_BYTES};
 use crate::oci::{Descriptor, Digest, DigestAlgorithm, Hasher, Manifest, Reference, RepositoryName, Tag};
 use crate::storage::{self, Key};
@@ -18,6 +18,9 @@ pub struct ManifestRecord {
     pub media_type: String,
     /// Its size in bytes.
     pub size: u64,
+    /// For pull-through tags: when the upstream last confirmed it (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_at_ms: Option<u64>,
 }
 
 /// A manifest read for a GET.
@@ -98,6 +101,7 @@ impl Registry {
             digest: digest.clone(),
             media_type: manifest.media_type.as_str().to_owned(),
             size: bytes.len() as u64,
+            fetched_at_ms: None,
         };
         let record_bytes = encode(&record)?;
         self.storage.blob_put_small(&digest, bytes).await?;
@@ -122,7 +126,14 @@ impl Registry {
     }
 
     /// Digest, media type and size of a manifest, without its bytes (for HEAD).
-    pub async fn manifest_record(&self, name: &RepositoryName, reference: &Reference) -> Result<ManifestRecord> {
+    pub async fn manifest_record(&self, repo: &Repo, reference: &Reference) -> Result<ManifestRecord> {
+        match repo {
+            Repo::Local(name) => self.local_manifest_record(name, reference).await,
+            Repo::Proxied(route) => self.pull_through_manifest(route, reference).await,
+        }
+    }
+
+    async fn local_manifest_record(&self, name: &RepositoryName, reference: &Reference) -> Result<ManifestRecord> {
         let key = match reference {
             Reference::Tag(t) => Key::tag(name, t),
             Reference::Digest(d) => Key::manifest_link(name, d),
@@ -134,8 +145,8 @@ impl Registry {
     }
 
     /// A manifest's bytes, exactly as pushed.
-    pub async fn manifest_get(&self, name: &RepositoryName, reference: &Reference) -> Result<ManifestContent> {
-        let record = self.manifest_record(name, reference).await?;
+    pub async fn manifest_get(&self, repo: &Repo, reference: &Reference) -> Result<ManifestContent> {
+        let record = self.manifest_record(repo, reference).await?;
         let bytes = self.storage.blob_read_small(&record.digest).await.map_err(|e| match e {
             storage::Error::NotFound => Error::ManifestUnknown(reference.to_string()),
             e => e.into(),
@@ -158,7 +169,7 @@ impl Registry {
             }
             Reference::Digest(d) => d,
         };
-        let record = self.manifest_record(name, reference).await?;
+        let record = self.local_manifest_record(name, reference).await?;
         if let Ok(bytes) = self.storage.blob_read_small(digest).await {
             let subject = Manifest::parse(&bytes, Some(&record.media_type)).ok().and_then(|m| m.subject);
             if let Some(subject) = subject {
@@ -179,12 +190,17 @@ impl Registry {
     }
 
     /// The repository's tags, sorted, one page after `last`.
-    pub async fn tags_list(&self, name: &RepositoryName, n: Option<usize>, last: Option<&str>) -> Result<Page<String>> {
-        if !self.repository_exists(name).await? {
-            return Err(Error::NameUnknown(name.clone()));
-        }
-        let mut tags: Vec<String> =
-            self.storage.record_list(&Key::tags(name)).await?.into_iter().filter(|t| Tag::parse(t).is_ok()).collect();
+    pub async fn tags_list(&self, repo: &Repo, n: Option<usize>, last: Option<&str>) -> Result<Page<String>> {
+        let tags = match repo {
+            Repo::Proxied(route) => self.pull_through_tags(route).await?,
+            Repo::Local(name) => {
+                if !self.repository_exists(name).await? {
+                    return Err(Error::NameUnknown(name.clone()));
+                }
+                self.storage.record_list(&Key::tags(name)).await?
+            }
+        };
+        let mut tags: Vec<String> = tags.into_iter().filter(|t| Tag::parse(t).is_ok()).collect();
         tags.sort_unstable();
         Ok(paginate(tags, n, last))
     }
@@ -192,10 +208,11 @@ impl Registry {
     /// Descriptors of the manifests whose subject is `subject`, optionally of one artifact type.
     pub async fn referrers(
         &self,
-        name: &RepositoryName,
+        repo: &Repo,
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Descriptor>> {
+        let name = repo.name();
         if !self.repository_exists(name).await? {
             return Err(Error::NameUnknown(name.clone()));
         }

@@ -4,13 +4,18 @@
 
 mod error;
 mod manifests;
+mod pull_through;
 mod uploads;
 
 pub use error::{Error, Result};
 pub use manifests::{ManifestContent, ManifestRecord, StoredManifest};
+pub use pull_through::CacheResult;
 
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepositoryName};
+use crate::proxy::fill::{FillError, Fills, ReadError};
+use crate::proxy::upstream;
+use crate::proxy::{Proxy, Route};
 use crate::storage::{self, ByteRange, ByteStream, Key, Storage, UploadId};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -38,9 +43,62 @@ pub struct Page<T> {
     pub more: bool,
 }
 
+/// The repository a request reads: a local one, or a pull-through cache of an upstream's.
+#[derive(Clone)]
+pub enum Repo {
+    /// Pushed to this registry.
+    Local(RepositoryName),
+    /// Cached from an upstream by a pull-through rule.
+    Proxied(Route),
+}
+
+impl Repo {
+    /// The name the repository's content is stored under.
+    pub fn name(&self) -> &RepositoryName {
+        match self {
+            Self::Local(n) => n,
+            Self::Proxied(r) => &r.local,
+        }
+    }
+}
+
+/// A `Range` request, resolved once the blob's size is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// `bytes=start-` or `bytes=start-end`.
+    From(u64, Option<u64>),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl RangeRequest {
+    /// The bytes this asks for in a blob of `size` bytes, or `RangeNotSatisfiable`.
+    pub fn resolve(self, size: u64) -> Result<ByteRange> {
+        match self {
+            Self::Suffix(n) if n > 0 && size > 0 => Ok(ByteRange { start: size - n.min(size), end: size - 1 }),
+            Self::From(start, end) if start < size && end.is_none_or(|e| e >= start) => {
+                Ok(ByteRange { start, end: end.unwrap_or(u64::MAX).min(size - 1) })
+            }
+            _ => Err(Error::RangeNotSatisfiable { size }),
+        }
+    }
+}
+
+/// A blob to send: its size (when known), the range served, and the bytes.
+pub struct BlobContent {
+    /// The whole blob's size; unknown only while an upstream without `Content-Length` is being fetched.
+    pub size: Option<u64>,
+    /// The range served, for a 206.
+    pub range: Option<ByteRange>,
+    /// The bytes.
+    pub body: ByteStream,
+}
+
 /// The registry service, shared by every request.
 pub struct Registry {
     storage: Arc<dyn Storage>,
+    proxy: Arc<Proxy>,
+    fills: Fills,
     settings: Settings,
     metrics: Arc<Metrics>,
     /// Running hash of each upload this process is receiving, so finishing needs no re-read.
@@ -50,9 +108,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry over `storage`.
-    pub fn new(storage: Arc<dyn Storage>, settings: Settings, metrics: Arc<Metrics>) -> Self {
+    /// A registry over `storage`, with the pull-through rules of `proxy`.
+    pub fn new(storage: Arc<dyn Storage>, proxy: Arc<Proxy>, settings: Settings, metrics: Arc<Metrics>) -> Self {
         Self {
+            fills: Fills::new(storage.clone(), metrics.clone()),
+            proxy,
             storage,
             settings,
             metrics,
@@ -102,23 +162,73 @@ impl Registry {
         }
     }
 
-    /// The size of a blob the repository holds.
-    pub async fn blob_size(&self, name: &RepositoryName, digest: &Digest) -> Result<u64> {
-        match self.storage.record_get(&Key::blob_link(name, digest)).await? {
-            Some(v) => match std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()) {
-                Some(size) => Ok(size),
-                None => self.storage.blob_size(digest).await?.ok_or_else(|| Error::BlobUnknown(digest.clone())),
+    /// The size of a blob the repository holds (for a pull-through repository, the upstream's
+    /// size when it is not cached yet).
+    pub async fn blob_size(&self, repo: &Repo, digest: &Digest) -> Result<u64> {
+        let name = repo.name();
+        if let Some(v) = self.storage.record_get(&Key::blob_link(name, digest)).await? {
+            if let Some(size) = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()) {
+                return Ok(size);
+            }
+            return self.storage.blob_size(digest).await?.ok_or_else(|| Error::BlobUnknown(digest.clone()));
+        }
+        match repo {
+            Repo::Local(name) => Err(self.unknown(name, Error::BlobUnknown(digest.clone())).await),
+            Repo::Proxied(route) => match route.rule.upstream.blob_size(&route.upstream_repo, digest).await {
+                Ok(Some(size)) => Ok(size),
+                Ok(None) | Err(upstream::Error::NotFound) => Err(Error::BlobUnknown(digest.clone())),
+                Err(e) => Err(Error::Upstream(e)),
             },
-            None => Err(self.unknown(name, Error::BlobUnknown(digest.clone())).await),
         }
     }
 
-    /// Streams a blob (or a range of it) that `blob_size` found.
-    pub async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
-        self.storage.blob_read(digest, range).await.map_err(|e| match e {
-            storage::Error::NotFound => Error::BlobUnknown(digest.clone()),
-            e => e.into(),
-        })
+    /// A blob, or the requested range of it; a pull-through repository fetches what it lacks.
+    pub async fn blob_get(&self, repo: &Repo, digest: &Digest, range: Option<RangeRequest>) -> Result<BlobContent> {
+        let cached = self.storage.record_get(&Key::blob_link(repo.name(), digest)).await?.is_some();
+        let route = match repo {
+            Repo::Proxied(route) if !cached => route,
+            _ => {
+                if let Repo::Proxied(route) = repo {
+                    self.count_cache(route, "blob", CacheResult::Hit);
+                }
+                let size = self.blob_size(repo, digest).await?;
+                let range = range.map(|r| r.resolve(size)).transpose()?;
+                let body = if size == 0 {
+                    Box::pin(futures_util::stream::empty()) as ByteStream
+                } else {
+                    self.storage.blob_read(digest, range).await.map_err(|e| match e {
+                        storage::Error::NotFound => Error::BlobUnknown(digest.clone()),
+                        e => e.into(),
+                    })?
+                };
+                return Ok(BlobContent { size: Some(size), range, body });
+            }
+        };
+        let (rx, joined) = self.fills.join(
+            route.rule.clone(),
+            route.upstream_repo.clone(),
+            digest,
+            self.link_on_commit(route, digest),
+        );
+        self.count_cache(route, "blob", if joined { CacheResult::Coalesced } else { CacheResult::Miss });
+        let reader = self
+            .fills
+            .read(rx, digest, |size| match (range, size) {
+                (Some(r), Some(size)) => r.resolve(size).map(Some),
+                _ => Ok(None),
+            })
+            .await;
+        match reader {
+            Ok(r) => Ok(BlobContent { size: r.size, range: r.range, body: r.body }),
+            Err(ReadError::Resolve(e)) => Err(e),
+            Err(ReadError::Fill(FillError::Upstream(upstream::Error::NotFound))) => {
+                Err(Error::BlobUnknown(digest.clone()))
+            }
+            Err(ReadError::Fill(FillError::Upstream(e))) => Err(Error::Upstream(e)),
+            Err(ReadError::Fill(FillError::Storage(e))) => {
+                Err(Error::Storage(storage::Error::Io(std::io::Error::other(e))))
+            }
+        }
     }
 
     /// Removes a blob from the repository (the content itself stays for other repositories).

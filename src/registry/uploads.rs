@@ -165,7 +165,7 @@ impl Registry {
             Some(h) if hash.offset == size && digest.algorithm() == DigestAlgorithm::Sha256 => h.finish(),
             _ => {
                 let mut h = Hasher::new(digest.algorithm());
-                let mut data = self.storage.upload_read(id).await?;
+                let mut data = self.storage.upload_read(id, None).await?;
                 while let Some(chunk) = data.next().await {
                     h.update(&chunk.map_err(storage::Error::Io)?);
                 }
@@ -197,7 +197,7 @@ impl Registry {
 
     /// Links a blob from `from` into `name` when `from` holds it; false when it cannot.
     pub async fn upload_mount(&self, name: &RepositoryName, digest: &Digest, from: &RepositoryName) -> Result<bool> {
-        match self.blob_size(from, digest).await {
+        match self.blob_size(&super::Repo::Local(from.clone()), digest).await {
             Ok(size) => {
                 self.link_blob(name, digest, size).await?;
                 Ok(true)

@@ -62,6 +62,22 @@ fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
     }
 }
 
+/// Opens `path` positioned at the range's start; returns the file and how many bytes to read.
+async fn open_range(path: PathBuf, range: Option<ByteRange>) -> Result<(std::fs::File, u64)> {
+    blocking(move || {
+        let mut file = std::fs::File::open(path)?;
+        let size = file.metadata()?.len();
+        let (start, len) = match range {
+            Some(r) => (r.start, r.len().min(size.saturating_sub(r.start))),
+            None => (0, size),
+        };
+        file.seek(io::SeekFrom::Start(start))?;
+        Ok((file, len))
+    })
+    .await
+    .map_err(not_found_as)
+}
+
 /// Streams `len` bytes from `file`'s current position. Each chunk is read on the blocking pool
 /// while the previous one is being sent, so disk and network overlap; at most two chunks are
 /// held per stream, whatever the blob's size.
@@ -139,19 +155,7 @@ impl Storage for FsStorage {
     }
 
     async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
-        let path = self.blob_path(digest);
-        let (file, len) = blocking(move || {
-            let mut file = std::fs::File::open(path)?;
-            let size = file.metadata()?.len();
-            let (start, len) = match range {
-                Some(r) => (r.start, r.len().min(size.saturating_sub(r.start))),
-                None => (0, size),
-            };
-            file.seek(io::SeekFrom::Start(start))?;
-            Ok((file, len))
-        })
-        .await
-        .map_err(not_found_as)?;
+        let (file, len) = open_range(self.blob_path(digest), range).await?;
         Ok(read_ahead(file, len))
     }
 
@@ -240,15 +244,8 @@ impl Storage for FsStorage {
         Ok(tokio::fs::metadata(self.upload_dir(id).join("data")).await.map_err(not_found_as)?.len())
     }
 
-    async fn upload_read(&self, id: &UploadId) -> Result<ByteStream> {
-        let path = self.upload_dir(id).join("data");
-        let (file, len) = blocking(move || {
-            let file = std::fs::File::open(path)?;
-            let len = file.metadata()?.len();
-            Ok((file, len))
-        })
-        .await
-        .map_err(not_found_as)?;
+    async fn upload_read(&self, id: &UploadId, range: Option<ByteRange>) -> Result<ByteStream> {
+        let (file, len) = open_range(self.upload_dir(id).join("data"), range).await?;
         Ok(read_ahead(file, len))
     }
 

@@ -76,8 +76,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn upload_append(&self, id: &UploadId, body: ByteStream) -> Result<u64>;
     /// The number of bytes received so far.
     async fn upload_size(&self, id: &UploadId) -> Result<u64>;
-    /// Streams the data received so far (to re-hash it after a restart).
-    async fn upload_read(&self, id: &UploadId) -> Result<ByteStream>;
+    /// Streams the data received so far, or a range of it (to re-hash it after a restart, or to
+    /// serve a fill in progress).
+    async fn upload_read(&self, id: &UploadId, range: Option<ByteRange>) -> Result<ByteStream>;
     /// Makes the session's data durable and stores it under `digest`, which the caller has verified.
     async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()>;
     /// Removes a session and its data; absent sessions are not an error.

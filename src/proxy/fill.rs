@@ -1,0 +1,361 @@
+//! Single-flight fills: one upstream fetch per digest, whose bytes go into an upload session
+//! in storage as they arrive while every client that asked for the digest reads them from
+//! there. Late arrivals join the fill in progress and get the bytes already received at once.
+//! The fill runs on its own task, so it completes even when every client has gone. A client's
+//! response never ends before the digest is verified: its last byte is held back until then,
+//! so a failed fill aborts every response (never a short or corrupt body presented as complete)
+//! and leaves nothing stored.
+
+use super::upstream;
+use super::Rule;
+use crate::metrics::Metrics;
+use crate::oci::{Digest, Hasher};
+use crate::storage::{self, ByteRange, ByteStream, Storage, UploadId};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Incoming upstream bytes are appended to storage in batches of up to this size (or sooner when the upstream pauses).
+const BATCH: usize = 256 * 1024;
+/// A reader takes at most this much from storage per step.
+const READ_STEP: u64 = 1 << 20;
+
+/// Progress of one fill, as every reader sees it.
+#[derive(Debug, Clone, Default)]
+pub struct FillState {
+    /// Whether the upstream answered and bytes may follow.
+    pub started: bool,
+    /// The blob's size, when the upstream sent `Content-Length`.
+    pub size: Option<u64>,
+    /// Bytes stored so far.
+    pub written: u64,
+    /// The upload session the bytes go into.
+    pub upload: Option<UploadId>,
+    /// Set when the fill ends: verified and stored, or failed.
+    pub outcome: Option<Result<(), FillError>>,
+}
+
+/// Why a fill failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FillError {
+    /// The upstream failed, or sent bytes that do not match the digest.
+    #[error(transparent)]
+    Upstream(#[from] upstream::Error),
+    /// Storing the bytes failed.
+    #[error("storing the blob failed: {0}")]
+    Storage(String),
+}
+
+/// Why a reader could not start.
+#[derive(Debug)]
+pub enum ReadError<E> {
+    /// The fill failed before any byte arrived.
+    Fill(FillError),
+    /// The range could not be resolved against the size.
+    Resolve(E),
+}
+
+/// Called once the blob is stored under its digest, to link it into the repository.
+pub type OnCommit = Box<dyn FnOnce(u64) -> BoxFuture<'static, Result<(), FillError>> + Send>;
+
+type FillMap = Arc<Mutex<HashMap<Digest, watch::Receiver<FillState>>>>;
+
+/// The fills in progress, by digest.
+pub struct Fills {
+    storage: Arc<dyn Storage>,
+    metrics: Arc<Metrics>,
+    map: FillMap,
+}
+
+/// What a reader of a fill gets: the blob's size (if known) and the requested bytes.
+pub struct FillReader {
+    /// The whole blob's size, when known.
+    pub size: Option<u64>,
+    /// The range actually served, when a satisfiable one was asked for.
+    pub range: Option<ByteRange>,
+    /// The bytes.
+    pub body: ByteStream,
+}
+
+impl Fills {
+    /// No fills yet.
+    pub fn new(storage: Arc<dyn Storage>, metrics: Arc<Metrics>) -> Self {
+        Self { storage, metrics, map: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// Joins the fill of `digest`, starting it when there is none; returns whether it joined one.
+    pub fn join(
+        &self,
+        rule: Arc<Rule>,
+        upstream_repo: String,
+        digest: &Digest,
+        on_commit: OnCommit,
+    ) -> (watch::Receiver<FillState>, bool) {
+        let mut map = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(rx) = map.get(digest) {
+            return (rx.clone(), true);
+        }
+        let (tx, rx) = watch::channel(FillState::default());
+        map.insert(digest.clone(), rx.clone());
+        let job = FillJob {
+            storage: self.storage.clone(),
+            metrics: self.metrics.clone(),
+            map: self.map.clone(),
+            rule,
+            upstream_repo,
+            digest: digest.clone(),
+        };
+        tokio::spawn(job.run(tx, on_commit));
+        (rx, false)
+    }
+
+    /// Waits for the fill to start, then streams `range` (resolved by `resolve` once the size is known).
+    /// An upstream failure before any byte arrives is returned as an error, for a clean answer.
+    pub async fn read<E>(
+        &self,
+        mut rx: watch::Receiver<FillState>,
+        digest: &Digest,
+        resolve: impl FnOnce(Option<u64>) -> Result<Option<ByteRange>, E>,
+    ) -> Result<FillReader, ReadError<E>> {
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state.outcome {
+                Some(Err(e)) if !state.started => return Err(ReadError::Fill(e)),
+                _ if state.started || state.outcome.is_some() => break,
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(ReadError::Fill(FillError::Storage("the fill stopped without an outcome".into())));
+            }
+        }
+        let size = rx.borrow().size;
+        let range = resolve(size).map_err(ReadError::Resolve)?;
+        let (start, end) = match (range, size) {
+            (Some(r), _) => (r.start, Some(r.end)),
+            (None, Some(s)) if s > 0 => (0, Some(s - 1)),
+            _ => (0, None),
+        };
+        let reader = Reader {
+            storage: self.storage.clone(),
+            digest: digest.clone(),
+            rx,
+            pos: start,
+            end,
+            buffered: VecDeque::new(),
+            done: false,
+        };
+        let body = futures_util::stream::unfold(reader, |mut r| async move {
+            let item = r.next().await?;
+            Some((item, r))
+        })
+        .boxed();
+        Ok(FillReader { size, range, body })
+    }
+}
+
+/// One reader's position in a fill.
+struct Reader {
+    storage: Arc<dyn Storage>,
+    digest: Digest,
+    rx: watch::Receiver<FillState>,
+    pos: u64,
+    /// Last byte wanted, inclusive; `None` when the size is unknown (read to the end).
+    end: Option<u64>,
+    buffered: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            if let Some(b) = self.buffered.pop_front() {
+                return Some(Ok(b));
+            }
+            if self.done {
+                return None;
+            }
+            let state = self.rx.borrow_and_update().clone();
+            match &state.outcome {
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(io::Error::other(format!("upstream fill failed: {e}"))));
+                }
+                Some(Ok(())) => {
+                    // Verified and stored: the rest comes from the blob itself.
+                    let last = self.end.unwrap_or(u64::MAX).min(state.written.saturating_sub(1));
+                    if state.written == 0 || self.pos > last {
+                        self.done = true;
+                        return None;
+                    }
+                    match self.read_step(false, last).await {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            self.done = true;
+                            return Some(Err(e));
+                        }
+                    }
+                }
+                None => {
+                    // Hold back the response's last byte until the digest is verified: with a
+                    // known end, that byte; otherwise the last byte received so far.
+                    let readable = match self.end {
+                        Some(end) if end > 0 && state.written > 0 => Some((state.written - 1).min(end - 1)),
+                        None if state.written >= 2 => Some(state.written - 2),
+                        _ => None,
+                    };
+                    if let Some(last) = readable.filter(|last| self.pos <= *last) {
+                        match self.read_step(true, last).await {
+                            Ok(()) => continue,
+                            // Moved under its digest (or removed) meanwhile: look at the state again.
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            Err(e) => {
+                                self.done = true;
+                                return Some(Err(e));
+                            }
+                        }
+                    }
+                    if self.rx.changed().await.is_err() && self.rx.borrow().outcome.is_none() {
+                        self.done = true;
+                        return Some(Err(io::Error::other("the fill stopped without an outcome")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads `pos..=min(last, pos + step)` from the upload (in progress) or the blob (verified).
+    async fn read_step(&mut self, from_upload: bool, last: u64) -> io::Result<()> {
+        let range = ByteRange { start: self.pos, end: last.min(self.pos + READ_STEP - 1) };
+        let stream = if from_upload {
+            let id = self.rx.borrow().upload.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+            self.storage.upload_read(&id, Some(range)).await
+        } else {
+            self.storage.blob_read(&self.digest, Some(range)).await
+        };
+        let mut stream = stream.map_err(|e| match e {
+            storage::Error::NotFound => io::Error::from(io::ErrorKind::NotFound),
+            e => io::Error::other(e.to_string()),
+        })?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            self.pos += chunk.len() as u64;
+            self.buffered.push_back(chunk);
+        }
+        Ok(())
+    }
+}
+
+/// The task that fetches one blob.
+struct FillJob {
+    storage: Arc<dyn Storage>,
+    metrics: Arc<Metrics>,
+    map: FillMap,
+    rule: Arc<Rule>,
+    upstream_repo: String,
+    digest: Digest,
+}
+
+impl FillJob {
+    async fn run(self, tx: watch::Sender<FillState>, on_commit: OnCommit) {
+        self.metrics.fills_in_progress.inc();
+        let mut upload = None;
+        let result = self.fetch(&tx, &mut upload).await;
+        let result = match result {
+            Ok(size) => on_commit(size).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            tracing::warn!(rule = self.rule.label(), repository = %self.upstream_repo, digest = %self.digest, error = %e, "upstream fill failed; nothing stored");
+            if let Some(id) = upload {
+                let _ = self.storage.upload_delete(&id).await;
+            }
+        }
+        // Out of the map before the outcome is published, so a request that sees the outcome
+        // and asks again either finds the blob stored or starts afresh.
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(&self.digest);
+        }
+        tx.send_modify(|s| s.outcome = Some(result));
+        self.metrics.fills_in_progress.dec();
+    }
+
+    async fn fetch(&self, tx: &watch::Sender<FillState>, upload: &mut Option<UploadId>) -> Result<u64, FillError> {
+        let base = self.rule.upstream.base().to_owned();
+        let invalid = |m: String| FillError::Upstream(upstream::Error::Invalid(base.clone(), m));
+        let stored = |e: storage::Error| FillError::Storage(e.to_string());
+        let blob = self.rule.upstream.blob(&self.upstream_repo, &self.digest).await?;
+        let id = UploadId::new();
+        // A fill's session names no repository, so no client can append to it.
+        self.storage
+            .upload_create(&id, Bytes::from_static(br#"{"repository":"","started_at":0}"#))
+            .await
+            .map_err(stored)?;
+        *upload = Some(id);
+        tx.send_modify(|s| {
+            s.started = true;
+            s.size = blob.size;
+            s.upload = Some(id);
+        });
+        let mut hasher = Hasher::new(self.digest.algorithm());
+        let mut body = blob.body;
+        let mut written = 0u64;
+        let mut ended = false;
+        while !ended {
+            let mut batch = Vec::new();
+            let mut len = 0;
+            match body.next().await {
+                Some(Ok(b)) => {
+                    len += b.len();
+                    batch.push(b);
+                }
+                Some(Err(e)) => return Err(FillError::Upstream(upstream::Error::Unreachable(base, e.to_string()))),
+                None => break,
+            }
+            // Take whatever else is already here, so readers see bytes as soon as the upstream pauses.
+            while len < BATCH {
+                match body.next().now_or_never() {
+                    Some(Some(Ok(b))) => {
+                        len += b.len();
+                        batch.push(b);
+                    }
+                    Some(Some(Err(e))) => {
+                        return Err(FillError::Upstream(upstream::Error::Unreachable(base, e.to_string())))
+                    }
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            for b in &batch {
+                hasher.update(b);
+            }
+            let stream = futures_util::stream::iter(batch.into_iter().map(Ok)).boxed();
+            written = self.storage.upload_append(&id, stream).await.map_err(stored)?;
+            if blob.size.is_some_and(|s| written > s) {
+                return Err(invalid(format!("it sent more than its Content-Length of {}", blob.size.unwrap_or(0))));
+            }
+            tx.send_modify(|s| s.written = written);
+        }
+        if let Some(size) = blob.size {
+            if written != size {
+                return Err(invalid(format!("it sent {written} bytes of {size}")));
+            }
+        }
+        let actual = hasher.finish();
+        if actual != self.digest {
+            return Err(invalid(format!("its bytes hash to {actual}, not {}", self.digest)));
+        }
+        self.storage.upload_commit(&id, &self.digest).await.map_err(stored)?;
+        *upload = None;
+        Ok(written)
+    }
+}

@@ -1,0 +1,218 @@
+//! Pull-through repositories: manifests by tag trusted for the rule's `tag_ttl`, then
+//! revalidated with a HEAD and fetched again only when the digest moved; manifests by digest
+//! cached for good; a cached tag served for `stale_if_error` while the upstream fails; blobs
+//! fetched through single-flight fills. Everything fetched is stored in the repository
+//! `<prefix>/<upstream repository>`, so later pulls are served locally.
+
+use super::manifests::ManifestRecord;
+use super::{Error, Registry, Repo, Result};
+use crate::oci::{Digest, Reference, RepositoryName, Tag};
+use crate::proxy::fill::{FillError, OnCommit};
+use crate::proxy::{upstream, Route};
+use crate::storage::Key;
+use bytes::Bytes;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A cache lookup's result, the `result` label of `ferry_cache_requests_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheResult {
+    /// Served from the cache without asking the upstream.
+    Hit,
+    /// Fetched from the upstream.
+    Miss,
+    /// Cached tag confirmed unchanged by a HEAD upstream.
+    Revalidated,
+    /// Served from the cache because the upstream failed.
+    Stale,
+    /// Joined a fill already in progress.
+    Coalesced,
+}
+
+impl CacheResult {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Revalidated => "revalidated",
+            Self::Stale => "stale",
+            Self::Coalesced => "coalesced",
+        }
+    }
+}
+
+impl Registry {
+    pub(super) fn count_cache(&self, route: &Route, kind: &str, result: CacheResult) {
+        self.metrics.cache_requests.with_label_values(&[route.rule.label(), kind, result.as_str()]).inc();
+    }
+
+    /// Which repository a pull of `name` reads: a pull-through rule's (by prefix, by `ns`, or
+    /// as the mirror default for names no local repository has) or the local one.
+    pub async fn resolve(&self, name: RepositoryName, ns: Option<&str>) -> Result<Repo> {
+        if let Some(route) = self.proxy.route_explicit(&name, ns) {
+            return Ok(Repo::Proxied(route));
+        }
+        if !self.proxy.is_empty() && !self.repository_exists(&name).await? {
+            if let Some(route) = self.proxy.route_mirror(&name) {
+                return Ok(Repo::Proxied(route));
+            }
+        }
+        Ok(Repo::Local(name))
+    }
+
+    /// Refuses writes to pull-through repositories, which are read-only to clients as in ECR.
+    pub fn check_writable(&self, name: &RepositoryName, ns: Option<&str>) -> Result<()> {
+        match self.proxy.route_explicit(name, ns) {
+            Some(route) => Err(Error::Denied(format!(
+                "{name} is a pull-through cache of {}; it cannot be pushed to or deleted from",
+                route.rule.upstream.base()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores a manifest fetched from upstream under the route's repository (and the tag, if any).
+    async fn store_upstream_manifest(
+        &self,
+        route: &Route,
+        tag: Option<&Tag>,
+        m: upstream::UpstreamManifest,
+    ) -> Result<ManifestRecord> {
+        let record = ManifestRecord {
+            digest: m.digest.clone(),
+            media_type: m.media_type,
+            size: m.bytes.len() as u64,
+            fetched_at_ms: None,
+        };
+        self.storage.blob_put_small(&m.digest, m.bytes).await?;
+        let bytes = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        self.storage.record_put(&Key::manifest_link(&route.local, &m.digest), bytes).await?;
+        self.ensure_repository(&route.local).await?;
+        let record = ManifestRecord { fetched_at_ms: Some(now_ms()), ..record };
+        if let Some(tag) = tag {
+            self.put_tag_record(&route.local, tag, &record).await?;
+        }
+        Ok(record)
+    }
+
+    async fn put_tag_record(&self, name: &RepositoryName, tag: &Tag, record: &ManifestRecord) -> Result<()> {
+        let bytes = Bytes::from(serde_json::to_vec(record).unwrap_or_default());
+        Ok(self.storage.record_put(&Key::tag(name, tag), bytes).await?)
+    }
+
+    /// Makes sure the manifest is cached and fresh enough; returns its record.
+    pub(super) async fn pull_through_manifest(&self, route: &Route, reference: &Reference) -> Result<ManifestRecord> {
+        let tag = match reference {
+            Reference::Digest(d) => {
+                if let Some(v) = self.storage.record_get(&Key::manifest_link(&route.local, d)).await? {
+                    self.count_cache(route, "manifest", CacheResult::Hit);
+                    return serde_json::from_slice(&v).map_err(|e| Error::Storage(crate::storage::Error::Io(e.into())));
+                }
+                let m = route
+                    .rule
+                    .upstream
+                    .manifest(&route.upstream_repo, &d.to_string(), Some(d))
+                    .await
+                    .map_err(|e| self.upstream_error(e, reference))?;
+                self.count_cache(route, "manifest", CacheResult::Miss);
+                return self.store_upstream_manifest(route, None, m).await;
+            }
+            Reference::Tag(t) => t,
+        };
+        let cached: Option<ManifestRecord> = match self.storage.record_get(&Key::tag(&route.local, tag)).await? {
+            Some(v) => serde_json::from_slice(&v).ok(),
+            None => None,
+        };
+        let age_ms = cached.as_ref().map(|c| now_ms().saturating_sub(c.fetched_at_ms.unwrap_or(0)));
+        let ttl_ms = route.rule.config.tag_ttl.0.as_millis() as u64;
+        if let (Some(c), Some(age)) = (&cached, age_ms) {
+            if age < ttl_ms {
+                self.count_cache(route, "manifest", CacheResult::Hit);
+                return Ok(c.clone());
+            }
+        }
+        enum Fetched {
+            Unchanged(ManifestRecord),
+            New(upstream::UpstreamManifest),
+        }
+        let fetched = async {
+            if let Some(c) = &cached {
+                if route.rule.upstream.manifest_digest(&route.upstream_repo, tag.as_str()).await?
+                    == Some(c.digest.clone())
+                {
+                    return Ok(Fetched::Unchanged(c.clone()));
+                }
+            }
+            Ok::<_, upstream::Error>(Fetched::New(
+                route.rule.upstream.manifest(&route.upstream_repo, tag.as_str(), None).await?,
+            ))
+        }
+        .await;
+        match fetched {
+            Ok(Fetched::Unchanged(c)) => {
+                self.count_cache(route, "manifest", CacheResult::Revalidated);
+                let record = ManifestRecord { fetched_at_ms: Some(now_ms()), ..c };
+                self.put_tag_record(&route.local, tag, &record).await?;
+                Ok(record)
+            }
+            Ok(Fetched::New(m)) => {
+                self.count_cache(route, "manifest", CacheResult::Miss);
+                self.store_upstream_manifest(route, Some(tag), m).await
+            }
+            Err(e) if e.is_transient() => {
+                let stale_ms = ttl_ms + route.rule.config.stale_if_error.0.as_millis() as u64;
+                match (cached, age_ms) {
+                    (Some(c), Some(age)) if age < stale_ms => {
+                        tracing::warn!(rule = route.rule.label(), repository = %route.upstream_repo, %tag, error = %e, "upstream failing; serving the cached tag");
+                        self.count_cache(route, "manifest", CacheResult::Stale);
+                        Ok(c)
+                    }
+                    _ => Err(self.upstream_error(e, reference)),
+                }
+            }
+            Err(e) => Err(self.upstream_error(e, reference)),
+        }
+    }
+
+    fn upstream_error(&self, e: upstream::Error, reference: &Reference) -> Error {
+        match e {
+            upstream::Error::NotFound => Error::ManifestUnknown(reference.to_string()),
+            e => Error::Upstream(e),
+        }
+    }
+
+    /// The tags upstream when it answers, else the cached ones.
+    pub(super) async fn pull_through_tags(&self, route: &Route) -> Result<Vec<String>> {
+        match route.rule.upstream.tags(&route.upstream_repo).await {
+            Ok(tags) => Ok(tags),
+            Err(upstream::Error::NotFound) => Err(Error::NameUnknown(route.local.clone())),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(rule = route.rule.label(), repository = %route.upstream_repo, error = %e, "upstream failing; listing cached tags");
+                Ok(self.storage.record_list(&Key::tags(&route.local)).await?)
+            }
+            Err(e) => Err(Error::Upstream(e)),
+        }
+    }
+
+    /// A callback that links a filled blob into the route's repository.
+    pub(super) fn link_on_commit(&self, route: &Route, digest: &Digest) -> OnCommit {
+        let storage = self.storage.clone();
+        let (name, digest) = (route.local.clone(), digest.clone());
+        Box::new(move |size| {
+            Box::pin(async move {
+                storage
+                    .record_put(&Key::blob_link(&name, &digest), Bytes::from(size.to_string()))
+                    .await
+                    .map_err(|e| FillError::Storage(e.to_string()))?;
+                storage
+                    .record_put(&Key::catalog_entry(&name), Bytes::new())
+                    .await
+                    .map_err(|e| FillError::Storage(e.to_string()))
+            })
+        })
+    }
+}
