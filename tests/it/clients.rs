@@ -6,7 +6,7 @@ use crate::images::build_layout;
 use std::path::Path;
 use std::process::Command;
 
-fn run(cmd: &mut Command) -> String {
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?} could not start: {e}"));
     assert!(
         out.status.success(),
@@ -18,7 +18,7 @@ fn run(cmd: &mut Command) -> String {
 }
 
 /// skopeo with the test's own auth file (see [`policy`]).
-fn skopeo(policy: &str) -> Command {
+pub fn skopeo(policy: &str) -> Command {
     let mut c = Command::new("skopeo");
     c.env("REGISTRY_AUTH_FILE", Path::new(policy).with_file_name("auth.json"));
     c.args(["--policy", policy]);
@@ -26,7 +26,7 @@ fn skopeo(policy: &str) -> Command {
 }
 
 /// A private signature policy and an empty auth file, so nothing on the machine changes what is tested.
-fn policy(dir: &Path) -> String {
+pub fn policy(dir: &Path) -> String {
     let p = dir.join("policy.json");
     std::fs::write(&p, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
     let auth = dir.join("auth.json");

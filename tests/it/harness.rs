@@ -117,6 +117,15 @@ pub async fn push_blob(client: &Client, base: &str, repo: &str, bytes: &[u8]) ->
     let d = digest(bytes);
     let resp =
         client.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}")).body(bytes.to_vec()).send().await.unwrap();
+    if resp.status() == StatusCode::ACCEPTED {
+        // docker-registry 2.8 opens a session instead of taking the blob in the POST.
+        let location = header(&resp, "location");
+        let url = if location.starts_with("http") { location } else { format!("{base}{location}") };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let resp = client.put(format!("{url}{sep}digest={d}")).body(bytes.to_vec()).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
+        return d;
+    }
     assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
     d
 }

@@ -8,3 +8,5 @@ mod harness;
 mod images;
 mod malformed;
 mod operations;
+mod pull_through;
+mod upstream;

@@ -1,0 +1,393 @@
+//! The pull-through cache against real upstream registries (Debian's `docker-registry`) and,
+//! for failures no real registry produces on purpose, the fault-injecting upstream.
+
+use crate::clients::{policy, run, skopeo};
+use crate::harness::*;
+use crate::images::build_layout;
+use crate::upstream::{FakeUpstream, Fault, RealUpstream};
+use bytes::Bytes;
+use ferry::config::{HumanDuration, PullThroughRule};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use std::time::Duration;
+
+fn rule(prefix: &str, upstream: &str) -> PullThroughRule {
+    PullThroughRule { prefix: prefix.into(), upstream: upstream.into(), ..Default::default() }
+}
+
+async fn ferry_with(rules: Vec<PullThroughRule>) -> TestFerry {
+    TestFerry::start_with(move |c| c.pull_through = rules).await
+}
+
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+async fn get_manifest(f: &TestFerry, path: &str) -> reqwest::Response {
+    f.client.get(f.url(path)).header("Accept", ACCEPT).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_by_prefix_namespace_and_mirror_default_with_real_clients() {
+    let hub = RealUpstream::start();
+    let quay = RealUpstream::start();
+    let work = tempfile::tempdir().unwrap();
+    let policy = policy(work.path());
+    let single = build_layout(&work.path().join("single"), "v1", &["amd64"], 50_000, false, 31);
+    let multi = build_layout(&work.path().join("multi"), "v1", &["amd64", "arm64"], 50_000, true, 32);
+    let etcd = build_layout(&work.path().join("etcd"), "v1", &["amd64"], 50_000, false, 33);
+    for (src, dest) in [
+        (&single.source, format!("docker://{}/library/alpine:v1", hub.host)),
+        (&multi.source, format!("docker://{}/team/tool:v1", hub.host)),
+        (&etcd.source, format!("docker://{}/coreos/etcd:v1", quay.host)),
+    ] {
+        run(skopeo(&policy).args(["copy", "--all", "--dest-tls-verify=false", src, &dest]));
+    }
+    let f = ferry_with(vec![
+        PullThroughRule { mirror_default: true, namespace: "docker.io".into(), ..rule("docker-hub", &hub.base) },
+        PullThroughRule { namespace: "quay.io".into(), ..rule("quay", &quay.base) },
+    ])
+    .await;
+    let ferry = f.server.as_ref().unwrap().addr;
+
+    // By prefix, with library/ added for Docker Hub; byte-identical manifests.
+    for (name, want) in [
+        ("docker-hub/library/alpine", &single.top),
+        ("docker-hub/alpine", &single.top),
+        ("docker-hub/team/tool", &multi.top),
+        ("quay/coreos/etcd", &etcd.top),
+    ] {
+        let raw = run(skopeo(&policy)
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{ferry}/{name}:v1")));
+        assert_eq!(&digest(raw.as_bytes()), want, "{name}");
+    }
+    // A whole multi-arch image copied out through the cache.
+    let out = work.path().join("out");
+    run(skopeo(&policy)
+        .args(["copy", "--all", "--src-tls-verify=false"])
+        .arg(format!("docker://{ferry}/docker-hub/team/tool:v1"))
+        .arg(format!("dir:{}", out.display())));
+    assert_eq!(digest(&std::fs::read(out.join("manifest.json")).unwrap()), multi.top);
+    for p in &multi.platforms {
+        assert!(out.join(format!("{}.manifest.json", &p[7..])).exists());
+    }
+    // Mirror default: the unprefixed name Docker's registry-mirrors sends.
+    let raw = run(skopeo(&policy)
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{ferry}/alpine:v1")));
+    assert_eq!(digest(raw.as_bytes()), single.top);
+    // containerd's ?ns= picks the rule.
+    let resp = get_manifest(&f, "/v2/coreos/etcd/manifests/v1?ns=quay.io").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(digest(&resp.bytes().await.unwrap()), etcd.top);
+    let resp = get_manifest(&f, "/v2/library/alpine/manifests/v1?ns=docker.io").await;
+    assert_eq!(digest(&resp.bytes().await.unwrap()), single.top);
+
+    // podman with a registries.conf mirror: docker.io goes to Ferry, never to a real host.
+    let conf = work.path().join("registries.conf");
+    std::fs::write(&conf, format!("[[registry]]\nprefix = \"docker.io\"\nlocation = \"127.0.0.1:1\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{ferry}\"\ninsecure = true\n")).unwrap();
+    let root = work.path().join("podman");
+    let out = run(std::process::Command::new("podman")
+        .arg("--root")
+        .arg(root.join("root"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .env("REGISTRY_AUTH_FILE", work.path().join("auth.json"))
+        .args(["pull", "--arch", "amd64", "docker.io/team/tool:v1"]));
+    assert!(!out.trim().is_empty());
+    let inspected = run(std::process::Command::new("podman")
+        .arg("--root")
+        .arg(root.join("root"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--events-backend",
+            "none",
+            "image",
+            "inspect",
+            "--format",
+            "{{.Digest}}",
+            "docker.io/team/tool:v1",
+        ]));
+    assert_eq!(inspected.trim(), multi.top);
+
+    // Everything fetched is cached under the prefixed name and listed in the catalog.
+    let catalog: serde_json::Value = f.client.get(f.url("/v2/_catalog")).send().await.unwrap().json().await.unwrap();
+    let repos: Vec<&str> = catalog["repositories"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(repos, ["docker-hub/library/alpine", "docker-hub/team/tool", "quay/coreos/etcd"]);
+    let m = f.metrics().await;
+    assert!(m.contains(r#"ferry_cache_requests_total{kind="manifest",result="hit",rule="docker-hub"}"#), "{m}");
+}
+
+#[tokio::test]
+async fn pull_through_repositories_are_read_only_and_unknown_ns_reaches_nothing() {
+    let fake = FakeUpstream::start().await;
+    let f = ferry_with(vec![PullThroughRule { namespace: "docker.io".into(), ..rule("docker-hub", &fake.base) }]).await;
+    let resp = f.client.post(f.url("/v2/docker-hub/library/x/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(resp).await, "DENIED");
+    let resp = f.put_manifest("docker-hub/library/x", "v1", OCI_MANIFEST, b"{}").await;
+    assert_eq!(error_code(resp).await, "DENIED");
+    let resp = f.client.delete(f.url("/v2/docker-hub/library/x/manifests/v1")).send().await.unwrap();
+    assert_eq!(error_code(resp).await, "DENIED");
+    let resp = f.client.post(f.url("/v2/library/x/blobs/uploads/?ns=docker.io")).send().await.unwrap();
+    assert_eq!(error_code(resp).await, "DENIED", "a push through the ns route is refused too");
+    // Unknown ns values and crafted names stay local: NAME_UNKNOWN, and the upstream sees nothing.
+    for path in [
+        "/v2/library/x/manifests/v1?ns=evil.example.com",
+        "/v2/library/x/manifests/v1?ns=127.0.0.1:1",
+        "/v2/docker-hubx/library/x/manifests/v1",
+        "/v2/x/manifests/v1?ns=",
+    ] {
+        let resp = get_manifest(&f, path).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(error_code(resp).await, "NAME_UNKNOWN", "{path}");
+    }
+    let resp = get_manifest(&f, "/v2/docker-hub/..%2f..%2fetc/manifests/v1").await;
+    assert_eq!(error_code(resp).await, "NAME_INVALID");
+    assert_eq!(fake.hits("/v2/library/x/manifests/v1"), 0);
+    // Pushing elsewhere still works.
+    f.push_blob("team/app", b"local content").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_pulls_cause_one_upstream_fetch() {
+    let hub = RealUpstream::start();
+    let client = reqwest::Client::new();
+    let blob = random_bytes(64 << 20, 77);
+    let d = push_blob(&client, &hub.base, "team/big", &blob).await;
+    let f = ferry_with(vec![rule("hub", &hub.base)]).await;
+    let pulls: Vec<_> = (0..50)
+        .map(|_| {
+            let (c, url) = (f.client.clone(), f.url(&format!("/v2/hub/team/big/blobs/{d}")));
+            tokio::spawn(async move {
+                let resp = c.get(url).send().await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                resp.bytes().await.unwrap()
+            })
+        })
+        .collect();
+    for p in pulls {
+        let got = p.await.unwrap();
+        assert_eq!(got.len(), blob.len());
+        assert_eq!(digest(&got), d);
+    }
+    let path = format!("/v2/team/big/blobs/{d}");
+    assert_eq!(hub.requests("GET", &path, 1), 1, "exactly one upstream GET of the blob");
+    let m = f.metrics().await;
+    let coalesced = m
+        .lines()
+        .find(|l| l.contains(r#"kind="blob",result="coalesced""#))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .unwrap_or(0);
+    let missed = m
+        .lines()
+        .find(|l| l.contains(r#"kind="blob",result="miss""#))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .unwrap_or(0);
+    assert_eq!(missed, 1, "{m}");
+    assert_eq!(
+        coalesced
+            + missed
+            + m.lines()
+                .find(|l| l.contains(r#"kind="blob",result="hit""#))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .unwrap_or(0),
+        50
+    );
+    // Cached now: served locally, ranges too.
+    let resp = f
+        .client
+        .get(f.url(&format!("/v2/hub/team/big/blobs/{d}")))
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &blob[10..20]);
+    assert_eq!(hub.requests("GET", &path, 1), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_bytes_reach_clients_before_the_fill_completes_and_survive_a_client_leaving() {
+    let fake = FakeUpstream::start().await;
+    let blob = Bytes::from(random_bytes(8 << 20, 78));
+    let d = digest(&blob);
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let path = format!("/v2/lib/gated/blobs/{d}");
+    fake.route(&path, Fault::Gate { bytes: blob.clone(), gate: gate.clone() }, "application/octet-stream");
+    let f = ferry_with(vec![rule("up", &fake.base)]).await;
+    let url = f.url(&format!("/v2/up/lib/gated/blobs/{d}"));
+    // The first client leaves after its first bytes; the second stays.
+    let first = f.client.get(&url).send().await.unwrap();
+    let mut first_stream = first.bytes_stream();
+    assert!(
+        !first_stream.next().await.unwrap().unwrap().is_empty(),
+        "bytes arrive while the upstream holds back the second half"
+    );
+    let second = f.client.get(&url).send().await.unwrap();
+    assert_eq!(second.headers()["content-length"], blob.len().to_string());
+    let mut second_stream = second.bytes_stream();
+    let early = second_stream.next().await.unwrap().unwrap();
+    assert!(!early.is_empty(), "a late client gets the bytes already received at once");
+    assert_eq!(metric(&f.metrics().await, "ferry_cache_fills_in_progress"), 1.0, "the fill is still running");
+    drop(first_stream);
+    gate.notify_one();
+    let mut got = early.to_vec();
+    while let Some(c) = second_stream.next().await {
+        got.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(digest(&got), d);
+    assert_eq!(fake.hits(&path), 1);
+    // Cached: a third pull does not go upstream.
+    let again = f.client.get(&url).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(digest(&again), d);
+    assert_eq!(fake.hits(&path), 1);
+}
+
+/// Whether Ferry's store holds content under `d`.
+fn stored(f: &TestFerry, d: &str) -> bool {
+    let hex = d.trim_start_matches("sha256:");
+    f.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex).exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_faults_never_store_or_serve_corrupt_content() {
+    let fake = FakeUpstream::start().await;
+    let f = ferry_with(vec![rule("up", &fake.base)]).await;
+    let blob = Bytes::from(random_bytes(2 << 20, 79));
+    let d = digest(&blob);
+    let path = format!("/v2/lib/x/blobs/{d}");
+    let url = f.url(&format!("/v2/up/lib/x/blobs/{d}"));
+
+    // Connection dropped mid-blob: the client's body fails, nothing is stored.
+    fake.route(&path, Fault::DropMidway(blob.clone()), "application/octet-stream");
+    let resp = f.client.get(&url).send().await.unwrap();
+    assert!(resp.bytes().await.is_err(), "a cut upstream never looks like a complete body");
+    assert!(!stored(&f, &d));
+
+    // Wrong bytes of the right length: the body is never completed, nothing is stored.
+    let mut wrong = blob.to_vec();
+    wrong[12345] ^= 0xff;
+    fake.route(&path, Fault::Serve(Bytes::from(wrong)), "application/octet-stream");
+    let resp = f.client.get(&url).send().await.unwrap();
+    assert!(resp.bytes().await.is_err(), "corrupt content is never served as complete");
+    assert!(!stored(&f, &d));
+
+    // 500 twice, then fine: retried within one request.
+    fake.route(
+        &path,
+        Fault::Status { status: 500, retry_after: None, times: 2, then: blob.clone() },
+        "application/octet-stream",
+    );
+    let got = f.client.get(&url).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(digest(&got), d);
+    assert!(stored(&f, &d), "the next pull after the faults succeeds and is cached");
+
+    // 500 every time: a clear error.
+    let other = Bytes::from(random_bytes(1000, 80));
+    let od = digest(&other);
+    let opath = format!("/v2/lib/x/blobs/{od}");
+    fake.route(
+        &opath,
+        Fault::Status { status: 500, retry_after: None, times: 100, then: other.clone() },
+        "application/octet-stream",
+    );
+    let resp = f.client.get(f.url(&format!("/v2/up/lib/x/blobs/{od}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(error_code(resp).await, "UNAVAILABLE");
+
+    // 429 with a long Retry-After: passed on to the client.
+    fake.route(
+        &opath,
+        Fault::Status { status: 429, retry_after: Some(120), times: 100, then: other.clone() },
+        "application/octet-stream",
+    );
+    let resp = f.client.get(f.url(&format!("/v2/up/lib/x/blobs/{od}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["retry-after"], "120");
+    assert_eq!(error_code(resp).await, "TOOMANYREQUESTS");
+
+    // A slow trickle arrives whole.
+    fake.route(&opath, Fault::Trickle { bytes: other.clone(), chunk: 100, delay_ms: 5 }, "application/octet-stream");
+    let got = f.client.get(f.url(&format!("/v2/up/lib/x/blobs/{od}"))).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(got, other);
+    assert!(stored(&f, &od));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_are_revalidated_after_their_ttl_and_served_stale_while_the_upstream_is_down() {
+    let mut hub = RealUpstream::start();
+    let client = reqwest::Client::new();
+    let base = hub.base.clone();
+    let push = |tag: &'static str, seed: u64| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let config = push_blob(&client, &base, "lib/app", &random_bytes(100, seed)).await;
+            let manifest = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 100},
+                "layers": [],
+            }))
+            .unwrap();
+            let resp = client
+                .put(format!("{base}/v2/lib/app/manifests/{tag}"))
+                .header("Content-Type", OCI_MANIFEST)
+                .body(manifest.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::CREATED);
+            digest(&manifest)
+        }
+    };
+    let first = push("v1", 1).await;
+    push("other", 3).await;
+    // Two rules on one upstream: one re-checks tags at every pull, one trusts them for an hour.
+    let f = ferry_with(vec![
+        PullThroughRule { tag_ttl: HumanDuration(Duration::ZERO), ..rule("fresh", &hub.base) },
+        PullThroughRule { tag_ttl: HumanDuration(Duration::from_secs(3600)), ..rule("slow", &hub.base) },
+    ])
+    .await;
+    let digest_of = |path: &'static str| {
+        let f = &f;
+        async move {
+            let resp = get_manifest(f, path).await;
+            assert_eq!(resp.status(), StatusCode::OK, "{path}");
+            resp.headers()["docker-content-digest"].to_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(digest_of("/v2/fresh/lib/app/manifests/v1").await, first);
+    assert_eq!(digest_of("/v2/slow/lib/app/manifests/v1").await, first);
+    let second = push("v1", 2).await;
+    assert_ne!(first, second);
+    assert_eq!(digest_of("/v2/slow/lib/app/manifests/v1").await, first, "not seen before the TTL");
+    assert_eq!(digest_of("/v2/fresh/lib/app/manifests/v1").await, second, "seen once the TTL has passed");
+    let m = f.metrics().await;
+    assert!(m.contains(r#"ferry_cache_requests_total{kind="manifest",result="hit",rule="slow"} 1"#), "{m}");
+
+    // Upstream down: the cached tag is served stale; an uncached one gets a clear error.
+    hub.stop();
+    assert_eq!(digest_of("/v2/fresh/lib/app/manifests/v1").await, second);
+    let resp = get_manifest(&f, "/v2/fresh/lib/app/manifests/other").await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(error_code(resp).await, "UNAVAILABLE");
+    let resp = f.client.get(f.url("/v2/fresh/lib/app/tags/list")).send().await.unwrap();
+    let tags: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1"]), "cached tags while the upstream is down");
+    assert!(f.metrics().await.contains(r#"ferry_cache_requests_total{kind="manifest",result="stale",rule="fresh"} 1"#));
+
+    // Upstream back: revalidation resumes.
+    hub.restart();
+    assert_eq!(digest_of("/v2/fresh/lib/app/manifests/v1").await, second);
+    assert!(f
+        .metrics()
+        .await
+        .contains(r#"ferry_cache_requests_total{kind="manifest",result="revalidated",rule="fresh"}"#));
+    let tags: serde_json::Value =
+        f.client.get(f.url("/v2/fresh/lib/app/tags/list")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["other", "v1"]), "the upstream's list when it answers");
+}
