@@ -9,4 +9,5 @@ mod images;
 mod malformed;
 mod operations;
 mod pull_through;
+mod token_auth;
 mod upstream;

@@ -112,6 +112,12 @@ impl RealUpstream {
         }
     }
 
+    /// Restarts on the same port and data with different extra YAML.
+    pub fn restart_with(&mut self, extra: &str) {
+        self.extra = extra.to_owned();
+        self.restart();
+    }
+
     /// Starts again on the same port and data.
     pub fn restart(&mut self) {
         self.stop();
