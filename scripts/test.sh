@@ -4,14 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive for real: skopeo and podman (registry clients), openssl (TLS
-# certificates); for the benchmark: docker-registry (the CNCF reference registry, the peer) and wrk.
+# Debian packages the tests drive for real: skopeo and podman (registry clients), docker.io
+# (dockerd and containerd as mirror clients, run in a private network namespace), openssl (TLS
+# certificates and the test token issuer's signatures), docker-registry (the CNCF reference
+# registry: upstream in the tests, peer in the benchmark), wrk (the benchmark's load generator),
+# curl, iproute2 and util-linux (nsenter).
 packages=()
 command -v skopeo >/dev/null || packages+=(skopeo)
 command -v podman >/dev/null || packages+=(podman)
 command -v openssl >/dev/null || packages+=(openssl)
 command -v docker-registry >/dev/null || packages+=(docker-registry)
 command -v wrk >/dev/null || packages+=(wrk)
+command -v dockerd >/dev/null || packages+=(docker.io)
+command -v curl >/dev/null || packages+=(curl)
+command -v ip >/dev/null || packages+=(iproute2)
+command -v nsenter >/dev/null || packages+=(util-linux)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "== installing ${packages[*]}"
   sudo_cmd=""

@@ -7,6 +7,7 @@ mod durability;
 mod harness;
 mod images;
 mod malformed;
+mod mirrors;
 mod operations;
 mod pull_through;
 mod token_auth;
