@@ -44,13 +44,21 @@ fn wait_until_listening(port: u16) {
 }
 
 fn start_ferry() -> Server {
+    start_ferry_with("")
+}
+
+/// Ferry with extra TOML (e.g. `[[pull_through]]` rules).
+fn start_ferry_with(extra: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, extra).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
         .arg("--data-dir")
-        .arg(dir.path())
-        .env("FERRY_CONFIG", "/dev/null")
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
         // Both registries log warnings only, so neither pays for per-request log lines.
         .env("FERRY_LOG_LEVEL", "warn")
         .stderr(Stdio::inherit())
@@ -61,13 +69,18 @@ fn start_ferry() -> Server {
 }
 
 fn start_peer() -> Server {
+    start_peer_with("")
+}
+
+/// docker-registry with extra YAML (e.g. `proxy:`); its access log goes to `access.log`.
+fn start_peer_with(extra: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("config.yml");
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n  cache: {{blobdescriptor: inmemory}}\nhttp: {{addr: \"127.0.0.1:{port}\"}}\n",
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n  cache: {{blobdescriptor: inmemory}}\nhttp: {{addr: \"127.0.0.1:{port}\"}}\n{extra}",
             dir.path().join("data").display()
         ),
     )
@@ -76,7 +89,7 @@ fn start_peer() -> Server {
         .arg("serve")
         .arg(&config)
         .env_remove("AWS_CA_BUNDLE")
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(dir.path().join("access.log")).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .expect("docker-registry starts (apt-get install docker-registry)");
@@ -200,6 +213,103 @@ fn wrk(url: &str, connections: usize, secs: u64) -> (f64, f64) {
     (rps, p99)
 }
 
+/// How many `GET path` requests a docker-registry has logged.
+fn upstream_gets(server: &Server, path: &str) -> usize {
+    let needle = format!("\"GET {path} HTTP/1.1\"");
+    std::fs::read_to_string(server._dir.path().join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// Pushes a fresh blob of `size` bytes to `server` and returns its digest.
+async fn fresh_blob(client: &reqwest::Client, server: &Server, repo: &str, size: usize, seed: u64) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut base = Vec::with_capacity(CHUNK);
+    while base.len() < CHUNK {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        base.extend_from_slice(&x.to_le_bytes());
+    }
+    let base = Bytes::from(base);
+    let chunks: Vec<Bytes> = (0..size / CHUNK).map(|i| chunk(i, &base)).collect();
+    let mut h = sha2::Sha256::new();
+    for c in &chunks {
+        h.update(c);
+    }
+    let d = format!("sha256:{}", hex::encode(h.finalize()));
+    push_blob(client, &server.base, repo, &chunks, &d).await;
+    d
+}
+
+/// GETs a blob `streams` times at once; returns (seconds, bytes received in all).
+async fn timed_pull(client: &reqwest::Client, base: &str, repo: &str, d: &str, streams: usize, size: usize) -> f64 {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| {
+            let (client, url) = (client.clone(), format!("{base}/v2/{repo}/blobs/{d}"));
+            tokio::spawn(async move {
+                let resp = client.get(url).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let mut n = 0usize;
+                let mut s = resp.bytes_stream();
+                while let Some(c) = s.next().await {
+                    n += c.unwrap().len();
+                }
+                n
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), size);
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// Flushes dirty pages first, so a cold fill is not throttled by writeback of earlier runs' data.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
+/// The pull-through comparisons: Ferry and docker-registry in proxy mode in front of one upstream.
+async fn pull_through(client: &reqwest::Client) {
+    const SIZE: usize = 256 << 20;
+    let upstream = start_peer();
+    let ferry = start_ferry_with(&format!("[[pull_through]]\nprefix = \"up\"\nupstream = \"{}\"\n", upstream.base));
+    let proxy = start_peer_with(&format!("proxy: {{remoteurl: \"{}\"}}\n", upstream.base));
+    let mb = SIZE as f64 / 1e6;
+    eprintln!("seeding the upstream with 256 MiB blobs");
+    let direct_blob = fresh_blob(client, &upstream, "lib/direct", SIZE, 1).await;
+    let ferry_blob = fresh_blob(client, &upstream, "lib/a", SIZE, 2).await;
+    let proxy_blob = fresh_blob(client, &upstream, "lib/a", SIZE, 3).await;
+    settle();
+    let direct = timed_pull(client, &upstream.base, "lib/direct", &direct_blob, 1, SIZE).await;
+    settle();
+    let cold_proxy = timed_pull(client, &proxy.base, "lib/a", &proxy_blob, 1, SIZE).await;
+    settle();
+    let cold_ferry = timed_pull(client, &ferry.base, "up/lib/a", &ferry_blob, 1, SIZE).await;
+    report("pull_through_cold_256mib_vs_direct", mb / cold_ferry, mb / direct, true, "MB/s");
+    report("pull_through_cold_256mib", mb / cold_ferry, mb / cold_proxy, true, "MB/s");
+    let (mut warm_ferry, mut warm_proxy) = (0f64, 0f64);
+    for _ in 0..3 {
+        warm_ferry = warm_ferry.max(mb / timed_pull(client, &ferry.base, "up/lib/a", &ferry_blob, 1, SIZE).await);
+        warm_proxy = warm_proxy.max(mb / timed_pull(client, &proxy.base, "lib/a", &proxy_blob, 1, SIZE).await);
+    }
+    report("pull_through_warm_256mib", warm_ferry, warm_proxy, true, "MB/s");
+
+    let ferry_blob = fresh_blob(client, &upstream, "lib/b", SIZE, 4).await;
+    let proxy_blob = fresh_blob(client, &upstream, "lib/b", SIZE, 5).await;
+    settle();
+    let t_ferry = timed_pull(client, &ferry.base, "up/lib/b", &ferry_blob, 32, SIZE).await;
+    settle();
+    let t_proxy = timed_pull(client, &proxy.base, "lib/b", &proxy_blob, 32, SIZE).await;
+    let fetched = |d: &str| upstream_gets(&upstream, &format!("/v2/lib/b/blobs/{d}")) as f64 * mb;
+    report("pull_through_cold_32_clients_upstream_bytes", fetched(&ferry_blob), fetched(&proxy_blob), false, "MB");
+    report("pull_through_cold_32_clients_time", t_ferry, t_proxy, false, "s");
+}
+
 fn report(name: &str, ferry: f64, peer: f64, higher_is_better: bool, unit: &str) {
     let ratio = if higher_is_better { ferry / peer } else { peer / ferry };
     println!("{name} ferry={ferry:.2} peer={peer:.2} ratio={ratio:.2} {unit}");
@@ -211,16 +321,30 @@ fn main() {
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // `cargo bench --bench load -- pull_through` runs only the comparisons whose group matches.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
     runtime.block_on(async {
-        let servers = [start_ferry(), start_peer()];
         let client = reqwest::Client::builder().pool_max_idle_per_host(16).build().unwrap();
+        if "registry".contains(filter.as_str()) {
+            registry(&client).await;
+        }
+        if "pull_through".contains(filter.as_str()) {
+            pull_through(&client).await;
+        }
+    });
+}
+
+/// The registry comparisons: Ferry and docker-registry serving the same content.
+async fn registry(client: &reqwest::Client) {
+    {
+        let servers = [start_ferry(), start_peer()];
         eprintln!("preparing a 1 GiB blob");
         let (chunks, big) = big_blob();
         let mut push = Vec::new();
         for s in &servers {
             eprintln!("seeding {}", s.name);
-            let config = push_small(&client, &s.base, "bench/app", br#"{"architecture":"amd64","os":"linux"}"#).await;
-            let layer = push_small(&client, &s.base, "bench/app", b"small layer").await;
+            let config = push_small(client, &s.base, "bench/app", br#"{"architecture":"amd64","os":"linux"}"#).await;
+            let layer = push_small(client, &s.base, "bench/app", b"small layer").await;
             let manifest = serde_json::to_vec(&serde_json::json!({
                 "schemaVersion": 2, "mediaType": MANIFEST_ACCEPT,
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 37},
@@ -235,7 +359,7 @@ fn main() {
                 .await
                 .unwrap();
             assert_eq!(resp.status(), 201);
-            push.push(push_blob(&client, &s.base, "bench/big", &chunks, &big).await);
+            push.push(push_blob(client, &s.base, "bench/big", &chunks, &big).await);
         }
         drop(chunks);
 
@@ -247,12 +371,12 @@ fn main() {
         }
         // Loopback throughput is noisy on two shared cores: alternate the servers and keep each one's best of 3.
         let (mut one, mut eight) = (vec![0f64; 2], vec![0f64; 2]);
-        pull_blob(&client, &servers[0].base, "bench/big", &big, 1).await;
-        pull_blob(&client, &servers[1].base, "bench/big", &big, 1).await;
+        pull_blob(client, &servers[0].base, "bench/big", &big, 1).await;
+        pull_blob(client, &servers[1].base, "bench/big", &big, 1).await;
         for _ in 0..3 {
             for (i, s) in servers.iter().enumerate() {
-                one[i] = one[i].max(pull_blob(&client, &s.base, "bench/big", &big, 1).await);
-                eight[i] = eight[i].max(pull_blob(&client, &s.base, "bench/big", &big, 8).await);
+                one[i] = one[i].max(pull_blob(client, &s.base, "bench/big", &big, 1).await);
+                eight[i] = eight[i].max(pull_blob(client, &s.base, "bench/big", &big, 8).await);
             }
         }
         report("manifest_get_by_tag_c64_throughput", manifest[0].0, manifest[1].0, true, "req/s");
@@ -260,5 +384,5 @@ fn main() {
         report("blob_get_1gib_1_stream", one[0], one[1], true, "MB/s");
         report("blob_get_1gib_8_streams", eight[0], eight[1], true, "MB/s");
         report("blob_push_1gib", push[0], push[1], true, "MB/s");
-    });
+    }
 }

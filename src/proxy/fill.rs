@@ -13,14 +13,17 @@ use crate::oci::{Digest, Hasher};
 use crate::storage::{self, ByteRange, ByteStream, Storage, UploadId};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// Incoming upstream bytes are appended to storage in batches of up to this size (or sooner when the upstream pauses).
-const BATCH: usize = 256 * 1024;
+/// Incoming upstream bytes are appended to storage in batches of up to this size, or of what
+/// arrived within [`BATCH_WAIT`] when the upstream is slower.
+const BATCH: usize = 1 << 20;
+/// The longest a received byte waits before it is stored and readers can see it.
+const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 /// A reader takes at most this much from storage per step.
 const READ_STEP: u64 = 1 << 20;
 
@@ -35,6 +38,8 @@ pub struct FillState {
     pub written: u64,
     /// The upload session the bytes go into.
     pub upload: Option<UploadId>,
+    /// Every byte has arrived and the digest matched (storing may still be under way).
+    pub verified: bool,
     /// Set when the fill ends: verified and stored, or failed.
     pub outcome: Option<Result<(), FillError>>,
 }
@@ -206,10 +211,17 @@ impl Reader {
                     // Hold back the response's last byte until the digest is verified: with a
                     // known end, that byte; otherwise the last byte received so far.
                     let readable = match self.end {
+                        _ if state.verified && state.written > 0 => {
+                            Some((state.written - 1).min(self.end.unwrap_or(u64::MAX)))
+                        }
                         Some(end) if end > 0 && state.written > 0 => Some((state.written - 1).min(end - 1)),
                         None if state.written >= 2 => Some(state.written - 2),
                         _ => None,
                     };
+                    if state.verified && readable.is_none_or(|last| self.pos > last) {
+                        self.done = true;
+                        return None;
+                    }
                     if let Some(last) = readable.filter(|last| self.pos <= *last) {
                         match self.read_step(true, last).await {
                             Ok(()) => continue,
@@ -318,21 +330,22 @@ impl FillJob {
                 Some(Err(e)) => return Err(FillError::Upstream(upstream::Error::Unreachable(base, e.to_string()))),
                 None => break,
             }
-            // Take whatever else is already here, so readers see bytes as soon as the upstream pauses.
+            // Gather more for a moment: few large writes, yet readers see bytes within BATCH_WAIT.
+            let deadline = tokio::time::Instant::now() + BATCH_WAIT;
             while len < BATCH {
-                match body.next().now_or_never() {
-                    Some(Some(Ok(b))) => {
+                match tokio::time::timeout_at(deadline, body.next()).await {
+                    Ok(Some(Ok(b))) => {
                         len += b.len();
                         batch.push(b);
                     }
-                    Some(Some(Err(e))) => {
+                    Ok(Some(Err(e))) => {
                         return Err(FillError::Upstream(upstream::Error::Unreachable(base, e.to_string())))
                     }
-                    Some(None) => {
+                    Ok(None) => {
                         ended = true;
                         break;
                     }
-                    None => break,
+                    Err(_) => break,
                 }
             }
             for b in &batch {
@@ -354,6 +367,8 @@ impl FillJob {
         if actual != self.digest {
             return Err(invalid(format!("its bytes hash to {actual}, not {}", self.digest)));
         }
+        // Readers may finish now; storing durably under the digest happens behind them.
+        tx.send_modify(|s| s.verified = true);
         self.storage.upload_commit(&id, &self.digest).await.map_err(stored)?;
         *upload = None;
         Ok(written)
