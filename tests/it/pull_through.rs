@@ -254,6 +254,19 @@ fn stored(f: &TestFerry, d: &str) -> bool {
     f.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex).exists()
 }
 
+/// Whether the content ends up stored: a response completes once the digest is verified, and
+/// the fill stores the blob durably just after, on its own task.
+async fn eventually_stored(f: &TestFerry, d: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !stored(f, d) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_faults_never_store_or_serve_corrupt_content() {
     let fake = FakeUpstream::start().await;
@@ -285,7 +298,7 @@ async fn upstream_faults_never_store_or_serve_corrupt_content() {
     );
     let got = f.client.get(&url).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(digest(&got), d);
-    assert!(stored(&f, &d), "the next pull after the faults succeeds and is cached");
+    assert!(eventually_stored(&f, &d).await, "the next pull after the faults succeeds and is cached");
 
     // 500 every time: a clear error.
     let other = Bytes::from(random_bytes(1000, 80));
@@ -315,7 +328,7 @@ async fn upstream_faults_never_store_or_serve_corrupt_content() {
     fake.route(&opath, Fault::Trickle { bytes: other.clone(), chunk: 100, delay_ms: 5 }, "application/octet-stream");
     let got = f.client.get(f.url(&format!("/v2/up/lib/x/blobs/{od}"))).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(got, other);
-    assert!(stored(&f, &od));
+    assert!(eventually_stored(&f, &od).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
