@@ -1,6 +1,9 @@
-//! Single-flight fills: one upstream fetch per digest, whose bytes go into an upload session
-//! in storage as they arrive while every client that asked for the digest reads them from
-//! there. Late arrivals join the fill in progress and get the bytes already received at once.
+//! Single-flight fills: one upstream fetch per digest, whose bytes go to every client that
+//! asked for the digest and into an upload session in storage at the same time. Clients keeping
+//! up read the latest bytes from a bounded in-memory window; late arrivals and slow readers
+//! read what they missed from storage, then catch up with the window: every reader gets the
+//! bytes already received at once, and memory grows with the number of fills, never with blob
+//! size.
 //! The fill runs on its own task, so it completes even when every client has gone. A client's
 //! response never ends before the digest is verified: its last byte is held back until then,
 //! so a failed fill aborts every response (never a short or corrupt body presented as complete)
@@ -26,6 +29,48 @@ const BATCH: usize = 1 << 20;
 const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 /// A reader takes at most this much from storage per step.
 const READ_STEP: u64 = 1 << 20;
+/// The most recent bytes of a fill kept in memory for readers that keep up.
+const WINDOW: u64 = 32 << 20;
+
+/// The latest received chunks of a fill, by offset. Chunks leave only once they are in storage.
+#[derive(Debug, Default)]
+pub struct Window {
+    chunks: Mutex<VecDeque<(u64, Bytes)>>,
+}
+
+impl Window {
+    fn push(&self, offset: u64, bytes: Bytes) {
+        if let Ok(mut c) = self.chunks.lock() {
+            c.push_back((offset, bytes));
+        }
+    }
+
+    /// Drops chunks that are in storage (end ≤ `written`) while more than `keep` bytes are held;
+    /// returns the bytes still held.
+    fn trim(&self, written: u64, keep: u64) -> u64 {
+        let Ok(mut c) = self.chunks.lock() else { return 0 };
+        let mut held: u64 = c.iter().map(|(_, b)| b.len() as u64).sum();
+        while held > keep {
+            match c.front() {
+                Some((off, b)) if off + b.len() as u64 <= written => {
+                    held -= b.len() as u64;
+                    c.pop_front();
+                }
+                _ => break,
+            }
+        }
+        held
+    }
+
+    /// The bytes from `pos` up to `end` (exclusive) held in one chunk, if `pos` is in the window.
+    fn slice(&self, pos: u64, end: u64) -> Option<Bytes> {
+        let c = self.chunks.lock().ok()?;
+        let (off, b) = c.iter().find(|(off, b)| *off <= pos && pos < off + b.len() as u64)?;
+        let from = (pos - off) as usize;
+        let to = ((end - off) as usize).min(b.len());
+        (from < to).then(|| b.slice(from..to))
+    }
+}
 
 /// Progress of one fill, as every reader sees it.
 #[derive(Debug, Clone, Default)]
@@ -34,8 +79,12 @@ pub struct FillState {
     pub started: bool,
     /// The blob's size, when the upstream sent `Content-Length`.
     pub size: Option<u64>,
-    /// Bytes stored so far.
+    /// Bytes received from the upstream so far.
+    pub received: u64,
+    /// Bytes in the upload session so far (readable from storage).
     pub written: u64,
+    /// The latest received bytes.
+    pub window: Arc<Window>,
     /// The upload session the bytes go into.
     pub upload: Option<UploadId>,
     /// Every byte has arrived and the digest matched (storing may still be under way).
@@ -210,12 +259,11 @@ impl Reader {
                 None => {
                     // Hold back the response's last byte until the digest is verified: with a
                     // known end, that byte; otherwise the last byte received so far.
+                    let got = state.received;
                     let readable = match self.end {
-                        _ if state.verified && state.written > 0 => {
-                            Some((state.written - 1).min(self.end.unwrap_or(u64::MAX)))
-                        }
-                        Some(end) if end > 0 && state.written > 0 => Some((state.written - 1).min(end - 1)),
-                        None if state.written >= 2 => Some(state.written - 2),
+                        _ if state.verified && got > 0 => Some((got - 1).min(self.end.unwrap_or(u64::MAX))),
+                        Some(end) if end > 0 && got > 0 => Some((got - 1).min(end - 1)),
+                        None if got >= 2 => Some(got - 2),
                         _ => None,
                     };
                     if state.verified && readable.is_none_or(|last| self.pos > last) {
@@ -223,13 +271,20 @@ impl Reader {
                         return None;
                     }
                     if let Some(last) = readable.filter(|last| self.pos <= *last) {
-                        match self.read_step(true, last).await {
-                            Ok(()) => continue,
-                            // Moved under its digest (or removed) meanwhile: look at the state again.
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                            Err(e) => {
-                                self.done = true;
-                                return Some(Err(e));
+                        // Keeping up: straight from memory. Behind the window: from storage.
+                        if let Some(b) = state.window.slice(self.pos, last + 1) {
+                            self.pos += b.len() as u64;
+                            return Some(Ok(b));
+                        }
+                        if self.pos < state.written {
+                            match self.read_step(true, last.min(state.written - 1)).await {
+                                Ok(()) => continue,
+                                // Moved under its digest (or removed) meanwhile: look at the state again.
+                                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                                Err(e) => {
+                                    self.done = true;
+                                    return Some(Err(e));
+                                }
                             }
                         }
                     }
@@ -315,9 +370,35 @@ impl FillJob {
             s.size = blob.size;
             s.upload = Some(id);
         });
-        let mut hasher = Hasher::new(self.digest.algorithm());
         let mut body = blob.body;
-        let mut written = 0u64;
+        let window = tx.borrow().window.clone();
+        let mut progress = tx.subscribe();
+        // The writer appends batches to storage while the next batch is received.
+        // A hasher runs beside it, both off the receiving path.
+        let (batches, mut queue) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let (to_hash, mut hash_queue) = tokio::sync::mpsc::channel::<Bytes>(8);
+        let hasher = {
+            let mut hasher = Hasher::new(self.digest.algorithm());
+            tokio::task::spawn_blocking(move || {
+                while let Some(batch) = hash_queue.blocking_recv() {
+                    hasher.update(&batch);
+                }
+                hasher.finish()
+            })
+        };
+        let writer = {
+            let (storage, tx) = (self.storage.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut written = 0;
+                while let Some(batch) = queue.recv().await {
+                    let stream = futures_util::stream::iter([Ok(batch)]).boxed();
+                    written = storage.upload_append(&id, stream).await?;
+                    tx.send_modify(|s| s.written = written);
+                }
+                Ok::<_, storage::Error>(written)
+            })
+        };
+        let mut received = 0u64;
         let mut ended = false;
         while !ended {
             let mut batch = Vec::new();
@@ -348,22 +429,52 @@ impl FillJob {
                     Err(_) => break,
                 }
             }
-            for b in &batch {
-                hasher.update(b);
-            }
-            let stream = futures_util::stream::iter(batch.into_iter().map(Ok)).boxed();
-            written = self.storage.upload_append(&id, stream).await.map_err(stored)?;
-            if blob.size.is_some_and(|s| written > s) {
+            // One buffer per batch: readers then send large frames, not the upstream's small reads.
+            let merged = match batch.len() {
+                1 => batch.remove(0),
+                _ => {
+                    let mut m = bytes::BytesMut::with_capacity(len);
+                    for b in &batch {
+                        m.extend_from_slice(b);
+                    }
+                    m.freeze()
+                }
+            };
+            window.push(received, merged.clone());
+            received += merged.len() as u64;
+            if blob.size.is_some_and(|s| received > s) {
                 return Err(invalid(format!("it sent more than its Content-Length of {}", blob.size.unwrap_or(0))));
             }
-            tx.send_modify(|s| s.written = written);
+            tx.send_modify(|s| s.received = received);
+            if to_hash.send(merged.clone()).await.is_err() {
+                break;
+            }
+            if batches.send(merged).await.is_err() {
+                break;
+            }
+            // Keep the window bounded: wait for the writer when storage falls behind.
+            while window.trim(progress.borrow_and_update().written, WINDOW) > WINDOW {
+                if progress.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        drop(batches);
+        drop(to_hash);
+        let written = match writer.await {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => return Err(stored(e)),
+            Err(e) => return Err(FillError::Storage(e.to_string())),
+        };
+        if written != received {
+            return Err(FillError::Storage(format!("stored {written} of {received} bytes")));
         }
         if let Some(size) = blob.size {
             if written != size {
                 return Err(invalid(format!("it sent {written} bytes of {size}")));
             }
         }
-        let actual = hasher.finish();
+        let actual = hasher.await.map_err(|e| FillError::Storage(e.to_string()))?;
         if actual != self.digest {
             return Err(invalid(format!("its bytes hash to {actual}, not {}", self.digest)));
         }

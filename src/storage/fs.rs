@@ -202,6 +202,19 @@ impl Storage for FsStorage {
         loop {
             let next = body.next().await;
             let done = match next {
+                // Already large: write it as it is, without a copy.
+                Some(Ok(b)) if buf.is_empty() && b.len() >= WRITE_CHUNK => {
+                    let mut file = in_flight
+                        .take()
+                        .ok_or_else(|| io::Error::other("writer lost"))?
+                        .await
+                        .map_err(io::Error::other)??;
+                    in_flight = Some(tokio::task::spawn_blocking(move || {
+                        file.write_all(&b)?;
+                        Ok(file)
+                    }));
+                    continue;
+                }
                 Some(Ok(b)) => {
                     buf.extend_from_slice(&b);
                     false
