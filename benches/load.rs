@@ -324,7 +324,12 @@ fn main() {
     // `cargo bench --bench load -- pull_through` runs only the comparisons whose group matches.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default();
     runtime.block_on(async {
-        let client = reqwest::Client::builder().pool_max_idle_per_host(16).build().unwrap();
+        // Idle connections are dropped before the servers' idle timeouts, as a well-behaved client does.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(16)
+            .pool_idle_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
         if "registry".contains(filter.as_str()) {
             registry(&client).await;
         }

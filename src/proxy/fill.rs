@@ -350,6 +350,8 @@ impl FillJob {
             map.remove(&self.digest);
         }
         tx.send_modify(|s| s.outcome = Some(result));
+        // Readers now read the stored blob (or stop): the window's memory can go.
+        tx.borrow().window.trim(u64::MAX, 0);
         self.metrics.fills_in_progress.dec();
     }
 
