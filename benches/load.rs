@@ -152,30 +152,10 @@ async fn push_small(client: &reqwest::Client, base: &str, repo: &str, bytes: &[u
     d
 }
 
-/// `streams` concurrent GETs of the blob; returns aggregate MB/s.
+/// `streams` concurrent GETs of the 1 GiB blob; returns aggregate MB/s.
 async fn pull_blob(client: &reqwest::Client, base: &str, repo: &str, d: &str, streams: usize) -> f64 {
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..streams)
-        .map(|_| {
-            let (client, url) = (client.clone(), format!("{base}/v2/{repo}/blobs/{d}"));
-            tokio::spawn(async move {
-                let resp = client.get(url).send().await.unwrap();
-                assert_eq!(resp.status(), 200);
-                let mut n = 0usize;
-                let mut s = resp.bytes_stream();
-                while let Some(c) = s.next().await {
-                    n += c.unwrap().len();
-                }
-                n
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap();
-    }
-    assert_eq!(total, streams * GIB);
-    total as f64 / 1e6 / started.elapsed().as_secs_f64()
+    let secs = timed_pull(client, base, repo, d, streams, GIB).await;
+    (streams * GIB) as f64 / 1e6 / secs
 }
 
 /// wrk at `connections` for `secs`: (requests/s, p99 latency in ms).
@@ -244,7 +224,7 @@ async fn fresh_blob(client: &reqwest::Client, server: &Server, repo: &str, size:
     d
 }
 
-/// GETs a blob `streams` times at once; returns (seconds, bytes received in all).
+/// GETs a blob of `size` bytes `streams` times at once; returns the seconds it took.
 async fn timed_pull(client: &reqwest::Client, base: &str, repo: &str, d: &str, streams: usize, size: usize) -> f64 {
     let started = Instant::now();
     let tasks: Vec<_> = (0..streams)

@@ -200,33 +200,29 @@ impl Storage for FsStorage {
         let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
         let mut incoming_error = None;
         loop {
-            let next = body.next().await;
-            let done = match next {
-                // Already large: write it as it is, without a copy.
-                Some(Ok(b)) if buf.is_empty() && b.len() >= WRITE_CHUNK => {
-                    let mut file = in_flight
-                        .take()
-                        .ok_or_else(|| io::Error::other("writer lost"))?
-                        .await
-                        .map_err(io::Error::other)??;
-                    in_flight = Some(tokio::task::spawn_blocking(move || {
-                        file.write_all(&b)?;
-                        Ok(file)
-                    }));
-                    continue;
-                }
+            let (to_write, done) = match body.next().await {
+                // Already large: written as it is, without a copy.
+                Some(Ok(b)) if buf.is_empty() && b.len() >= WRITE_CHUNK => (Some(b), false),
                 Some(Ok(b)) => {
                     buf.extend_from_slice(&b);
-                    false
+                    (None, false)
                 }
                 Some(Err(e)) => {
                     incoming_error = Some(e);
-                    true
+                    (None, true)
                 }
-                None => true,
+                None => (None, true),
             };
-            if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) {
-                let chunk = buf.split().freeze();
+            let to_write = match to_write {
+                Some(b) => Some(b),
+                None if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) => {
+                    let chunk = buf.split().freeze();
+                    buf.reserve(WRITE_CHUNK);
+                    Some(chunk)
+                }
+                None => None,
+            };
+            if let Some(chunk) = to_write {
                 let mut file = in_flight
                     .take()
                     .ok_or_else(|| io::Error::other("writer lost"))?
@@ -236,9 +232,6 @@ impl Storage for FsStorage {
                     file.write_all(&chunk)?;
                     Ok(file)
                 }));
-                if buf.capacity() < WRITE_CHUNK {
-                    buf.reserve(WRITE_CHUNK);
-                }
             }
             if done {
                 break;

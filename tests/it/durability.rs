@@ -66,21 +66,8 @@ async fn kill_during_upload_leaves_nothing_under_the_digest() {
     let mut ferry = FerryProcess::start(dir.path());
     // Content that must survive.
     let layer = random_bytes(100_000, 9);
-    let layer_digest = push_blob(&client, &ferry.base, "keep", &layer).await;
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": layer_digest, "size": layer.len()},
-        "layers": [],
-    }))
-    .unwrap();
-    let resp = client
-        .put(format!("{}/v2/keep/manifests/v1", ferry.base))
-        .header("Content-Type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let (manifest, _) = push_config_image(&client, &ferry.base, "keep", "v1", &layer).await;
+    let layer_digest = digest(&layer);
     let blobs_before = snapshot(&dir.path().join("blobs"));
 
     // A big chunked upload and a big monolithic one, both cut by kill -9 half way.

@@ -228,3 +228,25 @@ pub fn metric(text: &str, name: &str) -> f64 {
 pub fn header(resp: &Response, name: &str) -> String {
     resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
 }
+
+/// Pushes `config` as a blob and a layerless OCI manifest naming it under `tag`, to any
+/// registry at `base`; returns the manifest's bytes and digest.
+pub async fn push_config_image(client: &Client, base: &str, repo: &str, tag: &str, config: &[u8]) -> (Vec<u8>, String) {
+    let config_digest = push_blob(client, base, repo, config).await;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [],
+    }))
+    .unwrap();
+    let resp = client
+        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("Content-Type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
+    let d = digest(&manifest);
+    (manifest, d)
+}

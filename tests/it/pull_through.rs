@@ -338,24 +338,7 @@ async fn tags_are_revalidated_after_their_ttl_and_served_stale_while_the_upstrea
     let base = hub.base.clone();
     let push = |tag: &'static str, seed: u64| {
         let (client, base) = (client.clone(), base.clone());
-        async move {
-            let config = push_blob(&client, &base, "lib/app", &random_bytes(100, seed)).await;
-            let manifest = serde_json::to_vec(&serde_json::json!({
-                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 100},
-                "layers": [],
-            }))
-            .unwrap();
-            let resp = client
-                .put(format!("{base}/v2/lib/app/manifests/{tag}"))
-                .header("Content-Type", OCI_MANIFEST)
-                .body(manifest.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), StatusCode::CREATED);
-            digest(&manifest)
-        }
+        async move { push_config_image(&client, &base, "lib/app", tag, &random_bytes(100, seed)).await.1 }
     };
     let first = push("v1", 1).await;
     push("other", 3).await;

@@ -171,21 +171,8 @@ async fn token_authenticated_upstream_with_configured_credentials() {
     let mut hub = RealUpstream::start();
     let client = reqwest::Client::new();
     let layer = random_bytes(300_000, 90);
-    let layer_digest = push_blob(&client, &hub.base, "private/app", &layer).await;
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": layer_digest, "size": layer.len()},
-        "layers": [],
-    }))
-    .unwrap();
-    let resp = client
-        .put(format!("{}/v2/private/app/manifests/v1", hub.base))
-        .header("Content-Type", OCI_MANIFEST)
-        .body(manifest.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let (manifest, _) = push_config_image(&client, &hub.base, "private/app", "v1", &layer).await;
+    let layer_digest = digest(&layer);
     let issuer = Issuer::start().await;
     hub.restart_with(&issuer.auth_yaml());
     let resp = client.get(format!("{}/v2/private/app/manifests/v1", hub.base)).send().await.unwrap();
