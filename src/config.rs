@@ -64,6 +64,8 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The in-memory hot tier.
+    pub hot_tier: HotTierConfig,
     /// Pull-through cache rules, `[[pull_through]]`, one per upstream registry.
     pub pull_through: Vec<PullThroughRule>,
 }
@@ -206,6 +208,63 @@ impl TlsConfig {
     }
 }
 
+/// A size written as `"16MiB"`, `"256MiB"`, `"4KiB"`, `"1GiB"` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"16MiB"`, `"512KiB"`, `"1GiB"`, `"100"` (bytes); also KB/MB/GB as powers of 1000.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "KB" => 1000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            _ => return None,
+        };
+        n.checked_mul(mult).map(Self)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = self.0;
+        let text = if v > 0 && v.is_multiple_of(1 << 30) {
+            format!("{}GiB", v >> 30)
+        } else if v > 0 && v.is_multiple_of(1 << 20) {
+            format!("{}MiB", v >> 20)
+        } else if v > 0 && v.is_multiple_of(1 << 10) {
+            format!("{}KiB", v >> 10)
+        } else {
+            v.to_string()
+        };
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Self(n)),
+            Raw::Text(t) => Self::parse(&t)
+                .ok_or_else(|| serde::de::Error::custom(format!("{t:?} is not a size such as \"16MiB\" or \"4KiB\""))),
+        }
+    }
+}
+
 /// The storage backend.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -213,21 +272,94 @@ pub enum Backend {
     /// The local filesystem under `data_dir`.
     #[default]
     Fs,
+    /// One S3 bucket, shareable by several Ferry replicas.
+    S3,
+}
+
+/// `[storage.s3]`: where the S3 backend keeps everything.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name. Required with `backend = "s3"`.
+    pub bucket: String,
+    /// Key prefix inside the bucket, e.g. `"ferry/"`. Default `""`.
+    pub prefix: String,
+    /// Region. Default `"us-east-1"`.
+    pub region: String,
+    /// Endpoint URL of an S3-compatible service. Default `""` (AWS).
+    pub endpoint: String,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible services need. Default `false`.
+    pub force_path_style: bool,
+    /// Access key id; empty uses the standard AWS credential chain. Default `""`.
+    pub access_key_id: String,
+    /// Secret access key (or `secret_access_key_file`, or `FERRY_STORAGE_S3_SECRET_ACCESS_KEY`). Default `""`.
+    pub secret_access_key: Secret,
+    /// File holding the secret access key. Default `""`.
+    pub secret_access_key_file: String,
+    /// Server-side encryption: `""`, `"AES256"` or `"aws:kms"`. Default `""`.
+    pub sse: String,
+    /// KMS key for `sse = "aws:kms"`. Default `""`.
+    pub kms_key_id: String,
+    /// Size of the parts blobs are uploaded in (at least 5MiB). Default `"16MiB"`.
+    pub part_size: ByteSize,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            prefix: String::new(),
+            region: "us-east-1".into(),
+            endpoint: String::new(),
+            force_path_style: false,
+            access_key_id: String::new(),
+            secret_access_key: Secret::default(),
+            secret_access_key_file: String::new(),
+            sse: String::new(),
+            kms_key_id: String::new(),
+            part_size: ByteSize(16 << 20),
+        }
+    }
+}
+
+/// `[hot_tier]`: an in-memory cache of small immutable content in front of storage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HotTierConfig {
+    /// Capacity, weighted by bytes; `"0"` turns the hot tier off. Default `"256MiB"`.
+    pub max_bytes: ByteSize,
+    /// Larger blobs always stream from storage. Default `"4MiB"`.
+    pub max_object_bytes: ByteSize,
+    /// How long a tag lookup may be served from memory; `"0s"` (default) never caches tags,
+    /// so replicas sharing a bucket agree at once.
+    pub tag_ttl: HumanDuration,
+}
+
+impl Default for HotTierConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize(256 << 20),
+            max_object_bytes: ByteSize(4 << 20),
+            tag_ttl: HumanDuration(Duration::ZERO),
+        }
+    }
 }
 
 /// `[storage]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `"fs"` (the default).
+    /// `"fs"` (the default) or `"s3"`.
     pub backend: Backend,
     /// Directory of the filesystem backend. Default `"./data"`.
     pub data_dir: PathBuf,
+    /// The S3 backend's settings.
+    pub s3: S3Config,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { backend: Backend::Fs, data_dir: PathBuf::from("./data") }
+        Self { backend: Backend::Fs, data_dir: PathBuf::from("./data"), s3: S3Config::default() }
     }
 }
 
@@ -343,6 +475,34 @@ impl Config {
                 return Err(ConfigError::Invalid { key, message: format!("{v:?} is not a readable file") });
             }
         }
+        if self.storage.backend == Backend::S3 {
+            let s3 = &self.storage.s3;
+            if s3.bucket.len() < 3 {
+                return Err(ConfigError::Invalid {
+                    key: "storage.s3.bucket",
+                    message: "give the bucket's name (at least 3 characters)".into(),
+                });
+            }
+            if s3.part_size.0 < 5 << 20 || s3.part_size.0 > 5 << 30 {
+                return Err(ConfigError::Invalid {
+                    key: "storage.s3.part_size",
+                    message: "must be between 5MiB and 5GiB (S3's part limits)".into(),
+                });
+            }
+            if !["", "AES256", "aws:kms"].contains(&s3.sse.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "storage.s3.sse",
+                    message: format!("{:?} must be \"\", \"AES256\" or \"aws:kms\"", s3.sse),
+                });
+            }
+            if !s3.access_key_id.is_empty() && s3.secret_access_key.0.is_empty() && s3.secret_access_key_file.is_empty()
+            {
+                return Err(ConfigError::Invalid {
+                    key: "storage.s3.secret_access_key",
+                    message: "access_key_id is set: set secret_access_key, secret_access_key_file or FERRY_STORAGE_S3_SECRET_ACCESS_KEY".into(),
+                });
+            }
+        }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
                 key: "storage.data_dir",
@@ -419,35 +579,53 @@ impl Config {
     }
 }
 
-/// Sets the key that `var` names (`FERRY_SERVER_ADMIN_LISTEN` → `server.admin_listen`),
-/// typed like its default. Known keys are matched rather than split on `_`, because keys contain `_`.
+/// Sets the key that `var` names (`FERRY_SERVER_ADMIN_LISTEN` → `server.admin_listen`,
+/// `FERRY_STORAGE_S3_BUCKET` → `storage.s3.bucket`), typed like its default. Known keys are
+/// matched rather than split on `_`, because keys contain `_`.
 fn apply_env(table: &mut toml::Table, defaults: &toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
-    for (section, fields) in defaults {
-        let Some(fields) = fields.as_table() else { continue };
-        for (field, default) in fields {
-            let name = format!("FERRY_{}_{}", section.to_uppercase(), field.to_uppercase());
-            if name != var {
-                continue;
+    fn find(defaults: &toml::Table, prefix: &str, var: &str, path: &mut Vec<String>) -> Option<toml::Value> {
+        for (key, default) in defaults {
+            let name = format!("{prefix}_{}", key.to_uppercase());
+            if let Some(t) = default.as_table() {
+                path.push(key.clone());
+                if let Some(v) = find(t, &name, var, path) {
+                    return Some(v);
+                }
+                path.pop();
+            } else if name == var {
+                path.push(key.clone());
+                return Some(default.clone());
             }
-            let parsed = match default {
-                toml::Value::String(_) => toml::Value::String(value.to_owned()),
-                toml::Value::Integer(_) => toml::Value::Integer(value.parse().map_err(|_| ConfigError::Invalid {
-                    key: "environment",
-                    message: format!("{var}={value:?} must be a whole number"),
-                })?),
-                toml::Value::Boolean(_) => toml::Value::Boolean(value.parse().map_err(|_| ConfigError::Invalid {
-                    key: "environment",
-                    message: format!("{var}={value:?} must be true or false"),
-                })?),
-                _ => continue,
-            };
-            let section_table = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let Some(t) = section_table.as_table_mut() {
-                t.insert(field.clone(), parsed);
-            }
-            return Ok(());
         }
+        None
     }
+    let mut path = Vec::new();
+    let Some(default) = find(defaults, "FERRY", var, &mut path) else { return Ok(()) };
+    let parsed = match default {
+        toml::Value::String(_) => toml::Value::String(value.to_owned()),
+        toml::Value::Integer(_) => toml::Value::Integer(value.parse().map_err(|_| ConfigError::Invalid {
+            key: "environment",
+            message: format!("{var}={value:?} must be a whole number"),
+        })?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(value.parse().map_err(|_| ConfigError::Invalid {
+            key: "environment",
+            message: format!("{var}={value:?} must be true or false"),
+        })?),
+        _ => return Ok(()),
+    };
+    let (last, parents) = match path.split_last() {
+        Some(p) => p,
+        None => return Ok(()),
+    };
+    let mut t = table;
+    for p in parents {
+        let entry = t.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = match entry.as_table_mut() {
+            Some(t) => t,
+            None => return Ok(()),
+        };
+    }
+    t.insert(last.clone(), parsed);
     Ok(())
 }
 
@@ -501,6 +679,35 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("server.listen"));
         let c = Config::from_toml("[tls]\ncert = \"/nonexistent\"\n", env(&[])).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("tls.key"));
+    }
+
+    #[test]
+    fn s3_settings_sizes_and_nested_environment() {
+        let c = Config::from_toml(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"ferry\"\npart_size = \"8MiB\"\n[hot_tier]\nmax_bytes = \"1GiB\"\n",
+            env(&[("FERRY_STORAGE_S3_ENDPOINT", "http://127.0.0.1:9000"), ("FERRY_STORAGE_S3_FORCE_PATH_STYLE", "true")]),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.storage.s3.part_size, ByteSize(8 << 20));
+        assert_eq!(c.hot_tier.max_bytes, ByteSize(1 << 30));
+        assert_eq!(c.storage.s3.endpoint, "http://127.0.0.1:9000");
+        assert!(c.storage.s3.force_path_style);
+        assert!(c.to_redacted_toml().contains("part_size = \"8MiB\""));
+        let bad = Config::from_toml(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"ferry\"\npart_size = \"1MiB\"\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("storage.s3.part_size"));
+        let no_bucket = Config::from_toml("[storage]\nbackend = \"s3\"\n", env(&[])).unwrap();
+        assert!(no_bucket.validate().unwrap_err().to_string().contains("storage.s3.bucket"));
+        assert!(Config::from_toml("[hot_tier]\nmax_bytes = \"lots\"\n", env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("lots"));
+        assert_eq!(ByteSize::parse("512KiB"), Some(ByteSize(512 << 10)));
+        assert_eq!(ByteSize::parse("10"), Some(ByteSize(10)));
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The S3 bucket could not be reached.
+    #[error("{0}")]
+    S3(String),
     /// A listener could not be bound, or TLS files could not be loaded.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -77,15 +80,36 @@ impl RunningServer {
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     config.validate()?;
     let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
-    let store = storage::fs::FsStorage::open(&config.storage.data_dir)
-        .map_err(|source| StartError::Storage { path: config.storage.data_dir.display().to_string(), source })?;
+    let backend: Arc<dyn storage::Storage> = match config.storage.backend {
+        config::Backend::Fs => {
+            Arc::new(storage::fs::FsStorage::open(&config.storage.data_dir).map_err(|source| StartError::Storage {
+                path: config.storage.data_dir.display().to_string(),
+                source,
+            })?)
+        }
+        config::Backend::S3 => {
+            Arc::new(storage::s3::S3Storage::connect(&config.storage.s3).await.map_err(StartError::S3)?)
+        }
+    };
+    let hot = &config.hot_tier;
+    let store: Arc<dyn storage::Storage> = if hot.max_bytes.0 > 0 {
+        Arc::new(storage::hot::HotTier::new(
+            backend,
+            hot.max_bytes.0,
+            hot.max_object_bytes.0,
+            hot.tag_ttl.0,
+            metrics.clone(),
+        ))
+    } else {
+        backend
+    };
     let settings = registry::Settings {
         delete_enabled: config.registry.delete_enabled,
         upload_max_idle: config.registry.upload_max_idle.0,
     };
     let proxy =
         Arc::new(proxy::Proxy::new(&config.pull_through, &metrics).map_err(|e| std::io::Error::other(e.to_string()))?);
-    let registry = Arc::new(registry::Registry::new(Arc::new(store), proxy, settings, metrics.clone()));
+    let registry = Arc::new(registry::Registry::new(store, proxy, settings, metrics.clone()));
     let tls = if config.tls.enabled() { Some(http::tls_acceptor(&config.tls.cert, &config.tls.key)?) } else { None };
     let (listener, addr) = http::bind(&config.server.listen).await?;
     let (admin_listener, admin_addr) = http::bind(&config.server.admin_listen).await?;

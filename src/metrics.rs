@@ -37,6 +37,12 @@ pub struct Metrics {
     pub upstream_ratelimit_remaining: prometheus::IntGaugeVec,
     /// `ferry_cache_fills_in_progress`: blobs being fetched from upstreams.
     pub fills_in_progress: IntGauge,
+    /// `ferry_hot_tier_requests_total{result}`: hot-tier lookups (hit, miss).
+    pub hot_tier_requests: IntCounterVec,
+    /// `ferry_hot_tier_bytes`: bytes held in the hot tier.
+    pub hot_tier_bytes: IntGauge,
+    /// `ferry_hot_tier_evictions_total`: entries evicted for room.
+    pub hot_tier_evictions: IntCounter,
 }
 
 impl Metrics {
@@ -95,6 +101,12 @@ impl Metrics {
                 &["rule"],
             )?,
             fills_in_progress: IntGauge::new("ferry_cache_fills_in_progress", "Blobs being fetched from upstreams")?,
+            hot_tier_requests: IntCounterVec::new(
+                Opts::new("ferry_hot_tier_requests_total", "Hot-tier lookups by result"),
+                &["result"],
+            )?,
+            hot_tier_bytes: IntGauge::new("ferry_hot_tier_bytes", "Bytes held in the hot tier")?,
+            hot_tier_evictions: IntCounter::new("ferry_hot_tier_evictions_total", "Hot-tier entries evicted for room")?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -112,6 +124,9 @@ impl Metrics {
         m.registry.register(Box::new(m.upstream_duration.clone()))?;
         m.registry.register(Box::new(m.upstream_ratelimit_remaining.clone()))?;
         m.registry.register(Box::new(m.fills_in_progress.clone()))?;
+        m.registry.register(Box::new(m.hot_tier_requests.clone()))?;
+        m.registry.register(Box::new(m.hot_tier_bytes.clone()))?;
+        m.registry.register(Box::new(m.hot_tier_evictions.clone()))?;
         Ok(m)
     }
 

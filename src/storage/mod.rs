@@ -3,7 +3,9 @@
 //! may assume a filesystem. Knows nothing of repositories' rules or of HTTP.
 
 pub mod fs;
+pub mod hot;
 pub mod keys;
+pub mod s3;
 
 use crate::oci::Digest;
 use async_trait::async_trait;

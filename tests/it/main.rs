@@ -10,5 +10,6 @@ mod malformed;
 mod mirrors;
 mod operations;
 mod pull_through;
+mod s3;
 mod token_auth;
 mod upstream;

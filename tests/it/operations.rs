@@ -115,5 +115,10 @@ async fn abandoned_uploads_are_purged() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(snapshot(&f.data_dir().join("uploads")).is_empty());
+    // Counted just after the session is removed.
+    while metric(&f.metrics().await, "ferry_uploads_purged_total") < 1.0 {
+        assert!(Instant::now() < deadline, "the purge is counted");
+        tokio::task::yield_now().await;
+    }
     assert_eq!(metric(&f.metrics().await, "ferry_uploads_purged_total"), 1.0);
 }

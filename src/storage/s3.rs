@@ -1,0 +1,547 @@
+//! The S3 backend: everything in one bucket (under an optional key prefix), so any number of
+//! Ferry replicas pointed at the bucket behave as one registry.
+//!
+//! Upload data is kept as segment objects (`uploads/<id>/seg/<offset>`) written by whichever
+//! replica received the chunk, so a `PATCH` may reach another replica than the `POST`, and a
+//! fill in progress can be read back. Finishing assembles the segments under the digest key
+//! with a server-side copy (one `CopyObject`, or a multipart upload of `UploadPartCopy` parts),
+//! so content appears under its digest only once, complete, after the caller verified it.
+
+use super::{ByteRange, ByteStream, Error, Key, Result, Storage, UploadId};
+use crate::config::S3Config;
+use crate::oci::Digest;
+use async_trait::async_trait;
+use aws_sdk_s3::primitives::ByteStream as S3Body;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::io;
+use std::time::SystemTime;
+
+/// S3's smallest part, except the last.
+const MIN_PART: u64 = 5 << 20;
+/// The largest object a single `CopyObject` may copy.
+const MAX_COPY: u64 = 5 << 30;
+
+/// Storage in one S3 bucket.
+#[derive(Clone)]
+pub struct S3Storage {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    part_size: usize,
+    sse: Option<ServerSideEncryption>,
+    kms_key_id: Option<String>,
+}
+
+fn io_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Io(io::Error::other(format!("S3 {what}: {e}")))
+}
+
+/// An S3 error's service detail, for messages (the SDK's Display says only "service error").
+fn detail<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String {
+    use std::error::Error as _;
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+impl S3Storage {
+    /// Connects to the bucket and checks that it is there, with a message that says what to fix.
+    pub async fn connect(cfg: &S3Config) -> std::result::Result<Self, String> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(cfg.region.clone()));
+        if !cfg.access_key_id.is_empty() {
+            let secret = if !cfg.secret_access_key.0.is_empty() {
+                cfg.secret_access_key.0.clone()
+            } else {
+                std::fs::read_to_string(&cfg.secret_access_key_file)
+                    .map_err(|e| format!("storage.s3.secret_access_key_file {:?}: {e}", cfg.secret_access_key_file))?
+                    .trim()
+                    .to_owned()
+            };
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                &cfg.access_key_id,
+                secret,
+                None,
+                None,
+                "ferry-config",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.force_path_style);
+        if !cfg.endpoint.is_empty() {
+            builder = builder.endpoint_url(&cfg.endpoint);
+        }
+        let client = Client::from_conf(builder.build());
+        let store = Self {
+            client,
+            bucket: cfg.bucket.clone(),
+            prefix: cfg.prefix.clone(),
+            part_size: cfg.part_size.0 as usize,
+            sse: match cfg.sse.as_str() {
+                "AES256" => Some(ServerSideEncryption::Aes256),
+                "aws:kms" => Some(ServerSideEncryption::AwsKms),
+                _ => None,
+            },
+            kms_key_id: (!cfg.kms_key_id.is_empty()).then(|| cfg.kms_key_id.clone()),
+        };
+        store.client.head_bucket().bucket(&store.bucket).send().await.map_err(|e| {
+            format!(
+                "storage.s3: cannot reach bucket {:?} at {}: {}. Check storage.s3.bucket, endpoint, region and credentials",
+                cfg.bucket,
+                if cfg.endpoint.is_empty() { "AWS" } else { &cfg.endpoint },
+                detail(&e)
+            )
+        })?;
+        Ok(store)
+    }
+
+    fn key(&self, rel: &str) -> String {
+        format!("{}{rel}", self.prefix)
+    }
+
+    fn blob_key(&self, d: &Digest) -> String {
+        self.key(&format!("blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex()))
+    }
+
+    fn upload_prefix(&self, id: &UploadId) -> String {
+        self.key(&format!("uploads/{id}/"))
+    }
+
+    fn segment_key(&self, id: &UploadId, offset: u64) -> String {
+        format!("{}seg/{offset:020}", self.upload_prefix(id))
+    }
+
+    /// `bucket/key`, URL-encoded, as `CopySource` wants it.
+    fn copy_source(&self, key: &str) -> String {
+        let encoded = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+            .replace("%2F", "/");
+        format!("{}/{encoded}", self.bucket)
+    }
+
+    async fn put(&self, key: String, body: Bytes) -> Result<()> {
+        let mut req = self.client.put_object().bucket(&self.bucket).key(key).body(S3Body::from(body));
+        if let Some(sse) = &self.sse {
+            req = req.server_side_encryption(sse.clone());
+        }
+        if let Some(k) = &self.kms_key_id {
+            req = req.ssekms_key_id(k);
+        }
+        req.send().await.map_err(|e| io_error("PutObject", detail(&e)))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: String, range: Option<ByteRange>) -> Result<Option<S3Body>> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(r) = range {
+            req = req.range(format!("bytes={}-{}", r.start, r.end));
+        }
+        match req.send().await {
+            Ok(out) => Ok(Some(out.body)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(io_error("GetObject", detail(&e))),
+        }
+    }
+
+    async fn head(&self, key: String) -> Result<Option<(u64, Option<SystemTime>)>> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(out) => Ok(Some((
+                out.content_length.unwrap_or(0).max(0) as u64,
+                out.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
+            ))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(io_error("HeadObject", detail(&e))),
+        }
+    }
+
+    /// Every object under `prefix`: (key, size, last modified).
+    async fn list_all(&self, prefix: &str) -> Result<Vec<(String, u64, Option<SystemTime>)>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let resp = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| io_error("ListObjectsV2", detail(&e)))?;
+            for o in resp.contents() {
+                if let Some(k) = o.key() {
+                    let modified = o.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
+                    out.push((k.to_owned(), o.size().unwrap_or(0).max(0) as u64, modified));
+                }
+            }
+            match resp.next_continuation_token() {
+                Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn delete_keys(&self, keys: Vec<String>) -> Result<()> {
+        for batch in keys.chunks(1000) {
+            let objects: Vec<ObjectIdentifier> =
+                batch.iter().filter_map(|k| ObjectIdentifier::builder().key(k).build().ok()).collect();
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| io_error("DeleteObjects", e))?;
+            self.client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| io_error("DeleteObjects", detail(&e)))?;
+        }
+        Ok(())
+    }
+
+    /// The upload's segments in order: (offset, key, size).
+    async fn segments(&self, id: &UploadId) -> Result<Vec<(u64, String, u64)>> {
+        let prefix = format!("{}seg/", self.upload_prefix(id));
+        let mut segs: Vec<(u64, String, u64)> = self
+            .list_all(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(k, size, _)| {
+                k.strip_prefix(&prefix).and_then(|o| o.parse().ok()).map(|o| (o, k.clone(), size))
+            })
+            .collect();
+        segs.sort_unstable();
+        Ok(segs)
+    }
+
+    /// Assembles the segments under `dest` with server-side copies.
+    async fn assemble(&self, id: &UploadId, segs: &[(u64, String, u64)], dest: &str) -> Result<()> {
+        let total: u64 = segs.iter().map(|s| s.2).sum();
+        if segs.is_empty() {
+            return self.put(dest.to_owned(), Bytes::new()).await;
+        }
+        if segs.len() == 1 && total <= MAX_COPY {
+            let mut req =
+                self.client.copy_object().bucket(&self.bucket).key(dest).copy_source(self.copy_source(&segs[0].1));
+            if let Some(sse) = &self.sse {
+                req = req.server_side_encryption(sse.clone());
+            }
+            if let Some(k) = &self.kms_key_id {
+                req = req.ssekms_key_id(k);
+            }
+            req.send().await.map_err(|e| io_error("CopyObject", detail(&e)))?;
+            return Ok(());
+        }
+        let mut create = self.client.create_multipart_upload().bucket(&self.bucket).key(dest);
+        if let Some(sse) = &self.sse {
+            create = create.server_side_encryption(sse.clone());
+        }
+        if let Some(k) = &self.kms_key_id {
+            create = create.ssekms_key_id(k);
+        }
+        let upload = create.send().await.map_err(|e| io_error("CreateMultipartUpload", detail(&e)))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+        let result = self.copy_parts(id, segs, dest, &upload_id).await;
+        match result {
+            Ok(parts) => {
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(dest)
+                    .upload_id(&upload_id)
+                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .send()
+                    .await
+                    .map_err(|e| io_error("CompleteMultipartUpload", detail(&e)))?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(dest)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Parts for a multipart upload: each segment copied server-side when S3's part rules allow,
+    /// else the data re-streamed into parts of `part_size`.
+    async fn copy_parts(
+        &self,
+        id: &UploadId,
+        segs: &[(u64, String, u64)],
+        dest: &str,
+        upload_id: &str,
+    ) -> Result<Vec<CompletedPart>> {
+        let copyable =
+            segs.iter().enumerate().all(|(i, s)| (s.2 >= MIN_PART || i + 1 == segs.len()) && s.2 <= MAX_COPY);
+        let mut parts = Vec::new();
+        if copyable {
+            for (i, (_, key, _)) in segs.iter().enumerate() {
+                let n = i as i32 + 1;
+                let out = self
+                    .client
+                    .upload_part_copy()
+                    .bucket(&self.bucket)
+                    .key(dest)
+                    .upload_id(upload_id)
+                    .part_number(n)
+                    .copy_source(self.copy_source(key))
+                    .send()
+                    .await
+                    .map_err(|e| io_error("UploadPartCopy", detail(&e)))?;
+                let etag = out.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_owned();
+                parts.push(CompletedPart::builder().e_tag(etag).part_number(n).build());
+            }
+            return Ok(parts);
+        }
+        let mut data = self.upload_read(id, None).await?;
+        let mut buf = BytesMut::with_capacity(self.part_size);
+        let mut n = 0;
+        loop {
+            let next = data.next().await;
+            if let Some(chunk) = &next {
+                buf.extend_from_slice(chunk.as_ref().map_err(|e| io_error("read", e))?);
+            }
+            if buf.len() >= self.part_size || (next.is_none() && (!buf.is_empty() || n == 0)) {
+                n += 1;
+                let body = buf.split().freeze();
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(dest)
+                    .upload_id(upload_id)
+                    .part_number(n)
+                    .body(S3Body::from(body))
+                    .send()
+                    .await
+                    .map_err(|e| io_error("UploadPart", detail(&e)))?;
+                parts.push(CompletedPart::builder().e_tag(out.e_tag().unwrap_or_default()).part_number(n).build());
+            }
+            if next.is_none() {
+                return Ok(parts);
+            }
+        }
+    }
+}
+
+/// An S3 body as a byte stream.
+fn body_stream(body: S3Body) -> ByteStream {
+    futures_util::stream::unfold(body, |mut b| async move {
+        let item = b.next().await?;
+        Some((item.map_err(io::Error::other), b))
+    })
+    .boxed()
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.head(self.blob_key(digest)).await?.map(|(size, _)| size))
+    }
+
+    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
+        match self.get(self.blob_key(digest), range).await? {
+            Some(body) => Ok(body_stream(body)),
+            None => Err(Error::NotFound),
+        }
+    }
+
+    async fn blob_read_small(&self, digest: &Digest) -> Result<Bytes> {
+        match self.get(self.blob_key(digest), None).await? {
+            Some(body) => Ok(body.collect().await.map_err(|e| io_error("GetObject body", e))?.into_bytes()),
+            None => Err(Error::NotFound),
+        }
+    }
+
+    async fn blob_put_small(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        self.put(self.blob_key(digest), bytes).await
+    }
+
+    async fn upload_create(&self, id: &UploadId, state: Bytes) -> Result<()> {
+        self.put(format!("{}state", self.upload_prefix(id)), state).await
+    }
+
+    async fn upload_state(&self, id: &UploadId) -> Result<Bytes> {
+        match self.get(format!("{}state", self.upload_prefix(id)), None).await? {
+            Some(body) => Ok(body.collect().await.map_err(|e| io_error("GetObject body", e))?.into_bytes()),
+            None => Err(Error::NotFound),
+        }
+    }
+
+    async fn upload_append(&self, id: &UploadId, mut body: ByteStream) -> Result<u64> {
+        let mut offset = self.upload_size(id).await?;
+        let mut buf = BytesMut::with_capacity(self.part_size.min(8 << 20));
+        loop {
+            let next = body.next().await;
+            let done = next.is_none();
+            match next {
+                Some(Ok(b)) => buf.extend_from_slice(&b),
+                // Nothing of a failed request is kept: the upload holds whole segments only.
+                Some(Err(e)) => return Err(Error::Incoming(e)),
+                None => {}
+            }
+            while buf.len() >= self.part_size || (done && !buf.is_empty()) {
+                let take = buf.len().min(self.part_size);
+                let segment = buf.split_to(take).freeze();
+                let len = segment.len() as u64;
+                self.put(self.segment_key(id, offset), segment).await?;
+                offset += len;
+            }
+            if done {
+                return Ok(offset);
+            }
+        }
+    }
+
+    async fn upload_size(&self, id: &UploadId) -> Result<u64> {
+        Ok(self.segments(id).await?.iter().map(|s| s.2).sum())
+    }
+
+    async fn upload_read(&self, id: &UploadId, range: Option<ByteRange>) -> Result<ByteStream> {
+        let segs = self.segments(id).await?;
+        let total: u64 = segs.iter().map(|s| s.2).sum();
+        let (start, end) = match range {
+            Some(r) => (r.start, r.end.min(total.saturating_sub(1))),
+            None => (0, total.saturating_sub(1)),
+        };
+        if total == 0 || start > end {
+            return Ok(futures_util::stream::empty().boxed());
+        }
+        let pieces: Vec<(String, ByteRange)> = segs
+            .into_iter()
+            .filter(|(off, _, size)| *size > 0 && off + size > start && *off <= end)
+            .map(|(off, key, size)| {
+                let from = start.saturating_sub(off);
+                let to = (end - off).min(size - 1);
+                (key, ByteRange { start: from, end: to })
+            })
+            .collect();
+        let store = self.clone();
+        let stream = futures_util::stream::iter(pieces)
+            .then(move |(key, r)| {
+                let store = store.clone();
+                async move {
+                    match store.get(key, Some(r)).await {
+                        Ok(Some(body)) => body_stream(body),
+                        Ok(None) => {
+                            futures_util::stream::once(async { Err(io::Error::from(io::ErrorKind::NotFound)) }).boxed()
+                        }
+                        Err(e) => {
+                            futures_util::stream::once(async move { Err(io::Error::other(e.to_string())) }).boxed()
+                        }
+                    }
+                }
+            })
+            .flatten();
+        Ok(stream.boxed())
+    }
+
+    async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()> {
+        let dest = self.blob_key(digest);
+        if self.head(dest.clone()).await?.is_none() {
+            let segs = self.segments(id).await?;
+            self.assemble(id, &segs, &dest).await?;
+        }
+        self.upload_delete(id).await
+    }
+
+    async fn upload_delete(&self, id: &UploadId) -> Result<()> {
+        let keys: Vec<String> = self.list_all(&self.upload_prefix(id)).await?.into_iter().map(|(k, _, _)| k).collect();
+        self.delete_keys(keys).await
+    }
+
+    async fn upload_list(&self) -> Result<Vec<(UploadId, SystemTime)>> {
+        let prefix = self.key("uploads/");
+        let mut latest: std::collections::HashMap<UploadId, SystemTime> = std::collections::HashMap::new();
+        for (key, _, modified) in self.list_all(&prefix).await? {
+            let Some(id) = key.strip_prefix(&prefix).and_then(|r| r.split('/').next()).and_then(UploadId::parse) else {
+                continue;
+            };
+            let t = modified.unwrap_or(SystemTime::UNIX_EPOCH);
+            let e = latest.entry(id).or_insert(t);
+            if t > *e {
+                *e = t;
+            }
+        }
+        Ok(latest.into_iter().collect())
+    }
+
+    async fn record_get(&self, key: &Key) -> Result<Option<Bytes>> {
+        match self.get(self.key(key.as_str()), None).await? {
+            Some(body) => Ok(Some(body.collect().await.map_err(|e| io_error("GetObject body", e))?.into_bytes())),
+            None => Ok(None),
+        }
+    }
+
+    async fn record_put(&self, key: &Key, value: Bytes) -> Result<()> {
+        self.put(self.key(key.as_str()), value).await
+    }
+
+    async fn record_delete(&self, key: &Key) -> Result<bool> {
+        let full = self.key(key.as_str());
+        if self.head(full.clone()).await?.is_none() {
+            return Ok(false);
+        }
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+            .map_err(|e| io_error("DeleteObject", detail(&e)))?;
+        Ok(true)
+    }
+
+    async fn record_list(&self, prefix: &Key) -> Result<Vec<String>> {
+        let full = format!("{}/", self.key(prefix.as_str()));
+        let mut names = Vec::new();
+        let mut token = None;
+        loop {
+            let resp = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .delimiter("/")
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| io_error("ListObjectsV2", detail(&e)))?;
+            for o in resp.contents() {
+                if let Some(name) = o.key().and_then(|k| k.strip_prefix(&full)) {
+                    names.push(name.to_owned());
+                }
+            }
+            for p in resp.common_prefixes() {
+                if let Some(name) = p.prefix().and_then(|k| k.strip_prefix(&full)) {
+                    names.push(name.trim_end_matches('/').to_owned());
+                }
+            }
+            match resp.next_continuation_token() {
+                Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        names.retain(|n| !n.is_empty() && !n.starts_with('.'));
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
+}

@@ -1,0 +1,293 @@
+//! Ferry on S3: the storage contract on the filesystem and on a real S3-compatible server
+//! (moto, from PyPI, started per test on a loopback port), the registry and real clients on S3,
+//! and two Ferry replicas sharing one bucket.
+
+use crate::clients::{policy, run, skopeo};
+use crate::harness::*;
+use crate::images::build_layout;
+use bytes::Bytes;
+use ferry::config::{Backend, Config, Secret};
+use ferry::oci::Digest;
+use ferry::storage::{self, ByteRange, Key, Storage, UploadId};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A moto S3 server on a free loopback port, stopped by its PID when dropped.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        let venv = std::env::var("FERRY_TEST_VENV").unwrap_or_else(|_| "/var/tmp/ferry-venv".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(format!("{venv}/bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server runs (scripts/test.sh installs it into FERRY_TEST_VENV)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, endpoint: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Creates a bucket with the SDK, as an operator would.
+    pub async fn bucket(&self, name: &str) {
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "test"))
+            .build();
+        aws_sdk_s3::Client::from_conf(conf).create_bucket().bucket(name).send().await.unwrap();
+    }
+
+    /// Points a config at this server and `bucket`.
+    pub fn configure(&self, c: &mut Config, bucket: &str) {
+        c.storage.backend = Backend::S3;
+        let s3 = &mut c.storage.s3;
+        s3.bucket = bucket.into();
+        s3.endpoint = self.endpoint.clone();
+        s3.force_path_style = true;
+        s3.access_key_id = "test".into();
+        s3.secret_access_key = Secret("test".into());
+        s3.part_size = ferry::config::ByteSize(5 << 20);
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn collect(s: storage::ByteStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut s = s;
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.unwrap());
+    }
+    out
+}
+
+fn stream_of(chunks: Vec<Vec<u8>>) -> storage::ByteStream {
+    futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c)))).boxed()
+}
+
+/// What every backend must do, checked through the trait alone.
+async fn storage_contract(store: Arc<dyn Storage>) {
+    let small = Bytes::from_static(b"{\"small\":true}");
+    let d = Digest::sha256_of(&small);
+    assert_eq!(store.blob_size(&d).await.unwrap(), None);
+    assert!(matches!(store.blob_read(&d, None).await, Err(storage::Error::NotFound)));
+    store.blob_put_small(&d, small.clone()).await.unwrap();
+    assert_eq!(store.blob_size(&d).await.unwrap(), Some(small.len() as u64));
+    assert_eq!(store.blob_read_small(&d).await.unwrap(), small);
+    assert_eq!(collect(store.blob_read(&d, Some(ByteRange { start: 2, end: 6 })).await.unwrap()).await, &small[2..=6]);
+
+    // Records: put, get, list one level, delete.
+    let name = ferry::oci::RepositoryName::parse("team/app").unwrap();
+    for tag in ["b", "a", "c"] {
+        let key = Key::tag(&name, &ferry::oci::Tag::parse(tag).unwrap());
+        store.record_put(&key, Bytes::from(tag.to_owned())).await.unwrap();
+    }
+    assert_eq!(store.record_list(&Key::tags(&name)).await.unwrap(), ["a", "b", "c"]);
+    let a = Key::tag(&name, &ferry::oci::Tag::parse("a").unwrap());
+    assert_eq!(store.record_get(&a).await.unwrap().unwrap().as_ref(), b"a");
+    assert!(store.record_delete(&a).await.unwrap());
+    assert!(!store.record_delete(&a).await.unwrap());
+    assert_eq!(store.record_get(&a).await.unwrap(), None);
+    store.record_put(&Key::catalog_entry(&name), Bytes::new()).await.unwrap();
+    assert_eq!(store.record_list(&Key::catalog()).await.unwrap(), ["team+app"]);
+
+    // Uploads: several appends (one bigger than a part), ranges across them, commit.
+    let data = random_bytes(12 << 20, 5);
+    let id = UploadId::new();
+    store.upload_create(&id, Bytes::from_static(b"{}")).await.unwrap();
+    assert_eq!(store.upload_state(&id).await.unwrap().as_ref(), b"{}");
+    assert_eq!(store.upload_size(&id).await.unwrap(), 0);
+    let cuts = [0, 1 << 20, (1 << 20) + 7, 9 << 20, 12 << 20];
+    for w in cuts.windows(2) {
+        let piece = data[w[0]..w[1]].to_vec();
+        let size = store
+            .upload_append(&id, stream_of(vec![piece[..piece.len() / 2].to_vec(), piece[piece.len() / 2..].to_vec()]))
+            .await
+            .unwrap();
+        assert_eq!(size, w[1] as u64);
+    }
+    assert_eq!(store.upload_size(&id).await.unwrap(), data.len() as u64);
+    let r = ByteRange { start: (1 << 20) - 3, end: (9 << 20) + 5 };
+    assert_eq!(collect(store.upload_read(&id, Some(r)).await.unwrap()).await, &data[r.start as usize..=r.end as usize]);
+    assert_eq!(collect(store.upload_read(&id, None).await.unwrap()).await, data);
+    assert!(store.upload_list().await.unwrap().iter().any(|(u, _)| *u == id));
+    let big = Digest::parse(&digest(&data)).unwrap();
+    store.upload_commit(&id, &big).await.unwrap();
+    assert_eq!(store.blob_size(&big).await.unwrap(), Some(data.len() as u64));
+    assert_eq!(collect(store.blob_read(&big, None).await.unwrap()).await, data);
+    assert!(matches!(store.upload_state(&id).await, Err(storage::Error::NotFound)));
+    assert!(!store.upload_list().await.unwrap().iter().any(|(u, _)| *u == id));
+
+    // A cancelled upload leaves nothing.
+    let gone = UploadId::new();
+    store.upload_create(&gone, Bytes::from_static(b"{}")).await.unwrap();
+    store.upload_append(&gone, stream_of(vec![vec![1; 1000]])).await.unwrap();
+    store.upload_delete(&gone).await.unwrap();
+    assert!(matches!(store.upload_state(&gone).await, Err(storage::Error::NotFound)));
+    assert!(!store.upload_list().await.unwrap().iter().any(|(u, _)| *u == gone));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_contract_holds_on_the_filesystem_and_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    storage_contract(Arc::new(ferry::storage::fs::FsStorage::open(dir.path()).unwrap())).await;
+
+    let moto = Moto::start();
+    moto.bucket("contract").await;
+    let mut c = Config::default();
+    moto.configure(&mut c, "contract");
+    c.storage.s3.prefix = "ferry/".into();
+    let s3 = ferry::storage::s3::S3Storage::connect(&c.storage.s3).await.unwrap();
+    storage_contract(Arc::new(s3)).await;
+
+    // A missing bucket is refused at start-up with a message that says what to fix.
+    let mut missing = Config::default();
+    moto.configure(&mut missing, "no-such-bucket");
+    let err = ferry::storage::s3::S3Storage::connect(&missing.storage.s3).await.err().unwrap();
+    assert!(err.contains("storage.s3.bucket") && err.contains("no-such-bucket"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_on_s3_with_skopeo_single_and_multi_arch() {
+    let moto = Moto::start();
+    moto.bucket("registry").await;
+    let f = TestFerry::start_with(|c| moto.configure(c, "registry")).await;
+    let addr = f.server.as_ref().unwrap().addr;
+    let work = tempfile::tempdir().unwrap();
+    let policy = policy(work.path());
+    for (i, (name, platforms)) in
+        [("single", &["amd64"][..]), ("multi", &["amd64", "arm64"][..])].into_iter().enumerate()
+    {
+        let built = build_layout(&work.path().join(name), "v1", platforms, 200_000, false, 60 + i as u64);
+        let dest = format!("docker://{addr}/s3/{name}:v1");
+        run(skopeo(&policy).args(["copy", "--all", "--dest-tls-verify=false", &built.source, &dest]));
+        let raw = run(skopeo(&policy).args(["inspect", "--raw", "--tls-verify=false", &dest]));
+        assert_eq!(digest(raw.as_bytes()), built.top, "{name}");
+        let out = work.path().join(format!("out-{name}"));
+        run(skopeo(&policy)
+            .args(["copy", "--all", "--src-tls-verify=false", &dest])
+            .arg(format!("oci:{}:v1", out.display())));
+        for p in &built.platforms {
+            assert!(out.join("blobs/sha256").join(&p[7..]).exists());
+        }
+    }
+    // A chunked upload larger than a part, finished in a PUT, assembled server-side.
+    let blob = random_bytes(11 << 20, 61);
+    let d = digest(&blob);
+    let resp = f.client.post(f.url("/v2/s3/big/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    for (start, end) in [(0usize, 6 << 20), (6 << 20, 8 << 20)] {
+        let resp = f
+            .client
+            .patch(f.url(&location))
+            .header("Content-Range", format!("{start}-{}", end - 1))
+            .body(blob[start..end].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    }
+    let resp =
+        f.client.put(f.url(&format!("{location}?digest={d}"))).body(blob[8 << 20..].to_vec()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
+    let got =
+        f.client.get(f.url(&format!("/v2/s3/big/blobs/{d}"))).header("Range", "bytes=100-199").send().await.unwrap();
+    assert_eq!(got.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), &blob[100..200]);
+    let got = f.client.get(f.url(&format!("/v2/s3/big/blobs/{d}"))).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(digest(&got), d);
+    // A wrong digest stores nothing.
+    let resp = f
+        .client
+        .post(f.url(&format!("/v2/s3/big/blobs/uploads/?digest={}", digest(b"other"))))
+        .body(blob[..1000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, "DIGEST_INVALID");
+    let resp = f.client.head(f.url(&format!("/v2/s3/big/blobs/{}", digest(&blob[..1000])))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // The hot tier serves repeated manifest reads from memory.
+    let m = f.metrics().await;
+    assert!(m.contains(r#"ferry_hot_tier_requests_total{result="hit"}"#), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_bucket_behave_as_one_registry() {
+    let moto = Moto::start();
+    moto.bucket("shared").await;
+    let a = TestFerry::start_with(|c| moto.configure(c, "shared")).await;
+    let b = TestFerry::start_with(|c| moto.configure(c, "shared")).await;
+
+    // Push through A, pull through B at once.
+    let (manifest, d) = a.push_image("team/app", "v1", b"layer pushed through A").await;
+    let resp = b.client.get(b.url("/v2/team/app/manifests/v1")).header("Accept", OCI_MANIFEST).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &manifest[..]);
+
+    // A chunked upload started on A and finished on B.
+    let blob = random_bytes(3 << 20, 62);
+    let bd = digest(&blob);
+    let resp = a.client.post(a.url("/v2/team/app/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    let resp = a
+        .client
+        .patch(a.url(&location))
+        .header("Content-Range", format!("0-{}", (1 << 20) - 1))
+        .body(blob[..1 << 20].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = b.client.get(b.url(&location)).send().await.unwrap();
+    assert_eq!(header(&resp, "range"), format!("0-{}", (1 << 20) - 1), "B sees A's progress");
+    let resp = b
+        .client
+        .put(b.url(&format!("{location}?digest={bd}")))
+        .header("Content-Range", format!("{}-{}", 1 << 20, blob.len() - 1))
+        .body(blob[1 << 20..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
+    let got = a.client.get(a.url(&format!("/v2/team/app/blobs/{bd}"))).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(digest(&got), bd);
+
+    // Concurrent pushes of one tag through A and B leave one consistent tag on both.
+    let (m2, _) = a.push_image("team/app", "seed2", b"second image").await;
+    let (m3, _) = a.push_image("team/app", "seed3", b"third image").await;
+    for round in 0..5 {
+        let (ra, rb) = tokio::join!(
+            a.put_manifest("team/app", "race", OCI_MANIFEST, &m2),
+            b.put_manifest("team/app", "race", OCI_MANIFEST, &m3),
+        );
+        assert_eq!(ra.status(), StatusCode::CREATED, "round {round}");
+        assert_eq!(rb.status(), StatusCode::CREATED, "round {round}");
+        let da =
+            header(&a.client.head(a.url("/v2/team/app/manifests/race")).send().await.unwrap(), "docker-content-digest");
+        let db =
+            header(&b.client.head(b.url("/v2/team/app/manifests/race")).send().await.unwrap(), "docker-content-digest");
+        assert_eq!(da, db, "both replicas serve the same tag");
+        assert!(da == digest(&m2) || da == digest(&m3));
+    }
+    assert_ne!(d, digest(&m2));
+}
