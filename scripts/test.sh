@@ -35,6 +35,14 @@ if [ ! -x "$FERRY_TEST_VENV/bin/moto_server" ]; then
   "$FERRY_TEST_VENV/bin/pip" install -q 'moto[server]==5.2.5' boto3
 fi
 
+# crates.io: s3s-fs 0.14.1, the second S3-compatible server (on disk, so it survives a restart);
+# newer versions need a newer Rust than these machines have, so it is pinned.
+export FERRY_TEST_TOOLS="${FERRY_TEST_TOOLS:-/var/tmp/ferry-tools}"
+if [ ! -x "$FERRY_TEST_TOOLS/bin/s3s-fs" ]; then
+  echo "== installing s3s-fs into $FERRY_TEST_TOOLS (about 2 minutes)"
+  cargo install s3s-fs@0.14.1 --features binary --locked --root "$FERRY_TEST_TOOLS" --quiet
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"

@@ -87,9 +87,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
                 source,
             })?)
         }
-        config::Backend::S3 => {
-            Arc::new(storage::s3::S3Storage::connect(&config.storage.s3).await.map_err(StartError::S3)?)
-        }
+        config::Backend::S3 => Arc::new(
+            storage::s3::S3Storage::connect(&config.storage.s3, Some(metrics.clone())).await.map_err(StartError::S3)?,
+        ),
     };
     let hot = &config.hot_tier;
     let store: Arc<dyn storage::Storage> = if hot.max_bytes.0 > 0 {

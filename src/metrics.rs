@@ -43,6 +43,10 @@ pub struct Metrics {
     pub hot_tier_bytes: IntGauge,
     /// `ferry_hot_tier_evictions_total`: entries evicted for room.
     pub hot_tier_evictions: IntCounter,
+    /// `ferry_s3_requests_total{operation,result}`: S3 requests by kind, ok or error.
+    pub s3_requests: IntCounterVec,
+    /// `ferry_s3_request_duration_seconds{operation}`: S3 latency.
+    pub s3_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -107,6 +111,15 @@ impl Metrics {
             )?,
             hot_tier_bytes: IntGauge::new("ferry_hot_tier_bytes", "Bytes held in the hot tier")?,
             hot_tier_evictions: IntCounter::new("ferry_hot_tier_evictions_total", "Hot-tier entries evicted for room")?,
+            s3_requests: IntCounterVec::new(
+                Opts::new("ferry_s3_requests_total", "S3 requests by operation and result"),
+                &["operation", "result"],
+            )?,
+            s3_duration: HistogramVec::new(
+                HistogramOpts::new("ferry_s3_request_duration_seconds", "S3 request latency by operation")
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["operation"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.http_requests.clone()))?;
@@ -127,6 +140,8 @@ impl Metrics {
         m.registry.register(Box::new(m.hot_tier_requests.clone()))?;
         m.registry.register(Box::new(m.hot_tier_bytes.clone()))?;
         m.registry.register(Box::new(m.hot_tier_evictions.clone()))?;
+        m.registry.register(Box::new(m.s3_requests.clone()))?;
+        m.registry.register(Box::new(m.s3_duration.clone()))?;
         Ok(m)
     }
 

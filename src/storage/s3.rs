@@ -9,6 +9,7 @@
 
 use super::{ByteRange, ByteStream, Error, Key, Result, Storage, UploadId};
 use crate::config::S3Config;
+use crate::metrics::Metrics;
 use crate::oci::Digest;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
@@ -17,7 +18,8 @@ use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::io;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 /// S3's smallest part, except the last.
 const MIN_PART: u64 = 5 << 20;
@@ -33,6 +35,7 @@ pub struct S3Storage {
     part_size: usize,
     sse: Option<ServerSideEncryption>,
     kms_key_id: Option<String>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 fn io_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -54,7 +57,7 @@ fn detail<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &aws_sdk_s3::er
 
 impl S3Storage {
     /// Connects to the bucket and checks that it is there, with a message that says what to fix.
-    pub async fn connect(cfg: &S3Config) -> std::result::Result<Self, String> {
+    pub async fn connect(cfg: &S3Config, metrics: Option<Arc<Metrics>>) -> std::result::Result<Self, String> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new(cfg.region.clone()));
         if !cfg.access_key_id.is_empty() {
@@ -91,6 +94,7 @@ impl S3Storage {
                 _ => None,
             },
             kms_key_id: (!cfg.kms_key_id.is_empty()).then(|| cfg.kms_key_id.clone()),
+            metrics,
         };
         store.client.head_bucket().bucket(&store.bucket).send().await.map_err(|e| {
             format!(
@@ -101,6 +105,14 @@ impl S3Storage {
             )
         })?;
         Ok(store)
+    }
+
+    /// Counts one S3 request: `ferry_s3_requests_total{operation,result}` and its latency.
+    fn observe<T, E>(&self, operation: &str, started: Instant, result: &std::result::Result<T, E>) {
+        if let Some(m) = &self.metrics {
+            m.s3_requests.with_label_values(&[operation, if result.is_ok() { "ok" } else { "error" }]).inc();
+            m.s3_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
+        }
     }
 
     fn key(&self, rel: &str) -> String {
@@ -135,7 +147,10 @@ impl S3Storage {
         if let Some(k) = &self.kms_key_id {
             req = req.ssekms_key_id(k);
         }
-        req.send().await.map_err(|e| io_error("PutObject", detail(&e)))?;
+        let started = Instant::now();
+        let result = req.send().await;
+        self.observe("PutObject", started, &result);
+        result.map_err(|e| io_error("PutObject", detail(&e)))?;
         Ok(())
     }
 
@@ -144,7 +159,10 @@ impl S3Storage {
         if let Some(r) = range {
             req = req.range(format!("bytes={}-{}", r.start, r.end));
         }
-        match req.send().await {
+        let started = Instant::now();
+        let result = req.send().await;
+        self.observe("GetObject", started, &result);
+        match result {
             Ok(out) => Ok(Some(out.body)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) => Err(io_error("GetObject", detail(&e))),
@@ -152,7 +170,10 @@ impl S3Storage {
     }
 
     async fn head(&self, key: String) -> Result<Option<(u64, Option<SystemTime>)>> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        let started = Instant::now();
+        let result = self.client.head_object().bucket(&self.bucket).key(key).send().await;
+        self.observe("HeadObject", started, &result);
+        match result {
             Ok(out) => Ok(Some((
                 out.content_length.unwrap_or(0).max(0) as u64,
                 out.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
@@ -167,15 +188,12 @@ impl S3Storage {
         let mut out = Vec::new();
         let mut token = None;
         loop {
-            let resp = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(|e| io_error("ListObjectsV2", detail(&e)))?;
+            let resp =
+                self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).set_continuation_token(token).send();
+            let started = Instant::now();
+            let resp = resp.await;
+            self.observe("ListObjectsV2", started, &resp);
+            let resp = resp.map_err(|e| io_error("ListObjectsV2", detail(&e)))?;
             for o in resp.contents() {
                 if let Some(k) = o.key() {
                     let modified = o.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
@@ -239,7 +257,10 @@ impl S3Storage {
             if let Some(k) = &self.kms_key_id {
                 req = req.ssekms_key_id(k);
             }
-            req.send().await.map_err(|e| io_error("CopyObject", detail(&e)))?;
+            let started = Instant::now();
+            let result = req.send().await;
+            self.observe("CopyObject", started, &result);
+            result.map_err(|e| io_error("CopyObject", detail(&e)))?;
             return Ok(());
         }
         let mut create = self.client.create_multipart_upload().bucket(&self.bucket).key(dest);
@@ -491,7 +512,37 @@ impl Storage for S3Storage {
     }
 
     async fn record_put(&self, key: &Key, value: Bytes) -> Result<()> {
-        self.put(self.key(key.as_str()), value).await
+        // Replicas may move one tag at once: each write is conditional on the version it saw
+        // (If-Match, or If-None-Match for a new key), so writes never interleave; a writer that
+        // lost the race reads again and writes after the winner.
+        let full = self.key(key.as_str());
+        for _ in 0..8 {
+            let started = Instant::now();
+            let current = self.client.head_object().bucket(&self.bucket).key(&full).send().await;
+            self.observe("HeadObject", started, &current);
+            let etag = match current {
+                Ok(out) => out.e_tag().map(str::to_owned),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => None,
+                Err(e) => return Err(io_error("HeadObject", detail(&e))),
+            };
+            let mut req = self.client.put_object().bucket(&self.bucket).key(&full).body(S3Body::from(value.clone()));
+            req = match etag {
+                Some(tag) => req.if_match(tag),
+                None => req.if_none_match("*"),
+            };
+            if let Some(sse) = &self.sse {
+                req = req.server_side_encryption(sse.clone());
+            }
+            let started = Instant::now();
+            let result = req.send().await;
+            self.observe("PutObject", started, &result);
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412) | Some(409)) => continue,
+                Err(e) => return Err(io_error("PutObject", detail(&e))),
+            }
+        }
+        Err(io_error("PutObject", format!("{full}: too many concurrent writers; try again")))
     }
 
     async fn record_delete(&self, key: &Key) -> Result<bool> {
@@ -521,9 +572,11 @@ impl Storage for S3Storage {
                 .prefix(&full)
                 .delimiter("/")
                 .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(|e| io_error("ListObjectsV2", detail(&e)))?;
+                .send();
+            let started = Instant::now();
+            let resp = resp.await;
+            self.observe("ListObjectsV2", started, &resp);
+            let resp = resp.map_err(|e| io_error("ListObjectsV2", detail(&e)))?;
             for o in resp.contents() {
                 if let Some(name) = o.key().and_then(|k| k.strip_prefix(&full)) {
                     names.push(name.to_owned());
