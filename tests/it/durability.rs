@@ -8,7 +8,7 @@ use reqwest::{Client, StatusCode};
 use sha2::Digest as _;
 
 /// `count` chunks of `chunk` bytes, each stamped with its index so no two are alike; also returns their digest.
-fn generated(count: usize, chunk: usize) -> (impl Fn(usize) -> Bytes, String) {
+pub fn generated(count: usize, chunk: usize) -> (impl Fn(usize) -> Bytes, String) {
     let base = random_bytes(chunk, 42);
     let make = move |i: usize| {
         let mut c = base.clone();

@@ -28,13 +28,15 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// A Ferry running inside the test process.
+/// A Ferry running inside the test process. With `FERRY_TEST_BACKEND=s3` it stores into its
+/// own moto S3 server instead of the filesystem, so the same suites run on both backends.
 pub struct TestFerry {
     pub server: Option<RunningServer>,
     pub dir: tempfile::TempDir,
     pub base: String,
     pub admin: String,
     pub client: Client,
+    pub s3: Option<crate::s3::Moto>,
 }
 
 /// A config for tests: loopback, port 0, data in `dir`.
@@ -54,11 +56,19 @@ impl TestFerry {
     pub async fn start_with(change: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
+        let s3 = if std::env::var("FERRY_TEST_BACKEND").as_deref() == Ok("s3") {
+            let moto = crate::s3::Moto::start();
+            moto.bucket("ferry").await;
+            moto.configure(&mut config, "ferry");
+            Some(moto)
+        } else {
+            None
+        };
         change(&mut config);
         let server = ferry::start(config).await.expect("ferry starts");
         let base = format!("http://{}", server.addr);
         let admin = format!("http://{}", server.admin_addr);
-        Self { server: Some(server), dir, base, admin, client: Client::new() }
+        Self { server: Some(server), dir, base, admin, client: Client::new(), s3 }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -67,6 +77,32 @@ impl TestFerry {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Everything stored, as (path relative to the store's root, size), from whichever backend
+    /// this Ferry uses; temporary files are left out.
+    pub async fn stored_objects(&self) -> Vec<(String, u64)> {
+        match &self.s3 {
+            None => snapshot(&self.data_dir()).into_iter().filter(|(k, _)| !k.starts_with("tmp/")).collect(),
+            Some(moto) => {
+                let mut out = Vec::new();
+                let mut pages = moto.client().list_objects_v2().bucket("ferry").into_paginator().send();
+                while let Some(page) = pages.next().await {
+                    for o in page.unwrap().contents() {
+                        out.push((o.key().unwrap_or_default().to_owned(), o.size().unwrap_or(0) as u64));
+                    }
+                }
+                out.sort();
+                out
+            }
+        }
+    }
+
+    /// Whether content is stored under `digest`.
+    pub async fn stores(&self, digest: &str) -> bool {
+        let hex = digest.trim_start_matches("sha256:");
+        let key = format!("blobs/sha256/{}/{hex}", &hex[..2]);
+        self.stored_objects().await.iter().any(|(k, _)| *k == key)
     }
 
     pub async fn metrics(&self) -> String {
@@ -145,7 +181,13 @@ pub struct FerryProcess {
 impl FerryProcess {
     /// Starts `ferry serve` on a free port with `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_env(data_dir, &[])
+    }
+
+    /// The same, with `FERRY_*` environment overrides (e.g. an S3 backend).
+    pub fn start_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("FERRY_CONFIG", "/dev/null")

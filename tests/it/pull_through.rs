@@ -248,17 +248,11 @@ async fn first_bytes_reach_clients_before_the_fill_completes_and_survive_a_clien
     assert_eq!(fake.hits(&path), 1);
 }
 
-/// Whether Ferry's store holds content under `d`.
-fn stored(f: &TestFerry, d: &str) -> bool {
-    let hex = d.trim_start_matches("sha256:");
-    f.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex).exists()
-}
-
 /// Whether the content ends up stored: a response completes once the digest is verified, and
 /// the fill stores the blob durably just after, on its own task.
 async fn eventually_stored(f: &TestFerry, d: &str) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !stored(f, d) {
+    while !f.stores(d).await {
         if std::time::Instant::now() > deadline {
             return false;
         }
@@ -280,7 +274,7 @@ async fn upstream_faults_never_store_or_serve_corrupt_content() {
     fake.route(&path, Fault::DropMidway(blob.clone()), "application/octet-stream");
     let resp = f.client.get(&url).send().await.unwrap();
     assert!(resp.bytes().await.is_err(), "a cut upstream never looks like a complete body");
-    assert!(!stored(&f, &d));
+    assert!(!f.stores(&d).await);
 
     // Wrong bytes of the right length: the body is never completed, nothing is stored.
     let mut wrong = blob.to_vec();
@@ -288,7 +282,7 @@ async fn upstream_faults_never_store_or_serve_corrupt_content() {
     fake.route(&path, Fault::Serve(Bytes::from(wrong)), "application/octet-stream");
     let resp = f.client.get(&url).send().await.unwrap();
     assert!(resp.bytes().await.is_err(), "corrupt content is never served as complete");
-    assert!(!stored(&f, &d));
+    assert!(!f.stores(&d).await);
 
     // 500 twice, then fine: retried within one request.
     fake.route(

@@ -478,3 +478,44 @@ async fn s3_outages_give_errors_not_truncated_success_and_ferry_recovers() {
     let got = f.client.get(f.url(&format!("/v2/team/app/blobs/{d2}"))).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(got.as_ref(), &other[..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_blob_on_s3_streams_in_bounded_memory() {
+    const CHUNKS: usize = 1024;
+    let s3 = Moto::start_kind(Kind::S3sFs);
+    s3.bucket("big").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ferry = FerryProcess::start_env(
+        dir.path(),
+        &[
+            ("FERRY_STORAGE_BACKEND", "s3"),
+            ("FERRY_STORAGE_S3_BUCKET", "big"),
+            ("FERRY_STORAGE_S3_ENDPOINT", &s3.endpoint),
+            ("FERRY_STORAGE_S3_FORCE_PATH_STYLE", "true"),
+            ("FERRY_STORAGE_S3_ACCESS_KEY_ID", "test"),
+            ("FERRY_STORAGE_S3_SECRET_ACCESS_KEY", "test"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let (make, d) = crate::durability::generated(CHUNKS, 1 << 20);
+    let resp = client.post(format!("{}/v2/big/blobs/uploads/", ferry.base)).send().await.unwrap();
+    let location = header(&resp, "location");
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
+        (0..CHUNKS).map(move |i| Ok::<_, std::io::Error>(make(i))),
+    ));
+    let resp = client.patch(format!("{}{location}", ferry.base)).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = client.put(format!("{}{location}?digest={d}", ferry.base)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
+    let resp = client.get(format!("{}/v2/big/blobs/{d}", ferry.base)).send().await.unwrap();
+    assert_eq!(header(&resp, "content-length"), (CHUNKS << 20).to_string());
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(c) = stream.next().await {
+        sha2::Digest::update(&mut h, c.unwrap());
+    }
+    assert_eq!(format!("sha256:{}", hex::encode(sha2::Digest::finalize(h))), d);
+    let peak = ferry.peak_rss();
+    eprintln!("peak RSS after a 1 GiB push and pull on S3: {} MiB", peak >> 20);
+    assert!(peak < 150 << 20, "peak RSS {} MiB must stay under 150 MiB", peak >> 20);
+}
