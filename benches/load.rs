@@ -74,14 +74,19 @@ fn start_peer() -> Server {
 
 /// docker-registry with extra YAML (e.g. `proxy:`); its access log goes to `access.log`.
 fn start_peer_with(extra: &str) -> Server {
+    start_peer_on("filesystem: {rootdirectory: DATA}", extra)
+}
+
+/// docker-registry with a `storage:` driver line (`DATA` stands for its data directory).
+fn start_peer_on(driver: &str, extra: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("config.yml");
+    let driver = driver.replace("DATA", &dir.path().join("data").display().to_string());
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\n  cache: {{blobdescriptor: inmemory}}\nhttp: {{addr: \"127.0.0.1:{port}\"}}\n{extra}",
-            dir.path().join("data").display()
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  {driver}\n  delete: {{enabled: true}}\n  cache: {{blobdescriptor: inmemory}}\nhttp: {{addr: \"127.0.0.1:{port}\"}}\n{extra}"
         ),
     )
     .unwrap();
@@ -321,7 +326,106 @@ fn main() {
         if "pull_through".contains(filter.as_str()) {
             pull_through(&client).await;
         }
+        if "s3".contains(filter.as_str()) {
+            on_s3(&client).await;
+        }
     });
+}
+
+/// Pushes a small image as `bench/app:v1`.
+async fn seed_manifest(client: &reqwest::Client, base: &str) {
+    let config = push_small(client, base, "bench/app", br#"{"architecture":"amd64","os":"linux"}"#).await;
+    let layer = push_small(client, base, "bench/app", b"small layer").await;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": MANIFEST_ACCEPT,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 37},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": 11}],
+    }))
+    .unwrap();
+    let resp = client
+        .put(format!("{base}/v2/bench/app/manifests/v1"))
+        .header("Content-Type", MANIFEST_ACCEPT)
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+}
+
+/// Ferry on S3 (s3s-fs) with the hot tier on and off, beside docker-registry on the same S3
+/// server through its own s3 driver.
+async fn on_s3(client: &reqwest::Client) {
+    const SIZE: usize = 256 << 20;
+    let tools = std::env::var("FERRY_TEST_TOOLS").unwrap_or_else(|_| "/var/tmp/ferry-tools".into());
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut s3 = Command::new(format!("{tools}/bin/s3s-fs"))
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            "bench",
+            "--secret-key",
+            "benchsecret",
+        ])
+        .arg(data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("s3s-fs runs (scripts/test.sh installs it into FERRY_TEST_TOOLS)");
+    wait_until_listening(port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new("bench", "benchsecret", None, None, "bench"))
+        .build();
+    let sdk = aws_sdk_s3::Client::from_conf(conf);
+    for b in ["ferry-hot", "ferry-cold", "peer"] {
+        sdk.create_bucket().bucket(b).send().await.unwrap();
+    }
+    let ferry_toml = |bucket: &str, hot: &str| {
+        format!(
+            "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\nforce_path_style = true\naccess_key_id = \"bench\"\nsecret_access_key = \"benchsecret\"\n[hot_tier]\nmax_bytes = \"{hot}\"\n"
+        )
+    };
+    let servers = [
+        start_ferry_with(&ferry_toml("ferry-hot", "256MiB")),
+        start_ferry_with(&ferry_toml("ferry-cold", "0")),
+        start_peer_on(
+            &format!("s3: {{accesskey: bench, secretkey: benchsecret, region: us-east-1, regionendpoint: \"{endpoint}\", bucket: peer, secure: false, v4auth: true, rootdirectory: /}}"),
+            "",
+        ),
+    ];
+    let mut blobs = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        eprintln!("seeding {} on S3", s.name);
+        seed_manifest(client, &s.base).await;
+        blobs.push(fresh_blob(client, s, "bench/big", SIZE, 50 + i as u64).await);
+    }
+    let mut manifest = Vec::new();
+    for s in &servers {
+        let url = format!("{}/v2/bench/app/manifests/v1", s.base);
+        wrk(&url, 64, 2);
+        manifest.push(wrk(&url, 64, 10));
+    }
+    let mb = SIZE as f64 / 1e6;
+    let mut blob = [0f64; 3];
+    for _ in 0..2 {
+        for (i, s) in servers.iter().enumerate() {
+            blob[i] = blob[i].max(mb / timed_pull(client, &s.base, "bench/big", &blobs[i], 1, SIZE).await);
+        }
+    }
+    report("s3_manifest_get_c64_hot_tier", manifest[0].0, manifest[2].0, true, "req/s");
+    report("s3_manifest_get_c64_no_hot_tier", manifest[1].0, manifest[2].0, true, "req/s");
+    report("s3_blob_get_256mib", blob[0], blob[2], true, "MB/s");
+    drop(servers);
+    let _ = s3.kill();
+    let _ = s3.wait();
 }
 
 /// The registry comparisons: Ferry and docker-registry serving the same content.
@@ -333,22 +437,7 @@ async fn registry(client: &reqwest::Client) {
         let mut push = Vec::new();
         for s in &servers {
             eprintln!("seeding {}", s.name);
-            let config = push_small(client, &s.base, "bench/app", br#"{"architecture":"amd64","os":"linux"}"#).await;
-            let layer = push_small(client, &s.base, "bench/app", b"small layer").await;
-            let manifest = serde_json::to_vec(&serde_json::json!({
-                "schemaVersion": 2, "mediaType": MANIFEST_ACCEPT,
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 37},
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": 11}],
-            }))
-            .unwrap();
-            let resp = client
-                .put(format!("{}/v2/bench/app/manifests/v1", s.base))
-                .header("Content-Type", MANIFEST_ACCEPT)
-                .body(manifest)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 201);
+            seed_manifest(client, &s.base).await;
             push.push(push_blob(client, &s.base, "bench/big", &chunks, &big).await);
         }
         drop(chunks);
