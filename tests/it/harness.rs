@@ -176,6 +176,7 @@ pub async fn error_code(resp: Response) -> String {
 pub struct FerryProcess {
     pub child: Child,
     pub base: String,
+    pub admin: String,
 }
 
 impl FerryProcess {
@@ -198,16 +199,17 @@ impl FerryProcess {
             .expect("ferry binary starts");
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
+        let (addr, admin) = loop {
             let line = lines.next().expect("ferry logs its address").unwrap();
             if line.contains("ferry started") {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                break v["fields"]["addr"].as_str().unwrap().to_owned();
+                let field = |k: &str| v["fields"][k].as_str().unwrap().to_owned();
+                break (field("addr"), field("admin_addr"));
             }
         };
         // Keep draining the log so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, base: format!("http://{addr}") }
+        Self { child, base: format!("http://{addr}"), admin: format!("http://{admin}") }
     }
 
     /// Peak resident memory so far (VmHWM), in bytes.

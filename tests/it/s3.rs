@@ -307,45 +307,62 @@ async fn two_replicas_on_one_bucket_behave_as_one_registry() {
     }
 }
 
+/// A replica: a separate `ferry serve` process on the shared bucket.
+fn replica(server: &Moto, bucket: &str, dir: &std::path::Path) -> FerryProcess {
+    FerryProcess::start_env(
+        dir,
+        &[
+            ("FERRY_STORAGE_BACKEND", "s3"),
+            ("FERRY_STORAGE_S3_BUCKET", bucket),
+            ("FERRY_STORAGE_S3_ENDPOINT", &server.endpoint),
+            ("FERRY_STORAGE_S3_FORCE_PATH_STYLE", "true"),
+            ("FERRY_STORAGE_S3_ACCESS_KEY_ID", "test"),
+            ("FERRY_STORAGE_S3_SECRET_ACCESS_KEY", "test"),
+            ("FERRY_STORAGE_S3_PART_SIZE", "5MiB"),
+        ],
+    )
+}
+
 async fn two_replicas(kind: Kind) {
-    let moto = Moto::start_kind(kind);
-    moto.bucket("shared").await;
-    let a = TestFerry::start_with(|c| moto.configure(c, "shared")).await;
-    let b = TestFerry::start_with(|c| moto.configure(c, "shared")).await;
+    let server = Moto::start_kind(kind);
+    server.bucket("shared").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (replica(&server, "shared", dir.path()), replica(&server, "shared", dir.path()));
+    let client = reqwest::Client::new();
+    let url = |p: &FerryProcess, path: &str| format!("{}{path}", p.base);
 
     // Push through A, pull through B at once.
-    let (manifest, d) = a.push_image("team/app", "v1", b"layer pushed through A").await;
-    let resp = b.client.get(b.url("/v2/team/app/manifests/v1")).header("Accept", OCI_MANIFEST).send().await.unwrap();
+    let (manifest, d) = push_config_image(&client, &a.base, "team/app", "v1", b"config pushed through A").await;
+    let resp = client.get(url(&b, "/v2/team/app/manifests/v1")).header("Accept", OCI_MANIFEST).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &manifest[..]);
 
     // A chunked upload started on A and finished on B.
     let blob = random_bytes(3 << 20, 62);
     let bd = digest(&blob);
-    let resp = a.client.post(a.url("/v2/team/app/blobs/uploads/")).send().await.unwrap();
+    let resp = client.post(url(&a, "/v2/team/app/blobs/uploads/")).send().await.unwrap();
     let location = header(&resp, "location");
-    let resp = a
-        .client
-        .patch(a.url(&location))
+    let resp = client
+        .patch(url(&a, &location))
         .header("Content-Range", format!("0-{}", (1 << 20) - 1))
         .body(blob[..1 << 20].to_vec())
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let resp = b.client.get(b.url(&location)).send().await.unwrap();
+    let resp = client.get(url(&b, &location)).send().await.unwrap();
     assert_eq!(header(&resp, "range"), format!("0-{}", (1 << 20) - 1), "B sees A's progress");
-    let resp = b
-        .client
-        .put(b.url(&format!("{location}?digest={bd}")))
+    let resp = client
+        .put(url(&b, &format!("{location}?digest={bd}")))
         .header("Content-Range", format!("{}-{}", 1 << 20, blob.len() - 1))
         .body(blob[1 << 20..].to_vec())
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
-    let got = a.client.get(a.url(&format!("/v2/team/app/blobs/{bd}"))).send().await.unwrap().bytes().await.unwrap();
+    let got = client.get(url(&a, &format!("/v2/team/app/blobs/{bd}"))).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(digest(&got), bd);
+    assert!(has_s3_metrics(&client.get(format!("{}/metrics", a.admin)).send().await.unwrap().text().await.unwrap()));
 
     // Concurrent pushes of one tag through A and B leave one consistent tag on both. Not on
     // s3s-fs: it overwrites a key's file in place, so two PUTs to one key at the same instant can
@@ -353,25 +370,28 @@ async fn two_replicas(kind: Kind) {
     if matches!(kind, Kind::S3sFs) {
         return;
     }
-    let (m2, _) = a.push_image("team/app", "seed2", b"second image").await;
-    let (m3, _) = a.push_image("team/app", "seed3", b"third image").await;
+    let (m2, _) = push_config_image(&client, &a.base, "team/app", "seed2", b"second image").await;
+    let (m3, _) = push_config_image(&client, &a.base, "team/app", "seed3", b"third image").await;
+    let put = |p: &FerryProcess, body: &[u8]| {
+        client
+            .put(url(p, "/v2/team/app/manifests/race"))
+            .header("Content-Type", OCI_MANIFEST)
+            .body(body.to_vec())
+            .send()
+    };
     for round in 0..5 {
-        let (ra, rb) = tokio::join!(
-            a.put_manifest("team/app", "race", OCI_MANIFEST, &m2),
-            b.put_manifest("team/app", "race", OCI_MANIFEST, &m3),
-        );
-        assert_eq!(ra.status(), StatusCode::CREATED, "round {round}");
-        assert_eq!(rb.status(), StatusCode::CREATED, "round {round}");
-        let ra = a.client.head(a.url("/v2/team/app/manifests/race")).send().await.unwrap();
+        let (ra, rb) = tokio::join!(put(&a, &m2), put(&b, &m3));
+        assert_eq!(ra.unwrap().status(), StatusCode::CREATED, "round {round}");
+        assert_eq!(rb.unwrap().status(), StatusCode::CREATED, "round {round}");
+        let ra = client.head(url(&a, "/v2/team/app/manifests/race")).send().await.unwrap();
         let da = header(&ra, "docker-content-digest");
         assert!(!da.is_empty(), "round {round}: {}", ra.status());
         let db =
-            header(&b.client.head(b.url("/v2/team/app/manifests/race")).send().await.unwrap(), "docker-content-digest");
+            header(&client.head(url(&b, "/v2/team/app/manifests/race")).send().await.unwrap(), "docker-content-digest");
         assert_eq!(da, db, "both replicas serve the same tag");
         assert!(da == digest(&m2) || da == digest(&m3), "round {round}: {da:?}");
     }
     assert_ne!(d, digest(&m2));
-    assert!(has_s3_metrics(&a.metrics().await));
 }
 
 /// Whether a metrics page counts S3 requests and their latency.
