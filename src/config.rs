@@ -302,6 +302,9 @@ pub struct S3Config {
     pub kms_key_id: String,
     /// Size of the parts blobs are uploaded in (at least 5MiB). Default `"16MiB"`.
     pub part_size: ByteSize,
+    /// Blob GETs answer 307 with a presigned S3 URL, so clients download straight from S3 as
+    /// ECR's layer downloads do. Default `false`.
+    pub redirect: bool,
 }
 
 impl Default for S3Config {
@@ -318,6 +321,7 @@ impl Default for S3Config {
             sse: String::new(),
             kms_key_id: String::new(),
             part_size: ByteSize(16 << 20),
+            redirect: false,
         }
     }
 }

@@ -69,6 +69,15 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
             };
             let repo = reg.resolve(name, ns).await?;
             let blob = reg.blob_get(&repo, &digest, range).await?;
+            if let Some(url) = blob.redirect {
+                return Ok(Response::builder()
+                    .status(StatusCode::TEMPORARY_REDIRECT)
+                    .header(LOCATION, url)
+                    .header("Docker-Content-Digest", digest.to_string())
+                    .header(CONTENT_LENGTH, 0)
+                    .body(empty())
+                    .unwrap_or_default());
+            }
             let mut builder = blob_headers(Response::builder(), &digest);
             builder = match (blob.range, blob.size) {
                 (Some(r), Some(size)) => builder

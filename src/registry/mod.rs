@@ -92,6 +92,8 @@ pub struct BlobContent {
     pub range: Option<ByteRange>,
     /// The bytes.
     pub body: ByteStream,
+    /// Where the client may fetch the blob itself instead (S3 with `redirect = true`).
+    pub redirect: Option<String>,
 }
 
 /// The registry service, shared by every request.
@@ -192,6 +194,10 @@ impl Registry {
                     self.count_cache(route, "blob", CacheResult::Hit);
                 }
                 let size = self.blob_size(repo, digest).await?;
+                if let Some(url) = self.storage.blob_url(digest).await? {
+                    let body = Box::pin(futures_util::stream::empty()) as ByteStream;
+                    return Ok(BlobContent { size: Some(size), range: None, body, redirect: Some(url) });
+                }
                 let range = range.map(|r| r.resolve(size)).transpose()?;
                 let body = if size == 0 {
                     Box::pin(futures_util::stream::empty()) as ByteStream
@@ -201,7 +207,7 @@ impl Registry {
                         e => e.into(),
                     })?
                 };
-                return Ok(BlobContent { size: Some(size), range, body });
+                return Ok(BlobContent { size: Some(size), range, body, redirect: None });
             }
         };
         let (rx, joined) = self.fills.join(
@@ -219,7 +225,7 @@ impl Registry {
             })
             .await;
         match reader {
-            Ok(r) => Ok(BlobContent { size: r.size, range: r.range, body: r.body }),
+            Ok(r) => Ok(BlobContent { size: r.size, range: r.range, body: r.body, redirect: None }),
             Err(ReadError::Resolve(e)) => Err(e),
             Err(ReadError::Fill(FillError::Upstream(upstream::Error::NotFound))) => {
                 Err(Error::BlobUnknown(digest.clone()))

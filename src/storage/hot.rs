@@ -98,6 +98,10 @@ impl Storage for HotTier {
         self.inner.blob_read(digest, range).await
     }
 
+    async fn blob_url(&self, digest: &Digest) -> Result<Option<String>> {
+        self.inner.blob_url(digest).await
+    }
+
     async fn blob_read_small(&self, digest: &Digest) -> Result<Bytes> {
         if let Some(b) = self.cached(digest).await {
             return Ok(b);

@@ -67,6 +67,10 @@ pub trait Storage: Send + Sync + 'static {
     async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream>;
     /// Reads a small blob (a manifest) whole; `NotFound` when absent.
     async fn blob_read_small(&self, digest: &Digest) -> Result<Bytes>;
+    /// A URL the client may download the blob from directly, when the backend offers one.
+    async fn blob_url(&self, _digest: &Digest) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// Stores small content whose digest the caller computed from exactly these bytes.
     async fn blob_put_small(&self, digest: &Digest, bytes: Bytes) -> Result<()>;
 

@@ -36,6 +36,7 @@ pub struct S3Storage {
     sse: Option<ServerSideEncryption>,
     kms_key_id: Option<String>,
     metrics: Option<Arc<Metrics>>,
+    redirect: bool,
 }
 
 fn io_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -95,6 +96,7 @@ impl S3Storage {
             },
             kms_key_id: (!cfg.kms_key_id.is_empty()).then(|| cfg.kms_key_id.clone()),
             metrics,
+            redirect: cfg.redirect,
         };
         store.client.head_bucket().bucket(&store.bucket).send().await.map_err(|e| {
             format!(
@@ -382,6 +384,23 @@ impl Storage for S3Storage {
             Some(body) => Ok(body_stream(body)),
             None => Err(Error::NotFound),
         }
+    }
+
+    async fn blob_url(&self, digest: &Digest) -> Result<Option<String>> {
+        if !self.redirect {
+            return Ok(None);
+        }
+        let presign = aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(900))
+            .map_err(|e| io_error("presign", e))?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.blob_key(digest))
+            .presigned(presign)
+            .await
+            .map_err(|e| io_error("presign", detail(&e)))?;
+        Ok(Some(req.uri().to_owned()))
     }
 
     async fn blob_read_small(&self, digest: &Digest) -> Result<Bytes> {

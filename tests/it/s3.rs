@@ -539,3 +539,33 @@ async fn one_gib_blob_on_s3_streams_in_bounded_memory() {
     eprintln!("peak RSS after a 1 GiB push and pull on S3: {} MiB", peak >> 20);
     assert!(peak < 150 << 20, "peak RSS {} MiB must stay under 150 MiB", peak >> 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_sends_clients_straight_to_s3() {
+    let moto = Moto::start();
+    moto.bucket("redirect").await;
+    let f = TestFerry::start_with(|c| {
+        moto.configure(c, "redirect");
+        c.storage.s3.redirect = true;
+    })
+    .await;
+    let blob = random_bytes(3 << 20, 66);
+    let d = f.push_blob("team/app", &blob).await;
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let resp = no_follow.get(f.url(&format!("/v2/team/app/blobs/{d}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = header(&resp, "location");
+    assert!(location.starts_with(&moto.endpoint) && location.contains("X-Amz-Signature"), "{location}");
+    assert_eq!(header(&resp, "docker-content-digest"), d);
+    // A client that follows the redirect gets the blob from S3; Ferry never read it.
+    let got = f.client.get(f.url(&format!("/v2/team/app/blobs/{d}"))).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(digest(&got), d);
+    let m = f.metrics().await;
+    assert!(
+        m.contains(r#"ferry_http_sent_bytes_total{endpoint="blob_get"} 0"#),
+        "blob bytes never pass through Ferry: {m}"
+    );
+    // Another repository still cannot get a URL for it.
+    let resp = no_follow.get(f.url(&format!("/v2/other/blobs/{d}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
