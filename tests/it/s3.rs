@@ -473,6 +473,45 @@ async fn s3_outages_give_errors_not_truncated_success_and_ferry_recovers() {
     assert!(failed || got < blob.len(), "a cut S3 stream is never presented as complete");
     assert!(failed, "the body ended in an error");
 
+    // Mid-upload: S3 goes away between two parts of a chunk; the PATCH is not acknowledged.
+    s3.restart();
+    let resp = f.client.post(f.url("/v2/team/app/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (g, first, rest) =
+        (gate.clone(), Bytes::from(random_bytes(6 << 20, 67)), Bytes::from(random_bytes(6 << 20, 68)));
+    let parts = futures_util::stream::iter(vec![(first, None), (rest, Some(g))]).then(|(b, g)| async move {
+        if let Some(g) = g {
+            g.notified().await;
+        }
+        Ok::<_, std::io::Error>(b)
+    });
+    let patch = tokio::spawn({
+        let (c, url) = (f.client.clone(), f.url(&location));
+        async move { c.patch(url).body(reqwest::Body::wrap_stream(parts)).send().await }
+    });
+    // Once the first part is in S3, stop S3, then let the rest of the chunk come.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s3
+        .client()
+        .list_objects_v2()
+        .bucket("faults")
+        .prefix("uploads/")
+        .send()
+        .await
+        .map(|o| o.contents().iter().any(|c| c.key().is_some_and(|k| k.contains("/seg/"))))
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "the first part reached S3");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s3.stop();
+    gate.notify_one();
+    // Either the connection failed, or the answer says S3 is unavailable: never 202.
+    if let Ok(resp) = patch.await.unwrap() {
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "the chunk is not acknowledged");
+    }
+
     // While S3 is down: a clear 503 with Retry-After.
     let resp = f.client.get(f.url("/v2/team/app/tags/list")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
