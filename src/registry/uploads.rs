@@ -227,6 +227,8 @@ impl Registry {
                 purged += 1;
             }
         }
+        // Only after the sessions: a session being finished now is younger than the cutoff.
+        purged += self.storage.cleanup(cutoff).await?;
         Ok(purged)
     }
 }

@@ -149,6 +149,10 @@ impl Storage for HotTier {
         self.inner.upload_list().await
     }
 
+    async fn cleanup(&self, cutoff: SystemTime) -> Result<usize> {
+        self.inner.cleanup(cutoff).await
+    }
+
     async fn record_get(&self, key: &Key) -> Result<Option<Bytes>> {
         match &self.tags {
             Some(tags) if Self::is_tag(key) => {

@@ -92,6 +92,12 @@ pub trait Storage: Send + Sync + 'static {
     /// Every session with the time of its last write, for purging abandoned ones.
     async fn upload_list(&self) -> Result<Vec<(UploadId, SystemTime)>>;
 
+    /// Removes the backend's own leftovers older than `cutoff` (for S3, multipart uploads a crash
+    /// left incomplete); returns how many.
+    async fn cleanup(&self, _cutoff: SystemTime) -> Result<usize> {
+        Ok(0)
+    }
+
     /// Reads a record.
     async fn record_get(&self, key: &Key) -> Result<Option<Bytes>>;
     /// Writes a record atomically: readers see the old value or the new one, never a mix.

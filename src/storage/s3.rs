@@ -523,6 +523,26 @@ impl Storage for S3Storage {
         Ok(latest.into_iter().collect())
     }
 
+    async fn cleanup(&self, cutoff: SystemTime) -> Result<usize> {
+        let prefix = self.key("blobs/");
+        let started = Instant::now();
+        let listed = self.client.list_multipart_uploads().bucket(&self.bucket).prefix(&prefix).send().await;
+        self.observe("ListMultipartUploads", started, &listed);
+        let listed = listed.map_err(|e| io_error("ListMultipartUploads", detail(&e)))?;
+        let mut aborted = 0;
+        for u in listed.uploads() {
+            let old = u.initiated().and_then(|t| SystemTime::try_from(*t).ok()).is_some_and(|t| t < cutoff);
+            if let (true, Some(key), Some(id)) = (old, u.key(), u.upload_id()) {
+                let started = Instant::now();
+                let r = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id).send().await;
+                self.observe("AbortMultipartUpload", started, &r);
+                r.map_err(|e| io_error("AbortMultipartUpload", detail(&e)))?;
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
+    }
+
     async fn record_get(&self, key: &Key) -> Result<Option<Bytes>> {
         match self.get(self.key(key.as_str()), None).await? {
             Some(body) => Ok(Some(body.collect().await.map_err(|e| io_error("GetObject body", e))?.into_bytes())),

@@ -608,3 +608,27 @@ async fn redirect_sends_clients_straight_to_s3() {
     let resp = no_follow.get(f.url(&format!("/v2/other/blobs/{d}"))).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_multipart_uploads_are_aborted() {
+    let moto = Moto::start();
+    moto.bucket("leftovers").await;
+    // What a crash in the middle of assembling a blob leaves behind.
+    let sdk = moto.client();
+    let key = format!("blobs/sha256/ab/{}", "ab".repeat(32));
+    sdk.create_multipart_upload().bucket("leftovers").key(&key).send().await.unwrap();
+    let listed = sdk.list_multipart_uploads().bucket("leftovers").send().await.unwrap();
+    assert_eq!(listed.uploads().len(), 1);
+    let f = TestFerry::start_with(|c| {
+        moto.configure(c, "leftovers");
+        c.registry.upload_max_idle = ferry::config::HumanDuration(Duration::from_millis(1));
+        c.registry.upload_purge_interval = ferry::config::HumanDuration(Duration::from_millis(50));
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !sdk.list_multipart_uploads().bucket("leftovers").send().await.unwrap().uploads().is_empty() {
+        assert!(Instant::now() < deadline, "the abandoned multipart upload was aborted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(f.metrics().await.contains(r#"operation="AbortMultipartUpload",result="ok""#));
+}
