@@ -95,7 +95,7 @@ fn start_peer_on(driver: &str, extra: &str) -> Server {
         .arg(&config)
         .env_remove("AWS_CA_BUNDLE")
         .stdout(std::fs::File::create(dir.path().join("access.log")).unwrap())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
         .spawn()
         .expect("docker-registry starts (apt-get install docker-registry)");
     wait_until_listening(port);
@@ -422,8 +422,12 @@ async fn on_s3(client: &reqwest::Client) {
         match seeded {
             Ok(d) => blobs.push(d),
             Err(_) => {
-                // docker-registry's s3 driver against s3s-fs: see the README.
-                eprintln!("{} could not be seeded on S3; comparing Ferry with and without its hot tier only", s.name);
+                let log = std::fs::read_to_string(s._dir.path().join("stderr.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                eprintln!(
+                    "{} could not be seeded on S3 ({tail:?}); comparing Ferry with and without its hot tier only",
+                    s.name
+                );
                 peer_ok = false;
             }
         }
