@@ -109,8 +109,9 @@ fn chunk(i: usize, base: &Bytes) -> Bytes {
     Bytes::from(c)
 }
 
-fn big_blob() -> (Vec<Bytes>, String) {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+/// `size` bytes of distinct 1 MiB chunks from `seed`, and their digest.
+fn chunks_of(size: usize, seed: u64) -> (Vec<Bytes>, String) {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut base = Vec::with_capacity(CHUNK);
     while base.len() < CHUNK {
         x ^= x << 13;
@@ -119,12 +120,16 @@ fn big_blob() -> (Vec<Bytes>, String) {
         base.extend_from_slice(&x.to_le_bytes());
     }
     let base = Bytes::from(base);
-    let chunks: Vec<Bytes> = (0..GIB / CHUNK).map(|i| chunk(i, &base)).collect();
+    let chunks: Vec<Bytes> = (0..size / CHUNK).map(|i| chunk(i, &base)).collect();
     let mut h = sha2::Sha256::new();
     for c in &chunks {
         h.update(c);
     }
     (chunks, format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+fn big_blob() -> (Vec<Bytes>, String) {
+    chunks_of(GIB, 1)
 }
 
 fn digest(b: &[u8]) -> String {
@@ -215,21 +220,7 @@ async fn fresh_blob(client: &reqwest::Client, server: &Server, repo: &str, size:
 
 /// [`fresh_blob`] by base URL.
 async fn fresh_blob_at(client: &reqwest::Client, registry: &str, repo: &str, size: usize, seed: u64) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut base = Vec::with_capacity(CHUNK);
-    while base.len() < CHUNK {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        base.extend_from_slice(&x.to_le_bytes());
-    }
-    let base = Bytes::from(base);
-    let chunks: Vec<Bytes> = (0..size / CHUNK).map(|i| chunk(i, &base)).collect();
-    let mut h = sha2::Sha256::new();
-    for c in &chunks {
-        h.update(c);
-    }
-    let d = format!("sha256:{}", hex::encode(h.finalize()));
+    let (chunks, d) = chunks_of(size, seed);
     push_blob(client, registry, repo, &chunks, &d).await;
     d
 }

@@ -21,6 +21,20 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+/// Adds the configured server-side encryption to any request builder that writes an object.
+macro_rules! with_sse {
+    ($store:expr, $req:expr) => {{
+        let mut req = $req;
+        if let Some(sse) = &$store.sse {
+            req = req.server_side_encryption(sse.clone());
+        }
+        if let Some(k) = &$store.kms_key_id {
+            req = req.ssekms_key_id(k);
+        }
+        req
+    }};
+}
+
 /// S3's smallest part, except the last.
 const MIN_PART: u64 = 5 << 20;
 /// The largest object a single `CopyObject` may copy.
@@ -142,13 +156,7 @@ impl S3Storage {
     }
 
     async fn put(&self, key: String, body: Bytes) -> Result<()> {
-        let mut req = self.client.put_object().bucket(&self.bucket).key(key).body(S3Body::from(body));
-        if let Some(sse) = &self.sse {
-            req = req.server_side_encryption(sse.clone());
-        }
-        if let Some(k) = &self.kms_key_id {
-            req = req.ssekms_key_id(k);
-        }
+        let req = with_sse!(self, self.client.put_object().bucket(&self.bucket).key(key).body(S3Body::from(body)));
         let started = Instant::now();
         let result = req.send().await;
         self.observe("PutObject", started, &result);
@@ -251,27 +259,17 @@ impl S3Storage {
             return self.put(dest.to_owned(), Bytes::new()).await;
         }
         if segs.len() == 1 && total <= MAX_COPY {
-            let mut req =
-                self.client.copy_object().bucket(&self.bucket).key(dest).copy_source(self.copy_source(&segs[0].1));
-            if let Some(sse) = &self.sse {
-                req = req.server_side_encryption(sse.clone());
-            }
-            if let Some(k) = &self.kms_key_id {
-                req = req.ssekms_key_id(k);
-            }
+            let req = with_sse!(
+                self,
+                self.client.copy_object().bucket(&self.bucket).key(dest).copy_source(self.copy_source(&segs[0].1))
+            );
             let started = Instant::now();
             let result = req.send().await;
             self.observe("CopyObject", started, &result);
             result.map_err(|e| io_error("CopyObject", detail(&e)))?;
             return Ok(());
         }
-        let mut create = self.client.create_multipart_upload().bucket(&self.bucket).key(dest);
-        if let Some(sse) = &self.sse {
-            create = create.server_side_encryption(sse.clone());
-        }
-        if let Some(k) = &self.kms_key_id {
-            create = create.ssekms_key_id(k);
-        }
+        let create = with_sse!(self, self.client.create_multipart_upload().bucket(&self.bucket).key(dest));
         let upload = create.send().await.map_err(|e| io_error("CreateMultipartUpload", detail(&e)))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_owned();
         let result = self.copy_parts(id, segs, dest, &upload_id).await;
@@ -564,14 +562,14 @@ impl Storage for S3Storage {
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => None,
                 Err(e) => return Err(io_error("HeadObject", detail(&e))),
             };
-            let mut req = self.client.put_object().bucket(&self.bucket).key(&full).body(S3Body::from(value.clone()));
-            req = match etag {
+            let req = with_sse!(
+                self,
+                self.client.put_object().bucket(&self.bucket).key(&full).body(S3Body::from(value.clone()))
+            );
+            let req = match etag {
                 Some(tag) => req.if_match(tag),
                 None => req.if_none_match("*"),
             };
-            if let Some(sse) = &self.sse {
-                req = req.server_side_encryption(sse.clone());
-            }
             let started = Instant::now();
             let result = req.send().await;
             self.observe("PutObject", started, &result);
