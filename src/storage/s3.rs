@@ -35,6 +35,9 @@ macro_rules! with_sse {
     }};
 }
 
+/// A listing: objects (key, size, last modified) and common prefixes.
+type Listing = (Vec<(String, u64, Option<SystemTime>)>, Vec<String>);
+
 /// S3's smallest part, except the last.
 const MIN_PART: u64 = 5 << 20;
 /// The largest object a single `CopyObject` may copy.
@@ -195,24 +198,34 @@ impl S3Storage {
 
     /// Every object under `prefix`: (key, size, last modified).
     async fn list_all(&self, prefix: &str) -> Result<Vec<(String, u64, Option<SystemTime>)>> {
-        let mut out = Vec::new();
+        Ok(self.list(prefix, false).await?.0)
+    }
+
+    /// One listing, every page: the objects under `prefix` (key, size, last modified) and, with
+    /// `one_level`, the common prefixes one `/` further down.
+    async fn list(&self, prefix: &str, one_level: bool) -> Result<Listing> {
+        let (mut objects, mut prefixes) = (Vec::new(), Vec::new());
         let mut token = None;
         loop {
-            let resp =
-                self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).set_continuation_token(token).send();
+            let mut req =
+                self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).set_continuation_token(token);
+            if one_level {
+                req = req.delimiter("/");
+            }
             let started = Instant::now();
-            let resp = resp.await;
+            let resp = req.send().await;
             self.observe("ListObjectsV2", started, &resp);
             let resp = resp.map_err(|e| io_error("ListObjectsV2", detail(&e)))?;
             for o in resp.contents() {
                 if let Some(k) = o.key() {
                     let modified = o.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
-                    out.push((k.to_owned(), o.size().unwrap_or(0).max(0) as u64, modified));
+                    objects.push((k.to_owned(), o.size().unwrap_or(0).max(0) as u64, modified));
                 }
             }
+            prefixes.extend(resp.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_owned)));
             match resp.next_continuation_token() {
                 Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_owned()),
-                _ => return Ok(out),
+                _ => return Ok((objects, prefixes)),
             }
         }
     }
@@ -226,13 +239,10 @@ impl S3Storage {
                 .quiet(true)
                 .build()
                 .map_err(|e| io_error("DeleteObjects", e))?;
-            self.client
-                .delete_objects()
-                .bucket(&self.bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| io_error("DeleteObjects", detail(&e)))?;
+            let started = Instant::now();
+            let result = self.client.delete_objects().bucket(&self.bucket).delete(delete).send().await;
+            self.observe("DeleteObjects", started, &result);
+            result.map_err(|e| io_error("DeleteObjects", detail(&e)))?;
         }
         Ok(())
     }
@@ -587,49 +597,24 @@ impl Storage for S3Storage {
         if self.head(full.clone()).await?.is_none() {
             return Ok(false);
         }
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(full)
-            .send()
-            .await
-            .map_err(|e| io_error("DeleteObject", detail(&e)))?;
+        let started = Instant::now();
+        let result = self.client.delete_object().bucket(&self.bucket).key(full).send().await;
+        self.observe("DeleteObject", started, &result);
+        result.map_err(|e| io_error("DeleteObject", detail(&e)))?;
         Ok(true)
     }
 
     async fn record_list(&self, prefix: &Key) -> Result<Vec<String>> {
         let full = format!("{}/", self.key(prefix.as_str()));
-        let mut names = Vec::new();
-        let mut token = None;
-        loop {
-            let resp = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full)
-                .delimiter("/")
-                .set_continuation_token(token)
-                .send();
-            let started = Instant::now();
-            let resp = resp.await;
-            self.observe("ListObjectsV2", started, &resp);
-            let resp = resp.map_err(|e| io_error("ListObjectsV2", detail(&e)))?;
-            for o in resp.contents() {
-                if let Some(name) = o.key().and_then(|k| k.strip_prefix(&full)) {
-                    names.push(name.to_owned());
-                }
-            }
-            for p in resp.common_prefixes() {
-                if let Some(name) = p.prefix().and_then(|k| k.strip_prefix(&full)) {
-                    names.push(name.trim_end_matches('/').to_owned());
-                }
-            }
-            match resp.next_continuation_token() {
-                Some(t) if resp.is_truncated() == Some(true) => token = Some(t.to_owned()),
-                _ => break,
-            }
-        }
-        names.retain(|n| !n.is_empty() && !n.starts_with('.'));
+        let (objects, prefixes) = self.list(&full, true).await?;
+        let mut names: Vec<String> = objects
+            .iter()
+            .map(|(k, _, _)| k.as_str())
+            .chain(prefixes.iter().map(|p| p.trim_end_matches('/')))
+            .filter_map(|k| k.strip_prefix(&full))
+            .filter(|n| !n.is_empty() && !n.starts_with('.'))
+            .map(str::to_owned)
+            .collect();
         names.sort_unstable();
         names.dedup();
         Ok(names)

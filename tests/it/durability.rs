@@ -31,16 +31,7 @@ async fn upload_resumes_after_restart() {
     let mut ferry = FerryProcess::start(dir.path());
     let resp = client.post(format!("{}/v2/resume/me/blobs/uploads/", ferry.base)).send().await.unwrap();
     let location = header(&resp, "location");
-    for (start, end) in [(0usize, 700_000usize), (700_000, 1_500_000)] {
-        let resp = client
-            .patch(format!("{}{location}", ferry.base))
-            .header("Content-Range", format!("{start}-{}", end - 1))
-            .body(blob[start..end].to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    }
+    patch_chunks(&client, &ferry.base, &location, &blob, &[(0, 700_000), (700_000, 1_500_000)]).await;
     assert!(ferry.terminate().success(), "SIGTERM stops Ferry cleanly");
 
     let ferry = FerryProcess::start(dir.path());

@@ -294,3 +294,18 @@ pub async fn push_config_image(client: &Client, base: &str, repo: &str, tag: &st
     let d = digest(&manifest);
     (manifest, d)
 }
+
+/// Sends `data[start..end]` for each range as a PATCH with its `Content-Range` to the upload at
+/// `location` (relative to `base`), asserting each is accepted.
+pub async fn patch_chunks(client: &Client, base: &str, location: &str, data: &[u8], ranges: &[(usize, usize)]) {
+    for &(start, end) in ranges {
+        let resp = client
+            .patch(format!("{base}{location}"))
+            .header("Content-Range", format!("{start}-{}", end - 1))
+            .body(data[start..end].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "{start}-{end}");
+    }
+}

@@ -264,17 +264,7 @@ async fn registry_on_s3(kind: Kind) {
     let d = digest(&blob);
     let resp = f.client.post(f.url("/v2/s3/big/blobs/uploads/")).send().await.unwrap();
     let location = header(&resp, "location");
-    for (start, end) in [(0usize, 6 << 20), (6 << 20, 8 << 20)] {
-        let resp = f
-            .client
-            .patch(f.url(&location))
-            .header("Content-Range", format!("{start}-{}", end - 1))
-            .body(blob[start..end].to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    }
+    patch_chunks(&f.client, &f.base, &location, &blob, &[(0, 6 << 20), (6 << 20, 8 << 20)]).await;
     let resp =
         f.client.put(f.url(&format!("{location}?digest={d}"))).body(blob[8 << 20..].to_vec()).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
