@@ -374,16 +374,20 @@ impl FillJob {
         });
         let mut body = blob.body;
         let window = tx.borrow().window.clone();
+        let window_limit = WINDOW + self.storage.append_buffer_bytes();
         let mut progress = tx.subscribe();
-        // The writer appends batches to storage while the next batch is received.
-        // A hasher runs beside it, both off the receiving path.
-        let (batches, mut queue) = tokio::sync::mpsc::channel::<Bytes>(4);
-        let (to_hash, mut hash_queue) = tokio::sync::mpsc::channel::<Bytes>(8);
+        // One append for the whole fill, fed batch by batch, reports what is stored as it goes;
+        // a hasher thread runs beside it. Both are off the receiving path, and every stage
+        // shares the received buffers: nothing is copied between them.
+        let (batches, queue) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
+        let (to_hash, mut hash_queue) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
         let hasher = {
             let mut hasher = Hasher::new(self.digest.algorithm());
             tokio::task::spawn_blocking(move || {
                 while let Some(batch) = hash_queue.blocking_recv() {
-                    hasher.update(&batch);
+                    for chunk in &batch {
+                        hasher.update(chunk);
+                    }
                 }
                 hasher.finish()
             })
@@ -391,13 +395,13 @@ impl FillJob {
         let writer = {
             let (storage, tx) = (self.storage.clone(), tx.clone());
             tokio::spawn(async move {
-                let mut written = 0;
-                while let Some(batch) = queue.recv().await {
-                    let stream = futures_util::stream::iter([Ok(batch)]).boxed();
-                    written = storage.upload_append(&id, stream).await?;
-                    tx.send_modify(|s| s.written = written);
-                }
-                Ok::<_, storage::Error>(written)
+                let stream = futures_util::stream::unfold(queue, |mut q| async move {
+                    let batch = q.recv().await?;
+                    Some((futures_util::stream::iter(batch.into_iter().map(Ok)), q))
+                })
+                .flatten()
+                .boxed();
+                storage.upload_append_observed(&id, stream, &|written| tx.send_modify(|s| s.written = written)).await
             })
         };
         let mut received = 0u64;
@@ -413,7 +417,8 @@ impl FillJob {
                 Some(Err(e)) => return Err(FillError::Upstream(upstream::Error::Unreachable(base, e.to_string()))),
                 None => break,
             }
-            // Gather more for a moment: few large writes, yet readers see bytes within BATCH_WAIT.
+            // Gather more for a moment: few wake-ups per megabyte, yet readers see bytes within
+            // BATCH_WAIT.
             let deadline = tokio::time::Instant::now() + BATCH_WAIT;
             while len < BATCH {
                 match tokio::time::timeout_at(deadline, body.next()).await {
@@ -431,33 +436,29 @@ impl FillJob {
                     Err(_) => break,
                 }
             }
-            // One buffer per batch: readers then send large frames, not the upstream's small reads.
-            let merged = match batch.len() {
-                1 => batch.remove(0),
-                _ => {
-                    let mut m = bytes::BytesMut::with_capacity(len);
-                    for b in &batch {
-                        m.extend_from_slice(b);
-                    }
-                    m.freeze()
-                }
-            };
-            window.push(received, merged.clone());
-            received += merged.len() as u64;
+            batch.retain(|b| !b.is_empty());
+            let mut offset = received;
+            for chunk in &batch {
+                window.push(offset, chunk.clone());
+                offset += chunk.len() as u64;
+            }
+            received = offset;
             if blob.size.is_some_and(|s| received > s) {
                 return Err(invalid(format!("it sent more than its Content-Length of {}", blob.size.unwrap_or(0))));
             }
             tx.send_modify(|s| s.received = received);
-            if to_hash.send(merged.clone()).await.is_err() {
+            if to_hash.send(batch.clone()).await.is_err() {
                 break;
             }
-            if batches.send(merged).await.is_err() {
+            if batches.send(batch).await.is_err() {
                 break;
             }
             // Keep the window bounded: wait for the writer when storage falls behind.
-            while window.trim(progress.borrow_and_update().written, WINDOW) > WINDOW {
-                if progress.changed().await.is_err() {
-                    break;
+            while window.trim(progress.borrow_and_update().written, window_limit) > window_limit {
+                tokio::select! {
+                    changed = progress.changed() => if changed.is_err() { break },
+                    // The writer stopped (storage failed): its error is reported below.
+                    () = batches.closed() => break,
                 }
             }
         }

@@ -3,10 +3,10 @@
 //! Writes go to a temporary file that is fsynced and renamed into place, so a crash never
 //! leaves partial content under a digest or a half-written record.
 
-use super::{ByteRange, ByteStream, Error, Key, Result, Storage, UploadId};
+use super::{ByteRange, ByteStream, Error, Key, OnWritten, Result, Storage, UploadId};
 use crate::oci::Digest;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use std::io::{self, Write};
 use std::io::{Read, Seek};
@@ -76,6 +76,33 @@ async fn open_range(path: PathBuf, range: Option<ByteRange>) -> Result<(std::fs:
     })
     .await
     .map_err(not_found_as)
+}
+
+/// Writes every buffer, in order, with as few `writev` calls as the kernel allows.
+fn write_all_vectored(file: &mut std::fs::File, mut bufs: Vec<Bytes>) -> io::Result<()> {
+    // The kernel takes at most IOV_MAX (1024) buffers per call.
+    const MAX_BUFS: usize = 1024;
+    let mut first = 0;
+    while first < bufs.len() {
+        let slices: Vec<io::IoSlice<'_>> = bufs[first..].iter().take(MAX_BUFS).map(|b| io::IoSlice::new(b)).collect();
+        let mut n = match file.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while n > 0 {
+            let len = bufs[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                bytes::Buf::advance(&mut bufs[first], n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Streams `len` bytes from `file`'s current position. Each chunk is read on the blocking pool
@@ -192,58 +219,68 @@ impl Storage for FsStorage {
         Ok(tokio::fs::read(self.upload_dir(id).join("state")).await.map_err(not_found_as)?.into())
     }
 
-    async fn upload_append(&self, id: &UploadId, mut body: ByteStream) -> Result<u64> {
+    async fn upload_append_observed(
+        &self,
+        id: &UploadId,
+        mut body: ByteStream,
+        on_written: OnWritten<'_>,
+    ) -> Result<u64> {
         let path = self.upload_dir(id).join("data");
-        let file = blocking(move || std::fs::OpenOptions::new().append(true).open(path)).await.map_err(not_found_as)?;
-        // One write in flight while the next chunk is gathered: disk and network overlap.
-        let mut in_flight = Some(tokio::task::spawn_blocking(move || Ok::<_, io::Error>(file)));
-        let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+        let (file, mut size) = blocking(move || {
+            let file = std::fs::OpenOptions::new().append(true).open(path)?;
+            let size = file.metadata()?.len();
+            Ok((file, size))
+        })
+        .await
+        .map_err(not_found_as)?;
+        // One write in flight while the next is gathered, so disk and network overlap. Chunks
+        // are gathered as they came (one vectored write, no copy into a bigger buffer).
+        let mut file = Some(file);
+        let mut in_flight: Option<tokio::task::JoinHandle<io::Result<(std::fs::File, u64)>>> = None;
+        let (mut gathered, mut gathered_len) = (Vec::new(), 0usize);
         let mut incoming_error = None;
         loop {
-            let (to_write, done) = match body.next().await {
-                // Already large: written as it is, without a copy.
-                Some(Ok(b)) if buf.is_empty() && b.len() >= WRITE_CHUNK => (Some(b), false),
+            let done = match body.next().await {
                 Some(Ok(b)) => {
-                    buf.extend_from_slice(&b);
-                    (None, false)
+                    gathered_len += b.len();
+                    if !b.is_empty() {
+                        gathered.push(b);
+                    }
+                    false
                 }
                 Some(Err(e)) => {
                     incoming_error = Some(e);
-                    (None, true)
+                    true
                 }
-                None => (None, true),
+                None => true,
             };
-            let to_write = match to_write {
-                Some(b) => Some(b),
-                None if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) => {
-                    let chunk = buf.split().freeze();
-                    buf.reserve(WRITE_CHUNK);
-                    Some(chunk)
+            if gathered_len >= WRITE_CHUNK || (done && gathered_len > 0) {
+                if let Some(write) = in_flight.take() {
+                    let (f, n) = write.await.map_err(io::Error::other)??;
+                    size += n;
+                    on_written(size);
+                    file = Some(f);
                 }
-                None => None,
-            };
-            if let Some(chunk) = to_write {
-                let mut file = in_flight
-                    .take()
-                    .ok_or_else(|| io::Error::other("writer lost"))?
-                    .await
-                    .map_err(io::Error::other)??;
+                let mut f = file.take().ok_or_else(|| io::Error::other("writer lost"))?;
+                let (bufs, n) = (std::mem::take(&mut gathered), std::mem::take(&mut gathered_len));
                 in_flight = Some(tokio::task::spawn_blocking(move || {
-                    file.write_all(&chunk)?;
-                    Ok(file)
+                    write_all_vectored(&mut f, bufs)?;
+                    Ok((f, n as u64))
                 }));
             }
             if done {
                 break;
             }
         }
-        let file =
-            in_flight.take().ok_or_else(|| io::Error::other("writer lost"))?.await.map_err(io::Error::other)??;
-        if let Some(e) = incoming_error {
-            return Err(Error::Incoming(e));
+        if let Some(write) = in_flight.take() {
+            let (_, n) = write.await.map_err(io::Error::other)??;
+            size += n;
+            on_written(size);
         }
-        let len = blocking(move || Ok(file.metadata()?.len())).await?;
-        Ok(len)
+        match incoming_error {
+            Some(e) => Err(Error::Incoming(e)),
+            None => Ok(size),
+        }
     }
 
     async fn upload_size(&self, id: &UploadId) -> Result<u64> {

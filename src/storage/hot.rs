@@ -3,7 +3,7 @@
 //! records are cached only when a TTL is configured (by default never, so replicas sharing a
 //! bucket agree at once), and this process's own writes invalidate them.
 
-use super::{ByteRange, ByteStream, Key, Result, Storage, UploadId};
+use super::{ByteRange, ByteStream, Key, OnWritten, Result, Storage, UploadId};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use async_trait::async_trait;
@@ -125,8 +125,12 @@ impl Storage for HotTier {
         self.inner.upload_state(id).await
     }
 
-    async fn upload_append(&self, id: &UploadId, body: ByteStream) -> Result<u64> {
-        self.inner.upload_append(id, body).await
+    async fn upload_append_observed(&self, id: &UploadId, body: ByteStream, on_written: OnWritten<'_>) -> Result<u64> {
+        self.inner.upload_append_observed(id, body, on_written).await
+    }
+
+    fn append_buffer_bytes(&self) -> u64 {
+        self.inner.append_buffer_bytes()
     }
 
     async fn upload_size(&self, id: &UploadId) -> Result<u64> {

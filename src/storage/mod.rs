@@ -58,6 +58,9 @@ impl ByteRange {
     }
 }
 
+/// Told an upload session's size each time more of an append is stored and readable.
+pub type OnWritten<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
 /// A content-addressed store with upload sessions and small records.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -79,7 +82,17 @@ pub trait Storage: Send + Sync + 'static {
     /// The session's state record; `NotFound` when there is no such session.
     async fn upload_state(&self, id: &UploadId) -> Result<Bytes>;
     /// Appends a stream to the session's data and returns the new size.
-    async fn upload_append(&self, id: &UploadId, body: ByteStream) -> Result<u64>;
+    async fn upload_append(&self, id: &UploadId, body: ByteStream) -> Result<u64> {
+        self.upload_append_observed(id, body, &|_| {}).await
+    }
+    /// [`Storage::upload_append`] that tells `on_written` the session's size each time more of
+    /// the stream is stored and readable, so a fill's readers can follow one long append.
+    async fn upload_append_observed(&self, id: &UploadId, body: ByteStream, on_written: OnWritten<'_>) -> Result<u64>;
+    /// How many appended bytes the backend may hold in memory before they become readable
+    /// (S3 gathers a whole segment); a fill keeps that many more bytes in its window.
+    fn append_buffer_bytes(&self) -> u64 {
+        0
+    }
     /// The number of bytes received so far.
     async fn upload_size(&self, id: &UploadId) -> Result<u64>;
     /// Streams the data received so far, or a range of it (to re-hash it after a restart, or to

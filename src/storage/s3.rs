@@ -7,7 +7,7 @@
 //! with a server-side copy (one `CopyObject`, or a multipart upload of `UploadPartCopy` parts),
 //! so content appears under its digest only once, complete, after the caller verified it.
 
-use super::{ByteRange, ByteStream, Error, Key, Result, Storage, UploadId};
+use super::{ByteRange, ByteStream, Error, Key, OnWritten, Result, Storage, UploadId};
 use crate::config::S3Config;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
@@ -433,7 +433,12 @@ impl Storage for S3Storage {
         }
     }
 
-    async fn upload_append(&self, id: &UploadId, mut body: ByteStream) -> Result<u64> {
+    async fn upload_append_observed(
+        &self,
+        id: &UploadId,
+        mut body: ByteStream,
+        on_written: OnWritten<'_>,
+    ) -> Result<u64> {
         let mut offset = self.upload_size(id).await?;
         let mut buf = BytesMut::with_capacity(self.part_size.min(8 << 20));
         loop {
@@ -451,11 +456,16 @@ impl Storage for S3Storage {
                 let len = segment.len() as u64;
                 self.put(self.segment_key(id, offset), segment).await?;
                 offset += len;
+                on_written(offset);
             }
             if done {
                 return Ok(offset);
             }
         }
+    }
+
+    fn append_buffer_bytes(&self) -> u64 {
+        self.part_size as u64
     }
 
     async fn upload_size(&self, id: &UploadId) -> Result<u64> {

@@ -60,6 +60,9 @@ impl TestFerry {
             let moto = crate::s3::Moto::start();
             moto.bucket("ferry").await;
             moto.configure(&mut config, "ferry");
+            // Segments bigger than a fill's 32 MiB window: a 64 MiB fill must still flow while
+            // S3 gathers a segment (the window grows by what the backend buffers).
+            config.storage.s3.part_size = ferry::config::ByteSize(40 << 20);
             Some(moto)
         } else {
             None

@@ -197,6 +197,37 @@ async fn storage_contract(store: Arc<dyn Storage>) {
     assert!(matches!(store.upload_state(&id).await, Err(storage::Error::NotFound)));
     assert!(!store.upload_list().await.unwrap().iter().any(|(u, _)| *u == id));
 
+    // One long append reports its progress as it goes (a fill's readers follow it): sizes
+    // rise, never run ahead of what was sent, start before the stream ends, and end at the size.
+    let followed = UploadId::new();
+    store.upload_create(&followed, Bytes::from_static(b"{}")).await.unwrap();
+    let data = random_bytes(16 << 20, 6);
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let body = {
+        let (data, sent) = (Bytes::from(data.clone()), sent.clone());
+        futures_util::stream::iter((0..data.len()).step_by(64 << 10).map(move |at| {
+            let chunk = data.slice(at..(at + (64 << 10)).min(data.len()));
+            sent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::SeqCst);
+            Ok(chunk)
+        }))
+        .boxed()
+    };
+    let reports = std::sync::Mutex::new(Vec::new());
+    let on_written = |size: u64| {
+        let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
+        reports.lock().unwrap().push((size, sent));
+    };
+    let size = store.upload_append_observed(&followed, body, &on_written).await.unwrap();
+    assert_eq!(size, data.len() as u64);
+    let reports = reports.into_inner().unwrap();
+    assert_eq!(reports.last().map(|r| r.0), Some(size), "the last report is the final size: {reports:?}");
+    assert!(reports.windows(2).all(|w| w[0].0 < w[1].0), "sizes rise: {reports:?}");
+    assert!(reports.iter().all(|(size, sent)| size <= sent), "never ahead of the stream: {reports:?}");
+    assert!(reports.iter().any(|(_, sent)| *sent < data.len() as u64), "progress before the end: {reports:?}");
+    assert!(store.append_buffer_bytes() < data.len() as u64);
+    assert_eq!(collect(store.upload_read(&followed, None).await.unwrap()).await, data);
+    store.upload_delete(&followed).await.unwrap();
+
     // A cancelled upload leaves nothing.
     let gone = UploadId::new();
     store.upload_create(&gone, Bytes::from_static(b"{}")).await.unwrap();
@@ -217,6 +248,7 @@ async fn storage_contract_holds_on_the_filesystem_and_on_s3() {
         let mut c = Config::default();
         server.configure(&mut c, "contract");
         c.storage.s3.prefix = "ferry/".into();
+        c.storage.s3.part_size = ferry::config::ByteSize(5 << 20);
         let s3 = ferry::storage::s3::S3Storage::connect(&c.storage.s3, None).await.unwrap();
         storage_contract(Arc::new(s3)).await;
     }
