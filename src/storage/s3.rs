@@ -134,6 +134,22 @@ impl S3Storage {
         }
     }
 
+    /// Sends one request, counted as `operation` in the S3 metrics; a failure names the operation.
+    async fn send<T, E, R>(
+        &self,
+        operation: &'static str,
+        request: impl std::future::Future<Output = std::result::Result<T, aws_sdk_s3::error::SdkError<E, R>>>,
+    ) -> Result<T>
+    where
+        E: std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let started = Instant::now();
+        let result = request.await;
+        self.observe(operation, started, &result);
+        result.map_err(|e| io_error(operation, detail(&e)))
+    }
+
     fn key(&self, rel: &str) -> String {
         format!("{}{rel}", self.prefix)
     }
@@ -160,10 +176,7 @@ impl S3Storage {
 
     async fn put(&self, key: String, body: Bytes) -> Result<()> {
         let req = with_sse!(self, self.client.put_object().bucket(&self.bucket).key(key).body(S3Body::from(body)));
-        let started = Instant::now();
-        let result = req.send().await;
-        self.observe("PutObject", started, &result);
-        result.map_err(|e| io_error("PutObject", detail(&e)))?;
+        self.send("PutObject", req.send()).await?;
         Ok(())
     }
 
@@ -239,10 +252,7 @@ impl S3Storage {
                 .quiet(true)
                 .build()
                 .map_err(|e| io_error("DeleteObjects", e))?;
-            let started = Instant::now();
-            let result = self.client.delete_objects().bucket(&self.bucket).delete(delete).send().await;
-            self.observe("DeleteObjects", started, &result);
-            result.map_err(|e| io_error("DeleteObjects", detail(&e)))?;
+            self.send("DeleteObjects", self.client.delete_objects().bucket(&self.bucket).delete(delete).send()).await?;
         }
         Ok(())
     }
@@ -273,38 +283,28 @@ impl S3Storage {
                 self,
                 self.client.copy_object().bucket(&self.bucket).key(dest).copy_source(self.copy_source(&segs[0].1))
             );
-            let started = Instant::now();
-            let result = req.send().await;
-            self.observe("CopyObject", started, &result);
-            result.map_err(|e| io_error("CopyObject", detail(&e)))?;
+            self.send("CopyObject", req.send()).await?;
             return Ok(());
         }
         let create = with_sse!(self, self.client.create_multipart_upload().bucket(&self.bucket).key(dest));
-        let upload = create.send().await.map_err(|e| io_error("CreateMultipartUpload", detail(&e)))?;
+        let upload = self.send("CreateMultipartUpload", create.send()).await?;
         let upload_id = upload.upload_id().unwrap_or_default().to_owned();
         let result = self.copy_parts(id, segs, dest, &upload_id).await;
         match result {
             Ok(parts) => {
-                self.client
+                let complete = self
+                    .client
                     .complete_multipart_upload()
                     .bucket(&self.bucket)
                     .key(dest)
                     .upload_id(&upload_id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-                    .send()
-                    .await
-                    .map_err(|e| io_error("CompleteMultipartUpload", detail(&e)))?;
+                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+                self.send("CompleteMultipartUpload", complete.send()).await?;
                 Ok(())
             }
             Err(e) => {
-                let _ = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(dest)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
+                let abort = self.client.abort_multipart_upload().bucket(&self.bucket).key(dest).upload_id(&upload_id);
+                let _ = self.send("AbortMultipartUpload", abort.send()).await;
                 Err(e)
             }
         }
@@ -325,17 +325,15 @@ impl S3Storage {
         if copyable {
             for (i, (_, key, _)) in segs.iter().enumerate() {
                 let n = i as i32 + 1;
-                let out = self
+                let copy = self
                     .client
                     .upload_part_copy()
                     .bucket(&self.bucket)
                     .key(dest)
                     .upload_id(upload_id)
                     .part_number(n)
-                    .copy_source(self.copy_source(key))
-                    .send()
-                    .await
-                    .map_err(|e| io_error("UploadPartCopy", detail(&e)))?;
+                    .copy_source(self.copy_source(key));
+                let out = self.send("UploadPartCopy", copy.send()).await?;
                 let etag = out.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_owned();
                 parts.push(CompletedPart::builder().e_tag(etag).part_number(n).build());
             }
@@ -352,17 +350,15 @@ impl S3Storage {
             if buf.len() >= self.part_size || (next.is_none() && (!buf.is_empty() || n == 0)) {
                 n += 1;
                 let body = buf.split().freeze();
-                let out = self
+                let part = self
                     .client
                     .upload_part()
                     .bucket(&self.bucket)
                     .key(dest)
                     .upload_id(upload_id)
                     .part_number(n)
-                    .body(S3Body::from(body))
-                    .send()
-                    .await
-                    .map_err(|e| io_error("UploadPart", detail(&e)))?;
+                    .body(S3Body::from(body));
+                let out = self.send("UploadPart", part.send()).await?;
                 parts.push(CompletedPart::builder().e_tag(out.e_tag().unwrap_or_default()).part_number(n).build());
             }
             if next.is_none() {
@@ -607,10 +603,7 @@ impl Storage for S3Storage {
         if self.head(full.clone()).await?.is_none() {
             return Ok(false);
         }
-        let started = Instant::now();
-        let result = self.client.delete_object().bucket(&self.bucket).key(full).send().await;
-        self.observe("DeleteObject", started, &result);
-        result.map_err(|e| io_error("DeleteObject", detail(&e)))?;
+        self.send("DeleteObject", self.client.delete_object().bucket(&self.bucket).key(full).send()).await?;
         Ok(true)
     }
 

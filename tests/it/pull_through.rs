@@ -210,6 +210,14 @@ async fn fifty_concurrent_pulls_cause_one_upstream_fetch() {
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &blob[10..20]);
     assert_eq!(hub.requests("GET", &path, 1), 1);
+    if f.s3.is_some() {
+        // On S3 the fill went in as whole segments, assembled by server-side copies: no byte of
+        // it was read back from S3 and uploaded again.
+        let m = f.metrics().await;
+        let count = |op: &str| metric(&m, &format!(r#"ferry_s3_requests_total{{operation="{op}",result="ok"}}"#));
+        assert!(count("UploadPartCopy") >= 2.0, "{m}");
+        assert_eq!(count("UploadPart"), 0.0, "{m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
