@@ -54,6 +54,9 @@ pub struct S3Storage {
     kms_key_id: Option<String>,
     metrics: Option<Arc<Metrics>>,
     redirect: bool,
+    /// Set once the server has said it cannot list multipart uploads (some S3-compatible
+    /// servers cannot), so the cleanup stops asking and warns once.
+    no_multipart_listing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn io_error(what: &str, e: impl std::fmt::Display) -> Error {
@@ -114,6 +117,7 @@ impl S3Storage {
             kms_key_id: (!cfg.kms_key_id.is_empty()).then(|| cfg.kms_key_id.clone()),
             metrics,
             redirect: cfg.redirect,
+            no_multipart_listing: Arc::default(),
         };
         store.client.head_bucket().bucket(&store.bucket).send().await.map_err(|e| {
             format!(
@@ -538,11 +542,26 @@ impl Storage for S3Storage {
     }
 
     async fn cleanup(&self, cutoff: SystemTime) -> Result<usize> {
+        use aws_sdk_s3::error::ProvideErrorMetadata as _;
+        use std::sync::atomic::Ordering;
+        if self.no_multipart_listing.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
         let prefix = self.key("blobs/");
         let started = Instant::now();
         let listed = self.client.list_multipart_uploads().bucket(&self.bucket).prefix(&prefix).send().await;
         self.observe("ListMultipartUploads", started, &listed);
-        let listed = listed.map_err(|e| io_error("ListMultipartUploads", detail(&e)))?;
+        let listed = match listed {
+            Err(e) if e.code() == Some("NotImplemented") => {
+                self.no_multipart_listing.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    bucket = %self.bucket,
+                    "this S3 server cannot list multipart uploads: ones a crash left incomplete are not aborted by Ferry"
+                );
+                return Ok(0);
+            }
+            listed => listed.map_err(|e| io_error("ListMultipartUploads", detail(&e)))?,
+        };
         let mut aborted = 0;
         for u in listed.uploads() {
             let old = u.initiated().and_then(|t| SystemTime::try_from(*t).ok()).is_some_and(|t| t < cutoff);
