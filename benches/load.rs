@@ -328,6 +328,10 @@ async fn pull_through(client: &reqwest::Client) {
         warm_proxy = warm_proxy.max(mb / timed_pull(client, &proxy.base, "lib/a", &proxy_blob, 1, SIZE, false).await);
     }
     report("pull_through_warm_256mib", warm_ferry, warm_proxy, true, "MB/s");
+    // What one cold pull (and the warm ones after it) took from the upstream: the CNCF proxy
+    // relays the client's download and fetches the blob a second time to store it.
+    let fetched = |d: &str| upstream_gets(&upstream, &format!("/v2/lib/a/blobs/{d}")) as f64 * mb;
+    report("pull_through_cold_256mib_upstream_bytes", fetched(&ferry_blob), fetched(&proxy_blob), false, "MB");
 
     let ferry_blob = fresh_blob(client, &upstream, "lib/b", SIZE, 4).await;
     let proxy_blob = fresh_blob(client, &upstream, "lib/b", SIZE, 5).await;
