@@ -566,10 +566,8 @@ impl Storage for S3Storage {
         for u in listed.uploads() {
             let old = u.initiated().and_then(|t| SystemTime::try_from(*t).ok()).is_some_and(|t| t < cutoff);
             if let (true, Some(key), Some(id)) = (old, u.key(), u.upload_id()) {
-                let started = Instant::now();
-                let r = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id).send().await;
-                self.observe("AbortMultipartUpload", started, &r);
-                r.map_err(|e| io_error("AbortMultipartUpload", detail(&e)))?;
+                let abort = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id);
+                self.send("AbortMultipartUpload", abort.send()).await?;
                 aborted += 1;
             }
         }
