@@ -1,5 +1,5 @@
-//! What survives a restart and what a crash leaves behind, and memory that does not grow with
-//! blob size. These run Ferry as a separate process so it can be stopped and killed.
+//! What survives a restart, what a crash or a full disk leaves behind, and memory that does not
+//! grow with blob size. Most run Ferry as a separate process so it can be stopped and killed.
 
 use crate::harness::*;
 use bytes::Bytes;
@@ -154,4 +154,81 @@ async fn one_gib_blob_streams_in_bounded_memory() {
     let peak = ferry.peak_rss();
     eprintln!("peak RSS after a 1 GiB push and pull: {} MiB", peak >> 20);
     assert!(peak < 100 << 20, "peak RSS {} MiB must stay under 100 MiB", peak >> 20);
+}
+
+/// A tmpfs of a given size mounted on a temporary directory (needs root, as CI has), so a test
+/// can fill a disk; unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Self { dir }
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_filling_up_mid_fill_aborts_every_response_and_stores_nothing() {
+    let hub = crate::upstream::RealUpstream::start();
+    let client = Client::new();
+    let blob = random_bytes(24 << 20, 93);
+    let d = push_blob(&client, &hub.base, "team/full", &blob).await;
+    let disk = SmallDisk::mount("12m");
+    let data = disk.dir.path().join("data");
+    let f = TestFerry::start_with(|c| {
+        c.storage.data_dir = data.clone();
+        c.pull_through = vec![crate::pull_through::rule("hub", &hub.base)];
+    })
+    .await;
+    let url = f.url(&format!("/v2/hub/team/full/blobs/{d}"));
+    let pulls: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, url) = (f.client.clone(), url.clone());
+            tokio::spawn(async move {
+                let resp = c.get(url).send().await.unwrap();
+                let status = resp.status();
+                (status, resp.bytes().await.ok())
+            })
+        })
+        .collect();
+    for p in pulls {
+        let (status, body) = p.await.unwrap();
+        // Storage failed half way: the response may have started, but never looks complete.
+        assert!(status != StatusCode::OK || body.is_none(), "{status}, {:?} bytes", body.map(|b| b.len()));
+    }
+    assert!(!f.stores(&d).await);
+    let leftovers: Vec<_> = std::fs::read_dir(data.join("uploads")).unwrap().collect();
+    assert!(leftovers.is_empty(), "the failed fill's upload is gone: {leftovers:?}");
+
+    // Room again: the next pull fills, serves and stores the blob.
+    disk.resize("64m");
+    let resp = f.client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(digest(&resp.bytes().await.unwrap()), d);
+    let stored = std::fs::read(data.join(format!("blobs/sha256/{}/{}", &d[7..9], &d[7..]))).unwrap();
+    assert_eq!(digest(&stored), d);
+    drop(f);
 }

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use std::time::Duration;
 
-fn rule(prefix: &str, upstream: &str) -> PullThroughRule {
+pub fn rule(prefix: &str, upstream: &str) -> PullThroughRule {
     PullThroughRule { prefix: prefix.into(), upstream: upstream.into(), ..Default::default() }
 }
 
