@@ -139,21 +139,46 @@ async fn one_gib_blob_streams_in_bounded_memory() {
     let resp = client.put(format!("{}{location}?digest={d}", ferry.base)).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
 
-    let resp = client.get(format!("{}/v2/big/blobs/{d}", ferry.base)).send().await.unwrap();
-    assert_eq!(header(&resp, "content-length"), (CHUNKS << 20).to_string());
-    let mut h = sha2::Sha256::new();
-    let mut stream = resp.bytes_stream();
-    let mut n = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.unwrap();
-        n += chunk.len();
-        h.update(&chunk);
-    }
-    assert_eq!(n, CHUNKS << 20);
-    assert_eq!(format!("sha256:{}", hex::encode(h.finalize())), d);
+    let pull = |url: String| {
+        let client = client.clone();
+        async move {
+            let resp = client.get(url).send().await.unwrap();
+            assert_eq!(header(&resp, "content-length"), (CHUNKS << 20).to_string());
+            let mut h = sha2::Sha256::new();
+            let mut stream = resp.bytes_stream();
+            let mut n = 0usize;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.unwrap();
+                n += chunk.len();
+                h.update(&chunk);
+            }
+            assert_eq!(n, CHUNKS << 20);
+            format!("sha256:{}", hex::encode(h.finalize()))
+        }
+    };
+    assert_eq!(pull(format!("{}/v2/big/blobs/{d}", ferry.base)).await, d);
     let peak = ferry.peak_rss();
     eprintln!("peak RSS after a 1 GiB push and pull: {} MiB", peak >> 20);
     assert!(peak < 100 << 20, "peak RSS {} MiB must stay under 100 MiB", peak >> 20);
+
+    // A second Ferry pulling the blob through from the first: a cold fill of 1 GiB (stored
+    // while it streams) holds a bounded window, not the blob.
+    let cache_dir = tempfile::tempdir().unwrap();
+    let config = cache_dir.path().join("ferry.toml");
+    std::fs::write(&config, format!("[[pull_through]]\nprefix = \"up\"\nupstream = \"{}\"\n", ferry.base)).unwrap();
+    let cache = FerryProcess::start_env(&cache_dir.path().join("data"), &[("FERRY_CONFIG", config.to_str().unwrap())]);
+    assert_eq!(pull(format!("{}/v2/up/big/blobs/{d}", cache.base)).await, d);
+    let peak = cache.peak_rss();
+    eprintln!("peak RSS after a 1 GiB cold pull through the cache: {} MiB", peak >> 20);
+    assert!(peak < 150 << 20, "peak RSS {} MiB must stay under 150 MiB", peak >> 20);
+    // Stored under its digest once the fill commits, just after the client got its last byte.
+    let stored = cache_dir.path().join(format!("data/blobs/sha256/{}/{}", &d[7..9], &d[7..]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !stored.exists() {
+        assert!(std::time::Instant::now() < deadline, "the fill never committed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(std::fs::metadata(stored).unwrap().len(), (CHUNKS << 20) as u64);
 }
 
 /// A tmpfs of a given size mounted on a temporary directory (needs root, as CI has), so a test

@@ -188,13 +188,13 @@ impl FerryProcess {
         Self::start_env(data_dir, &[])
     }
 
-    /// The same, with `FERRY_*` environment overrides (e.g. an S3 backend).
+    /// The same, with `FERRY_*` environment overrides (e.g. an S3 backend, or `FERRY_CONFIG`).
     pub fn start_env(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .env("FERRY_CONFIG", "/dev/null")
             .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .env("FERRY_CONFIG", "/dev/null")
             .env("FERRY_LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
