@@ -27,8 +27,6 @@ use tokio::sync::watch;
 const BATCH: usize = 1 << 20;
 /// The longest a received byte waits before it is stored and readers can see it.
 const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
-/// A reader takes at most this much from storage per step.
-const READ_STEP: u64 = 1 << 20;
 /// The most recent bytes of a fill kept in memory for readers that keep up.
 const WINDOW: u64 = 32 << 20;
 
@@ -202,7 +200,8 @@ impl Fills {
             rx,
             pos: start,
             end,
-            buffered: VecDeque::new(),
+            stored: None,
+            stored_from: 0,
             done: false,
         };
         let body = futures_util::stream::unfold(reader, |mut r| async move {
@@ -222,15 +221,40 @@ struct Reader {
     pos: u64,
     /// Last byte wanted, inclusive; `None` when the size is unknown (read to the end).
     end: Option<u64>,
-    buffered: VecDeque<Bytes>,
+    /// What is being read from storage: the upload while the fill runs, the blob after it.
+    stored: Option<ByteStream>,
+    /// Where that read started.
+    stored_from: u64,
     done: bool,
 }
 
 impl Reader {
     async fn next(&mut self) -> Option<io::Result<Bytes>> {
         loop {
-            if let Some(b) = self.buffered.pop_front() {
-                return Some(Ok(b));
+            if let Some(stream) = &mut self.stored {
+                match stream.next().await {
+                    Some(Ok(b)) => {
+                        self.pos += b.len() as u64;
+                        return Some(Ok(b));
+                    }
+                    // The upload moved under its digest while it was read (S3 removes its
+                    // segments then): read on from wherever the state says the bytes are.
+                    Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => self.stored = None,
+                    Some(Err(e)) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                    None => {
+                        self.stored = None;
+                        // Nothing there after all (the upload just went): wait for news rather
+                        // than ask storage again at once.
+                        if self.pos == self.stored_from && self.rx.changed().await.is_err() {
+                            self.done = true;
+                            return Some(Err(io::Error::other("the stored bytes ended early")));
+                        }
+                    }
+                }
+                continue;
             }
             if self.done {
                 return None;
@@ -248,12 +272,9 @@ impl Reader {
                         self.done = true;
                         return None;
                     }
-                    match self.read_step(false, last).await {
-                        Ok(()) => continue,
-                        Err(e) => {
-                            self.done = true;
-                            return Some(Err(e));
-                        }
+                    if let Err(e) = self.open_stored(false, last).await {
+                        self.done = true;
+                        return Some(Err(e));
                     }
                 }
                 None => {
@@ -271,13 +292,14 @@ impl Reader {
                         return None;
                     }
                     if let Some(last) = readable.filter(|last| self.pos <= *last) {
-                        // Keeping up: straight from memory. Behind the window: from storage.
+                        // Keeping up: straight from memory. Behind the window: from storage, as
+                        // far as it holds the bytes now.
                         if let Some(b) = state.window.slice(self.pos, last + 1) {
                             self.pos += b.len() as u64;
                             return Some(Ok(b));
                         }
                         if self.pos < state.written {
-                            match self.read_step(true, last.min(state.written - 1)).await {
+                            match self.open_stored(true, last.min(state.written - 1)).await {
                                 Ok(()) => continue,
                                 // Moved under its digest (or removed) meanwhile: look at the state again.
                                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -297,24 +319,20 @@ impl Reader {
         }
     }
 
-    /// Reads `pos..=min(last, pos + step)` from the upload (in progress) or the blob (verified).
-    async fn read_step(&mut self, from_upload: bool, last: u64) -> io::Result<()> {
-        let range = ByteRange { start: self.pos, end: last.min(self.pos + READ_STEP - 1) };
+    /// Starts reading `pos..=last` from the upload (in progress) or the blob (verified).
+    async fn open_stored(&mut self, from_upload: bool, last: u64) -> io::Result<()> {
+        let range = ByteRange { start: self.pos, end: last };
         let stream = if from_upload {
             let id = self.rx.borrow().upload.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
             self.storage.upload_read(&id, Some(range)).await
         } else {
             self.storage.blob_read(&self.digest, Some(range)).await
         };
-        let mut stream = stream.map_err(|e| match e {
+        self.stored_from = self.pos;
+        self.stored = Some(stream.map_err(|e| match e {
             storage::Error::NotFound => io::Error::from(io::ErrorKind::NotFound),
             e => io::Error::other(e.to_string()),
-        })?;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            self.pos += chunk.len() as u64;
-            self.buffered.push_back(chunk);
-        }
+        })?);
         Ok(())
     }
 }

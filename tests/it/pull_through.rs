@@ -257,6 +257,50 @@ async fn first_bytes_reach_clients_before_the_fill_completes_and_survive_a_clien
     assert_eq!(fake.hits(&path), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_client_gets_bytes_that_already_left_memory_from_storage() {
+    // 80 MiB, of which the upstream sends 40 and then holds back: more than a fill's 32 MiB
+    // window, so when the first client has its 40 MiB, the first megabytes are only in storage.
+    let fake = FakeUpstream::start().await;
+    let blob = Bytes::from(random_bytes(80 << 20, 79));
+    let d = digest(&blob);
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let path = format!("/v2/lib/held/blobs/{d}");
+    fake.route(&path, Fault::Gate { bytes: blob.clone(), gate: gate.clone() }, "application/octet-stream");
+    let f = ferry_with(vec![rule("up", &fake.base)]).await;
+    let url = f.url(&format!("/v2/up/lib/held/blobs/{d}"));
+    let half = blob.len() / 2;
+    let mut first = Box::pin(f.client.get(&url).send().await.unwrap().bytes_stream());
+    let mut first_got = Vec::new();
+    read_until(&mut first, &mut first_got, half).await;
+    // The upstream still holds the second half: everything the second client gets now was
+    // already received, the start of it from the upload in storage.
+    let mut second = Box::pin(f.client.get(&url).send().await.unwrap().bytes_stream());
+    let mut second_got = Vec::new();
+    read_until(&mut second, &mut second_got, half).await;
+    assert_eq!(&second_got[..half], &blob[..half]);
+    assert_eq!(metric(&f.metrics().await, "ferry_cache_fills_in_progress"), 1.0, "the fill is still running");
+    gate.notify_one();
+    for (mut stream, mut got) in [(first, first_got), (second, second_got)] {
+        while let Some(c) = stream.next().await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        assert_eq!(digest(&got), d);
+    }
+    assert_eq!(fake.hits(&path), 1);
+}
+
+/// Reads from `stream` until `got` holds at least `n` bytes.
+async fn read_until(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin),
+    got: &mut Vec<u8>,
+    n: usize,
+) {
+    while got.len() < n {
+        got.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+}
+
 /// Whether the content ends up stored: a response completes once the digest is verified, and
 /// the fill stores the blob durably just after, on its own task.
 async fn eventually_stored(f: &TestFerry, d: &str) -> bool {
