@@ -261,7 +261,7 @@ impl S3Storage {
         Ok(())
     }
 
-    /// The upload's segments in order: (offset, key, size).
+    /// The upload's segments in order: (offset, key, size); `NotFound` when they have a gap.
     async fn segments(&self, id: &UploadId) -> Result<Vec<(u64, String, u64)>> {
         let prefix = format!("{}seg/", self.upload_prefix(id));
         let mut segs: Vec<(u64, String, u64)> = self
@@ -273,6 +273,15 @@ impl S3Storage {
             })
             .collect();
         segs.sort_unstable();
+        // Segments follow one another from offset 0. A gap means the upload is being removed
+        // (its segments go once it is stored under its digest): reading on would shift bytes.
+        let mut next = 0;
+        for (offset, _, size) in &segs {
+            if *offset != next {
+                return Err(Error::NotFound);
+            }
+            next += size;
+        }
         Ok(segs)
     }
 

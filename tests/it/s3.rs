@@ -243,6 +243,28 @@ async fn storage_contract(store: Arc<dyn Storage>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_segments_are_going_reads_as_gone_not_shifted() {
+    // At commit the segments are deleted; a fill's reader may be reading the upload just then.
+    let moto = Moto::start();
+    moto.bucket("going").await;
+    let mut c = Config::default();
+    moto.configure(&mut c, "going");
+    c.storage.s3.part_size = ferry::config::ByteSize(5 << 20);
+    let store = ferry::storage::s3::S3Storage::connect(&c.storage.s3, None).await.unwrap();
+    let id = UploadId::new();
+    store.upload_create(&id, Bytes::from_static(b"{}")).await.unwrap();
+    let data = random_bytes(12 << 20, 8);
+    store.upload_append(&id, stream_of(vec![data.clone()])).await.unwrap();
+    let range = ByteRange { start: 6 << 20, end: (7 << 20) - 1 };
+    assert_eq!(collect(store.upload_read(&id, Some(range)).await.unwrap()).await, &data[6 << 20..7 << 20]);
+    // The first segment is gone, the others not yet.
+    let sdk = moto.client();
+    let first = format!("uploads/{id}/seg/{:020}", 0);
+    sdk.delete_object().bucket("going").key(&first).send().await.unwrap();
+    assert!(matches!(store.upload_read(&id, Some(range)).await, Err(storage::Error::NotFound)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_contract_holds_on_the_filesystem_and_on_s3() {
     let dir = tempfile::tempdir().unwrap();
     storage_contract(Arc::new(ferry::storage::fs::FsStorage::open(dir.path()).unwrap())).await;
