@@ -220,16 +220,37 @@ async fn fifty_concurrent_pulls_cause_one_upstream_fetch() {
     }
 }
 
+/// A blob whose upstream sends the first half, then holds the rest until `gate` is notified;
+/// Ferry in front of it with the rule `up`.
+struct Gated {
+    fake: FakeUpstream,
+    blob: Bytes,
+    d: String,
+    gate: std::sync::Arc<tokio::sync::Notify>,
+    /// The blob's path upstream.
+    path: String,
+    f: TestFerry,
+    /// The blob's URL through Ferry.
+    url: String,
+}
+
+impl Gated {
+    async fn start(size: usize, seed: u64) -> Self {
+        let fake = FakeUpstream::start().await;
+        let blob = Bytes::from(random_bytes(size, seed));
+        let d = digest(&blob);
+        let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+        let path = format!("/v2/lib/gated/blobs/{d}");
+        fake.route(&path, Fault::Gate { bytes: blob.clone(), gate: gate.clone() }, "application/octet-stream");
+        let f = ferry_with(vec![rule("up", &fake.base)]).await;
+        let url = f.url(&format!("/v2/up/lib/gated/blobs/{d}"));
+        Self { fake, blob, d, gate, path, f, url }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_bytes_reach_clients_before_the_fill_completes_and_survive_a_client_leaving() {
-    let fake = FakeUpstream::start().await;
-    let blob = Bytes::from(random_bytes(8 << 20, 78));
-    let d = digest(&blob);
-    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
-    let path = format!("/v2/lib/gated/blobs/{d}");
-    fake.route(&path, Fault::Gate { bytes: blob.clone(), gate: gate.clone() }, "application/octet-stream");
-    let f = ferry_with(vec![rule("up", &fake.base)]).await;
-    let url = f.url(&format!("/v2/up/lib/gated/blobs/{d}"));
+    let Gated { fake, blob, d, gate, path, f, url } = Gated::start(8 << 20, 78).await;
     // The first client leaves after its first bytes; the second stays.
     let first = f.client.get(&url).send().await.unwrap();
     let mut first_stream = first.bytes_stream();
@@ -261,14 +282,7 @@ async fn first_bytes_reach_clients_before_the_fill_completes_and_survive_a_clien
 async fn a_late_client_gets_bytes_that_already_left_memory_from_storage() {
     // 80 MiB, of which the upstream sends 40 and then holds back: more than a fill's 32 MiB
     // window, so when the first client has its 40 MiB, the first megabytes are only in storage.
-    let fake = FakeUpstream::start().await;
-    let blob = Bytes::from(random_bytes(80 << 20, 79));
-    let d = digest(&blob);
-    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
-    let path = format!("/v2/lib/held/blobs/{d}");
-    fake.route(&path, Fault::Gate { bytes: blob.clone(), gate: gate.clone() }, "application/octet-stream");
-    let f = ferry_with(vec![rule("up", &fake.base)]).await;
-    let url = f.url(&format!("/v2/up/lib/held/blobs/{d}"));
+    let Gated { fake, blob, d, gate, path, f, url } = Gated::start(80 << 20, 79).await;
     let half = blob.len() / 2;
     let mut first = Box::pin(f.client.get(&url).send().await.unwrap().bytes_stream());
     let mut first_got = Vec::new();
