@@ -175,6 +175,19 @@ pub struct ServerConfig {
     pub header_read_timeout: HumanDuration,
     /// Requests served at once; more get 429 with `Retry-After`. Default `1024`.
     pub max_in_flight_requests: usize,
+    /// Requests served at once for one client address, so one client cannot take every
+    /// permit. Default `512`.
+    pub max_in_flight_per_client: usize,
+    /// Upload sessions one client address may hold open at once. Default `1024`.
+    pub max_uploads_per_client: usize,
+    /// A request body that delivers no byte for this long is cut off (408). Default `"30s"`.
+    pub body_read_timeout: HumanDuration,
+    /// A client that accepts no byte of a response for this long is disconnected. Default `"60s"`.
+    pub send_timeout: HumanDuration,
+    /// Behind a proxy or load balancer: the header it sets to the client's address (e.g.
+    /// `"X-Forwarded-For"`; its right-most entry is used), so per-client limits apply to
+    /// clients rather than to the proxy. Default `""` (the connection's peer address).
+    pub client_address_header: String,
     /// On SIGTERM/SIGINT, how long in-flight requests may run before they are cut. Default `"30s"`.
     pub shutdown_grace: HumanDuration,
 }
@@ -186,6 +199,11 @@ impl Default for ServerConfig {
             admin_listen: "127.0.0.1:5090".into(),
             header_read_timeout: HumanDuration(Duration::from_secs(30)),
             max_in_flight_requests: 1024,
+            max_in_flight_per_client: 512,
+            max_uploads_per_client: 1024,
+            body_read_timeout: HumanDuration(Duration::from_secs(30)),
+            send_timeout: HumanDuration(Duration::from_secs(60)),
+            client_address_header: String::new(),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
         }
     }
@@ -461,10 +479,32 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
-        if self.server.header_read_timeout.0.is_zero() {
+        for (key, v) in [
+            ("server.max_in_flight_per_client", self.server.max_in_flight_per_client),
+            ("server.max_uploads_per_client", self.server.max_uploads_per_client),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid { key, message: "must be at least 1".into() });
+            }
+        }
+        for (key, v) in [
+            ("server.header_read_timeout", self.server.header_read_timeout),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+            ("server.send_timeout", self.server.send_timeout),
+        ] {
+            if v.0.is_zero() {
+                return Err(ConfigError::Invalid { key, message: "must be more than 0s".into() });
+            }
+        }
+        if !self.server.client_address_header.is_empty()
+            && http::HeaderName::from_bytes(self.server.client_address_header.as_bytes()).is_err()
+        {
             return Err(ConfigError::Invalid {
-                key: "server.header_read_timeout",
-                message: "must be more than 0s".into(),
+                key: "server.client_address_header",
+                message: format!(
+                    "{:?} is not a header name such as \"X-Forwarded-For\"",
+                    self.server.client_address_header
+                ),
             });
         }
         if self.tls.enabled() {
@@ -520,10 +560,13 @@ impl Config {
             });
         }
         self.validate_pull_through()?;
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+        if !log_filter_is_valid(&self.log.level) {
             return Err(ConfigError::Invalid {
                 key: "log.level",
-                message: format!("{:?} is not a filter such as \"info\" or \"ferry=debug\"", self.log.level),
+                message: format!(
+                    "{:?} is not a filter such as \"info\" or \"info,ferry=debug\": each comma-separated part is a level (error, warn, info, debug, trace, off) or target=level",
+                    self.log.level
+                ),
             });
         }
         Ok(())
@@ -581,6 +624,27 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
+}
+
+/// Whether `filter` is a log filter Ferry accepts: comma-separated parts, each a level or
+/// `target=level` with a Rust path as the target. Stricter than tracing's own parser, which
+/// takes any word as a target name, so a typo would silence every log line, the start-up
+/// line included.
+pub fn log_filter_is_valid(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let level = |s: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s.trim()));
+    let target = |s: &str| {
+        let s = s.trim();
+        !s.is_empty()
+            && s.split("::")
+                .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    };
+    !filter.trim().is_empty()
+        && filter.split(',').all(|part| match part.split_once('=') {
+            Some((t, l)) => target(t) && level(l),
+            None => level(part),
+        })
+        && tracing_subscriber::EnvFilter::try_new(filter).is_ok()
 }
 
 /// Sets the key that `var` names (`FERRY_SERVER_ADMIN_LISTEN` → `server.admin_listen`,
@@ -683,6 +747,18 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("server.listen"));
         let c = Config::from_toml("[tls]\ncert = \"/nonexistent\"\n", env(&[])).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("tls.key"));
+    }
+
+    #[test]
+    fn log_filters() {
+        for ok in ["info", "warn,ferry=debug", "ferry::http=trace", "INFO", "off", "hyper=warn,ferry=info"] {
+            assert!(log_filter_is_valid(ok), "{ok}");
+        }
+        for bad in ["verbose!!", "verbose", "", "ferry=loud", "=info", "info,", "ferry[x]=info"] {
+            assert!(!log_filter_is_valid(bad), "{bad}");
+        }
+        let c = Config::from_toml("[log]\nlevel = \"verbose!!\"\n", env(&[])).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("log.level"));
     }
 
     #[test]

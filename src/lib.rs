@@ -116,49 +116,63 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(true);
+    let server = &config.server;
     let app = Arc::new(http::App {
         registry: registry.clone(),
         metrics: metrics.clone(),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight_requests)),
+        limits: http::limits::RequestLimits::new(
+            server.max_in_flight_requests,
+            server.max_in_flight_per_client,
+            metrics.http_in_flight.clone(),
+        ),
+        uploads: http::limits::UploadLimits::new(server.max_uploads_per_client),
+        body_read_timeout: server.body_read_timeout.0,
+        client_address_header: (!server.client_address_header.is_empty())
+            .then(|| ::http::HeaderName::from_bytes(server.client_address_header.as_bytes()).ok())
+            .flatten(),
         ready: ready_rx,
     });
     let settings = http::ListenerSettings {
-        header_read_timeout: config.server.header_read_timeout.0,
-        shutdown_grace: config.server.shutdown_grace.0,
+        header_read_timeout: server.header_read_timeout.0,
+        shutdown_grace: server.shutdown_grace.0,
+        send_timeout: server.send_timeout.0,
         tls,
     };
     let mut tasks = Vec::new();
     let a = app.clone();
-    tasks.push(tokio::spawn(http::run_listener(listener, settings.clone(), shutdown_rx.clone(), move |req| {
-        http::serve_request(a.clone(), req)
+    tasks.push(tokio::spawn(http::run_listener(listener, settings.clone(), shutdown_rx.clone(), move |peer, req| {
+        http::serve_request(a.clone(), peer, req)
     })));
     let admin_settings = http::ListenerSettings { tls: None, ..settings };
     let a = app.clone();
-    tasks.push(tokio::spawn(http::run_listener(admin_listener, admin_settings, shutdown_rx.clone(), move |req| {
-        http::serve_admin(a.clone(), req)
-    })));
+    tasks.push(tokio::spawn(http::run_listener(
+        admin_listener,
+        admin_settings,
+        shutdown_rx.clone(),
+        move |peer, req| http::serve_admin(a.clone(), peer, req),
+    )));
     // Not ready once shutdown begins, so load balancers stop sending work.
     let mut rx = shutdown_rx.clone();
     tokio::spawn(async move {
         let _ = rx.changed().await;
         let _ = ready_tx.send(false);
     });
-    tasks.push(tokio::spawn(purge_uploads(registry, config.registry.upload_purge_interval.0, shutdown_rx)));
+    tasks.push(tokio::spawn(purge_uploads(app, config.registry.upload_purge_interval.0, shutdown_rx)));
     tracing::info!(%addr, %admin_addr, tls = config.tls.enabled(), data_dir = %config.storage.data_dir.display(), "ferry started");
     Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks })
 }
 
-/// Purges abandoned upload sessions every `interval` until shutdown.
-async fn purge_uploads(
-    registry: Arc<registry::Registry>,
-    interval: std::time::Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Purges abandoned upload sessions every `interval` until shutdown, and stops counting
+/// against their clients sessions that are gone (finished on another replica, purged).
+async fn purge_uploads(app: Arc<http::App>, interval: std::time::Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
-        match registry.purge_uploads().await {
+        match app.registry.purge_uploads().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "purged abandoned upload sessions"),
             Err(e) => tracing::warn!(error = %e, "purging upload sessions failed"),
+        }
+        if let Ok(open) = app.registry.upload_ids().await {
+            app.uploads.retain(|id| open.contains(id));
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -54,7 +54,9 @@ fn load(path: Option<PathBuf>) -> Result<Config, ferry::config::ConfigError> {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: logs written to a file or a pipe stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -92,6 +94,10 @@ fn main() -> ExitCode {
             }
             if let Some(v) = data_dir {
                 c.storage.data_dir = v;
+            }
+            if let Err(e) = c.validate() {
+                eprintln!("ferry: {e}");
+                return ExitCode::from(2);
             }
             init_logging(&c);
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

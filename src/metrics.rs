@@ -23,6 +23,9 @@ pub struct Metrics {
     pub uploads_in_progress: IntGauge,
     /// `ferry_storage_errors_total{endpoint}`: requests that failed because storage did.
     pub storage_errors: IntCounterVec,
+    /// `ferry_http_errors_total{endpoint,source}`: error responses by where the failure came
+    /// from (client, storage, upstream).
+    pub http_errors: IntCounterVec,
     /// `ferry_uploads_purged_total`: abandoned upload sessions removed.
     pub uploads_purged: IntCounter,
     /// `ferry_cache_requests_total{rule,kind,result}`: pull-through lookups (hit, miss, revalidated, stale, coalesced).
@@ -82,6 +85,10 @@ impl Metrics {
                 Opts::new("ferry_storage_errors_total", "Requests that failed because storage failed, by endpoint"),
                 &["endpoint"],
             )?,
+            http_errors: IntCounterVec::new(
+                Opts::new("ferry_http_errors_total", "Error responses by endpoint and where the failure came from"),
+                &["endpoint", "source"],
+            )?,
             uploads_purged: IntCounter::new("ferry_uploads_purged_total", "Abandoned upload sessions purged")?,
             cache_requests: IntCounterVec::new(
                 Opts::new("ferry_cache_requests_total", "Pull-through cache lookups by rule, kind and result"),
@@ -130,6 +137,7 @@ impl Metrics {
         m.registry.register(Box::new(m.http_rejected.clone()))?;
         m.registry.register(Box::new(m.uploads_in_progress.clone()))?;
         m.registry.register(Box::new(m.storage_errors.clone()))?;
+        m.registry.register(Box::new(m.http_errors.clone()))?;
         m.registry.register(Box::new(m.uploads_purged.clone()))?;
         m.registry.register(Box::new(m.cache_requests.clone()))?;
         m.registry.register(Box::new(m.upstream_requests.clone()))?;

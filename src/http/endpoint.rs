@@ -178,9 +178,18 @@ impl Endpoint {
         }
         if n >= 3 && segments[n - 2] == "manifests" {
             let name = name_of(n - 2)?;
-            let reference = Reference::parse(segments[n - 1]).map_err(|e| match e {
-                crate::oci::name::ReferenceError::Digest(e) => OciError::new(ErrorCode::DigestInvalid, e.to_string()),
-                crate::oci::name::ReferenceError::Tag(e) => OciError::new(ErrorCode::TagInvalid, e.to_string()),
+            let reference = Reference::parse(segments[n - 1]).map_err(|e| match (e, method) {
+                // Only a PUT names a reference to create: anything else asks for a manifest,
+                // and one under a reference that cannot exist is simply not found.
+                (_, m) if *m != Method::PUT => OciError::new(
+                    ErrorCode::ManifestUnknown,
+                    "manifest unknown: the reference is neither a valid tag nor a digest",
+                )
+                .with_detail(serde_json::json!({ "reference": segments[n - 1].chars().take(300).collect::<String>() })),
+                (crate::oci::name::ReferenceError::Digest(e), _) => {
+                    OciError::new(ErrorCode::DigestInvalid, e.to_string())
+                }
+                (crate::oci::name::ReferenceError::Tag(e), _) => OciError::new(ErrorCode::TagInvalid, e.to_string()),
             })?;
             return match *method {
                 Method::GET => Ok(Self::ManifestGet(name, reference)),
@@ -270,7 +279,10 @@ mod tests {
         assert_eq!(code("GET", "/v2/../etc/tags/list"), ErrorCode::NameInvalid);
         assert_eq!(code("GET", "/v2/a/%2e%2e/b/tags/list"), ErrorCode::NameInvalid);
         assert_eq!(code("GET", "/v2/a/blobs/sha256:123"), ErrorCode::DigestInvalid);
-        assert_eq!(code("GET", "/v2/a/manifests/-bad"), ErrorCode::TagInvalid);
+        assert_eq!(code("GET", "/v2/a/manifests/-bad"), ErrorCode::ManifestUnknown);
+        assert_eq!(parse("HEAD", "/v2/a/manifests/.INVALID_MANIFEST_NAME").unwrap_err().status, 404);
+        assert_eq!(code("PUT", "/v2/a/manifests/-bad"), ErrorCode::TagInvalid);
+        assert_eq!(code("PUT", "/v2/a/manifests/sha256:12"), ErrorCode::DigestInvalid);
         assert_eq!(code("GET", "/v2/a/blobs/uploads/not-a-uuid"), ErrorCode::BlobUploadUnknown);
         assert_eq!(code("POST", "/v2/a/manifests/latest"), ErrorCode::Unsupported);
         assert_eq!(parse("GET", "/v3/").unwrap_err().status, 404);

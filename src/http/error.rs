@@ -1,8 +1,9 @@
 //! The one place where registry errors become OCI errors with a status code.
 
-use crate::oci::{ErrorCode, OciError};
+use crate::oci::{ErrorCode, ErrorSource, OciError};
 use crate::proxy::upstream;
 use crate::registry::Error;
+use crate::storage;
 use serde_json::json;
 
 impl From<Error> for OciError {
@@ -29,14 +30,22 @@ impl From<Error> for OciError {
             }
             Error::ManifestTooLarge(_) => OciError::new(ErrorCode::SizeInvalid, message).with_status(413),
             Error::DeleteDisabled => OciError::new(ErrorCode::Unsupported, message),
+            Error::Incoming(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                OciError::new(ErrorCode::BlobUploadInvalid, message).with_status(408).with_header("Connection", "close")
+            }
             Error::Incoming(_) => OciError::new(ErrorCode::BlobUploadInvalid, message),
             Error::Denied(_) => OciError::new(ErrorCode::Denied, message),
             Error::RangeNotSatisfiable { size } => {
                 OciError::new(ErrorCode::RangeInvalid, message).with_header("Content-Range", format!("bytes */{size}"))
             }
             Error::Upstream(e) => upstream_error(e),
+            Error::Storage(storage::Error::Corrupt(what)) => {
+                OciError::new(ErrorCode::Unknown, format!("stored content is corrupt and is not served: {what}"))
+                    .from_source(ErrorSource::Storage)
+            }
             Error::Storage(_) => OciError::new(ErrorCode::Unavailable, "the registry's storage failed; try again")
-                .with_header("Retry-After", "1"),
+                .with_header("Retry-After", "1")
+                .from_source(ErrorSource::Storage),
         }
     }
 }
@@ -45,7 +54,7 @@ impl From<Error> for OciError {
 /// Ferry (passing on its `Retry-After`), else 502 saying which upstream failed and how.
 fn upstream_error(e: upstream::Error) -> OciError {
     let message = e.to_string();
-    match e {
+    let e = match e {
         upstream::Error::RateLimited { retry_after, .. } => OciError::new(ErrorCode::Toomanyrequests, message)
             .with_header("Retry-After", retry_after.unwrap_or(60).to_string()),
         upstream::Error::NotFound => OciError::new(ErrorCode::ManifestUnknown, message),
@@ -53,5 +62,6 @@ fn upstream_error(e: upstream::Error) -> OciError {
         upstream::Error::Unreachable(..) | upstream::Error::Failed(..) | upstream::Error::Invalid(..) => {
             OciError::new(ErrorCode::Unavailable, message).with_status(502)
         }
-    }
+    };
+    e.from_source(ErrorSource::Upstream)
 }

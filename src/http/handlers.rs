@@ -15,8 +15,8 @@ use std::collections::HashMap;
 
 type Reply = Result<Response<Body>, OciError>;
 
-/// Serves one parsed request.
-pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Reply {
+/// Serves one parsed request from `client`.
+pub async fn handle(app: &App, client: std::net::IpAddr, endpoint: Endpoint, req: Request<Incoming>) -> Reply {
     let reg = &app.registry;
     let (parts, body) = req.into_parts();
     let query = query(parts.uri.query());
@@ -29,10 +29,12 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
         }
     }
     let received = app.metrics.http_received_bytes.with_label_values(&[endpoint.name()]);
+    let body_timeout = app.body_read_timeout;
     let incoming = move || -> ByteStream {
-        http_body_util::BodyDataStream::new(body)
+        let body = http_body_util::BodyDataStream::new(body)
             .map(move |r| r.inspect(|b| received.inc_by(b.len() as u64)).map_err(std::io::Error::other))
-            .boxed()
+            .boxed();
+        super::limits::body_idle_timeout(body, body_timeout)
     };
     match endpoint {
         Endpoint::Base => Ok(json_response(StatusCode::OK, &serde_json::json!({}))),
@@ -96,18 +98,34 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
         Endpoint::UploadStart(name) => {
             if let Some(mount) = query.get("mount") {
                 let digest = parse_digest(mount)?;
-                let from = query.get("from").and_then(|f| RepositoryName::parse(f).ok());
-                if let Some(from) = from.filter(|f| reg.check_writable(f, None).is_ok()) {
-                    if reg.upload_mount(&name, &digest, &from).await? {
-                        return Ok(blob_created(&name, &digest));
-                    }
+                let mounted = match query.get("from") {
+                    Some(from) => match RepositoryName::parse(from) {
+                        Ok(from) if reg.check_writable(&from, None).is_ok() => {
+                            reg.upload_mount(&name, &digest, &from).await?
+                        }
+                        _ => false,
+                    },
+                    // No source named: mount when the registry holds the blob (the spec lets a
+                    // registry mount automatically; every repository is readable today).
+                    None => reg.upload_mount_any(&name, &digest).await?,
+                };
+                if mounted {
+                    return Ok(blob_created(&name, &digest));
                 }
             } else if let Some(digest) = query.get("digest") {
                 let digest = parse_digest(digest)?;
                 reg.upload_monolithic(&name, &digest, incoming()).await?;
                 return Ok(blob_created(&name, &digest));
             }
+            if !app.uploads.may_open(client) {
+                return Err(OciError::new(
+                    ErrorCode::Toomanyrequests,
+                    "this client has too many open upload sessions; finish or cancel some first",
+                )
+                .with_header("Retry-After", "10"));
+            }
             let id = reg.upload_start(&name).await?;
+            app.uploads.opened(client, id);
             Ok(upload_progress(StatusCode::ACCEPTED, &name, &id, 0))
         }
         Endpoint::UploadStatus(name, id) => {
@@ -115,9 +133,10 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
             Ok(upload_progress(StatusCode::NO_CONTENT, &name, &id, size))
         }
         Endpoint::UploadChunk(name, id) => {
-            let start = content_range_start(headers)?;
+            let range = content_range(headers)?;
+            let body = exact_length(incoming(), range.map(|(_, len)| len));
             let size = reg
-                .upload_append(&name, &id, start, incoming())
+                .upload_append(&name, &id, range.map(|(start, _)| start), body)
                 .await
                 .map_err(|e| with_location(e.into(), &name, &id))?;
             Ok(upload_progress(StatusCode::ACCEPTED, &name, &id, size))
@@ -132,19 +151,28 @@ pub async fn handle(app: &App, endpoint: Endpoint, req: Request<Incoming>) -> Re
                     )
                 })
                 .and_then(|d| parse_digest(d))?;
-            let start = content_range_start(headers)?;
-            reg.upload_finish(&name, &id, &digest, start, Some(incoming()))
-                .await
-                .map_err(|e| with_location(e.into(), &name, &id))?;
+            let range = content_range(headers)?;
+            let body = exact_length(incoming(), range.map(|(_, len)| len));
+            let result = reg.upload_finish(&name, &id, &digest, range.map(|(start, _)| start), Some(body)).await;
+            if matches!(
+                result,
+                Ok(_) | Err(crate::registry::Error::UploadUnknown | crate::registry::Error::DigestMismatch { .. })
+            ) {
+                app.uploads.closed(&id);
+            }
+            result.map_err(|e| with_location(e.into(), &name, &id))?;
             Ok(blob_created(&name, &digest))
         }
         Endpoint::UploadCancel(name, id) => {
-            reg.upload_cancel(&name, &id).await?;
+            let result = reg.upload_cancel(&name, &id).await;
+            app.uploads.closed(&id);
+            result?;
             Ok(status_only(StatusCode::NO_CONTENT))
         }
         Endpoint::ManifestPut(name, reference) => {
             let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let bytes = read_limited(incoming(), MAX_MANIFEST_BYTES).await?;
+            let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+            let bytes = read_limited(incoming(), MAX_MANIFEST_BYTES, declared).await?;
             let stored = reg.manifest_put(&name, &reference, content_type.as_deref(), bytes).await?;
             let mut b = Response::builder()
                 .status(StatusCode::CREATED)
@@ -296,9 +324,10 @@ fn with_location(e: OciError, name: &RepositoryName, id: &UploadId) -> OciError 
     }
 }
 
-/// The start offset of a chunk's `Content-Range` (`<start>-<end>`, optionally after `bytes ` or `bytes=`),
-/// checked against `Content-Length`.
-fn content_range_start(headers: &HeaderMap) -> Result<Option<u64>, OciError> {
+/// A chunk's `Content-Range` (`<start>-<end>`, optionally after `bytes ` or `bytes=`) as its
+/// start and length, checked against `Content-Length`. Every number is the client's: the
+/// length is computed with checked arithmetic.
+fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, OciError> {
     let Some(v) = headers.get(CONTENT_RANGE) else { return Ok(None) };
     let bad = || OciError::new(ErrorCode::RangeInvalid, "Content-Range must be <start>-<end>");
     let s = v.to_str().map_err(|_| bad())?.trim();
@@ -306,18 +335,48 @@ fn content_range_start(headers: &HeaderMap) -> Result<Option<u64>, OciError> {
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let start: u64 = a.trim().parse().map_err(|_| bad())?;
     let end: u64 = b.split('/').next().unwrap_or("").trim().parse().map_err(|_| bad())?;
-    if end < start {
-        return Err(bad());
-    }
-    if let Some(len) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        if len != end - start + 1 {
+    let len = end.checked_sub(start).and_then(|d| d.checked_add(1)).ok_or_else(bad)?;
+    if let Some(declared) = headers.get(CONTENT_LENGTH) {
+        let declared: u64 = declared.to_str().ok().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        if declared != len {
             return Err(OciError::new(
                 ErrorCode::SizeInvalid,
-                format!("Content-Length {len} does not match Content-Range {start}-{end}"),
+                format!("Content-Length {declared} does not match Content-Range {start}-{end}"),
             ));
         }
     }
-    Ok(Some(start))
+    Ok(Some((start, len)))
+}
+
+/// A chunk body that must be exactly `len` bytes when a `Content-Range` said so: more is cut
+/// off with an error before it is stored, fewer fail at the end (a chunked body has no
+/// `Content-Length` for hyper to enforce).
+fn exact_length(body: ByteStream, len: Option<u64>) -> ByteStream {
+    let Some(len) = len else { return body };
+    let mismatch = move |got: u64| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the chunk holds {got} bytes or more, its Content-Range says {len}"),
+        )
+    };
+    futures_util::stream::unfold((body, 0u64, false), move |(mut body, got, done)| async move {
+        if done {
+            return None;
+        }
+        match body.next().await {
+            Some(Ok(b)) => {
+                let total = got.saturating_add(b.len() as u64);
+                if total > len {
+                    return Some((Err(mismatch(total)), (body, total, true)));
+                }
+                Some((Ok(b), (body, total, false)))
+            }
+            Some(Err(e)) => Some((Err(e), (body, got, true))),
+            None if got != len => Some((Err(mismatch(got)), (body, got, true))),
+            None => None,
+        }
+    })
+    .boxed()
 }
 
 /// Parses a `Range: bytes=...` header. Several ranges are answered with the whole blob
@@ -341,12 +400,22 @@ fn parse_range(v: &HeaderValue) -> Result<Option<RangeRequest>, OciError> {
 }
 
 /// Reads a body of at most `limit` bytes; more is refused with 413 before it is all read.
-async fn read_limited(mut body: ByteStream, limit: usize) -> Result<Bytes, OciError> {
-    let mut buf = BytesMut::new();
+async fn read_limited(mut body: ByteStream, limit: usize, declared: Option<usize>) -> Result<Bytes, OciError> {
+    // Sized once when the client said how much comes (never more than the limit). A larger
+    // body is read up to the limit before the 413, so the client, still sending, reads the
+    // answer instead of a reset.
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
     while let Some(chunk) = body.next().await {
-        let chunk = chunk
-            .map_err(|e| OciError::new(ErrorCode::ManifestInvalid, format!("the request body ended early: {e}")))?;
-        if buf.len() + chunk.len() > limit {
+        let chunk = chunk.map_err(|e| {
+            let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+            let e = OciError::new(ErrorCode::ManifestInvalid, format!("the request body ended early: {e}"));
+            if timed_out {
+                e.with_status(408).with_header("Connection", "close")
+            } else {
+                e
+            }
+        })?;
+        if buf.len().saturating_add(chunk.len()) > limit {
             return Err(
                 OciError::new(ErrorCode::SizeInvalid, format!("manifest exceeds {limit} bytes")).with_status(413)
             );
@@ -360,6 +429,58 @@ async fn read_limited(mut body: ByteStream, limit: usize) -> Result<Bytes, OciEr
 mod tests {
     use super::*;
     use crate::storage::ByteRange;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any `Range` header, against any blob size: no panic, and a resolved range lies
+        /// inside the blob.
+        #[test]
+        fn any_range_header_resolves_inside_the_blob(
+            header in "(bytes=)?[0-9 ,-]{0,40}|bytes=[0-9]{0,25}-[0-9]{0,25}|bytes=-[0-9]{0,25}",
+            size in any::<u64>(),
+        ) {
+            if let Ok(v) = HeaderValue::from_str(&header) {
+                if let Ok(Some(r)) = parse_range(&v) {
+                    if let Ok(r) = r.resolve(size) {
+                        prop_assert!(r.start <= r.end && r.end < size);
+                    }
+                }
+            }
+        }
+
+        /// Any `Content-Range` and `Content-Length`: no panic, no overflow, and an accepted
+        /// range's last byte is representable.
+        #[test]
+        fn any_content_range_is_checked(
+            range in "(bytes[ =])?[0-9]{0,22}-[0-9]{0,22}(/[0-9*]{0,5})?|.{0,30}",
+            length in proptest::option::of("[0-9]{0,22}|.{0,5}"),
+        ) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&range) {
+                h.insert(CONTENT_RANGE, v);
+            }
+            if let Some(Ok(v)) = length.map(|l| HeaderValue::from_str(&l)) {
+                h.insert(CONTENT_LENGTH, v);
+            }
+            match content_range(&h) {
+                Ok(Some((start, len))) => prop_assert!(len >= 1 && start.checked_add(len - 1).is_some()),
+                Ok(None) => prop_assert!(!h.contains_key(CONTENT_RANGE)),
+                Err(e) => prop_assert!(e.status == 400 || e.status == 416),
+            }
+        }
+
+        /// Any query string: pagination parameters parse or give PAGINATION_NUMBER_INVALID.
+        #[test]
+        fn any_query_string_paginates_or_is_refused(q in ".{0,60}") {
+            let parsed = query(Some(&q));
+            match page_params(&parsed) {
+                Ok((n, _)) => prop_assert_eq!(n.is_some(), parsed.contains_key("n")),
+                Err(e) => prop_assert_eq!(e.code, ErrorCode::PaginationNumberInvalid),
+            }
+        }
+    }
 
     #[test]
     fn ranges() {
@@ -384,12 +505,18 @@ mod tests {
     fn content_ranges() {
         let mut h = HeaderMap::new();
         h.insert(CONTENT_RANGE, HeaderValue::from_static("0-99"));
-        assert_eq!(content_range_start(&h).unwrap(), Some(0));
+        assert_eq!(content_range(&h).unwrap(), Some((0, 100)));
         h.insert(CONTENT_RANGE, HeaderValue::from_static("bytes 100-199/*"));
-        assert_eq!(content_range_start(&h).unwrap(), Some(100));
+        assert_eq!(content_range(&h).unwrap(), Some((100, 100)));
         h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert_eq!(content_range_start(&h).unwrap_err().code, ErrorCode::SizeInvalid);
+        assert_eq!(content_range(&h).unwrap_err().code, ErrorCode::SizeInvalid);
         h.insert(CONTENT_RANGE, HeaderValue::from_static("9-1"));
-        assert_eq!(content_range_start(&h).unwrap_err().code, ErrorCode::RangeInvalid);
+        assert_eq!(content_range(&h).unwrap_err().code, ErrorCode::RangeInvalid);
+        // The whole u64 range: its length does not fit, and must not wrap to 0.
+        h.insert(CONTENT_RANGE, HeaderValue::from_static("0-18446744073709551615"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert_eq!(content_range(&h).unwrap_err().code, ErrorCode::RangeInvalid);
+        h.remove(CONTENT_LENGTH);
+        assert_eq!(content_range(&h).unwrap_err().code, ErrorCode::RangeInvalid);
     }
 }

@@ -6,6 +6,7 @@ mod admin;
 pub mod endpoint;
 mod error;
 mod handlers;
+pub mod limits;
 
 use crate::metrics::Metrics;
 use crate::oci::OciError;
@@ -25,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 /// Every response body: empty, whole, or streamed.
@@ -37,10 +38,30 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Limits requests in flight (a permit lives until the response body ends).
-    pub in_flight: Arc<Semaphore>,
+    /// Requests in flight, globally and per client (a permit lives until the response body ends).
+    pub limits: limits::RequestLimits,
+    /// Open upload sessions per client.
+    pub uploads: limits::UploadLimits,
+    /// How long a request body may deliver no byte before it is cut off.
+    pub body_read_timeout: Duration,
+    /// The header naming the client's address when Ferry is behind a proxy (right-most entry).
+    pub client_address_header: Option<http::HeaderName>,
     /// Whether start-up finished and shutdown has not begun, for `/readyz`.
     pub ready: watch::Receiver<bool>,
+}
+
+impl App {
+    /// The client's address: the peer's, or the right-most entry of the configured header
+    /// (the one the trusted proxy in front of Ferry appended).
+    pub fn client_address<B>(&self, peer: SocketAddr, req: &Request<B>) -> std::net::IpAddr {
+        self.client_address_header
+            .as_ref()
+            .and_then(|h| req.headers().get(h))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(peer.ip())
+    }
 }
 
 /// An empty body.
@@ -86,20 +107,32 @@ fn status_class(s: StatusCode) -> &'static str {
 }
 
 /// Serves one registry request: limit, parse, dispatch, count, log.
-pub async fn serve_request(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn serve_request(
+    app: Arc<App>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let Ok(permit) = app.in_flight.clone().try_acquire_owned() else {
-        app.metrics.http_rejected.inc();
-        let e = OciError::new(crate::oci::ErrorCode::Toomanyrequests, "too many requests in flight; retry shortly")
-            .with_header("Retry-After", "1");
-        return Ok(error_response(&e));
+    let client = app.client_address(peer, &req);
+    let guard = match app.limits.admit(client) {
+        Ok(g) => g,
+        Err(why) => {
+            app.metrics.http_rejected.inc();
+            app.limits.log_refusal(client, why);
+            let message = match why {
+                limits::Refusal::Global => "too many requests in flight; retry shortly",
+                limits::Refusal::Client => "too many requests in flight from this client; retry shortly",
+            };
+            let e = OciError::new(crate::oci::ErrorCode::Toomanyrequests, message).with_header("Retry-After", "1");
+            return Ok(error_response(&e));
+        }
     };
     let (endpoint_name, result) = match Endpoint::parse(&method, &path) {
         Ok(ep) => {
             let name = ep.name();
-            (name, handlers::handle(&app, ep, req).await)
+            (name, handlers::handle(&app, client, ep, req).await)
         }
         Err(e) => ("invalid", Err(e)),
     };
@@ -107,11 +140,14 @@ pub async fn serve_request(app: Arc<App>, req: Request<Incoming>) -> Result<Resp
         Ok(r) => r,
         Err(e) => {
             if e.status >= 500 {
-                app.metrics.storage_errors.with_label_values(&[endpoint_name]).inc();
-                tracing::warn!(endpoint = endpoint_name, %method, path, code = ?e.code, message = %e.message, "request failed");
+                if e.source == crate::oci::ErrorSource::Storage {
+                    app.metrics.storage_errors.with_label_values(&[endpoint_name]).inc();
+                }
+                tracing::warn!(endpoint = endpoint_name, %method, path, code = ?e.code, source = e.source.as_str(), error = %e.message, "request failed");
             } else {
-                tracing::debug!(endpoint = endpoint_name, %method, path, code = ?e.code, message = %e.message, "request refused");
+                tracing::debug!(endpoint = endpoint_name, %method, path, code = ?e.code, error = %e.message, "request refused");
             }
+            app.metrics.http_errors.with_label_values(&[endpoint_name, e.source.as_str()]).inc();
             error_response(&e)
         }
     };
@@ -128,9 +164,8 @@ pub async fn serve_request(app: Arc<App>, req: Request<Incoming>) -> Result<Resp
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
-    // The permit and the in-flight gauge last until the body is fully sent (or dropped).
+    // The permits and the in-flight gauge last until the body is fully sent (or dropped).
     let sent = m.http_sent_bytes.with_label_values(&[endpoint_name]);
-    let guard = InFlight::new(permit, m.http_in_flight.clone());
     let resp = resp.map(move |body| {
         body.map_frame(move |frame| {
             let _keep = &guard;
@@ -144,25 +179,6 @@ pub async fn serve_request(app: Arc<App>, req: Request<Incoming>) -> Result<Resp
     Ok(resp)
 }
 
-/// Holds an in-flight permit and keeps the gauge in step with it.
-struct InFlight {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    gauge: prometheus::IntGauge,
-}
-
-impl InFlight {
-    fn new(permit: tokio::sync::OwnedSemaphorePermit, gauge: prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self { _permit: permit, gauge }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
 /// Connection settings for a listener.
 #[derive(Clone)]
 pub struct ListenerSettings {
@@ -170,6 +186,8 @@ pub struct ListenerSettings {
     pub header_read_timeout: Duration,
     /// How long in-flight requests may finish after shutdown begins.
     pub shutdown_grace: Duration,
+    /// How long a client may accept no byte of a response before its connection is cut.
+    pub send_timeout: Duration,
     /// TLS, when configured.
     pub tls: Option<TlsAcceptor>,
 }
@@ -181,7 +199,7 @@ pub async fn run_listener<F, Fut>(
     mut shutdown: watch::Receiver<bool>,
     handler: F,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(SocketAddr, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -190,7 +208,7 @@ pub async fn run_listener<F, Fut>(
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(60)));
     let builder = Arc::new(builder);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -207,8 +225,9 @@ pub async fn run_listener<F, Fut>(
         let watcher = graceful.watcher();
         let tls = settings.tls.clone();
         let header_timeout = settings.header_read_timeout;
+        let tcp = limits::StallTimeout::new(tcp, settings.send_timeout);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(&handler);
+            let service = hyper::service::service_fn(move |req| handler(peer, req));
             match tls {
                 None => {
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).into_owned();
@@ -234,7 +253,11 @@ pub async fn run_listener<F, Fut>(
 }
 
 /// Serves a request on the admin listener.
-pub async fn serve_admin(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn serve_admin(
+    app: Arc<App>,
+    _peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     Ok(admin::handle(&app, req.uri().path()))
 }
 

@@ -83,6 +83,13 @@ impl Digest {
         h.finish()
     }
 
+    /// Whether `bytes` hash to this digest.
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        let mut h = Hasher::new(self.algorithm);
+        h.update(bytes);
+        &h.finish() == self
+    }
+
     /// The algorithm part.
     pub fn algorithm(&self) -> DigestAlgorithm {
         self.algorithm

@@ -42,6 +42,31 @@ pub enum ErrorCode {
     PaginationNumberInvalid,
     /// Ferry: the registry itself failed; try again.
     Unavailable,
+    /// Docker registry: "unknown error" (an internal failure that retrying will not fix).
+    Unknown,
+}
+
+/// Where a failure came from, for logs and the `source` label of `ferry_http_errors_total`,
+/// so an upstream outage is never counted as a storage failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The request itself (bad input, unknown content, refused access).
+    Client,
+    /// The registry's storage.
+    Storage,
+    /// A pull-through upstream.
+    Upstream,
+}
+
+impl ErrorSource {
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Storage => "storage",
+            Self::Upstream => "upstream",
+        }
+    }
 }
 
 /// One OCI error: what the client sees, with the HTTP status and any extra headers.
@@ -60,6 +85,9 @@ pub struct OciError {
     /// Extra response headers (for example `Range` on a 416, `Retry-After` on a 503).
     #[serde(skip)]
     pub headers: Vec<(&'static str, String)>,
+    /// Where the failure came from.
+    #[serde(skip)]
+    pub source: ErrorSource,
 }
 
 #[derive(Serialize)]
@@ -87,8 +115,15 @@ impl OciError {
             Toomanyrequests => 429,
             RangeInvalid => 416,
             Unavailable => 503,
+            Unknown => 500,
         };
-        Self { code, message: message.into(), detail: None, status, headers: Vec::new() }
+        Self { code, message: message.into(), detail: None, status, headers: Vec::new(), source: ErrorSource::Client }
+    }
+
+    /// Says where the failure came from.
+    pub fn from_source(mut self, source: ErrorSource) -> Self {
+        self.source = source;
+        self
     }
 
     /// Overrides the HTTP status.

@@ -95,10 +95,69 @@ struct RawManifest {
     media_type: Option<String>,
     artifact_type: Option<String>,
     config: Option<Descriptor>,
-    layers: Option<Vec<Descriptor>>,
-    manifests: Option<Vec<Descriptor>>,
+    layers: Option<Vec<Entry>>,
+    manifests: Option<Vec<Entry>>,
     subject: Option<Descriptor>,
     annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A layer or index entry as the registry checks it: the descriptor's required fields are
+/// type-checked, but only the digest (and whether it is a foreign layer) is kept, so a
+/// manifest of many entries costs little more memory than its bytes.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    #[serde(rename = "mediaType")]
+    _media_type: AnyString,
+    digest: Digest,
+    #[serde(rename = "size")]
+    _size: u64,
+    #[serde(default)]
+    urls: Option<serde::de::IgnoredAny>,
+}
+
+/// A JSON string that is checked but not kept.
+#[derive(Debug)]
+struct AnyString;
+
+impl<'de> Deserialize<'de> for AnyString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = AnyString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<AnyString, E> {
+                Ok(AnyString)
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+/// The fields of a Docker schema 1 manifest, and the schema 2 / OCI ones it must not carry
+/// (a body that has them is something else sent under a schema 1 Content-Type).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSchema1 {
+    schema_version: Option<i64>,
+    name: Option<String>,
+    tag: Option<String>,
+    fs_layers: Option<Vec<FsLayer>>,
+    history: Option<Vec<serde::de::IgnoredAny>>,
+    signatures: Option<Vec<serde::de::IgnoredAny>>,
+    media_type: Option<serde::de::IgnoredAny>,
+    config: Option<serde::de::IgnoredAny>,
+    layers: Option<serde::de::IgnoredAny>,
+    manifests: Option<serde::de::IgnoredAny>,
+    subject: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FsLayer {
+    blob_sum: Digest,
 }
 
 /// A parsed, checked manifest: what it references and what describes it.
@@ -133,6 +192,45 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// Checks a schema 1 manifest as schema 1: `schemaVersion` 1, a name and tag, one history
+    /// entry per layer, signatures when it says it is signed, and nothing of schema 2 or OCI.
+    /// Its layers (`blobSum`s) are what it references.
+    fn parse_schema1(bytes: &[u8], media_type: MediaType) -> Result<Self, ManifestError> {
+        let raw: RawSchema1 = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let invalid = |m: &str| Err(ManifestError::Invalid(format!("schema 1 manifest: {m}")));
+        if raw.schema_version != Some(1) {
+            return invalid("schemaVersion must be 1");
+        }
+        if raw.media_type.is_some()
+            || raw.config.is_some()
+            || raw.layers.is_some()
+            || raw.manifests.is_some()
+            || raw.subject.is_some()
+        {
+            return invalid("mediaType, config, layers, manifests and subject belong to other manifest types");
+        }
+        if raw.name.as_deref().is_none_or(str::is_empty) || raw.tag.as_deref().is_none_or(str::is_empty) {
+            return invalid("name and tag are required");
+        }
+        let Some(fs_layers) = raw.fs_layers.filter(|l| !l.is_empty()) else {
+            return invalid("fsLayers must list at least one layer");
+        };
+        if raw.history.map(|h| h.len()) != Some(fs_layers.len()) {
+            return invalid("history must have one entry per fsLayers entry");
+        }
+        if media_type == MediaType::DockerSchema1Signed && raw.signatures.is_none_or(|s| s.is_empty()) {
+            return invalid("a signed manifest needs signatures");
+        }
+        Ok(Self {
+            media_type,
+            blobs: fs_layers.into_iter().map(|l| l.blob_sum).collect(),
+            children: vec![],
+            subject: None,
+            artifact_type: None,
+            annotations: None,
+        })
+    }
+
     /// Parses `bytes` sent with `content_type`, checking that the two agree and the structure is sound.
     pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Self, ManifestError> {
         let header_type = content_type
@@ -140,16 +238,7 @@ impl Manifest {
             .filter(|c| !c.is_empty() && *c != "application/octet-stream" && *c != "application/json");
         if let Some(t) = header_type {
             if let Some(m) = MediaType::parse(t).filter(|m| m.is_schema1()) {
-                // Schema 1 is stored as opaque JSON: only check it is JSON.
-                serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
-                return Ok(Self {
-                    media_type: m,
-                    blobs: vec![],
-                    children: vec![],
-                    subject: None,
-                    artifact_type: None,
-                    annotations: None,
-                });
+                return Self::parse_schema1(bytes, m);
             }
         }
         let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
@@ -256,10 +345,44 @@ mod tests {
         let index = serde_json::json!({"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[{"mediaType":"x","digest":d('e'),"size":1}]});
         let m = Manifest::parse(&serde_json::to_vec(&index).unwrap(), None).unwrap();
         assert_eq!(m.children.len(), 1);
-        assert!(Manifest::parse(
-            b"{\"signatures\":[]}",
-            Some("application/vnd.docker.distribution.manifest.v1+prettyjws")
-        )
-        .is_ok());
+    }
+
+    #[test]
+    fn schema1_is_checked_as_schema1() {
+        let signed = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+        let unsigned = "application/vnd.docker.distribution.manifest.v1+json";
+        let good = serde_json::json!({
+            "schemaVersion": 1, "name": "a/b", "tag": "v1", "architecture": "amd64",
+            "fsLayers": [{"blobSum": d('a')}, {"blobSum": d('a')}],
+            "history": [{"v1Compatibility": "{}"}, {"v1Compatibility": "{}"}],
+            "signatures": [{"header": {}, "signature": "x", "protected": "y"}]
+        });
+        let m = Manifest::parse(&serde_json::to_vec(&good).unwrap(), Some(signed)).unwrap();
+        assert_eq!(m.media_type, MediaType::DockerSchema1Signed);
+        assert_eq!(m.blobs.len(), 2, "its layers are references to check");
+        // The CVE-2021-41190 shape: an index with layers, sent as schema 1.
+        let smuggled = serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": "x", "digest": d('b'), "size": 1}],
+            "layers": [{"mediaType": "x", "digest": d('c'), "size": 1}]
+        });
+        for ct in [signed, unsigned] {
+            assert!(Manifest::parse(&serde_json::to_vec(&smuggled).unwrap(), Some(ct)).is_err(), "{ct}");
+        }
+        let mut with_layers = good.clone();
+        with_layers["layers"] = serde_json::json!([]);
+        assert!(Manifest::parse(&serde_json::to_vec(&with_layers).unwrap(), Some(unsigned)).is_err());
+        let mut unsigned_body = good.clone();
+        unsigned_body.as_object_mut().unwrap().remove("signatures");
+        assert!(Manifest::parse(&serde_json::to_vec(&unsigned_body).unwrap(), Some(unsigned)).is_ok());
+        assert!(Manifest::parse(&serde_json::to_vec(&unsigned_body).unwrap(), Some(signed)).is_err());
+        let mut short_history = good.clone();
+        short_history["history"] = serde_json::json!([{"v1Compatibility": "{}"}]);
+        assert!(Manifest::parse(&serde_json::to_vec(&short_history).unwrap(), Some(signed)).is_err());
+        let mut bad_sum = good;
+        bad_sum["fsLayers"] = serde_json::json!([{"blobSum": "sha256:../../x"}]);
+        bad_sum["history"] = serde_json::json!([{}]);
+        assert!(Manifest::parse(&serde_json::to_vec(&bad_sum).unwrap(), Some(signed)).is_err());
+        assert!(Manifest::parse(b"{\"signatures\":[]}", Some(signed)).is_err());
     }
 }

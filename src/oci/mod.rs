@@ -7,6 +7,6 @@ pub mod manifest;
 pub mod name;
 
 pub use digest::{Digest, DigestAlgorithm, Hasher};
-pub use error::{ErrorCode, OciError};
+pub use error::{ErrorCode, ErrorSource, OciError};
 pub use manifest::{Descriptor, Manifest, MediaType};
 pub use name::{Reference, RepositoryName, Tag};

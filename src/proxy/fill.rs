@@ -326,7 +326,8 @@ impl Reader {
             let id = self.rx.borrow().upload.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
             self.storage.upload_read(&id, Some(range)).await
         } else {
-            self.storage.blob_read(&self.digest, Some(range)).await
+            let size = self.rx.borrow().written;
+            self.storage.blob_read(&self.digest, Some(range), size).await
         };
         self.stored_from = self.pos;
         self.stored = Some(stream.map_err(|e| match e {
@@ -501,7 +502,7 @@ impl FillJob {
         }
         // Readers may finish now; storing durably under the digest happens behind them.
         tx.send_modify(|s| s.verified = true);
-        self.storage.upload_commit(&id, &self.digest).await.map_err(stored)?;
+        self.storage.upload_commit(&id, &self.digest, written).await.map_err(stored)?;
         *upload = None;
         Ok(written)
     }

@@ -6,8 +6,12 @@ use crate::oci::manifest::{ManifestError, MAX_MANIFEST_BYTES};
 use crate::oci::{Descriptor, Digest, DigestAlgorithm, Hasher, Manifest, Reference, RepositoryName, Tag};
 use crate::storage::{self, Key};
 use bytes::Bytes;
-use futures_util::future::try_join_all;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// How many of a manifest's references are looked up at once.
+const REFERENCE_CHECKS_AT_ONCE: usize = 16;
 
 /// What a manifest link and a tag record hold: enough to answer a HEAD with one read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -82,20 +86,7 @@ impl Registry {
                 Error::ManifestInvalid(m)
             }
         })?;
-        let blob_checks = manifest.blobs.iter().map(|d| async move {
-            match self.storage.record_get(&Key::blob_link(name, d)).await? {
-                Some(_) => Ok(()),
-                None => Err(Error::ManifestBlobUnknown(d.clone())),
-            }
-        });
-        let child_checks = manifest.children.iter().map(|d| async move {
-            match self.storage.record_get(&Key::manifest_link(name, d)).await? {
-                Some(_) => Ok(()),
-                None => Err(Error::ManifestBlobUnknown(d.clone())),
-            }
-        });
-        try_join_all(blob_checks).await?;
-        try_join_all(child_checks).await?;
+        self.check_references(name, &manifest).await?;
 
         let record = ManifestRecord {
             digest: digest.clone(),
@@ -125,6 +116,33 @@ impl Registry {
         Ok(StoredManifest { digest, subject: manifest.subject.map(|s| s.digest) })
     }
 
+    /// Checks that everything the manifest references is in the repository: each distinct
+    /// digest once, a few at a time, so a manifest listing one layer 25,000 times costs one
+    /// lookup and a manifest of many costs bounded memory.
+    async fn check_references(&self, name: &RepositoryName, manifest: &Manifest) -> Result<()> {
+        let blobs: BTreeSet<&Digest> = manifest.blobs.iter().collect();
+        let children: BTreeSet<&Digest> = manifest.children.iter().collect();
+        let keys: Vec<(Key, Digest)> = blobs
+            .into_iter()
+            .map(|d| (Key::blob_link(name, d), d.clone()))
+            .chain(children.into_iter().map(|d| (Key::manifest_link(name, d), d.clone())))
+            .collect();
+        let storage = self.storage.clone();
+        futures_util::stream::iter(keys)
+            .map(move |(key, d)| {
+                let storage = storage.clone();
+                async move {
+                    match storage.record_get(&key).await? {
+                        Some(_) => Ok(()),
+                        None => Err(Error::ManifestBlobUnknown(d)),
+                    }
+                }
+            })
+            .buffer_unordered(REFERENCE_CHECKS_AT_ONCE)
+            .try_for_each(|()| async { Ok(()) })
+            .await
+    }
+
     /// Digest, media type and size of a manifest, without its bytes (for HEAD).
     pub async fn manifest_record(&self, repo: &Repo, reference: &Reference) -> Result<ManifestRecord> {
         match repo {
@@ -151,6 +169,13 @@ impl Registry {
             storage::Error::NotFound => Error::ManifestUnknown(reference.to_string()),
             e => e.into(),
         })?;
+        // Served only if the bytes are the manifest the digest names (cheap: manifests are small).
+        if bytes.len() as u64 != record.size || !record.digest.matches(&bytes) {
+            return Err(Error::Storage(storage::Error::Corrupt(format!(
+                "the stored bytes of manifest {} do not hash to it",
+                record.digest
+            ))));
+        }
         Ok(ManifestContent { record, bytes })
     }
 

@@ -202,7 +202,7 @@ impl Registry {
                 let body = if size == 0 {
                     Box::pin(futures_util::stream::empty()) as ByteStream
                 } else {
-                    self.storage.blob_read(digest, range).await.map_err(|e| match e {
+                    self.storage.blob_read(digest, range, size).await.map_err(|e| match e {
                         storage::Error::NotFound => Error::BlobUnknown(digest.clone()),
                         e => e.into(),
                     })?

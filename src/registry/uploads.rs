@@ -3,17 +3,20 @@
 
 use super::{Error, Registry, Result};
 use crate::oci::{Digest, DigestAlgorithm, Hasher, RepositoryName};
-use crate::storage::{self, ByteStream, UploadId};
+use crate::storage::{self, ByteRange, ByteStream, UploadId};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The sha256 of an upload's bytes so far, valid while `offset` equals the stored size.
+/// One session's lock and the sha256 of its bytes so far (valid while `offset` equals the
+/// stored size). Every request that touches a session's bytes holds the lock throughout.
 pub(super) struct UploadHash {
     offset: u64,
     hasher: Option<Hasher>,
+    /// Set once a finish has started: every later request on the session is refused.
+    finishing: bool,
 }
 
 /// What storage keeps about a session besides its bytes.
@@ -51,20 +54,24 @@ impl Registry {
         let state = UploadState { repository: name.as_str().to_owned(), started_at: now_secs() };
         let state = serde_json::to_vec(&state).map_err(|e| Error::Storage(storage::Error::Io(e.into())))?;
         self.storage.upload_create(&id, Bytes::from(state)).await?;
-        self.hash_entry(id, 0);
-        self.metrics.uploads_in_progress.inc();
+        self.hash_entry(id, true);
         Ok(id)
     }
 
-    fn hash_entry(&self, id: UploadId, offset: u64) -> Arc<tokio::sync::Mutex<UploadHash>> {
+    /// The session's entry, created (counted in `ferry_uploads_in_progress`) when this process
+    /// has none: a new session's hash starts at offset 0; one from before a restart, or started
+    /// by another replica, has an unknown hash.
+    fn hash_entry(&self, id: UploadId, new_session: bool) -> Arc<tokio::sync::Mutex<UploadHash>> {
         let mut map = match self.upload_hashes.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
         map.entry(id)
             .or_insert_with(|| {
-                let hasher = (offset == 0).then(|| Hasher::new(DigestAlgorithm::Sha256));
-                Arc::new(tokio::sync::Mutex::new(UploadHash { offset, hasher }))
+                self.metrics.uploads_in_progress.inc();
+                let (offset, hasher) =
+                    if new_session { (0, Some(Hasher::new(DigestAlgorithm::Sha256))) } else { (u64::MAX, None) };
+                Arc::new(tokio::sync::Mutex::new(UploadHash { offset, hasher, finishing: false }))
             })
             .clone()
     }
@@ -79,13 +86,9 @@ impl Registry {
         }
     }
 
-    /// Checks that the session exists and belongs to this repository.
+    /// Checks that the session exists, is not sealed for its finish, and belongs to this repository.
     async fn check_session(&self, name: &RepositoryName, id: &UploadId) -> Result<()> {
-        let state = match self.storage.upload_state(id).await {
-            Ok(s) => s,
-            Err(storage::Error::NotFound) => return Err(Error::UploadUnknown),
-            Err(e) => return Err(e.into()),
-        };
+        let state = self.storage.upload_state(id).await.map_err(unknown_if_gone)?;
         let state: UploadState = serde_json::from_slice(&state).map_err(|_| Error::UploadUnknown)?;
         if state.repository != name.as_str() {
             return Err(Error::UploadUnknown);
@@ -93,22 +96,33 @@ impl Registry {
         Ok(())
     }
 
-    /// The session's lock and hash, created (with an unknown hash) after a restart.
-    async fn session(&self, name: &RepositoryName, id: &UploadId) -> Result<Arc<tokio::sync::Mutex<UploadHash>>> {
-        self.check_session(name, id).await?;
-        let known = self.upload_hashes.lock().map(|m| m.contains_key(id)).unwrap_or(false);
-        if !known {
-            // A session from before a restart, or started by another replica.
-            self.metrics.uploads_in_progress.inc();
-            return Ok(self.hash_entry(*id, u64::MAX));
+    /// Locks the session and checks it under the lock, so nothing can finish, cancel or seal
+    /// it between the check and what the caller does next. A session from before a restart,
+    /// or started by another replica, gets a lock with an unknown running hash.
+    async fn lock_session(
+        &self,
+        name: &RepositoryName,
+        id: &UploadId,
+    ) -> Result<tokio::sync::OwnedMutexGuard<UploadHash>> {
+        let entry = self.hash_entry(*id, false);
+        let guard = entry.lock_owned().await;
+        if guard.finishing {
+            return Err(Error::UploadUnknown);
         }
-        Ok(self.hash_entry(*id, 0))
+        if let Err(e) = self.check_session(name, id).await {
+            if matches!(e, Error::UploadUnknown) {
+                // Finished, cancelled or purged meanwhile (perhaps by another replica).
+                self.forget_upload(id);
+            }
+            return Err(e);
+        }
+        Ok(guard)
     }
 
     /// The bytes received so far.
     pub async fn upload_status(&self, name: &RepositoryName, id: &UploadId) -> Result<u64> {
         self.check_session(name, id).await?;
-        Ok(self.storage.upload_size(id).await?)
+        self.storage.upload_size(id).await.map_err(unknown_if_gone)
     }
 
     /// Appends a chunk; `start`, when given, must equal the bytes held so far.
@@ -119,9 +133,19 @@ impl Registry {
         start: Option<u64>,
         body: ByteStream,
     ) -> Result<u64> {
-        let session = self.session(name, id).await?;
-        let mut hash = session.lock().await;
-        let size = self.storage.upload_size(id).await?;
+        let mut hash = self.lock_session(name, id).await?;
+        self.append_locked(&mut hash, id, start, body).await
+    }
+
+    /// Appends under the session's lock, keeping the running hash when the chunk follows it.
+    async fn append_locked(
+        &self,
+        hash: &mut UploadHash,
+        id: &UploadId,
+        start: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let size = self.storage.upload_size(id).await.map_err(unknown_if_gone)?;
         if let Some(start) = start {
             if start != size {
                 return Err(Error::RangeMismatch { start, size });
@@ -137,7 +161,15 @@ impl Registry {
             None => (body, None),
         };
         // On any failure the running hash is dropped: finishing re-reads the stored bytes instead.
-        let new_size = self.storage.upload_append(id, body).await?;
+        let new_size = match self.storage.upload_append(id, body).await {
+            Ok(n) => n,
+            // Another replica appended at this offset first: the chunk is out of order.
+            Err(storage::Error::Conflict) => {
+                let size = self.storage.upload_size(id).await.map_err(unknown_if_gone)?;
+                return Err(Error::RangeMismatch { start: start.unwrap_or(size), size });
+            }
+            Err(e) => return Err(unknown_if_gone(e)),
+        };
         if let Some(slot) = slot {
             hash.hasher = slot.lock().ok().and_then(|mut g| g.take());
             hash.offset = new_size;
@@ -145,7 +177,10 @@ impl Registry {
         Ok(new_size)
     }
 
-    /// Completes an upload: appends the last chunk, checks the digest, stores and links the blob.
+    /// Completes an upload: appends the last chunk, seals the session, checks the digest of
+    /// exactly the bytes held, stores them under it and links the blob. The session's lock is
+    /// held from the last chunk to the commit, and the seal keeps every other request (on any
+    /// replica) out, so no byte can join the upload between its check and its commit.
     /// A wrong digest removes the session and stores nothing.
     pub async fn upload_finish(
         &self,
@@ -155,31 +190,58 @@ impl Registry {
         start: Option<u64>,
         last_chunk: Option<ByteStream>,
     ) -> Result<u64> {
-        let size = match last_chunk {
-            Some(body) => self.upload_append(name, id, start, body).await?,
-            None => self.upload_status(name, id).await?,
-        };
-        let session = self.session(name, id).await?;
-        let mut hash = session.lock().await;
+        let mut hash = self.lock_session(name, id).await?;
+        if let Some(body) = last_chunk {
+            self.append_locked(&mut hash, id, start, body).await?;
+        }
+        hash.finishing = true;
+        let result = self.seal_and_commit(&mut hash, name, id, digest).await;
+        drop(hash);
+        self.forget_upload(id);
+        result
+    }
+
+    async fn seal_and_commit(
+        &self,
+        hash: &mut UploadHash,
+        name: &RepositoryName,
+        id: &UploadId,
+        digest: &Digest,
+    ) -> Result<u64> {
+        match self.storage.upload_seal(id).await {
+            Ok(()) => {}
+            // Another finish (perhaps on another replica) sealed it first.
+            Err(storage::Error::Conflict | storage::Error::NotFound) => return Err(Error::UploadUnknown),
+            Err(e) => return Err(e.into()),
+        }
+        let size = self.storage.upload_size(id).await.map_err(unknown_if_gone)?;
         let computed = match hash.hasher.take() {
             Some(h) if hash.offset == size && digest.algorithm() == DigestAlgorithm::Sha256 => h.finish(),
             _ => {
                 let mut h = Hasher::new(digest.algorithm());
-                let mut data = self.storage.upload_read(id, None).await?;
-                while let Some(chunk) = data.next().await {
-                    h.update(&chunk.map_err(storage::Error::Io)?);
+                if size > 0 {
+                    let range = ByteRange { start: 0, end: size - 1 };
+                    let mut data = self.storage.upload_read(id, Some(range)).await.map_err(unknown_if_gone)?;
+                    let mut read = 0u64;
+                    while let Some(chunk) = data.next().await {
+                        let chunk = chunk.map_err(storage::Error::Io)?;
+                        read = read.saturating_add(chunk.len() as u64);
+                        h.update(&chunk);
+                    }
+                    if read != size {
+                        return Err(Error::Storage(storage::Error::Corrupt(format!(
+                            "upload {id} read back {read} of {size} bytes"
+                        ))));
+                    }
                 }
                 h.finish()
             }
         };
-        drop(hash);
         if &computed != digest {
             self.storage.upload_delete(id).await?;
-            self.forget_upload(id);
             return Err(Error::DigestMismatch { expected: digest.clone(), actual: computed });
         }
-        self.storage.upload_commit(id, digest).await?;
-        self.forget_upload(id);
+        self.storage.upload_commit(id, digest, size).await.map_err(unknown_if_gone)?;
         self.link_blob(name, digest, size).await?;
         Ok(size)
     }
@@ -207,12 +269,32 @@ impl Registry {
         }
     }
 
+    /// Mounts a blob no source repository was named for: links it when the registry holds the
+    /// content (every repository is readable today; with access control this must also find
+    /// a repository holding it that the client may read). False when it cannot.
+    pub async fn upload_mount_any(&self, name: &RepositoryName, digest: &Digest) -> Result<bool> {
+        match self.storage.blob_size(digest).await? {
+            Some(size) => {
+                self.link_blob(name, digest, size).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Cancels a session and drops its bytes.
     pub async fn upload_cancel(&self, name: &RepositoryName, id: &UploadId) -> Result<()> {
-        self.check_session(name, id).await?;
-        self.storage.upload_delete(id).await?;
+        let mut hash = self.lock_session(name, id).await?;
+        hash.finishing = true;
+        let result = self.storage.upload_delete(id).await;
+        drop(hash);
         self.forget_upload(id);
-        Ok(())
+        Ok(result?)
+    }
+
+    /// Every session in storage.
+    pub async fn upload_ids(&self) -> Result<std::collections::HashSet<UploadId>> {
+        Ok(self.storage.upload_list().await?.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Removes sessions idle for longer than the configured age; returns how many.
@@ -230,5 +312,14 @@ impl Registry {
         // Only after the sessions: a session being finished now is younger than the cutoff.
         purged += self.storage.cleanup(cutoff).await?;
         Ok(purged)
+    }
+}
+
+/// A session that is gone (finished, cancelled, purged, sealed) is unknown to the client, not a
+/// storage failure.
+fn unknown_if_gone(e: storage::Error) -> Error {
+    match e {
+        storage::Error::NotFound => Error::UploadUnknown,
+        e => e.into(),
     }
 }

@@ -62,8 +62,9 @@ fn sync_dir(dir: Option<&Path>) -> io::Result<()> {
     }
 }
 
-/// Opens `path` positioned at the range's start; returns the file and how many bytes to read.
-async fn open_range(path: PathBuf, range: Option<ByteRange>) -> Result<(std::fs::File, u64)> {
+/// Opens `path` positioned at the range's start; returns the file, how many bytes to read, and
+/// the file's whole length.
+async fn open_range(path: PathBuf, range: Option<ByteRange>) -> Result<(std::fs::File, u64, u64)> {
     blocking(move || {
         let mut file = std::fs::File::open(path)?;
         let size = file.metadata()?.len();
@@ -72,7 +73,7 @@ async fn open_range(path: PathBuf, range: Option<ByteRange>) -> Result<(std::fs:
             None => (0, size),
         };
         file.seek(io::SeekFrom::Start(start))?;
-        Ok((file, len))
+        Ok((file, len, size))
     })
     .await
     .map_err(not_found_as)
@@ -181,8 +182,11 @@ impl Storage for FsStorage {
         }
     }
 
-    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
-        let (file, len) = open_range(self.blob_path(digest), range).await?;
+    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>, size: u64) -> Result<ByteStream> {
+        let (file, len, stored) = open_range(self.blob_path(digest), range).await?;
+        if stored != size {
+            return Err(Error::Corrupt(format!("{digest} is {stored} bytes on disk, its link records {size}")));
+        }
         Ok(read_ahead(file, len))
     }
 
@@ -194,8 +198,13 @@ impl Storage for FsStorage {
         let dest = self.blob_path(digest);
         let tmp = self.tmp_dir();
         blocking(move || {
-            if dest.exists() {
-                return Ok(());
+            // Keep what is there only when it is exactly these bytes: a file under a digest
+            // that does not hash to it must never survive a write of the real content.
+            match std::fs::read(&dest) {
+                Ok(existing) if existing == bytes.as_ref() => return Ok(()),
+                Ok(_) => tracing::warn!(path = %dest.display(), "replacing content that did not match its digest"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
             write_atomic(&tmp, &dest, &bytes)
         })
@@ -217,6 +226,13 @@ impl Storage for FsStorage {
 
     async fn upload_state(&self, id: &UploadId) -> Result<Bytes> {
         Ok(tokio::fs::read(self.upload_dir(id).join("state")).await.map_err(not_found_as)?.into())
+    }
+
+    async fn upload_seal(&self, id: &UploadId) -> Result<()> {
+        // A rename is atomic: exactly one caller moves `state` away; everyone else, and every
+        // later `upload_state`, finds it gone.
+        let dir = self.upload_dir(id);
+        blocking(move || std::fs::rename(dir.join("state"), dir.join("sealed"))).await.map_err(not_found_as)
     }
 
     async fn upload_append_observed(
@@ -288,27 +304,34 @@ impl Storage for FsStorage {
     }
 
     async fn upload_read(&self, id: &UploadId, range: Option<ByteRange>) -> Result<ByteStream> {
-        let (file, len) = open_range(self.upload_dir(id).join("data"), range).await?;
+        let (file, len, _) = open_range(self.upload_dir(id).join("data"), range).await?;
         Ok(read_ahead(file, len))
     }
 
-    async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()> {
+    async fn upload_commit(&self, id: &UploadId, digest: &Digest, size: u64) -> Result<()> {
         let dir = self.upload_dir(id);
         let dest = self.blob_path(digest);
+        let what = digest.to_string();
         blocking(move || {
             let data = dir.join("data");
-            if !dest.exists() {
-                std::fs::File::open(&data)?.sync_all()?;
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::rename(&data, &dest)?;
-                sync_dir(dest.parent())?;
+            let file = std::fs::File::open(&data)?;
+            let held = file.metadata()?.len();
+            if held != size {
+                // The caller verified `size` bytes; anything else must not go under the digest.
+                return Ok(Err(Error::Corrupt(format!("upload for {what} holds {held} bytes, {size} were verified"))));
             }
-            std::fs::remove_dir_all(&dir)
+            file.sync_all()?;
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            // Replaces whatever was there (readers holding the old file keep reading it): the
+            // verified bytes always win.
+            std::fs::rename(&data, &dest)?;
+            sync_dir(dest.parent())?;
+            std::fs::remove_dir_all(&dir).map(Ok)
         })
         .await
-        .map_err(not_found_as)
+        .map_err(not_found_as)?
     }
 
     async fn upload_delete(&self, id: &UploadId) -> Result<()> {

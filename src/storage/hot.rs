@@ -3,7 +3,7 @@
 //! records are cached only when a TTL is configured (by default never, so replicas sharing a
 //! bucket agree at once), and this process's own writes invalidate them.
 
-use super::{ByteRange, ByteStream, Key, OnWritten, Result, Storage, UploadId};
+use super::{ByteRange, ByteStream, Error, Key, OnWritten, Result, Storage, UploadId};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use async_trait::async_trait;
@@ -77,25 +77,29 @@ impl Storage for HotTier {
         self.inner.blob_size(digest).await
     }
 
-    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
+    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>, size: u64) -> Result<ByteStream> {
         if let Some(b) = self.cached(digest).await {
+            if b.len() as u64 != size {
+                return Err(Error::Corrupt(format!("{digest} is {} bytes, its link records {size}", b.len())));
+            }
             let part = match range {
-                Some(r) => b.slice((r.start as usize).min(b.len())..((r.end + 1) as usize).min(b.len())),
+                Some(r) => {
+                    let end = usize::try_from(r.end.saturating_add(1)).unwrap_or(usize::MAX).min(b.len());
+                    b.slice(usize::try_from(r.start).unwrap_or(usize::MAX).min(end)..end)
+                }
                 None => b,
             };
             return Ok(futures_util::stream::once(async move { Ok(part) }).boxed());
         }
-        // Small blobs are read whole once, so the next read is from memory.
-        if range.is_none() {
-            if let Some(size) = self.inner.blob_size(digest).await? {
-                if size <= self.max_object {
-                    let bytes = self.inner.blob_read_small(digest).await?;
-                    self.remember(digest, &bytes).await;
-                    return Ok(futures_util::stream::once(async move { Ok(bytes) }).boxed());
-                }
+        // Small blobs are read whole once (and verified), so the next read is from memory.
+        if range.is_none() && size <= self.max_object {
+            let bytes = self.blob_read_small(digest).await?;
+            if bytes.len() as u64 != size {
+                return Err(Error::Corrupt(format!("{digest} is {} bytes, its link records {size}", bytes.len())));
             }
+            return Ok(futures_util::stream::once(async move { Ok(bytes) }).boxed());
         }
-        self.inner.blob_read(digest, range).await
+        self.inner.blob_read(digest, range, size).await
     }
 
     async fn blob_url(&self, digest: &Digest) -> Result<Option<String>> {
@@ -107,6 +111,10 @@ impl Storage for HotTier {
             return Ok(b);
         }
         let bytes = self.inner.blob_read_small(digest).await?;
+        // Only verified bytes are kept in memory, where they are served from for good.
+        if !digest.matches(&bytes) {
+            return Err(Error::Corrupt(format!("the stored bytes of {digest} do not hash to it")));
+        }
         self.remember(digest, &bytes).await;
         Ok(bytes)
     }
@@ -125,6 +133,10 @@ impl Storage for HotTier {
         self.inner.upload_state(id).await
     }
 
+    async fn upload_seal(&self, id: &UploadId) -> Result<()> {
+        self.inner.upload_seal(id).await
+    }
+
     async fn upload_append_observed(&self, id: &UploadId, body: ByteStream, on_written: OnWritten<'_>) -> Result<u64> {
         self.inner.upload_append_observed(id, body, on_written).await
     }
@@ -141,8 +153,8 @@ impl Storage for HotTier {
         self.inner.upload_read(id, range).await
     }
 
-    async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()> {
-        self.inner.upload_commit(id, digest).await
+    async fn upload_commit(&self, id: &UploadId, digest: &Digest, size: u64) -> Result<()> {
+        self.inner.upload_commit(id, digest, size).await
     }
 
     async fn upload_delete(&self, id: &UploadId) -> Result<()> {

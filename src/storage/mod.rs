@@ -29,6 +29,14 @@ pub enum Error {
     /// The stream being written failed (the client went away); what arrived before is kept.
     #[error("the incoming stream failed: {0}")]
     Incoming(io::Error),
+    /// Another writer got there first: the write was conditional and its condition no longer
+    /// holds (an upload segment at that offset exists, a session is already sealed).
+    #[error("a concurrent write got there first")]
+    Conflict,
+    /// What is stored is not what was recorded (a blob whose length differs from the size its
+    /// link records, content that does not hash to its digest); never served.
+    #[error("stored content is corrupt: {0}")]
+    Corrupt(String),
     /// The backend failed.
     #[error("storage I/O failed: {0}")]
     Io(#[from] io::Error),
@@ -47,9 +55,9 @@ pub struct ByteRange {
 }
 
 impl ByteRange {
-    /// Number of bytes in the range.
+    /// Number of bytes in the range (saturating: a range is built only from checked numbers).
     pub fn len(&self) -> u64 {
-        self.end - self.start + 1
+        self.end.saturating_sub(self.start).saturating_add(1)
     }
 
     /// Never true: a range holds at least one byte.
@@ -66,22 +74,32 @@ pub type OnWritten<'a> = &'a (dyn Fn(u64) + Send + Sync);
 pub trait Storage: Send + Sync + 'static {
     /// The size of a blob, or `None` when it is not stored.
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
-    /// Streams a blob, or the given range of it; `NotFound` when absent.
-    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream>;
+    /// Streams a blob of `size` bytes (the size its link records), or the given range of it;
+    /// `NotFound` when absent, `Corrupt` when the stored object is not `size` bytes long, so a
+    /// short or long object is never served as complete.
+    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>, size: u64) -> Result<ByteStream>;
     /// Reads a small blob (a manifest) whole; `NotFound` when absent.
     async fn blob_read_small(&self, digest: &Digest) -> Result<Bytes>;
     /// A URL the client may download the blob from directly, when the backend offers one.
     async fn blob_url(&self, _digest: &Digest) -> Result<Option<String>> {
         Ok(None)
     }
-    /// Stores small content whose digest the caller computed from exactly these bytes.
+    /// Stores small content whose digest the caller computed from exactly these bytes. Whatever
+    /// was stored under the digest before is replaced unless it is byte-identical.
     async fn blob_put_small(&self, digest: &Digest, bytes: Bytes) -> Result<()>;
 
     /// Creates an empty upload session holding `state` (opaque to storage).
     async fn upload_create(&self, id: &UploadId, state: Bytes) -> Result<()>;
-    /// The session's state record; `NotFound` when there is no such session.
+    /// The session's state record; `NotFound` when there is no such session or it is sealed.
     async fn upload_state(&self, id: &UploadId) -> Result<Bytes>;
-    /// Appends a stream to the session's data and returns the new size.
+    /// Seals a session for its finish, exactly once across every process sharing the store:
+    /// afterwards [`Storage::upload_state`] answers `NotFound`, so no other request can use it;
+    /// a second seal gets `Conflict` (or `NotFound`).
+    async fn upload_seal(&self, id: &UploadId) -> Result<()>;
+    /// Appends a stream to the session's data and returns the new size. Appends to one session
+    /// must not overlap in one process (the registry holds the session's lock); on a store
+    /// shared by several processes each stored piece is written once, so an append racing
+    /// another replica's at the same offset fails with `Conflict` instead of overwriting it.
     async fn upload_append(&self, id: &UploadId, body: ByteStream) -> Result<u64> {
         self.upload_append_observed(id, body, &|_| {}).await
     }
@@ -98,8 +116,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Streams the data received so far, or a range of it (to re-hash it after a restart, or to
     /// serve a fill in progress).
     async fn upload_read(&self, id: &UploadId, range: Option<ByteRange>) -> Result<ByteStream>;
-    /// Makes the session's data durable and stores it under `digest`, which the caller has verified.
-    async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()>;
+    /// Makes exactly the first `size` bytes of the session's data durable under `digest` (the
+    /// caller verified those bytes, and only those, against it), replacing whatever was stored
+    /// under the digest unless it is already `size` bytes long, then removes the session.
+    /// `Corrupt` when the session does not hold exactly that prefix.
+    async fn upload_commit(&self, id: &UploadId, digest: &Digest, size: u64) -> Result<()>;
     /// Removes a session and its data; absent sessions are not an error.
     async fn upload_delete(&self, id: &UploadId) -> Result<()>;
     /// Every session with the time of its last write, for purging abandoned ones.

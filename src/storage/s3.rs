@@ -185,6 +185,11 @@ impl S3Storage {
     }
 
     async fn get(&self, key: String, range: Option<ByteRange>) -> Result<Option<S3Body>> {
+        Ok(self.get_sized(key, range).await?.map(|(body, _)| body))
+    }
+
+    /// A GET that also returns the whole object's size (from `Content-Range` for a range).
+    async fn get_sized(&self, key: String, range: Option<ByteRange>) -> Result<Option<(S3Body, Option<u64>)>> {
         let mut req = self.client.get_object().bucket(&self.bucket).key(key);
         if let Some(r) = range {
             req = req.range(format!("bytes={}-{}", r.start, r.end));
@@ -193,9 +198,33 @@ impl S3Storage {
         let result = req.send().await;
         self.observe("GetObject", started, &result);
         match result {
-            Ok(out) => Ok(Some(out.body)),
+            Ok(out) => {
+                let total = match out.content_range() {
+                    Some(cr) => cr.rsplit('/').next().and_then(|t| t.parse().ok()),
+                    None => out.content_length().and_then(|l| u64::try_from(l).ok()),
+                };
+                Ok(Some((out.body, total)))
+            }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) => Err(io_error("GetObject", detail(&e))),
+        }
+    }
+
+    /// Creates `key` only if it does not exist (`If-None-Match: *`); `Conflict` when it does.
+    async fn put_if_absent(&self, key: String, body: Bytes) -> Result<()> {
+        let req = with_sse!(
+            self,
+            self.client.put_object().bucket(&self.bucket).key(key).body(S3Body::from(body)).if_none_match("*")
+        );
+        let started = Instant::now();
+        let result = req.send().await;
+        self.observe("PutObject", started, &result);
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412) | Some(409)) => {
+                Err(Error::Conflict)
+            }
+            Err(e) => Err(io_error("PutObject", detail(&e))),
         }
     }
 
@@ -352,7 +381,11 @@ impl S3Storage {
             }
             return Ok(parts);
         }
-        let mut data = self.upload_read(id, None).await?;
+        let total: u64 = segs.iter().map(|s| s.2).sum();
+        let mut data = match total {
+            0 => futures_util::stream::empty().boxed(),
+            _ => self.upload_read(id, Some(ByteRange { start: 0, end: total - 1 })).await?,
+        };
         let mut buf = BytesMut::with_capacity(self.part_size);
         let mut n = 0;
         loop {
@@ -396,9 +429,12 @@ impl Storage for S3Storage {
         Ok(self.head(self.blob_key(digest)).await?.map(|(size, _)| size))
     }
 
-    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<ByteStream> {
-        match self.get(self.blob_key(digest), range).await? {
-            Some(body) => Ok(body_stream(body)),
+    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>, size: u64) -> Result<ByteStream> {
+        match self.get_sized(self.blob_key(digest), range).await? {
+            Some((body, Some(stored))) if stored == size => Ok(body_stream(body)),
+            Some((_, stored)) => {
+                Err(Error::Corrupt(format!("{digest} is {stored:?} bytes in S3, its link records {size}")))
+            }
             None => Err(Error::NotFound),
         }
     }
@@ -442,6 +478,15 @@ impl Storage for S3Storage {
         }
     }
 
+    async fn upload_seal(&self, id: &UploadId) -> Result<()> {
+        // Exactly one replica creates the marker; then the state goes, so every replica's
+        // `upload_state` answers NotFound from here on.
+        self.put_if_absent(format!("{}sealed", self.upload_prefix(id)), Bytes::new()).await?;
+        let state = format!("{}state", self.upload_prefix(id));
+        self.send("DeleteObject", self.client.delete_object().bucket(&self.bucket).key(state).send()).await?;
+        Ok(())
+    }
+
     async fn upload_append_observed(
         &self,
         id: &UploadId,
@@ -463,7 +508,9 @@ impl Storage for S3Storage {
                 let take = buf.len().min(self.part_size);
                 let segment = buf.split_to(take).freeze();
                 let len = segment.len() as u64;
-                self.put(self.segment_key(id, offset), segment).await?;
+                // Write-once: a replica racing this append at the same offset cannot replace
+                // bytes another append (and its running digest) already accounted for.
+                self.put_if_absent(self.segment_key(id, offset), segment).await?;
                 offset += len;
                 on_written(offset);
             }
@@ -520,10 +567,25 @@ impl Storage for S3Storage {
         Ok(stream.boxed())
     }
 
-    async fn upload_commit(&self, id: &UploadId, digest: &Digest) -> Result<()> {
+    async fn upload_commit(&self, id: &UploadId, digest: &Digest, size: u64) -> Result<()> {
         let dest = self.blob_key(digest);
-        if self.head(dest.clone()).await?.is_none() {
-            let segs = self.segments(id).await?;
+        // Exactly the segments that tile the verified bytes: segments are written once per
+        // offset, so these hold the very bytes the caller hashed; any written after (by a
+        // request racing the finish on another replica) are left out and deleted below.
+        let mut segs = self.segments(id).await?;
+        let mut end = 0u64;
+        let keep = segs.iter().take_while(|s| {
+            let before = end;
+            end = end.saturating_add(s.2);
+            before < size
+        });
+        let keep = keep.count();
+        segs.truncate(keep);
+        let held: u64 = segs.iter().map(|s| s.2).sum();
+        if held != size {
+            return Err(Error::Corrupt(format!("upload for {digest} holds {held} bytes, {size} were verified")));
+        }
+        if self.head(dest.clone()).await?.map(|(stored, _)| stored) != Some(size) {
             self.assemble(id, &segs, &dest).await?;
         }
         self.upload_delete(id).await

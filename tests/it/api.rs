@@ -290,14 +290,25 @@ async fn manifest_validation() {
     // None of those created a tag.
     let tags: serde_json::Value = f.client.get(f.url("/v2/val/tags/list")).send().await.unwrap().json().await.unwrap();
     assert_eq!(tags["tags"], json!([]));
-    // Schema 1 is stored and served as opaque JSON.
-    let s1 = br#"{"schemaVersion":1,"name":"val","tag":"old","signatures":[]}"#;
+    // Schema 1 is checked as schema 1 (its layers must be in the repository), then stored and
+    // served byte-identical.
+    let layer = f.push_blob("val", b"schema 1 layer").await;
+    let s1 = |blob_sum: &str| {
+        serde_json::to_vec_pretty(&json!({
+            "schemaVersion": 1, "name": "val", "tag": "old", "architecture": "amd64",
+            "fsLayers": [{"blobSum": blob_sum}], "history": [{"v1Compatibility": "{}"}],
+            "signatures": [{"header": {"alg": "ES256"}, "signature": "c2ln", "protected": "cHJvdA"}],
+        }))
+        .unwrap()
+    };
     let ct = "application/vnd.docker.distribution.manifest.v1+prettyjws";
-    let resp = f.put_manifest("val", "old", ct, s1).await;
+    let resp = f.put_manifest("val", "old", ct, &s1(&layer)).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let resp = f.client.get(f.url("/v2/val/manifests/old")).send().await.unwrap();
     assert_eq!(header(&resp, "content-type"), ct);
-    assert_eq!(resp.bytes().await.unwrap().as_ref(), s1);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &s1(&layer)[..]);
+    let resp = f.put_manifest("val", "old2", ct, &s1(&absent)).await;
+    assert_eq!(error_code(resp).await, "MANIFEST_BLOB_UNKNOWN");
 }
 
 #[tokio::test]

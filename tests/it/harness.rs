@@ -37,6 +37,7 @@ pub struct TestFerry {
     pub admin: String,
     pub client: Client,
     pub s3: Option<crate::s3::Moto>,
+    pub config: Config,
 }
 
 /// A config for tests: loopback, port 0, data in `dir`.
@@ -68,10 +69,63 @@ impl TestFerry {
             None
         };
         change(&mut config);
-        let server = ferry::start(config).await.expect("ferry starts");
+        let server = ferry::start(config.clone()).await.expect("ferry starts");
         let base = format!("http://{}", server.addr);
         let admin = format!("http://{}", server.admin_addr);
-        Self { server: Some(server), dir, base, admin, client: Client::new(), s3 }
+        Self { server: Some(server), dir, base, admin, client: Client::new(), s3, config }
+    }
+
+    /// Stops this Ferry and starts a new one on the same storage (new ports, empty hot tier,
+    /// nothing in memory carried over).
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        let server = ferry::start(self.config.clone()).await.expect("ferry restarts");
+        self.base = format!("http://{}", server.addr);
+        self.admin = format!("http://{}", server.admin_addr);
+        self.server = Some(server);
+    }
+
+    /// Every key under `blobs/` whose stored bytes do not hash to the digest the key names,
+    /// read straight from the backend (no hot tier, no link sizes to hide behind).
+    pub async fn corrupt_blobs(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        for (key, _) in self.stored_objects().await {
+            let Some(hex) = key.strip_prefix("blobs/sha256/").and_then(|r| r.split('/').nth(1)) else { continue };
+            let bytes = self.read_raw(&key).await;
+            if digest(&bytes) != format!("sha256:{hex}") {
+                bad.push(format!("{key} ({} bytes)", bytes.len()));
+            }
+        }
+        bad
+    }
+
+    /// The bytes stored under `key` (relative to the store's root), from the backend itself.
+    pub async fn read_raw(&self, key: &str) -> Vec<u8> {
+        match &self.s3 {
+            None => std::fs::read(self.data_dir().join(key)).unwrap(),
+            Some(moto) => {
+                let out = moto.client().get_object().bucket("ferry").key(key).send().await.unwrap();
+                out.body.collect().await.unwrap().into_bytes().to_vec()
+            }
+        }
+    }
+
+    /// Writes `bytes` under `key` in the backend itself, behind Ferry's back (to stand for
+    /// content damaged outside Ferry, or left by an older version).
+    pub async fn write_raw(&self, key: &str, bytes: &[u8]) {
+        match &self.s3 {
+            None => {
+                let path = self.data_dir().join(key);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
+            Some(moto) => {
+                let body = aws_sdk_s3::primitives::ByteStream::from(bytes.to_vec());
+                moto.client().put_object().bucket("ferry").key(key).body(body).send().await.unwrap();
+            }
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -180,6 +234,8 @@ pub struct FerryProcess {
     pub child: Child,
     pub base: String,
     pub admin: String,
+    /// Every log line it has written so far (JSON, one event a line).
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl FerryProcess {
@@ -210,9 +266,15 @@ impl FerryProcess {
                 break (field("addr"), field("admin_addr"));
             }
         };
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, base: format!("http://{addr}"), admin: format!("http://{admin}") }
+        // Keep draining the log so the child never blocks on a full pipe, and keep it to read.
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Self { child, base: format!("http://{addr}"), admin: format!("http://{admin}"), logs }
     }
 
     /// Peak resident memory so far (VmHWM), in bytes.
@@ -271,6 +333,22 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The sum of every series of a metric, labelled or not, whose labels contain each of
+/// `labels` (e.g. `source="upstream"`); 0 when there is none.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (series, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            labels.iter().all(|want| series.contains(want)).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// A response header as a string ("" when absent).
 pub fn header(resp: &Response, name: &str) -> String {
     resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
@@ -310,5 +388,58 @@ pub async fn patch_chunks(client: &Client, base: &str, location: &str, data: &[u
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::ACCEPTED, "{start}-{end}");
+    }
+}
+
+/// The storage key of a digest's content.
+pub fn blob_key(digest: &str) -> String {
+    let hex = digest.trim_start_matches("sha256:");
+    format!("blobs/sha256/{}/{hex}", &hex[..2])
+}
+
+/// Polls `check` until it holds, failing the test with `what` after `within`. For states that
+/// settle on their own (a permit released when a connection closes, a purge that runs on a
+/// timer), never as a stand-in for waiting on something the test itself controls.
+pub async fn eventually<F, Fut>(what: &str, within: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A small seeded generator (xorshift64*), so a failing interleaving can be replayed from the
+/// seed a test prints.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// The test's seed: `FERRY_TEST_SEED` when set (to replay a failure), else a new one each
+    /// run, so runs explore different interleavings. Printed, so a failure shows it.
+    pub fn seed(test: &str) -> u64 {
+        let seed = std::env::var("FERRY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+        });
+        eprintln!("{test}: seed {seed} (replay with FERRY_TEST_SEED={seed})");
+        seed
     }
 }

@@ -4,8 +4,11 @@
 mod api;
 mod clients;
 mod durability;
+mod fuzz;
 mod harness;
 mod images;
+mod integrity;
+mod limits;
 mod malformed;
 mod mirrors;
 mod operations;

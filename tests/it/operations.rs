@@ -137,3 +137,69 @@ async fn abandoned_uploads_are_purged() {
     }
     assert_eq!(metric(&f.metrics().await, "ferry_uploads_purged_total"), 1.0);
 }
+
+/// Finding 9: an invalid log filter is refused by `config check` and by `serve` (which once
+/// started and printed nothing at all), naming the key.
+#[test]
+fn an_invalid_log_level_is_refused_not_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[log]\nlevel = \"verbose!!\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry")).args(["config", "check"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log.level"));
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("FERRY_CONFIG", &bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log.level"), "serve says why it will not start");
+}
+
+/// Finding 9: an unreachable upstream is an upstream error, not a storage one; JSON log lines
+/// carry each key once; text logs written to a pipe carry no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_labelled_by_source_and_logs_are_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, format!("[[pull_through]]\nprefix = \"up\"\nupstream = \"http://{dead}\"\n")).unwrap();
+    let config_path = config.to_str().unwrap();
+    let ferry = FerryProcess::start_env(&dir.path().join("data"), &[("FERRY_CONFIG", config_path)]);
+    let client = reqwest::Client::new();
+    let resp = client.get(format!("{}/v2/up/library/x/manifests/v1", ferry.base)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let metrics = client.get(format!("{}/metrics", ferry.admin)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric_sum(&metrics, "ferry_storage_errors_total", &[]), 0.0, "storage was fine");
+    assert!(metric_sum(&metrics, "ferry_http_errors_total", &["source=\"upstream\""]) >= 1.0, "{metrics}");
+    eventually("the failure is logged", Duration::from_secs(10), || async {
+        ferry.logs.lock().unwrap().iter().any(|l| l.contains("request failed"))
+    })
+    .await;
+    for line in ferry.logs.lock().unwrap().iter() {
+        assert_eq!(line.matches("\"message\":").count(), 1, "one message key: {line}");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if line.contains("request failed") {
+            assert_eq!(v["fields"]["source"], "upstream", "{line}");
+            assert!(v["fields"]["error"].as_str().is_some_and(|e| e.contains("unreachable") || !e.is_empty()));
+        }
+    }
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("text"))
+        .env("FERRY_CONFIG", "/dev/null")
+        .env("FERRY_LOG_FORMAT", "text")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("ferry started"), "{line}");
+    assert!(!line.contains('\u{1b}'), "no ANSI codes in a pipe: {line:?}");
+}

@@ -149,11 +149,19 @@ async fn storage_contract(store: Arc<dyn Storage>) {
     let small = Bytes::from_static(b"{\"small\":true}");
     let d = Digest::sha256_of(&small);
     assert_eq!(store.blob_size(&d).await.unwrap(), None);
-    assert!(matches!(store.blob_read(&d, None).await, Err(storage::Error::NotFound)));
+    let len = small.len() as u64;
+    assert!(matches!(store.blob_read(&d, None, len).await, Err(storage::Error::NotFound)));
     store.blob_put_small(&d, small.clone()).await.unwrap();
-    assert_eq!(store.blob_size(&d).await.unwrap(), Some(small.len() as u64));
+    assert_eq!(store.blob_size(&d).await.unwrap(), Some(len));
     assert_eq!(store.blob_read_small(&d).await.unwrap(), small);
-    assert_eq!(collect(store.blob_read(&d, Some(ByteRange { start: 2, end: 6 })).await.unwrap()).await, &small[2..=6]);
+    assert_eq!(
+        collect(store.blob_read(&d, Some(ByteRange { start: 2, end: 6 }), len).await.unwrap()).await,
+        &small[2..=6]
+    );
+    // A stored object of another length than its link records is never streamed as if whole.
+    for wrong in [len - 1, len + 1] {
+        assert!(matches!(store.blob_read(&d, None, wrong).await, Err(storage::Error::Corrupt(_))), "{wrong}");
+    }
 
     // Records: put, get, list one level, delete.
     let name = ferry::oci::RepositoryName::parse("team/app").unwrap();
@@ -191,9 +199,17 @@ async fn storage_contract(store: Arc<dyn Storage>) {
     assert_eq!(collect(store.upload_read(&id, None).await.unwrap()).await, data);
     assert!(store.upload_list().await.unwrap().iter().any(|(u, _)| *u == id));
     let big = Digest::parse(&digest(&data)).unwrap();
-    store.upload_commit(&id, &big).await.unwrap();
-    assert_eq!(store.blob_size(&big).await.unwrap(), Some(data.len() as u64));
-    assert_eq!(collect(store.blob_read(&big, None).await.unwrap()).await, data);
+    // Sealed once: then no one (on any replica) sees the session's state, and a second seal fails.
+    store.upload_seal(&id).await.unwrap();
+    assert!(matches!(store.upload_state(&id).await, Err(storage::Error::NotFound)));
+    assert!(matches!(store.upload_seal(&id).await, Err(storage::Error::Conflict | storage::Error::NotFound)));
+    // Committing more bytes than the session holds stores nothing.
+    let held = data.len() as u64;
+    assert!(matches!(store.upload_commit(&id, &big, held + 1).await, Err(storage::Error::Corrupt(_))));
+    assert_eq!(store.blob_size(&big).await.unwrap(), None);
+    store.upload_commit(&id, &big, held).await.unwrap();
+    assert_eq!(store.blob_size(&big).await.unwrap(), Some(held));
+    assert_eq!(collect(store.blob_read(&big, None, held).await.unwrap()).await, data);
     assert!(matches!(store.upload_state(&id).await, Err(storage::Error::NotFound)));
     assert!(!store.upload_list().await.unwrap().iter().any(|(u, _)| *u == id));
 
@@ -262,6 +278,38 @@ async fn an_upload_whose_segments_are_going_reads_as_gone_not_shifted() {
     let first = format!("uploads/{id}/seg/{:020}", 0);
     sdk.delete_object().bucket("going").key(&first).send().await.unwrap();
     assert!(matches!(store.upload_read(&id, Some(range)).await, Err(storage::Error::NotFound)));
+}
+
+/// Two replicas appending to one session at the same offset at once: segments are written
+/// once, so one append wins and the other gets `Conflict`; the upload holds exactly the
+/// winner's bytes, never a mix and never the loser's bytes under the winner's running digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_appending_at_one_offset_never_overwrite_each_other() {
+    let moto = Moto::start();
+    moto.bucket("race").await;
+    let mut c = Config::default();
+    moto.configure(&mut c, "race");
+    let a = ferry::storage::s3::S3Storage::connect(&c.storage.s3, None).await.unwrap();
+    let b = ferry::storage::s3::S3Storage::connect(&c.storage.s3, None).await.unwrap();
+    let id = UploadId::new();
+    a.upload_create(&id, Bytes::from_static(b"{}")).await.unwrap();
+    // Each body waits until both appends have read the session's size (0) and asked for bytes.
+    let gate = Arc::new(tokio::sync::Barrier::new(2));
+    let gated = |byte: u8| {
+        let gate = gate.clone();
+        futures_util::stream::once(async move {
+            gate.wait().await;
+            Ok(Bytes::from(vec![byte; 1000]))
+        })
+        .boxed()
+    };
+    let (ra, rb) = tokio::join!(a.upload_append(&id, gated(b'a')), b.upload_append(&id, gated(b'b')));
+    let won = match (&ra, &rb) {
+        (Ok(1000), Err(storage::Error::Conflict)) => b'a',
+        (Err(storage::Error::Conflict), Ok(1000)) => b'b',
+        other => panic!("one append must win and one conflict: {other:?}"),
+    };
+    assert_eq!(collect(a.upload_read(&id, None).await.unwrap()).await, vec![won; 1000]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
