@@ -3,6 +3,13 @@
 //! [`start`] is the one entry point, used by `main` and by the tests: it opens storage,
 //! binds the registry and admin listeners and returns a [`RunningServer`].
 
+// Numbers from clients and upstreams (ranges, offsets, sizes, counts, TTLs) must never wrap
+// or panic: every arithmetic operation is checked, saturating, or allowed with a reason where
+// the operands are in-memory lengths; casts that could truncate go through `try_from`.
+#![warn(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+// Unit tests compute expectations freely; the library itself is held to the rule above.
+#![cfg_attr(test, allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation))]
+
 pub mod config;
 pub mod http;
 pub mod metrics;

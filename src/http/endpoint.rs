@@ -133,79 +133,83 @@ impl Endpoint {
             .decode_utf8()
             .map_err(|_| OciError::new(ErrorCode::NameInvalid, "the path is not valid UTF-8"))?;
         let segments: Vec<&str> = decoded.split('/').collect();
-        let n = segments.len();
-        let name_of = |end: usize| -> Result<RepositoryName, OciError> {
-            let name = segments[..end].join("/");
+        let name_of = |parts: &[&str]| -> Result<RepositoryName, OciError> {
+            let name = parts.join("/");
             RepositoryName::parse(&name).map_err(|e| {
                 OciError::new(ErrorCode::NameInvalid, e.to_string())
                     .with_detail(serde_json::json!({ "name": name.chars().take(300).collect::<String>() }))
             })
         };
         let digest_of = |s: &str| Digest::parse(s).map_err(|e| OciError::new(ErrorCode::DigestInvalid, e.to_string()));
-        // Scan from the right: the last segments say which endpoint it is.
-        if n >= 3 && segments[n - 2] == "tags" && segments[n - 1] == "list" {
-            let name = name_of(n - 2)?;
-            return one_method(method, &[Method::GET]).map(|_| Self::TagsList(name));
-        }
-        if n >= 3 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads" {
-            let name = name_of(n - 3)?;
-            if segments[n - 1].is_empty() {
-                return one_method(method, &[Method::POST]).map(|_| Self::UploadStart(name));
+        // Scan from the right: the last segments say which endpoint it is; everything before
+        // them (at least one segment) is the repository name.
+        match segments.as_slice() {
+            [name @ .., "tags", "list"] if !name.is_empty() => {
+                let name = name_of(name)?;
+                one_method(method, &[Method::GET]).map(|_| Self::TagsList(name))
             }
-            let id = UploadId::parse(segments[n - 1])
-                .ok_or_else(|| OciError::new(ErrorCode::BlobUploadUnknown, "upload id is not a known session"))?;
-            return match *method {
-                Method::GET | Method::HEAD => Ok(Self::UploadStatus(name, id)),
-                Method::PATCH => Ok(Self::UploadChunk(name, id)),
-                Method::PUT => Ok(Self::UploadFinish(name, id)),
-                Method::DELETE => Ok(Self::UploadCancel(name, id)),
-                _ => Err(method_not_allowed()),
-            };
-        }
-        if n >= 2 && segments[n - 2] == "blobs" && segments[n - 1] == "uploads" {
-            let name = name_of(n - 2)?;
-            return one_method(method, &[Method::POST]).map(|_| Self::UploadStart(name));
-        }
-        if n >= 3 && segments[n - 2] == "blobs" {
-            let name = name_of(n - 2)?;
-            let digest = digest_of(segments[n - 1])?;
-            return match *method {
-                Method::GET => Ok(Self::BlobGet(name, digest)),
-                Method::HEAD => Ok(Self::BlobHead(name, digest)),
-                Method::DELETE => Ok(Self::BlobDelete(name, digest)),
-                _ => Err(method_not_allowed()),
-            };
-        }
-        if n >= 3 && segments[n - 2] == "manifests" {
-            let name = name_of(n - 2)?;
-            let reference = Reference::parse(segments[n - 1]).map_err(|e| match (e, method) {
-                // Only a PUT names a reference to create: anything else asks for a manifest,
-                // and one under a reference that cannot exist is simply not found.
-                (_, m) if *m != Method::PUT => OciError::new(
-                    ErrorCode::ManifestUnknown,
-                    "manifest unknown: the reference is neither a valid tag nor a digest",
-                )
-                .with_detail(serde_json::json!({ "reference": segments[n - 1].chars().take(300).collect::<String>() })),
-                (crate::oci::name::ReferenceError::Digest(e), _) => {
-                    OciError::new(ErrorCode::DigestInvalid, e.to_string())
+            [name @ .., "blobs", "uploads", id] if !name.is_empty() => {
+                let name = name_of(name)?;
+                if id.is_empty() {
+                    return one_method(method, &[Method::POST]).map(|_| Self::UploadStart(name));
                 }
-                (crate::oci::name::ReferenceError::Tag(e), _) => OciError::new(ErrorCode::TagInvalid, e.to_string()),
-            })?;
-            return match *method {
-                Method::GET => Ok(Self::ManifestGet(name, reference)),
-                Method::HEAD => Ok(Self::ManifestHead(name, reference)),
-                Method::PUT => Ok(Self::ManifestPut(name, reference)),
-                Method::DELETE => Ok(Self::ManifestDelete(name, reference)),
-                _ => Err(method_not_allowed()),
-            };
+                let id = UploadId::parse(id)
+                    .ok_or_else(|| OciError::new(ErrorCode::BlobUploadUnknown, "upload id is not a known session"))?;
+                match *method {
+                    Method::GET | Method::HEAD => Ok(Self::UploadStatus(name, id)),
+                    Method::PATCH => Ok(Self::UploadChunk(name, id)),
+                    Method::PUT => Ok(Self::UploadFinish(name, id)),
+                    Method::DELETE => Ok(Self::UploadCancel(name, id)),
+                    _ => Err(method_not_allowed()),
+                }
+            }
+            [name @ .., "blobs", "uploads"] if !name.is_empty() => {
+                let name = name_of(name)?;
+                one_method(method, &[Method::POST]).map(|_| Self::UploadStart(name))
+            }
+            [name @ .., "blobs", digest] if !name.is_empty() => {
+                let name = name_of(name)?;
+                let digest = digest_of(digest)?;
+                match *method {
+                    Method::GET => Ok(Self::BlobGet(name, digest)),
+                    Method::HEAD => Ok(Self::BlobHead(name, digest)),
+                    Method::DELETE => Ok(Self::BlobDelete(name, digest)),
+                    _ => Err(method_not_allowed()),
+                }
+            }
+            [name @ .., "manifests", reference] if !name.is_empty() => {
+                let name = name_of(name)?;
+                let reference = parse_reference(method, reference)?;
+                match *method {
+                    Method::GET => Ok(Self::ManifestGet(name, reference)),
+                    Method::HEAD => Ok(Self::ManifestHead(name, reference)),
+                    Method::PUT => Ok(Self::ManifestPut(name, reference)),
+                    Method::DELETE => Ok(Self::ManifestDelete(name, reference)),
+                    _ => Err(method_not_allowed()),
+                }
+            }
+            [name @ .., "referrers", digest] if !name.is_empty() => {
+                let name = name_of(name)?;
+                let digest = digest_of(digest)?;
+                one_method(method, &[Method::GET]).map(|_| Self::Referrers(name, digest))
+            }
+            _ => Err(not_found()),
         }
-        if n >= 3 && segments[n - 2] == "referrers" {
-            let name = name_of(n - 2)?;
-            let digest = digest_of(segments[n - 1])?;
-            return one_method(method, &[Method::GET]).map(|_| Self::Referrers(name, digest));
-        }
-        Err(not_found())
     }
+}
+
+/// A manifest reference. Only a PUT names a reference to create, so only a PUT is told its tag
+/// or digest is malformed; for anything else a reference that cannot exist is not found.
+fn parse_reference(method: &Method, reference: &str) -> Result<Reference, OciError> {
+    Reference::parse(reference).map_err(|e| match e {
+        _ if *method != Method::PUT => OciError::new(
+            ErrorCode::ManifestUnknown,
+            "manifest unknown: the reference is neither a valid tag nor a digest",
+        )
+        .with_detail(serde_json::json!({ "reference": reference.chars().take(300).collect::<String>() })),
+        crate::oci::name::ReferenceError::Digest(e) => OciError::new(ErrorCode::DigestInvalid, e.to_string()),
+        crate::oci::name::ReferenceError::Tag(e) => OciError::new(ErrorCode::TagInvalid, e.to_string()),
+    })
 }
 
 fn not_found() -> OciError {

@@ -54,7 +54,7 @@ impl PerClient {
         if *n >= self.max {
             return None;
         }
-        *n += 1;
+        *n = n.saturating_add(1);
         Some(ClientSlot { owner: self.clone(), client })
     }
 

@@ -20,38 +20,25 @@ pub enum NameError {
 
 /// Checks one path component: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
 fn valid_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    if b.is_empty() {
-        return false;
-    }
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    let mut i = 0;
+    let alnum = |x: &u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    let mut bytes = c.bytes().peekable();
     // Each iteration consumes one alphanumeric run, then one separator.
     loop {
-        let start = i;
-        while i < b.len() && alnum(b[i]) {
-            i += 1;
+        let mut run = false;
+        while bytes.next_if(alnum).is_some() {
+            run = true;
         }
-        if i == start {
+        if !run {
             return false;
         }
-        if i == b.len() {
-            return true;
-        }
-        match b[i] {
-            b'.' => i += 1,
-            b'_' => {
-                i += 1;
-                if i < b.len() && b[i] == b'_' {
-                    i += 1;
-                }
+        match bytes.next() {
+            None => return true,
+            Some(b'.') => {}
+            Some(b'_') => {
+                bytes.next_if_eq(&b'_');
             }
-            b'-' => {
-                while i < b.len() && b[i] == b'-' {
-                    i += 1;
-                }
-            }
-            _ => return false,
+            Some(b'-') => while bytes.next_if_eq(&b'-').is_some() {},
+            Some(_) => return false,
         }
     }
 }

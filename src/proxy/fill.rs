@@ -50,8 +50,8 @@ impl Window {
         let mut held: u64 = c.iter().map(|(_, b)| b.len() as u64).sum();
         while held > keep {
             match c.front() {
-                Some((off, b)) if off + b.len() as u64 <= written => {
-                    held -= b.len() as u64;
+                Some((off, b)) if off.saturating_add(b.len() as u64) <= written => {
+                    held = held.saturating_sub(b.len() as u64);
                     c.pop_front();
                 }
                 _ => break,
@@ -63,9 +63,9 @@ impl Window {
     /// The bytes from `pos` up to `end` (exclusive) held in one chunk, if `pos` is in the window.
     fn slice(&self, pos: u64, end: u64) -> Option<Bytes> {
         let c = self.chunks.lock().ok()?;
-        let (off, b) = c.iter().find(|(off, b)| *off <= pos && pos < off + b.len() as u64)?;
-        let from = (pos - off) as usize;
-        let to = ((end - off) as usize).min(b.len());
+        let (off, b) = c.iter().find(|(off, b)| *off <= pos && pos < off.saturating_add(b.len() as u64))?;
+        let from = usize::try_from(pos.saturating_sub(*off)).ok()?;
+        let to = usize::try_from(end.saturating_sub(*off)).unwrap_or(usize::MAX).min(b.len());
         (from < to).then(|| b.slice(from..to))
     }
 }
@@ -191,7 +191,7 @@ impl Fills {
         let range = resolve(size).map_err(ReadError::Resolve)?;
         let (start, end) = match (range, size) {
             (Some(r), _) => (r.start, Some(r.end)),
-            (None, Some(s)) if s > 0 => (0, Some(s - 1)),
+            (None, Some(s)) if s > 0 => (0, Some(s.saturating_sub(1))),
             _ => (0, None),
         };
         let reader = Reader {
@@ -234,7 +234,7 @@ impl Reader {
             if let Some(stream) = &mut self.stored {
                 match stream.next().await {
                     Some(Ok(b)) => {
-                        self.pos += b.len() as u64;
+                        self.pos = self.pos.saturating_add(b.len() as u64);
                         return Some(Ok(b));
                     }
                     // The upload moved under its digest while it was read (S3 removes its
@@ -282,9 +282,9 @@ impl Reader {
                     // known end, that byte; otherwise the last byte received so far.
                     let got = state.received;
                     let readable = match self.end {
-                        _ if state.verified && got > 0 => Some((got - 1).min(self.end.unwrap_or(u64::MAX))),
-                        Some(end) if end > 0 && got > 0 => Some((got - 1).min(end - 1)),
-                        None if got >= 2 => Some(got - 2),
+                        _ if state.verified && got > 0 => Some(got.saturating_sub(1).min(self.end.unwrap_or(u64::MAX))),
+                        Some(end) if end > 0 && got > 0 => Some(got.saturating_sub(1).min(end.saturating_sub(1))),
+                        None if got >= 2 => Some(got.saturating_sub(2)),
                         _ => None,
                     };
                     if state.verified && readable.is_none_or(|last| self.pos > last) {
@@ -294,12 +294,12 @@ impl Reader {
                     if let Some(last) = readable.filter(|last| self.pos <= *last) {
                         // Keeping up: straight from memory. Behind the window: from storage, as
                         // far as it holds the bytes now.
-                        if let Some(b) = state.window.slice(self.pos, last + 1) {
-                            self.pos += b.len() as u64;
+                        if let Some(b) = state.window.slice(self.pos, last.saturating_add(1)) {
+                            self.pos = self.pos.saturating_add(b.len() as u64);
                             return Some(Ok(b));
                         }
                         if self.pos < state.written {
-                            match self.open_stored(true, last.min(state.written - 1)).await {
+                            match self.open_stored(true, last.min(state.written.saturating_sub(1))).await {
                                 Ok(()) => continue,
                                 // Moved under its digest (or removed) meanwhile: look at the state again.
                                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -393,7 +393,7 @@ impl FillJob {
         });
         let mut body = blob.body;
         let window = tx.borrow().window.clone();
-        let window_limit = WINDOW + self.storage.append_buffer_bytes();
+        let window_limit = WINDOW.saturating_add(self.storage.append_buffer_bytes());
         let mut progress = tx.subscribe();
         // One append for the whole fill, fed batch by batch, reports what is stored as it goes;
         // a hasher thread runs beside it. Both are off the receiving path, and every stage
@@ -427,10 +427,10 @@ impl FillJob {
         let mut ended = false;
         while !ended {
             let mut batch = Vec::new();
-            let mut len = 0;
+            let mut len: usize = 0;
             match body.next().await {
                 Some(Ok(b)) => {
-                    len += b.len();
+                    len = len.saturating_add(b.len());
                     batch.push(b);
                 }
                 Some(Err(e)) => return Err(FillError::Upstream(upstream::Error::Unreachable(base, e.to_string()))),
@@ -438,11 +438,12 @@ impl FillJob {
             }
             // Gather more for a moment: few wake-ups per megabyte, yet readers see bytes within
             // BATCH_WAIT.
-            let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+            let deadline =
+                tokio::time::Instant::now().checked_add(BATCH_WAIT).unwrap_or_else(tokio::time::Instant::now);
             while len < BATCH {
                 match tokio::time::timeout_at(deadline, body.next()).await {
                     Ok(Some(Ok(b))) => {
-                        len += b.len();
+                        len = len.saturating_add(b.len());
                         batch.push(b);
                     }
                     Ok(Some(Err(e))) => {
@@ -459,7 +460,7 @@ impl FillJob {
             let mut offset = received;
             for chunk in &batch {
                 window.push(offset, chunk.clone());
-                offset += chunk.len() as u64;
+                offset = offset.saturating_add(chunk.len() as u64);
             }
             received = offset;
             if blob.size.is_some_and(|s| received > s) {

@@ -104,7 +104,7 @@ fn parse_challenge(value: &str) -> Option<(String, HashMap<String, String>)> {
         let after = after.trim_start();
         let (val, remaining) = if let Some(quoted) = after.strip_prefix('"') {
             let end = quoted.find('"')?;
-            (&quoted[..end], &quoted[end + 1..])
+            (&quoted[..end], quoted.get(end.saturating_add(1)..).unwrap_or(""))
         } else {
             let end = after.find(',').unwrap_or(after.len());
             (&after[..end], &after[end..])
@@ -194,9 +194,10 @@ impl Upstream {
                     .token
                     .or(body.access_token)
                     .ok_or_else(|| Error::Invalid(realm.clone(), "token response without a token".into()))?;
-                // Renew a little early so a token never expires in flight.
-                let ttl = Duration::from_secs(body.expires_in.unwrap_or(60).max(10) - 5);
-                Auth::Bearer(token, Instant::now() + ttl)
+                // Renew a little early so a token never expires in flight; the upstream's number
+                // is capped at a day, so no answer can overflow the clock.
+                let ttl = Duration::from_secs(body.expires_in.unwrap_or(60).clamp(10, 86_400).saturating_sub(5));
+                Auth::Bearer(token, Instant::now().checked_add(ttl).unwrap_or_else(Instant::now))
             }
             Some((scheme, _)) if scheme == "basic" && self.credentials.is_some() => Auth::Basic,
             _ => {
@@ -217,9 +218,9 @@ impl Upstream {
         let url = format!("{}/v2/{repo}/{path}", self.base);
         let scope = format!("repository:{repo}:pull");
         let mut authenticated = false;
-        let mut attempt = 0;
+        let mut attempt: u32 = 0;
         loop {
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             let auth = self.cached_auth(&scope);
             let mut req = self.apply(self.client.request(method.clone(), &url), &auth);
             if let Some(a) = accept {
@@ -253,7 +254,7 @@ impl Upstream {
             match status {
                 StatusCode::UNAUTHORIZED if !authenticated => {
                     authenticated = true;
-                    attempt -= 1;
+                    attempt = attempt.saturating_sub(1);
                     self.authenticate(&scope, resp.headers()).await?;
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -313,7 +314,7 @@ impl Upstream {
         let mut buf = BytesMut::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| Error::Unreachable(self.base.clone(), e.to_string()))?;
-            if buf.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            if buf.len().saturating_add(chunk.len()) > MAX_MANIFEST_BYTES {
                 return Err(Error::Invalid(self.base.clone(), format!("manifest {repo}:{reference} exceeds 4 MiB")));
             }
             buf.extend_from_slice(&chunk);

@@ -75,9 +75,11 @@ impl RangeRequest {
     /// The bytes this asks for in a blob of `size` bytes, or `RangeNotSatisfiable`.
     pub fn resolve(self, size: u64) -> Result<ByteRange> {
         match self {
-            Self::Suffix(n) if n > 0 && size > 0 => Ok(ByteRange { start: size - n.min(size), end: size - 1 }),
+            Self::Suffix(n) if n > 0 && size > 0 => {
+                Ok(ByteRange { start: size.saturating_sub(n), end: size.saturating_sub(1) })
+            }
             Self::From(start, end) if start < size && end.is_none_or(|e| e >= start) => {
-                Ok(ByteRange { start, end: end.unwrap_or(u64::MAX).min(size - 1) })
+                Ok(ByteRange { start, end: end.unwrap_or(u64::MAX).min(size.saturating_sub(1)) })
             }
             _ => Err(Error::RangeNotSatisfiable { size }),
         }

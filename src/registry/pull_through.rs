@@ -14,7 +14,12 @@ use bytes::Bytes;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(millis).unwrap_or(0)
+}
+
+/// A duration in whole milliseconds, saturating (config durations can be anything).
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A cache lookup's result, the `result` label of `ferry_cache_requests_total`.
@@ -128,7 +133,7 @@ impl Registry {
             None => None,
         };
         let age_ms = cached.as_ref().map(|c| now_ms().saturating_sub(c.fetched_at_ms.unwrap_or(0)));
-        let ttl_ms = route.rule.config.tag_ttl.0.as_millis() as u64;
+        let ttl_ms = millis(route.rule.config.tag_ttl.0);
         if let (Some(c), Some(age)) = (&cached, age_ms) {
             if age < ttl_ms {
                 self.count_cache(route, "manifest", CacheResult::Hit);
@@ -164,7 +169,7 @@ impl Registry {
                 self.store_upstream_manifest(route, Some(tag), m).await
             }
             Err(e) if e.is_transient() => {
-                let stale_ms = ttl_ms + route.rule.config.stale_if_error.0.as_millis() as u64;
+                let stale_ms = ttl_ms.saturating_add(millis(route.rule.config.stale_if_error.0));
                 match (cached, age_ms) {
                     (Some(c), Some(age)) if age < stale_ms => {
                         tracing::warn!(rule = route.rule.label(), repository = %route.upstream_repo, %tag, error = %e, "upstream failing; serving the cached tag");

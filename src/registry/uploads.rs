@@ -220,7 +220,7 @@ impl Registry {
             _ => {
                 let mut h = Hasher::new(digest.algorithm());
                 if size > 0 {
-                    let range = ByteRange { start: 0, end: size - 1 };
+                    let range = ByteRange { start: 0, end: size.saturating_sub(1) };
                     let mut data = self.storage.upload_read(id, Some(range)).await.map_err(unknown_if_gone)?;
                     let mut read = 0u64;
                     while let Some(chunk) = data.next().await {
@@ -299,18 +299,18 @@ impl Registry {
 
     /// Removes sessions idle for longer than the configured age; returns how many.
     pub async fn purge_uploads(&self) -> Result<usize> {
-        let cutoff = SystemTime::now() - self.settings.upload_max_idle;
-        let mut purged = 0;
+        let cutoff = SystemTime::now().checked_sub(self.settings.upload_max_idle).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut purged: usize = 0;
         for (id, last_write) in self.storage.upload_list().await? {
             if last_write < cutoff {
                 self.storage.upload_delete(&id).await?;
                 self.forget_upload(&id);
                 self.metrics.uploads_purged.inc();
-                purged += 1;
+                purged = purged.saturating_add(1);
             }
         }
         // Only after the sessions: a session being finished now is younger than the cutoff.
-        purged += self.storage.cleanup(cutoff).await?;
+        purged = purged.saturating_add(self.storage.cleanup(cutoff).await?);
         Ok(purged)
     }
 }

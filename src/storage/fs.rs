@@ -80,6 +80,9 @@ async fn open_range(path: PathBuf, range: Option<ByteRange>) -> Result<(std::fs:
 }
 
 /// Writes every buffer, in order, with as few `writev` calls as the kernel allows.
+// The arithmetic is on lengths of buffers in memory and on what the kernel says it wrote, which
+// never exceeds them; no number here comes from a client.
+#[allow(clippy::arithmetic_side_effects)]
 fn write_all_vectored(file: &mut std::fs::File, mut bufs: Vec<Bytes>) -> io::Result<()> {
     // The kernel takes at most IOV_MAX (1024) buffers per call.
     const MAX_BUFS: usize = 1024;
@@ -117,8 +120,9 @@ fn read_ahead(file: std::fs::File, len: u64) -> ByteStream {
             Ok((file, Bytes::from(buf)))
         })
     }
-    let first = (len > 0).then(|| read_chunk(file, READ_CHUNK.min(len as usize)));
-    futures_util::stream::unfold((first, len), |(next, remaining)| async move {
+    let chunk = |remaining: u64| usize::try_from(remaining).map_or(READ_CHUNK, |r| r.min(READ_CHUNK));
+    let first = (len > 0).then(|| read_chunk(file, chunk(len)));
+    futures_util::stream::unfold((first, len), move |(next, remaining)| async move {
         let pending = next?;
         let (file, bytes) = match pending.await {
             Ok(Ok(read)) => read,
@@ -129,8 +133,8 @@ fn read_ahead(file: std::fs::File, len: u64) -> ByteStream {
             // The file is shorter than its recorded size: fail rather than end early.
             return Some((Err(io::Error::new(io::ErrorKind::UnexpectedEof, "blob ended early")), (None, 0)));
         }
-        let remaining = remaining - bytes.len() as u64;
-        let next = (remaining > 0).then(|| read_chunk(file, READ_CHUNK.min(remaining as usize)));
+        let remaining = remaining.saturating_sub(bytes.len() as u64);
+        let next = (remaining > 0).then(|| read_chunk(file, chunk(remaining)));
         Some((Ok(bytes), (next, remaining)))
     })
     .boxed()
@@ -258,7 +262,7 @@ impl Storage for FsStorage {
         loop {
             let done = match body.next().await {
                 Some(Ok(b)) => {
-                    gathered_len += b.len();
+                    gathered_len = gathered_len.saturating_add(b.len());
                     if !b.is_empty() {
                         gathered.push(b);
                     }
@@ -273,7 +277,7 @@ impl Storage for FsStorage {
             if gathered_len >= WRITE_CHUNK || (done && gathered_len > 0) {
                 if let Some(write) = in_flight.take() {
                     let (f, n) = write.await.map_err(io::Error::other)??;
-                    size += n;
+                    size = size.saturating_add(n);
                     on_written(size);
                     file = Some(f);
                 }
@@ -290,7 +294,7 @@ impl Storage for FsStorage {
         }
         if let Some(write) = in_flight.take() {
             let (_, n) = write.await.map_err(io::Error::other)??;
-            size += n;
+            size = size.saturating_add(n);
             on_written(size);
         }
         match incoming_error {

@@ -108,7 +108,7 @@ impl S3Storage {
             client,
             bucket: cfg.bucket.clone(),
             prefix: cfg.prefix.clone(),
-            part_size: cfg.part_size.0 as usize,
+            part_size: usize::try_from(cfg.part_size.0).unwrap_or(usize::MAX),
             sse: match cfg.sse.as_str() {
                 "AES256" => Some(ServerSideEncryption::Aes256),
                 "aws:kms" => Some(ServerSideEncryption::AwsKms),
@@ -304,12 +304,12 @@ impl S3Storage {
         segs.sort_unstable();
         // Segments follow one another from offset 0. A gap means the upload is being removed
         // (its segments go once it is stored under its digest): reading on would shift bytes.
-        let mut next = 0;
+        let mut next = 0u64;
         for (offset, _, size) in &segs {
             if *offset != next {
                 return Err(Error::NotFound);
             }
-            next += size;
+            next = next.saturating_add(*size);
         }
         Ok(segs)
     }
@@ -361,12 +361,13 @@ impl S3Storage {
         dest: &str,
         upload_id: &str,
     ) -> Result<Vec<CompletedPart>> {
-        let copyable =
-            segs.iter().enumerate().all(|(i, s)| (s.2 >= MIN_PART || i + 1 == segs.len()) && s.2 <= MAX_COPY);
+        let copyable = segs
+            .iter()
+            .enumerate()
+            .all(|(i, s)| (s.2 >= MIN_PART || i.saturating_add(1) == segs.len()) && s.2 <= MAX_COPY);
         let mut parts = Vec::new();
         if copyable {
-            for (i, (_, key, _)) in segs.iter().enumerate() {
-                let n = i as i32 + 1;
+            for (n, (_, key, _)) in (1i32..).zip(segs) {
                 let copy = self
                     .client
                     .upload_part_copy()
@@ -384,17 +385,17 @@ impl S3Storage {
         let total: u64 = segs.iter().map(|s| s.2).sum();
         let mut data = match total {
             0 => futures_util::stream::empty().boxed(),
-            _ => self.upload_read(id, Some(ByteRange { start: 0, end: total - 1 })).await?,
+            _ => self.upload_read(id, Some(ByteRange { start: 0, end: total.saturating_sub(1) })).await?,
         };
         let mut buf = BytesMut::with_capacity(self.part_size);
-        let mut n = 0;
+        let mut n: i32 = 0;
         loop {
             let next = data.next().await;
             if let Some(chunk) = &next {
                 buf.extend_from_slice(chunk.as_ref().map_err(|e| io_error("read", e))?);
             }
             if buf.len() >= self.part_size || (next.is_none() && (!buf.is_empty() || n == 0)) {
-                n += 1;
+                n = n.saturating_add(1);
                 let body = buf.split().freeze();
                 let part = self
                     .client
@@ -511,7 +512,7 @@ impl Storage for S3Storage {
                 // Write-once: a replica racing this append at the same offset cannot replace
                 // bytes another append (and its running digest) already accounted for.
                 self.put_if_absent(self.segment_key(id, offset), segment).await?;
-                offset += len;
+                offset = offset.saturating_add(len);
                 on_written(offset);
             }
             if done {
@@ -540,10 +541,10 @@ impl Storage for S3Storage {
         }
         let pieces: Vec<(String, ByteRange)> = segs
             .into_iter()
-            .filter(|(off, _, size)| *size > 0 && off + size > start && *off <= end)
+            .filter(|(off, _, size)| *size > 0 && off.saturating_add(*size) > start && *off <= end)
             .map(|(off, key, size)| {
                 let from = start.saturating_sub(off);
-                let to = (end - off).min(size - 1);
+                let to = end.saturating_sub(off).min(size.saturating_sub(1));
                 (key, ByteRange { start: from, end: to })
             })
             .collect();
@@ -633,13 +634,13 @@ impl Storage for S3Storage {
             }
             listed => listed.map_err(|e| io_error("ListMultipartUploads", detail(&e)))?,
         };
-        let mut aborted = 0;
+        let mut aborted: usize = 0;
         for u in listed.uploads() {
             let old = u.initiated().and_then(|t| SystemTime::try_from(*t).ok()).is_some_and(|t| t < cutoff);
             if let (true, Some(key), Some(id)) = (old, u.key(), u.upload_id()) {
                 let abort = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id);
                 self.send("AbortMultipartUpload", abort.send()).await?;
-                aborted += 1;
+                aborted = aborted.saturating_add(1);
             }
         }
         Ok(aborted)
