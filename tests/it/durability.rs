@@ -6,6 +6,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::{Client, StatusCode};
 use sha2::Digest as _;
+use std::sync::{Arc, Mutex};
 
 /// `count` chunks of `chunk` bytes, each stamped with its index so no two are alike; also returns their digest.
 pub fn generated(count: usize, chunk: usize) -> (impl Fn(usize) -> Bytes, String) {
@@ -256,4 +257,188 @@ async fn a_disk_filling_up_mid_fill_aborts_every_response_and_stores_nothing() {
     let stored = std::fs::read(data.join(format!("blobs/sha256/{}/{}", &d[7..9], &d[7..]))).unwrap();
     assert_eq!(digest(&stored), d);
     drop(f);
+}
+
+/// A body sent in `chunk`-byte pieces, one every few milliseconds, so a kill lands mid-stream.
+fn paced(data: Bytes, chunk: usize) -> reqwest::Body {
+    let pieces: Vec<Bytes> =
+        (0..data.len()).step_by(chunk).map(|at| data.slice(at..(at + chunk).min(data.len()))).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces).then(|p| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        Ok::<_, std::io::Error>(p)
+    }))
+}
+
+/// What the campaign's clients did, to check after the last restart.
+#[derive(Default)]
+struct Campaign {
+    /// Chunked sessions opened: location, and the whole blob the client was sending.
+    sessions: Vec<(String, Bytes)>,
+    /// Blobs and manifests whose push got 201: path to GET, and the bytes.
+    stored: Vec<(String, Bytes)>,
+}
+
+/// One Ferry life: start on `dir`, run pushes (chunked and monolithic), manifest pushes and
+/// pull-through fills at once, and `kill -9` it at a random point.
+async fn one_life(
+    dir: &std::path::Path,
+    config: &str,
+    rng: &mut Rng,
+    upstream_blobs: &[(String, usize)],
+    log: &Arc<Mutex<Campaign>>,
+) {
+    let mut ferry = FerryProcess::start_env(dir, &[("FERRY_CONFIG", config)]);
+    let client = Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let mut ops = Vec::new();
+    for op in 0..4u64 {
+        let (client, base, log) = (client.clone(), ferry.base.clone(), log.clone());
+        let seed = rng.next_u64();
+        let (fill, fill_len) = upstream_blobs[rng.below(upstream_blobs.len() as u64) as usize].clone();
+        ops.push(tokio::spawn(async move {
+            let mut rng = Rng::new(seed);
+            let blob = Bytes::from(random_bytes(1 + rng.below(6 << 20) as usize, seed));
+            let d = digest(&blob);
+            let repo = format!("campaign/op{op}");
+            match (op + rng.below(4)) % 4 {
+                0 => {
+                    let Ok(resp) = client.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await else { return };
+                    let location = header(&resp, "location");
+                    log.lock().unwrap().sessions.push((location.clone(), blob.clone()));
+                    let url = format!("{base}{location}");
+                    let Ok(resp) = client.patch(&url).body(paced(blob.clone(), 256 << 10)).send().await else { return };
+                    if resp.status() == StatusCode::ACCEPTED {
+                        if let Ok(resp) = client.put(format!("{url}?digest={d}")).send().await {
+                            if resp.status() == StatusCode::CREATED {
+                                log.lock().unwrap().stored.push((format!("/v2/{repo}/blobs/{d}"), blob));
+                            }
+                        }
+                    }
+                }
+                1 => {
+                    let url = format!("{base}/v2/{repo}/blobs/uploads/?digest={d}");
+                    if let Ok(resp) = client.post(url).body(paced(blob.clone(), 256 << 10)).send().await {
+                        if resp.status() == StatusCode::CREATED {
+                            log.lock().unwrap().stored.push((format!("/v2/{repo}/blobs/{d}"), blob));
+                        }
+                    }
+                }
+                2 => {
+                    let config = format!("{{\"architecture\":\"amd64\",\"seed\":{seed}}}");
+                    let Ok(resp) = client.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={}", digest(config.as_bytes()))).body(config.clone()).send().await else { return };
+                    if resp.status() != StatusCode::CREATED {
+                        return;
+                    }
+                    let manifest = serde_json::to_vec(&serde_json::json!({
+                        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(config.as_bytes()), "size": config.len()},
+                        "layers": [],
+                    }))
+                    .unwrap();
+                    let tag = format!("t{seed}");
+                    let url = format!("{base}/v2/{repo}/manifests/{tag}");
+                    if let Ok(resp) = client.put(url).header("Content-Type", OCI_MANIFEST).body(manifest.clone()).send().await {
+                        if resp.status() == StatusCode::CREATED {
+                            log.lock().unwrap().stored.push((format!("/v2/{repo}/manifests/{tag}"), Bytes::from(manifest)));
+                        }
+                    }
+                }
+                _ => {
+                    // A pull-through fill, cut wherever the kill lands; a complete body must be right.
+                    let url = format!("{base}/v2/up/campaign/src/blobs/{fill}");
+                    let Ok(resp) = client.get(url).send().await else { return };
+                    if resp.status() == StatusCode::OK {
+                        if let Ok(body) = resp.bytes().await {
+                            assert!(body.len() < fill_len || digest(&body) == fill, "a fill served wrong bytes as complete");
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    // The random kill point (what varies is where it lands, not what it waits for).
+    tokio::time::sleep(std::time::Duration::from_millis(rng.below(500))).await;
+    ferry.kill();
+    for op in ops {
+        op.await.unwrap();
+    }
+}
+
+/// Fifty `kill -9`s at random points during pushes and pull-through fills (seeded), each
+/// followed by a restart on the same data: every digest stored re-hashes, every push that got
+/// 201 is served, interrupted uploads resume or are gone, and the purge leaves no session and
+/// no temporary file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_campaign_leaves_only_verified_content() {
+    let seed = Rng::seed("kill_campaign_leaves_only_verified_content");
+    let mut rng = Rng::new(seed);
+    let upstream = crate::upstream::RealUpstream::start();
+    let client = Client::new();
+    let mut upstream_blobs = Vec::new();
+    for i in 0..6u64 {
+        let blob = random_bytes(1 + rng.below(24 << 20) as usize, seed ^ i);
+        upstream_blobs.push((push_blob(&client, &upstream.base, "campaign/src", &blob).await, blob.len()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, format!("[[pull_through]]\nprefix = \"up\"\nupstream = \"{}\"\n", upstream.base)).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let log = Arc::new(Mutex::new(Campaign::default()));
+    for life in 0..50 {
+        one_life(&data, &config, &mut rng, &upstream_blobs, &log).await;
+        let bad = corrupt_blobs_in(&data);
+        assert!(bad.is_empty(), "seed {seed} life {life}: content does not hash to its digest: {bad:?}");
+    }
+
+    let ferry = FerryProcess::start_env(&data, &[("FERRY_CONFIG", &config)]);
+    let campaign = std::mem::take(&mut *log.lock().unwrap());
+    for (path, bytes) in &campaign.stored {
+        let got = client.get(format!("{}{path}", ferry.base)).send().await.unwrap();
+        assert_eq!(got.status(), StatusCode::OK, "seed {seed}: {path} was pushed with 201");
+        assert_eq!(got.bytes().await.unwrap(), bytes, "seed {seed}: {path}");
+    }
+    // Interrupted sessions either resume (from what they hold) and finish, or are gone.
+    let (mut resumed, mut gone) = (0, 0);
+    for (location, blob) in &campaign.sessions {
+        let url = format!("{}{location}", ferry.base);
+        let resp = client.get(&url).send().await.unwrap();
+        if resp.status() == StatusCode::NOT_FOUND {
+            gone += 1;
+            continue;
+        }
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "seed {seed}: {location}");
+        let held: usize = match header(&resp, "range").split_once('-') {
+            Some(("0", "0")) => 0,
+            Some((_, end)) => end.parse::<usize>().unwrap() + 1,
+            None => 0,
+        };
+        assert!(held <= blob.len());
+        let mut put = client.put(format!("{url}?digest={}", digest(blob)));
+        if held < blob.len() {
+            put = put.header("Content-Range", format!("{held}-{}", blob.len() - 1)).body(blob.slice(held..));
+        }
+        let resp = put.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED, "seed {seed}: {location} resumes from byte {held}");
+        resumed += 1;
+    }
+    eprintln!("seed {seed}: {} pushes stored, {resumed} sessions resumed, {gone} gone", campaign.stored.len());
+    assert!(corrupt_blobs_in(&data).is_empty());
+    drop(ferry);
+
+    // Abandoned sessions are purged; no temporary file survives.
+    let purging = FerryProcess::start_env(
+        &data,
+        &[
+            ("FERRY_CONFIG", &config),
+            ("FERRY_REGISTRY_UPLOAD_MAX_IDLE", "1ms"),
+            ("FERRY_REGISTRY_UPLOAD_PURGE_INTERVAL", "50ms"),
+        ],
+    );
+    let resp = client.post(format!("{}/v2/campaign/last/blobs/uploads/", purging.base)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    eventually("every abandoned session is purged", std::time::Duration::from_secs(20), || async {
+        snapshot(&data.join("uploads")).is_empty()
+    })
+    .await;
+    assert!(snapshot(&data.join("tmp")).is_empty(), "temporary files: {:?}", snapshot(&data.join("tmp")));
 }

@@ -90,6 +90,9 @@ impl TestFerry {
     /// Every key under `blobs/` whose stored bytes do not hash to the digest the key names,
     /// read straight from the backend (no hot tier, no link sizes to hide behind).
     pub async fn corrupt_blobs(&self) -> Vec<String> {
+        if self.s3.is_none() {
+            return corrupt_blobs_in(&self.data_dir());
+        }
         let mut bad = Vec::new();
         for (key, _) in self.stored_objects().await {
             let Some(hex) = key.strip_prefix("blobs/sha256/").and_then(|r| r.split('/').nth(1)) else { continue };
@@ -389,6 +392,18 @@ pub async fn patch_chunks(client: &Client, base: &str, location: &str, data: &[u
             .unwrap();
         assert_eq!(resp.status(), StatusCode::ACCEPTED, "{start}-{end}");
     }
+}
+
+/// Every file under `<data_dir>/blobs/` whose bytes do not hash to the digest its path names.
+pub fn corrupt_blobs_in(data_dir: &Path) -> Vec<String> {
+    snapshot(&data_dir.join("blobs"))
+        .into_iter()
+        .filter_map(|(rel, _)| {
+            let hex = rel.rsplit('/').next()?.to_owned();
+            let bytes = std::fs::read(data_dir.join("blobs").join(&rel)).ok()?;
+            (digest(&bytes) != format!("sha256:{hex}")).then(|| format!("blobs/{rel} ({} bytes)", bytes.len()))
+        })
+        .collect()
 }
 
 /// The storage key of a digest's content.
