@@ -6,101 +6,18 @@
 //! Run with `cargo bench --bench load`. Needs `docker-registry` and `wrk` (Debian packages).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use bytes::Bytes;
+use common::*;
 use futures_util::StreamExt;
 use sha2::Digest as _;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const GIB: usize = 1 << 30;
 const CHUNK: usize = 1 << 20;
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json";
-
-struct Server {
-    name: &'static str,
-    base: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_until_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server on port {port} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn start_ferry() -> Server {
-    start_ferry_with("")
-}
-
-/// Ferry with extra TOML (e.g. `[[pull_through]]` rules).
-fn start_ferry_with(extra: &str) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let config = dir.path().join("ferry.toml");
-    std::fs::write(&config, extra).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--config")
-        .arg(&config)
-        // Both registries log warnings only, so neither pays for per-request log lines.
-        .env("FERRY_LOG_LEVEL", "warn")
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("ferry starts");
-    wait_until_listening(port);
-    Server { name: "ferry", base: format!("http://127.0.0.1:{port}"), child, _dir: dir }
-}
-
-fn start_peer() -> Server {
-    start_peer_with("")
-}
-
-/// docker-registry with extra YAML (e.g. `proxy:`); its access log goes to `access.log`.
-fn start_peer_with(extra: &str) -> Server {
-    start_peer_on("filesystem: {rootdirectory: DATA}", extra)
-}
-
-/// docker-registry with a `storage:` driver line (`DATA` stands for its data directory).
-fn start_peer_on(driver: &str, extra: &str) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.yml");
-    let driver = driver.replace("DATA", &dir.path().join("data").display().to_string());
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  {driver}\n  delete: {{enabled: true}}\n  cache: {{blobdescriptor: inmemory}}\nhttp: {{addr: \"127.0.0.1:{port}\"}}\n{extra}"
-        ),
-    )
-    .unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .env_remove("AWS_CA_BUNDLE")
-        .stdout(std::fs::File::create(dir.path().join("access.log")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-        .spawn()
-        .expect("docker-registry starts (apt-get install docker-registry)");
-    wait_until_listening(port);
-    Server { name: "docker-registry", base: format!("http://127.0.0.1:{port}"), child, _dir: dir }
-}
 
 /// The 1 GiB test blob: 1 MiB chunks stamped with their index.
 fn chunk(i: usize, base: &Bytes) -> Bytes {
@@ -130,10 +47,6 @@ fn chunks_of(size: usize, seed: u64) -> (Vec<Bytes>, String) {
 
 fn big_blob() -> (Vec<Bytes>, String) {
     chunks_of(GIB, 1)
-}
-
-fn digest(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
 }
 
 /// Pushes `chunks` as one streamed PATCH and a PUT; returns MB/s.
@@ -206,7 +119,7 @@ fn wrk(url: &str, connections: usize, secs: u64) -> (f64, f64) {
 /// How many `GET path` requests a docker-registry has logged.
 fn upstream_gets(server: &Server, path: &str) -> usize {
     let needle = format!("\"GET {path} HTTP/1.1\"");
-    std::fs::read_to_string(server._dir.path().join("access.log"))
+    std::fs::read_to_string(server.dir.path().join("access.log"))
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains(&needle))
@@ -344,11 +257,6 @@ async fn pull_through(client: &reqwest::Client) {
     report("pull_through_cold_32_clients_time", t_ferry, t_proxy, false, "s");
 }
 
-fn report(name: &str, ferry: f64, peer: f64, higher_is_better: bool, unit: &str) {
-    let ratio = if higher_is_better { ferry / peer } else { peer / ferry };
-    println!("{name} ferry={ferry:.2} peer={peer:.2} ratio={ratio:.2} {unit}");
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special: only run when benching.
     if !std::env::args().any(|a| a == "--bench") {
@@ -450,7 +358,7 @@ async fn on_s3(client: &reqwest::Client) {
         match seeded {
             Ok(d) => blobs.push(d),
             Err(_) => {
-                let log = std::fs::read_to_string(s._dir.path().join("stderr.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(s.dir.path().join("stderr.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(3).collect();
                 eprintln!(
                     "{} could not be seeded on S3 ({tail:?}); comparing Ferry with and without its hot tier only",
