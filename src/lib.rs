@@ -7,9 +7,13 @@
 // or panic: every arithmetic operation is checked, saturating, or allowed with a reason where
 // the operands are in-memory lengths; casts that could truncate go through `try_from`.
 #![warn(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+// Long functions hide structure: split them into named stages instead.
+#![warn(clippy::too_many_lines)]
 // Unit tests compute expectations freely; the library itself is held to the rule above.
 #![cfg_attr(test, allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation))]
 
+pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -17,6 +21,7 @@ pub mod oci;
 pub mod proxy;
 pub mod registry;
 pub mod storage;
+pub mod worker;
 
 use config::Config;
 use std::net::SocketAddr;
@@ -85,6 +90,11 @@ impl RunningServer {
 
 /// Validates `config`, opens storage, binds both listeners and starts serving.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    start_with_clock(config, Arc::new(clock::SystemClock)).await
+}
+
+/// [`start`] with the clock everything time-based reads (tests move a manual one).
+pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Result<RunningServer, StartError> {
     config.validate()?;
     let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
     let backend: Arc<dyn storage::Storage> = match config.storage.backend {
@@ -116,7 +126,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     };
     let proxy =
         Arc::new(proxy::Proxy::new(&config.pull_through, &metrics).map_err(|e| std::io::Error::other(e.to_string()))?);
-    let registry = Arc::new(registry::Registry::new(store, proxy, settings, metrics.clone()));
+    let registry = Arc::new(registry::Registry::new(store, proxy, settings, metrics.clone(), clock));
     let tls = if config.tls.enabled() { Some(http::tls_acceptor(&config.tls.cert, &config.tls.key)?) } else { None };
     let (listener, addr) = http::bind(&config.server.listen).await?;
     let (admin_listener, admin_addr) = http::bind(&config.server.admin_listen).await?;
@@ -130,7 +140,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         limits: http::limits::RequestLimits::new(
             server.max_in_flight_requests,
             server.max_in_flight_per_client,
-            metrics.http_in_flight.clone(),
+            metrics.http.in_flight.clone(),
         ),
         uploads: http::limits::UploadLimits::new(server.max_uploads_per_client),
         body_read_timeout: server.body_read_timeout.0,
@@ -164,26 +174,16 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         let _ = rx.changed().await;
         let _ = ready_tx.send(false);
     });
-    tasks.push(tokio::spawn(purge_uploads(app, config.registry.upload_purge_interval.0, shutdown_rx)));
+    // Sessions gone from storage (finished on another replica, purged) stop counting against
+    // their clients.
+    let edge = app.clone();
+    let purge = registry::purge::UploadPurge::new(
+        registry,
+        config.registry.upload_purge_interval.0,
+        uuid::Uuid::new_v4().to_string(),
+        Box::new(move |open| edge.uploads.retain(|id| open.contains(id))),
+    );
+    tasks.push(tokio::spawn(worker::run(Box::new(purge), metrics.clone(), shutdown_rx)));
     tracing::info!(%addr, %admin_addr, tls = config.tls.enabled(), data_dir = %config.storage.data_dir.display(), "ferry started");
     Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks })
-}
-
-/// Purges abandoned upload sessions every `interval` until shutdown, and stops counting
-/// against their clients sessions that are gone (finished on another replica, purged).
-async fn purge_uploads(app: Arc<http::App>, interval: std::time::Duration, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        match app.registry.purge_uploads().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(purged = n, "purged abandoned upload sessions"),
-            Err(e) => tracing::warn!(error = %e, "purging upload sessions failed"),
-        }
-        if let Ok(open) = app.registry.upload_ids().await {
-            app.uploads.retain(|id| open.contains(id));
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
 }

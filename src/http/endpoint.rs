@@ -1,10 +1,49 @@
-//! Parse, then dispatch: a request's method and path become one typed [`Endpoint`], scanned
-//! from the right so repository names of any depth work. Names, tags and digests are
-//! validated here, before anything touches storage.
+//! Parse, then dispatch: a request's method, path and query become one typed [`Endpoint`],
+//! scanned from the right so repository names of any depth work. Names, tags and digests are
+//! validated here, before anything touches storage, and each endpoint says which ECR actions it
+//! needs on which repositories, for the one authorization decision.
 
+use crate::auth::{Access, Action};
 use crate::oci::{Digest, ErrorCode, OciError, Reference, RepositoryName};
 use crate::storage::UploadId;
 use http::Method;
+use std::collections::HashMap;
+
+/// A request's query parameters (the first value of each name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    /// Parses a query string; malformed escapes are taken as written.
+    pub fn parse(q: Option<&str>) -> Self {
+        let mut out = HashMap::new();
+        for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
+            out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+        }
+        Self(out)
+    }
+
+    /// A parameter's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// containerd names the upstream registry of a mirrored pull in `?ns=`.
+    pub fn namespace(&self) -> Option<&str> {
+        self.get("ns")
+    }
+}
+
+/// What a `POST /v2/<name>/blobs/uploads/` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadStart {
+    /// A new session.
+    Session,
+    /// `?digest=`: the whole blob in this request.
+    Monolithic(Digest),
+    /// `?mount=<digest>&from=<repository>`; without `from`, from any repository holding it.
+    Mount(Digest, Option<RepositoryName>),
+}
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +59,7 @@ pub enum Endpoint {
     /// `DELETE /v2/<name>/blobs/<digest>`
     BlobDelete(RepositoryName, Digest),
     /// `POST /v2/<name>/blobs/uploads/`
-    UploadStart(RepositoryName),
+    UploadStart(RepositoryName, UploadStart),
     /// `GET /v2/<name>/blobs/uploads/<id>`
     UploadStatus(RepositoryName, UploadId),
     /// `PATCH /v2/<name>/blobs/uploads/<id>`
@@ -41,17 +80,6 @@ pub enum Endpoint {
     TagsList(RepositoryName),
     /// `GET /v2/<name>/referrers/<digest>`
     Referrers(RepositoryName, Digest),
-}
-
-/// What an endpoint does, for authorization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Reads content.
-    Pull,
-    /// Writes content.
-    Push,
-    /// Removes content.
-    Delete,
 }
 
 impl Endpoint {
@@ -84,7 +112,7 @@ impl Endpoint {
             Self::BlobGet(n, _)
             | Self::BlobHead(n, _)
             | Self::BlobDelete(n, _)
-            | Self::UploadStart(n)
+            | Self::UploadStart(n, _)
             | Self::UploadStatus(n, _)
             | Self::UploadChunk(n, _)
             | Self::UploadFinish(n, _)
@@ -98,29 +126,39 @@ impl Endpoint {
         }
     }
 
-    /// Whether the endpoint reads, writes or removes.
-    pub fn action(&self) -> Action {
+    /// Every action the endpoint needs, on which repository (a mount reads its source too).
+    pub fn accesses(&self) -> Vec<Access> {
+        use Action::*;
+        let on = |a, n| vec![Access::on(a, n)];
         match self {
-            Self::Base
-            | Self::Catalog
-            | Self::BlobGet(..)
-            | Self::BlobHead(..)
-            | Self::ManifestGet(..)
-            | Self::ManifestHead(..)
-            | Self::TagsList(..)
-            | Self::Referrers(..) => Action::Pull,
-            Self::UploadStart(..)
-            | Self::UploadStatus(..)
-            | Self::UploadChunk(..)
-            | Self::UploadFinish(..)
-            | Self::UploadCancel(..)
-            | Self::ManifestPut(..) => Action::Push,
-            Self::BlobDelete(..) | Self::ManifestDelete(..) => Action::Delete,
+            Self::Base => vec![],
+            Self::Catalog => vec![Access::registry(DescribeRepositories)],
+            Self::BlobGet(n, _) => on(GetDownloadUrlForLayer, n),
+            Self::BlobHead(n, _) => on(BatchCheckLayerAvailability, n),
+            Self::BlobDelete(n, _) | Self::ManifestDelete(n, _) => on(BatchDeleteImage, n),
+            Self::UploadStart(n, UploadStart::Session) => on(InitiateLayerUpload, n),
+            Self::UploadStart(n, UploadStart::Monolithic(_)) => {
+                vec![
+                    Access::on(InitiateLayerUpload, n),
+                    Access::on(UploadLayerPart, n),
+                    Access::on(CompleteLayerUpload, n),
+                ]
+            }
+            Self::UploadStart(n, UploadStart::Mount(_, from)) => {
+                let mut a = vec![Access::on(InitiateLayerUpload, n), Access::on(CompleteLayerUpload, n)];
+                a.extend(from.iter().map(|f| Access::on(GetDownloadUrlForLayer, f)));
+                a
+            }
+            Self::UploadStatus(n, _) | Self::UploadChunk(n, _) | Self::UploadCancel(n, _) => on(UploadLayerPart, n),
+            Self::UploadFinish(n, _) => vec![Access::on(UploadLayerPart, n), Access::on(CompleteLayerUpload, n)],
+            Self::ManifestGet(n, _) | Self::ManifestHead(n, _) | Self::Referrers(n, _) => on(BatchGetImage, n),
+            Self::ManifestPut(n, _) => on(PutImage, n),
+            Self::TagsList(n) => on(ListImages, n),
         }
     }
 
     /// Parses a request line into an endpoint, or the OCI error to answer with.
-    pub fn parse(method: &Method, path: &str) -> Result<Self, OciError> {
+    pub fn parse(method: &Method, path: &str, query: &Query) -> Result<Self, OciError> {
         let rest = path.strip_prefix("/v2").filter(|r| r.is_empty() || r.starts_with('/')).ok_or_else(not_found)?;
         let rest = rest.strip_prefix('/').unwrap_or(rest);
         if rest.is_empty() {
@@ -151,7 +189,8 @@ impl Endpoint {
             [name @ .., "blobs", "uploads", id] if !name.is_empty() => {
                 let name = name_of(name)?;
                 if id.is_empty() {
-                    return one_method(method, &[Method::POST]).map(|_| Self::UploadStart(name));
+                    one_method(method, &[Method::POST])?;
+                    return Ok(Self::UploadStart(name, upload_start(query)?));
                 }
                 let id = UploadId::parse(id)
                     .ok_or_else(|| OciError::new(ErrorCode::BlobUploadUnknown, "upload id is not a known session"))?;
@@ -165,7 +204,8 @@ impl Endpoint {
             }
             [name @ .., "blobs", "uploads"] if !name.is_empty() => {
                 let name = name_of(name)?;
-                one_method(method, &[Method::POST]).map(|_| Self::UploadStart(name))
+                one_method(method, &[Method::POST])?;
+                Ok(Self::UploadStart(name, upload_start(query)?))
             }
             [name @ .., "blobs", digest] if !name.is_empty() => {
                 let name = name_of(name)?;
@@ -195,6 +235,26 @@ impl Endpoint {
             }
             _ => Err(not_found()),
         }
+    }
+}
+
+/// What an upload POST asks for. A `from` that is not a repository name is ignored (the client
+/// gets a new session, as if the blob could not be mounted).
+fn upload_start(query: &Query) -> Result<UploadStart, OciError> {
+    let digest = |s: &str| Digest::parse(s).map_err(|e| OciError::new(ErrorCode::DigestInvalid, e.to_string()));
+    match (query.get("mount"), query.get("digest")) {
+        (Some(mount), _) => {
+            let from = match query.get("from") {
+                None => None,
+                Some(f) => match RepositoryName::parse(f) {
+                    Ok(f) => Some(f),
+                    Err(_) => return digest(mount).map(|_| UploadStart::Session),
+                },
+            };
+            Ok(UploadStart::Mount(digest(mount)?, from))
+        }
+        (None, Some(d)) => Ok(UploadStart::Monolithic(digest(d)?)),
+        (None, None) => Ok(UploadStart::Session),
     }
 }
 
@@ -233,7 +293,8 @@ mod tests {
     use super::*;
 
     fn parse(m: &str, p: &str) -> Result<Endpoint, OciError> {
-        Endpoint::parse(&Method::from_bytes(m.as_bytes()).unwrap(), p)
+        let (path, query) = p.split_once('?').map_or((p, None), |(a, b)| (a, Some(b)));
+        Endpoint::parse(&Method::from_bytes(m.as_bytes()).unwrap(), path, &Query::parse(query))
     }
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -251,8 +312,28 @@ mod tests {
             ("GET", format!("/v2/a/b/c/blobs/{D}"), Endpoint::BlobGet(name("a/b/c"), d.clone())),
             ("HEAD", format!("/v2/a/blobs/{D}"), Endpoint::BlobHead(name("a"), d.clone())),
             ("DELETE", format!("/v2/a/blobs/{D}"), Endpoint::BlobDelete(name("a"), d.clone())),
-            ("POST", "/v2/a/blobs/uploads/".into(), Endpoint::UploadStart(name("a"))),
-            ("POST", "/v2/a/blobs/uploads".into(), Endpoint::UploadStart(name("a"))),
+            ("POST", "/v2/a/blobs/uploads/".into(), Endpoint::UploadStart(name("a"), UploadStart::Session)),
+            ("POST", "/v2/a/blobs/uploads".into(), Endpoint::UploadStart(name("a"), UploadStart::Session)),
+            (
+                "POST",
+                format!("/v2/a/blobs/uploads/?digest={D}"),
+                Endpoint::UploadStart(name("a"), UploadStart::Monolithic(d.clone())),
+            ),
+            (
+                "POST",
+                format!("/v2/a/blobs/uploads/?mount={D}&from=b/c"),
+                Endpoint::UploadStart(name("a"), UploadStart::Mount(d.clone(), Some(name("b/c")))),
+            ),
+            (
+                "POST",
+                format!("/v2/a/blobs/uploads/?mount={D}"),
+                Endpoint::UploadStart(name("a"), UploadStart::Mount(d.clone(), None)),
+            ),
+            (
+                "POST",
+                format!("/v2/a/blobs/uploads/?mount={D}&from=Bad..Name"),
+                Endpoint::UploadStart(name("a"), UploadStart::Session),
+            ),
             ("PATCH", format!("/v2/a/blobs/uploads/{id}"), Endpoint::UploadChunk(name("a"), uid)),
             ("PUT", format!("/v2/a/blobs/uploads/{id}"), Endpoint::UploadFinish(name("a"), uid)),
             ("GET", format!("/v2/a/blobs/uploads/{id}"), Endpoint::UploadStatus(name("a"), uid)),
@@ -277,6 +358,17 @@ mod tests {
     }
 
     #[test]
+    fn accesses_name_every_repository_touched() {
+        let mount = parse("POST", &format!("/v2/a/blobs/uploads/?mount={D}&from=b")).unwrap();
+        let names: Vec<_> =
+            mount.accesses().iter().filter_map(|a| a.repository.clone()).map(|n| n.to_string()).collect();
+        assert!(names.contains(&"a".to_owned()) && names.contains(&"b".to_owned()), "{names:?}");
+        let get = parse("GET", "/v2/a/manifests/v1").unwrap();
+        assert_eq!(get.accesses()[0].action, Action::BatchGetImage);
+        assert!(parse("GET", "/v2/").unwrap().accesses().is_empty());
+    }
+
+    #[test]
     fn rejects() {
         let code = |m: &str, p: &str| parse(m, p).unwrap_err().code;
         assert_eq!(code("GET", "/v2/A/tags/list"), ErrorCode::NameInvalid);
@@ -288,6 +380,8 @@ mod tests {
         assert_eq!(code("PUT", "/v2/a/manifests/-bad"), ErrorCode::TagInvalid);
         assert_eq!(code("PUT", "/v2/a/manifests/sha256:12"), ErrorCode::DigestInvalid);
         assert_eq!(code("GET", "/v2/a/blobs/uploads/not-a-uuid"), ErrorCode::BlobUploadUnknown);
+        assert_eq!(code("POST", "/v2/a/blobs/uploads/?digest=sha256:12"), ErrorCode::DigestInvalid);
+        assert_eq!(code("POST", "/v2/a/blobs/uploads/?mount=md5:12&from=b"), ErrorCode::DigestInvalid);
         assert_eq!(code("POST", "/v2/a/manifests/latest"), ErrorCode::Unsupported);
         assert_eq!(parse("GET", "/v3/").unwrap_err().status, 404);
         assert_eq!(parse("GET", "/v2/a").unwrap_err().status, 404);

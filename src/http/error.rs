@@ -34,20 +34,31 @@ impl From<Error> for OciError {
                 OciError::new(ErrorCode::BlobUploadInvalid, message).with_status(408).with_header("Connection", "close")
             }
             Error::Incoming(_) => OciError::new(ErrorCode::BlobUploadInvalid, message),
-            Error::Denied(_) => OciError::new(ErrorCode::Denied, message),
             Error::RangeNotSatisfiable { size } => {
                 OciError::new(ErrorCode::RangeInvalid, message).with_header("Content-Range", format!("bytes */{size}"))
             }
             Error::Upstream(e) => upstream_error(e),
-            Error::Storage(storage::Error::Corrupt(what)) => {
-                OciError::new(ErrorCode::Unknown, format!("stored content is corrupt and is not served: {what}"))
-                    .from_source(ErrorSource::Storage)
-            }
-            Error::Storage(_) => OciError::new(ErrorCode::Unavailable, "the registry's storage failed; try again")
-                .with_header("Retry-After", "1")
-                .from_source(ErrorSource::Storage),
+            Error::Storage(e) => storage_error(&e),
+            Error::FillStorage(e) => storage_error(&e),
         }
     }
+}
+
+/// A storage failure: corrupt content is a server error that says so (retrying will not help);
+/// throttling and other failures are worth a retry.
+fn storage_error(e: &storage::Error) -> OciError {
+    let e = match e {
+        storage::Error::Corrupt(what) => {
+            OciError::new(ErrorCode::Unknown, format!("stored content is corrupt and is not served: {what}"))
+        }
+        storage::Error::Throttled { .. } => {
+            OciError::new(ErrorCode::Unavailable, "the registry's storage is throttling requests; try again shortly")
+                .with_header("Retry-After", "2")
+        }
+        _ => OciError::new(ErrorCode::Unavailable, "the registry's storage failed; try again")
+            .with_header("Retry-After", "1"),
+    };
+    e.from_source(ErrorSource::Storage)
 }
 
 /// An upstream failure with nothing cached to stand in: 429 when the upstream rate-limited

@@ -1,237 +1,289 @@
 //! Thin handlers: read the inputs, call one registry method, shape the response.
 
-use super::endpoint::Endpoint;
+use super::endpoint::{Endpoint, Query, UploadStart};
 use super::{empty, full, stream, App, Body};
 use crate::oci::manifest::MAX_MANIFEST_BYTES;
-use crate::oci::{Digest, ErrorCode, OciError, RepositoryName};
+use crate::oci::{Digest, ErrorCode, OciError, Reference, RepositoryName};
 use crate::registry::{Page, RangeRequest};
 use crate::storage::{ByteStream, UploadId};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE};
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 type Reply = Result<Response<Body>, OciError>;
 
-/// Serves one parsed request from `client`.
-pub async fn handle(app: &App, client: std::net::IpAddr, endpoint: Endpoint, req: Request<Incoming>) -> Reply {
-    let reg = &app.registry;
-    let (parts, body) = req.into_parts();
-    let query = query(parts.uri.query());
-    let headers = &parts.headers;
-    // containerd names the upstream registry of a mirrored pull in `?ns=`.
-    let ns = query.get("ns").map(String::as_str);
-    if endpoint.action() != super::endpoint::Action::Pull {
-        if let Some(name) = endpoint.repository() {
-            reg.check_writable(name, ns)?;
+/// One request's inputs, as the handlers read them.
+pub struct Input {
+    /// Who sent it (for per-client limits).
+    pub client: std::net::IpAddr,
+    /// The query parameters.
+    pub query: Query,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body, not yet read.
+    body: Option<Incoming>,
+    /// Counts body bytes received.
+    received: prometheus::IntCounter,
+    /// How long the body may deliver nothing.
+    body_timeout: std::time::Duration,
+    /// Set once the body has been read to its end.
+    body_read: Arc<AtomicBool>,
+}
+
+impl Input {
+    /// Splits a request into what the handlers read.
+    pub fn new(
+        app: &App,
+        client: std::net::IpAddr,
+        endpoint: &Endpoint,
+        query: Query,
+        req: Request<Incoming>,
+        body_read: Arc<AtomicBool>,
+    ) -> Self {
+        let (parts, body) = req.into_parts();
+        body_read.store(body.is_end_stream(), Ordering::Relaxed);
+        Self {
+            client,
+            query,
+            headers: parts.headers,
+            body: Some(body),
+            received: app.metrics.http.received_bytes.with_label_values(&[endpoint.name()]),
+            body_timeout: app.body_read_timeout,
+            body_read,
         }
     }
-    let received = app.metrics.http_received_bytes.with_label_values(&[endpoint.name()]);
-    let body_timeout = app.body_read_timeout;
-    let incoming = move || -> ByteStream {
-        let body = http_body_util::BodyDataStream::new(body)
-            .map(move |r| r.inspect(|b| received.inc_by(b.len() as u64)).map_err(std::io::Error::other))
-            .boxed();
-        super::limits::body_idle_timeout(body, body_timeout)
-    };
+
+    /// The request body as a stream: counted, and cut off when it stalls.
+    fn body(&mut self) -> ByteStream {
+        let received = self.received.clone();
+        let body_read = self.body_read.clone();
+        let body = match self.body.take() {
+            Some(b) => http_body_util::BodyDataStream::new(b)
+                .map(move |r| r.inspect(|b| received.inc_by(b.len() as u64)).map_err(std::io::Error::other))
+                .chain(futures_util::stream::poll_fn(move |_| {
+                    // Reached only when the body ended: the connection can carry another request.
+                    body_read.store(true, Ordering::Relaxed);
+                    std::task::Poll::Ready(None)
+                }))
+                .boxed(),
+            None => futures_util::stream::empty().boxed(),
+        };
+        super::limits::body_idle_timeout(body, self.body_timeout)
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        self.query.namespace()
+    }
+}
+
+/// Serves one parsed, authorized request: a thin dispatch to each area's handler.
+pub async fn handle(app: &App, endpoint: Endpoint, mut input: Input) -> Reply {
     match endpoint {
         Endpoint::Base => Ok(json_response(StatusCode::OK, &serde_json::json!({}))),
-        Endpoint::Catalog => {
-            let (n, last) = page_params(&query)?;
-            let page = reg.catalog(n, last).await?;
-            let link = next_link("/v2/_catalog", n, &page);
-            let mut resp = json_response(StatusCode::OK, &serde_json::json!({ "repositories": page.items }));
-            set_link(&mut resp, link);
-            Ok(resp)
-        }
-        Endpoint::TagsList(name) => {
-            let (n, last) = page_params(&query)?;
-            let repo = reg.resolve(name.clone(), ns).await?;
-            let page = reg.tags_list(&repo, n, last).await?;
-            let link = next_link(&format!("/v2/{name}/tags/list"), n, &page);
-            let mut resp =
-                json_response(StatusCode::OK, &serde_json::json!({ "name": name.as_str(), "tags": page.items }));
-            set_link(&mut resp, link);
-            Ok(resp)
-        }
-        Endpoint::BlobHead(name, digest) => {
-            let repo = reg.resolve(name, ns).await?;
-            let size = reg.blob_size(&repo, &digest).await?;
-            Ok(blob_headers(Response::builder().status(StatusCode::OK), &digest)
-                .header(CONTENT_LENGTH, size)
-                .body(empty())
-                .unwrap_or_default())
-        }
-        Endpoint::BlobGet(name, digest) => {
-            let range = match headers.get(RANGE) {
-                Some(v) => parse_range(v)?,
-                None => None,
-            };
-            let repo = reg.resolve(name, ns).await?;
-            let blob = reg.blob_get(&repo, &digest, range).await?;
-            if let Some(url) = blob.redirect {
-                return Ok(Response::builder()
-                    .status(StatusCode::TEMPORARY_REDIRECT)
-                    .header(LOCATION, url)
-                    .header("Docker-Content-Digest", digest.to_string())
-                    .header(CONTENT_LENGTH, 0)
-                    .body(empty())
-                    .unwrap_or_default());
-            }
-            let mut builder = blob_headers(Response::builder(), &digest);
-            builder = match (blob.range, blob.size) {
-                (Some(r), Some(size)) => builder
-                    .status(StatusCode::PARTIAL_CONTENT)
-                    .header(CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end))
-                    .header(CONTENT_LENGTH, r.len()),
-                (_, Some(size)) => builder.status(StatusCode::OK).header(CONTENT_LENGTH, size),
-                (_, None) => builder.status(StatusCode::OK),
-            };
-            Ok(builder.body(stream(blob.body)).unwrap_or_default())
-        }
+        Endpoint::Catalog => catalog(app, &input).await,
+        Endpoint::TagsList(name) => tags_list(app, name, &input).await,
+        Endpoint::BlobHead(name, digest) => blob_head(app, name, &digest, &input).await,
+        Endpoint::BlobGet(name, digest) => blob_get(app, name, &digest, &input).await,
         Endpoint::BlobDelete(name, digest) => {
-            reg.blob_delete(&name, &digest).await?;
+            app.registry.blob_delete(&name, &digest).await?;
             Ok(status_only(StatusCode::ACCEPTED))
         }
-        Endpoint::UploadStart(name) => {
-            if let Some(mount) = query.get("mount") {
-                let digest = parse_digest(mount)?;
-                let mounted = match query.get("from") {
-                    Some(from) => match RepositoryName::parse(from) {
-                        Ok(from) if reg.check_writable(&from, None).is_ok() => {
-                            reg.upload_mount(&name, &digest, &from).await?
-                        }
-                        _ => false,
-                    },
-                    // No source named: mount when the registry holds the blob (the spec lets a
-                    // registry mount automatically; every repository is readable today).
-                    None => reg.upload_mount_any(&name, &digest).await?,
-                };
-                if mounted {
-                    return Ok(blob_created(&name, &digest));
-                }
-            } else if let Some(digest) = query.get("digest") {
-                let digest = parse_digest(digest)?;
-                reg.upload_monolithic(&name, &digest, incoming()).await?;
-                return Ok(blob_created(&name, &digest));
-            }
-            if !app.uploads.may_open(client) {
-                return Err(OciError::new(
-                    ErrorCode::Toomanyrequests,
-                    "this client has too many open upload sessions; finish or cancel some first",
-                )
-                .with_header("Retry-After", "10"));
-            }
-            let id = reg.upload_start(&name).await?;
-            app.uploads.opened(client, id);
-            Ok(upload_progress(StatusCode::ACCEPTED, &name, &id, 0))
-        }
+        Endpoint::UploadStart(name, start) => upload_start(app, &name, start, &mut input).await,
         Endpoint::UploadStatus(name, id) => {
-            let size = reg.upload_status(&name, &id).await?;
+            let size = app.registry.upload_status(&name, &id).await?;
             Ok(upload_progress(StatusCode::NO_CONTENT, &name, &id, size))
         }
-        Endpoint::UploadChunk(name, id) => {
-            let range = content_range(headers)?;
-            let body = exact_length(incoming(), range.map(|(_, len)| len));
-            let size = reg
-                .upload_append(&name, &id, range.map(|(start, _)| start), body)
-                .await
-                .map_err(|e| with_location(e.into(), &name, &id))?;
-            Ok(upload_progress(StatusCode::ACCEPTED, &name, &id, size))
-        }
-        Endpoint::UploadFinish(name, id) => {
-            let digest = query
-                .get("digest")
-                .ok_or_else(|| {
-                    OciError::new(
-                        ErrorCode::DigestInvalid,
-                        "the digest query parameter is required to finish an upload",
-                    )
-                })
-                .and_then(|d| parse_digest(d))?;
-            let range = content_range(headers)?;
-            let body = exact_length(incoming(), range.map(|(_, len)| len));
-            let result = reg.upload_finish(&name, &id, &digest, range.map(|(start, _)| start), Some(body)).await;
-            if matches!(
-                result,
-                Ok(_) | Err(crate::registry::Error::UploadUnknown | crate::registry::Error::DigestMismatch { .. })
-            ) {
-                app.uploads.closed(&id);
-            }
-            result.map_err(|e| with_location(e.into(), &name, &id))?;
-            Ok(blob_created(&name, &digest))
-        }
+        Endpoint::UploadChunk(name, id) => upload_chunk(app, &name, &id, &mut input).await,
+        Endpoint::UploadFinish(name, id) => upload_finish(app, &name, &id, &mut input).await,
         Endpoint::UploadCancel(name, id) => {
-            let result = reg.upload_cancel(&name, &id).await;
+            let result = app.registry.upload_cancel(&name, &id).await;
             app.uploads.closed(&id);
             result?;
             Ok(status_only(StatusCode::NO_CONTENT))
         }
-        Endpoint::ManifestPut(name, reference) => {
-            let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-            let bytes = read_limited(incoming(), MAX_MANIFEST_BYTES, declared).await?;
-            let stored = reg.manifest_put(&name, &reference, content_type.as_deref(), bytes).await?;
-            let mut b = Response::builder()
-                .status(StatusCode::CREATED)
-                .header(LOCATION, format!("/v2/{name}/manifests/{}", stored.digest))
-                .header("Docker-Content-Digest", stored.digest.to_string())
-                .header(CONTENT_LENGTH, 0);
-            if let Some(subject) = stored.subject {
-                b = b.header("OCI-Subject", subject.to_string());
-            }
-            Ok(b.body(empty()).unwrap_or_default())
-        }
+        Endpoint::ManifestPut(name, reference) => manifest_put(app, &name, &reference, &mut input).await,
         Endpoint::ManifestHead(name, reference) => {
-            let repo = reg.resolve(name, ns).await?;
-            let record = reg.manifest_record(&repo, &reference).await?;
+            let repo = app.registry.resolve(name, input.namespace()).await?;
+            let record = app.registry.manifest_record(&repo, &reference).await?;
             Ok(manifest_headers(&record.media_type, &record.digest, record.size).body(empty()).unwrap_or_default())
         }
         Endpoint::ManifestGet(name, reference) => {
-            let repo = reg.resolve(name, ns).await?;
-            let m = reg.manifest_get(&repo, &reference).await?;
+            let repo = app.registry.resolve(name, input.namespace()).await?;
+            let m = app.registry.manifest_get(&repo, &reference).await?;
             let size = m.bytes.len() as u64;
             Ok(manifest_headers(&m.record.media_type, &m.record.digest, size).body(full(m.bytes)).unwrap_or_default())
         }
         Endpoint::ManifestDelete(name, reference) => {
-            reg.manifest_delete(&name, &reference).await?;
+            app.registry.manifest_delete(&name, &reference).await?;
             Ok(status_only(StatusCode::ACCEPTED))
         }
-        Endpoint::Referrers(name, digest) => {
-            let artifact_type = query.get("artifactType").map(String::as_str);
-            let repo = reg.resolve(name, ns).await?;
-            let manifests = reg.referrers(&repo, &digest, artifact_type).await?;
-            let index = serde_json::json!({
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.index.v1+json",
-                "manifests": manifests,
-            });
-            let mut resp = json_response(StatusCode::OK, &index);
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/vnd.oci.image.index.v1+json"));
-            if artifact_type.is_some() {
-                resp.headers_mut().insert("OCI-Filters-Applied", HeaderValue::from_static("artifactType"));
-            }
-            Ok(resp)
-        }
+        Endpoint::Referrers(name, digest) => referrers(app, name, &digest, &input).await,
     }
 }
 
-fn query(q: Option<&str>) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
-        out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+async fn catalog(app: &App, input: &Input) -> Reply {
+    let (n, last) = page_params(&input.query)?;
+    let page = app.registry.catalog(n, last).await?;
+    let link = next_link("/v2/_catalog", n, &page);
+    let mut resp = json_response(StatusCode::OK, &serde_json::json!({ "repositories": page.items }));
+    set_link(&mut resp, link);
+    Ok(resp)
+}
+
+async fn tags_list(app: &App, name: RepositoryName, input: &Input) -> Reply {
+    let (n, last) = page_params(&input.query)?;
+    let repo = app.registry.resolve(name.clone(), input.namespace()).await?;
+    let page = app.registry.tags_list(&repo, n, last).await?;
+    let link = next_link(&format!("/v2/{name}/tags/list"), n, &page);
+    let mut resp = json_response(StatusCode::OK, &serde_json::json!({ "name": name.as_str(), "tags": page.items }));
+    set_link(&mut resp, link);
+    Ok(resp)
+}
+
+async fn blob_head(app: &App, name: RepositoryName, digest: &Digest, input: &Input) -> Reply {
+    let repo = app.registry.resolve(name, input.namespace()).await?;
+    let size = app.registry.blob_size(&repo, digest).await?;
+    Ok(blob_headers(Response::builder().status(StatusCode::OK), digest)
+        .header(CONTENT_LENGTH, size)
+        .body(empty())
+        .unwrap_or_default())
+}
+
+async fn blob_get(app: &App, name: RepositoryName, digest: &Digest, input: &Input) -> Reply {
+    let range = match input.headers.get(RANGE) {
+        Some(v) => parse_range(v)?,
+        None => None,
+    };
+    let repo = app.registry.resolve(name, input.namespace()).await?;
+    let blob = app.registry.blob_get(&repo, digest, range).await?;
+    if let Some(url) = blob.redirect {
+        return Ok(Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(LOCATION, url)
+            .header("Docker-Content-Digest", digest.to_string())
+            .header(CONTENT_LENGTH, 0)
+            .body(empty())
+            .unwrap_or_default());
     }
-    out
+    let mut builder = blob_headers(Response::builder(), digest);
+    builder = match (blob.range, blob.size) {
+        (Some(r), Some(size)) => builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end))
+            .header(CONTENT_LENGTH, r.len()),
+        (_, Some(size)) => builder.status(StatusCode::OK).header(CONTENT_LENGTH, size),
+        (_, None) => builder.status(StatusCode::OK),
+    };
+    Ok(builder.body(stream(blob.body)).unwrap_or_default())
+}
+
+async fn upload_start(app: &App, name: &RepositoryName, start: UploadStart, input: &mut Input) -> Reply {
+    let reg = &app.registry;
+    match start {
+        UploadStart::Monolithic(digest) => {
+            reg.upload_monolithic(name, &digest, input.body()).await?;
+            return Ok(blob_created(name, &digest));
+        }
+        UploadStart::Mount(digest, from) => {
+            let mounted = match from {
+                Some(from) => reg.upload_mount(name, &digest, &from).await?,
+                // No source named: mount when the registry holds the blob (the spec lets a
+                // registry mount automatically; every repository is readable today).
+                None => reg.upload_mount_any(name, &digest).await?,
+            };
+            if mounted {
+                return Ok(blob_created(name, &digest));
+            }
+        }
+        UploadStart::Session => {}
+    }
+    if !app.uploads.may_open(input.client) {
+        return Err(OciError::new(
+            ErrorCode::Toomanyrequests,
+            "this client has too many open upload sessions; finish or cancel some first",
+        )
+        .with_header("Retry-After", "10"));
+    }
+    let id = reg.upload_start(name).await?;
+    app.uploads.opened(input.client, id);
+    Ok(upload_progress(StatusCode::ACCEPTED, name, &id, 0))
+}
+
+async fn upload_chunk(app: &App, name: &RepositoryName, id: &UploadId, input: &mut Input) -> Reply {
+    let range = content_range(&input.headers)?;
+    let body = exact_length(input.body(), range.map(|(_, len)| len));
+    let size = app
+        .registry
+        .upload_append(name, id, range.map(|(start, _)| start), body)
+        .await
+        .map_err(|e| with_location(e.into(), name, id))?;
+    Ok(upload_progress(StatusCode::ACCEPTED, name, id, size))
+}
+
+async fn upload_finish(app: &App, name: &RepositoryName, id: &UploadId, input: &mut Input) -> Reply {
+    let digest = input
+        .query
+        .get("digest")
+        .ok_or_else(|| {
+            OciError::new(ErrorCode::DigestInvalid, "the digest query parameter is required to finish an upload")
+        })
+        .and_then(parse_digest)?;
+    let range = content_range(&input.headers)?;
+    let body = exact_length(input.body(), range.map(|(_, len)| len));
+    let result = app.registry.upload_finish(name, id, &digest, range.map(|(start, _)| start), Some(body)).await;
+    if matches!(
+        result,
+        Ok(_) | Err(crate::registry::Error::UploadUnknown | crate::registry::Error::DigestMismatch { .. })
+    ) {
+        app.uploads.closed(id);
+    }
+    result.map_err(|e| with_location(e.into(), name, id))?;
+    Ok(blob_created(name, &digest))
+}
+
+async fn manifest_put(app: &App, name: &RepositoryName, reference: &Reference, input: &mut Input) -> Reply {
+    let content_type = input.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let declared = input.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let bytes = read_limited(input.body(), MAX_MANIFEST_BYTES, declared).await?;
+    let stored = app.registry.manifest_put(name, reference, content_type.as_deref(), bytes).await?;
+    let mut b = Response::builder()
+        .status(StatusCode::CREATED)
+        .header(LOCATION, format!("/v2/{name}/manifests/{}", stored.digest))
+        .header("Docker-Content-Digest", stored.digest.to_string())
+        .header(CONTENT_LENGTH, 0);
+    if let Some(subject) = stored.subject {
+        b = b.header("OCI-Subject", subject.to_string());
+    }
+    Ok(b.body(empty()).unwrap_or_default())
+}
+
+async fn referrers(app: &App, name: RepositoryName, digest: &Digest, input: &Input) -> Reply {
+    let artifact_type = input.query.get("artifactType");
+    let repo = app.registry.resolve(name, input.namespace()).await?;
+    let manifests = app.registry.referrers(&repo, digest, artifact_type).await?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    });
+    let mut resp = json_response(StatusCode::OK, &index);
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/vnd.oci.image.index.v1+json"));
+    if artifact_type.is_some() {
+        resp.headers_mut().insert("OCI-Filters-Applied", HeaderValue::from_static("artifactType"));
+    }
+    Ok(resp)
 }
 
 fn parse_digest(s: &str) -> Result<Digest, OciError> {
     Digest::parse(s).map_err(|e| OciError::new(ErrorCode::DigestInvalid, e.to_string()))
 }
 
-fn page_params(query: &HashMap<String, String>) -> Result<(Option<usize>, Option<&str>), OciError> {
+fn page_params(query: &Query) -> Result<(Option<usize>, Option<&str>), OciError> {
     let n =
         match query.get("n") {
             Some(n) => Some(n.parse::<usize>().map_err(|_| {
@@ -239,7 +291,7 @@ fn page_params(query: &HashMap<String, String>) -> Result<(Option<usize>, Option
             })?),
             None => None,
         };
-    Ok((n, query.get("last").map(String::as_str)))
+    Ok((n, query.get("last")))
 }
 
 fn next_link(path: &str, n: Option<usize>, page: &Page<String>) -> Option<String> {
@@ -474,9 +526,9 @@ mod tests {
         /// Any query string: pagination parameters parse or give PAGINATION_NUMBER_INVALID.
         #[test]
         fn any_query_string_paginates_or_is_refused(q in ".{0,60}") {
-            let parsed = query(Some(&q));
+            let parsed = Query::parse(Some(&q));
             match page_params(&parsed) {
-                Ok((n, _)) => prop_assert_eq!(n.is_some(), parsed.contains_key("n")),
+                Ok((n, _)) => prop_assert_eq!(n.is_some(), parsed.get("n").is_some()),
                 Err(e) => prop_assert_eq!(e.code, ErrorCode::PaginationNumberInvalid),
             }
         }

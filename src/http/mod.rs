@@ -16,6 +16,7 @@ use bytes::Bytes;
 use endpoint::Endpoint;
 use futures_util::StreamExt;
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -119,7 +120,7 @@ pub async fn serve_request(
     let guard = match app.limits.admit(client) {
         Ok(g) => g,
         Err(why) => {
-            app.metrics.http_rejected.inc();
+            app.metrics.http.rejected.inc();
             app.limits.log_refusal(client, why);
             let message = match why {
                 limits::Refusal::Global => "too many requests in flight; retry shortly",
@@ -129,10 +130,19 @@ pub async fn serve_request(
             return Ok(error_response(&e));
         }
     };
-    let (endpoint_name, result) = match Endpoint::parse(&method, &path) {
+    let query = endpoint::Query::parse(req.uri().query());
+    let http1 = req.version() < http::Version::HTTP_2;
+    let body_read = Arc::new(std::sync::atomic::AtomicBool::new(req.body().is_end_stream()));
+    let (endpoint_name, result) = match Endpoint::parse(&method, &path, &query) {
         Ok(ep) => {
             let name = ep.name();
-            (name, handlers::handle(&app, client, ep, req).await)
+            match authorize(&app, &ep, &query) {
+                Ok(()) => {
+                    let input = handlers::Input::new(&app, client, &ep, query, req, body_read.clone());
+                    (name, handlers::handle(&app, ep, input).await)
+                }
+                Err(e) => (name, Err(e)),
+            }
         }
         Err(e) => ("invalid", Err(e)),
     };
@@ -141,21 +151,26 @@ pub async fn serve_request(
         Err(e) => {
             if e.status >= 500 {
                 if e.source == crate::oci::ErrorSource::Storage {
-                    app.metrics.storage_errors.with_label_values(&[endpoint_name]).inc();
+                    app.metrics.http.storage_errors.with_label_values(&[endpoint_name]).inc();
                 }
                 tracing::warn!(endpoint = endpoint_name, %method, path, code = ?e.code, source = e.source.as_str(), error = %e.message, "request failed");
             } else {
                 tracing::debug!(endpoint = endpoint_name, %method, path, code = ?e.code, error = %e.message, "request refused");
             }
-            app.metrics.http_errors.with_label_values(&[endpoint_name, e.source.as_str()]).inc();
+            app.metrics.http.errors.with_label_values(&[endpoint_name, e.source.as_str()]).inc();
             error_response(&e)
         }
     };
     resp.headers_mut().insert("Docker-Distribution-API-Version", HeaderValue::from_static("registry/2.0"));
+    // Answered before the request body was read (an error, mostly): HTTP/1.1 cannot carry
+    // another request on this connection, so say so, and no client reuses it and fails.
+    if http1 && !body_read.load(std::sync::atomic::Ordering::Relaxed) {
+        resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = resp.status();
     let m = &app.metrics;
-    m.http_requests.with_label_values(&[endpoint_name, status_class(status)]).inc();
-    m.http_duration.with_label_values(&[endpoint_name]).observe(started.elapsed().as_secs_f64());
+    m.http.requests.with_label_values(&[endpoint_name, status_class(status)]).inc();
+    m.http.duration.with_label_values(&[endpoint_name]).observe(started.elapsed().as_secs_f64());
     tracing::info!(
         endpoint = endpoint_name,
         %method,
@@ -165,7 +180,7 @@ pub async fn serve_request(
         "request"
     );
     // The permits and the in-flight gauge last until the body is fully sent (or dropped).
-    let sent = m.http_sent_bytes.with_label_values(&[endpoint_name]);
+    let sent = m.http.sent_bytes.with_label_values(&[endpoint_name]);
     let resp = resp.map(move |body| {
         body.map_frame(move |frame| {
             let _keep = &guard;
@@ -177,6 +192,15 @@ pub async fn serve_request(
         .boxed_unsync()
     });
     Ok(resp)
+}
+
+/// The one authorization decision, before any handler: every action the endpoint needs, on
+/// every repository it touches (a mount's source too).
+fn authorize(app: &App, endpoint: &Endpoint, query: &endpoint::Query) -> Result<(), OciError> {
+    let ns = query.namespace();
+    let read_only = |name: &crate::oci::RepositoryName| app.registry.read_only_reason(name, ns);
+    crate::auth::authorize(&crate::auth::Principal::Anonymous, &endpoint.accesses(), &read_only)
+        .map_err(|d| OciError::new(crate::oci::ErrorCode::Denied, d.message))
 }
 
 /// Connection settings for a listener.

@@ -97,9 +97,12 @@ pub enum FillError {
     /// The upstream failed, or sent bytes that do not match the digest.
     #[error(transparent)]
     Upstream(#[from] upstream::Error),
-    /// Storing the bytes failed.
+    /// Storing the bytes failed (shared by every reader of the fill, hence the `Arc`).
     #[error("storing the blob failed: {0}")]
-    Storage(String),
+    Storage(Arc<storage::Error>),
+    /// The fill's own machinery failed (a task died): nothing was stored.
+    #[error("the fill failed: {0}")]
+    Internal(String),
 }
 
 /// Why a reader could not start.
@@ -121,6 +124,9 @@ pub struct Fills {
     storage: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
     map: FillMap,
+    /// The state record of a fill's upload session (the registry owns its format): one that
+    /// names no repository, so no client can address the session.
+    session_state: Bytes,
 }
 
 /// What a reader of a fill gets: the blob's size (if known) and the requested bytes.
@@ -135,8 +141,8 @@ pub struct FillReader {
 
 impl Fills {
     /// No fills yet.
-    pub fn new(storage: Arc<dyn Storage>, metrics: Arc<Metrics>) -> Self {
-        Self { storage, metrics, map: Arc::new(Mutex::new(HashMap::new())) }
+    pub fn new(storage: Arc<dyn Storage>, metrics: Arc<Metrics>, session_state: Bytes) -> Self {
+        Self { storage, metrics, map: Arc::new(Mutex::new(HashMap::new())), session_state }
     }
 
     /// Joins the fill of `digest`, starting it when there is none; returns whether it joined one.
@@ -160,6 +166,7 @@ impl Fills {
             storage: self.storage.clone(),
             metrics: self.metrics.clone(),
             map: self.map.clone(),
+            session_state: self.session_state.clone(),
             rule,
             upstream_repo,
             digest: digest.clone(),
@@ -184,7 +191,7 @@ impl Fills {
                 _ => {}
             }
             if rx.changed().await.is_err() {
-                return Err(ReadError::Fill(FillError::Storage("the fill stopped without an outcome".into())));
+                return Err(ReadError::Fill(FillError::Internal("the fill stopped without an outcome".into())));
             }
         }
         let size = rx.borrow().size;
@@ -343,6 +350,7 @@ struct FillJob {
     storage: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
     map: FillMap,
+    session_state: Bytes,
     rule: Arc<Rule>,
     upstream_repo: String,
     digest: Digest,
@@ -350,7 +358,7 @@ struct FillJob {
 
 impl FillJob {
     async fn run(self, tx: watch::Sender<FillState>, on_commit: OnCommit) {
-        self.metrics.fills_in_progress.inc();
+        self.metrics.cache.fills_in_progress.inc();
         let mut upload = None;
         let result = self.fetch(&tx, &mut upload).await;
         let result = match result {
@@ -371,135 +379,44 @@ impl FillJob {
         tx.send_modify(|s| s.outcome = Some(result));
         // Readers now read the stored blob (or stop): the window's memory can go.
         tx.borrow().window.trim(u64::MAX, 0);
-        self.metrics.fills_in_progress.dec();
+        self.metrics.cache.fills_in_progress.dec();
     }
 
+    /// Fetches the blob in stages: open the upstream response and the upload session, receive
+    /// (feeding the window, the hasher and the writer), then verify and commit.
     async fn fetch(&self, tx: &watch::Sender<FillState>, upload: &mut Option<UploadId>) -> Result<u64, FillError> {
-        let base = self.rule.upstream.base().to_owned();
-        let invalid = |m: String| FillError::Upstream(upstream::Error::Invalid(base.clone(), m));
-        let stored = |e: storage::Error| FillError::Storage(e.to_string());
         let blob = self.rule.upstream.blob(&self.upstream_repo, &self.digest).await?;
         let id = UploadId::new();
         // A fill's session names no repository, so no client can append to it.
-        self.storage
-            .upload_create(&id, Bytes::from_static(br#"{"repository":"","started_at":0}"#))
-            .await
-            .map_err(stored)?;
+        self.storage.upload_create(&id, self.session_state.clone()).await.map_err(stored)?;
         *upload = Some(id);
         tx.send_modify(|s| {
             s.started = true;
             s.size = blob.size;
             s.upload = Some(id);
         });
-        let mut body = blob.body;
-        let window = tx.borrow().window.clone();
-        let window_limit = WINDOW.saturating_add(self.storage.append_buffer_bytes());
-        let mut progress = tx.subscribe();
         // One append for the whole fill, fed batch by batch, reports what is stored as it goes;
         // a hasher thread runs beside it. Both are off the receiving path, and every stage
         // shares the received buffers: nothing is copied between them.
-        let (batches, queue) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
-        let (to_hash, mut hash_queue) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
-        let hasher = {
-            let mut hasher = Hasher::new(self.digest.algorithm());
-            tokio::task::spawn_blocking(move || {
-                while let Some(batch) = hash_queue.blocking_recv() {
-                    for chunk in &batch {
-                        hasher.update(chunk);
-                    }
-                }
-                hasher.finish()
-            })
-        };
-        let writer = {
-            let (storage, tx) = (self.storage.clone(), tx.clone());
-            tokio::spawn(async move {
-                let stream = futures_util::stream::unfold(queue, |mut q| async move {
-                    let batch = q.recv().await?;
-                    Some((futures_util::stream::iter(batch.into_iter().map(Ok)), q))
-                })
-                .flatten()
-                .boxed();
-                storage.upload_append_observed(&id, stream, &|written| tx.send_modify(|s| s.written = written)).await
-            })
-        };
-        let mut received = 0u64;
-        let mut ended = false;
-        while !ended {
-            let mut batch = Vec::new();
-            let mut len: usize = 0;
-            match body.next().await {
-                Some(Ok(b)) => {
-                    len = len.saturating_add(b.len());
-                    batch.push(b);
-                }
-                Some(Err(e)) => return Err(FillError::Upstream(upstream::Error::Unreachable(base, e.to_string()))),
-                None => break,
-            }
-            // Gather more for a moment: few wake-ups per megabyte, yet readers see bytes within
-            // BATCH_WAIT.
-            let deadline =
-                tokio::time::Instant::now().checked_add(BATCH_WAIT).unwrap_or_else(tokio::time::Instant::now);
-            while len < BATCH {
-                match tokio::time::timeout_at(deadline, body.next()).await {
-                    Ok(Some(Ok(b))) => {
-                        len = len.saturating_add(b.len());
-                        batch.push(b);
-                    }
-                    Ok(Some(Err(e))) => {
-                        return Err(FillError::Upstream(upstream::Error::Unreachable(base, e.to_string())))
-                    }
-                    Ok(None) => {
-                        ended = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            batch.retain(|b| !b.is_empty());
-            let mut offset = received;
-            for chunk in &batch {
-                window.push(offset, chunk.clone());
-                offset = offset.saturating_add(chunk.len() as u64);
-            }
-            received = offset;
-            if blob.size.is_some_and(|s| received > s) {
-                return Err(invalid(format!("it sent more than its Content-Length of {}", blob.size.unwrap_or(0))));
-            }
-            tx.send_modify(|s| s.received = received);
-            if to_hash.send(batch.clone()).await.is_err() {
-                break;
-            }
-            if batches.send(batch).await.is_err() {
-                break;
-            }
-            // Keep the window bounded: wait for the writer when storage falls behind.
-            while window.trim(progress.borrow_and_update().written, window_limit) > window_limit {
-                tokio::select! {
-                    changed = progress.changed() => if changed.is_err() { break },
-                    // The writer stopped (storage failed): its error is reported below.
-                    () = batches.closed() => break,
-                }
-            }
-        }
+        let (to_hash, hasher) = spawn_hasher(&self.digest);
+        let (batches, writer) = spawn_writer(self.storage.clone(), id, tx.clone());
+        let received = self.receive(blob.body, blob.size, tx, &to_hash, &batches).await?;
         drop(batches);
         drop(to_hash);
         let written = match writer.await {
             Ok(Ok(w)) => w,
             Ok(Err(e)) => return Err(stored(e)),
-            Err(e) => return Err(FillError::Storage(e.to_string())),
+            Err(e) => return Err(FillError::Internal(e.to_string())),
         };
         if written != received {
-            return Err(FillError::Storage(format!("stored {written} of {received} bytes")));
+            return Err(stored(storage::Error::Corrupt(format!("stored {written} of {received} bytes"))));
         }
-        if let Some(size) = blob.size {
-            if written != size {
-                return Err(invalid(format!("it sent {written} bytes of {size}")));
-            }
+        if let Some(size) = blob.size.filter(|s| *s != written) {
+            return Err(self.invalid(format!("it sent {written} bytes of {size}")));
         }
-        let actual = hasher.await.map_err(|e| FillError::Storage(e.to_string()))?;
+        let actual = hasher.await.map_err(|e| FillError::Internal(e.to_string()))?;
         if actual != self.digest {
-            return Err(invalid(format!("its bytes hash to {actual}, not {}", self.digest)));
+            return Err(self.invalid(format!("its bytes hash to {actual}, not {}", self.digest)));
         }
         // Readers may finish now; storing durably under the digest happens behind them.
         tx.send_modify(|s| s.verified = true);
@@ -507,4 +424,129 @@ impl FillJob {
         *upload = None;
         Ok(written)
     }
+
+    fn invalid(&self, message: String) -> FillError {
+        FillError::Upstream(upstream::Error::Invalid(self.rule.upstream.base().to_owned(), message))
+    }
+
+    /// Receives the upstream's bytes in batches, hands each to the window, the hasher and the
+    /// writer, and holds the window to its bound; returns how many bytes arrived.
+    async fn receive(
+        &self,
+        mut body: ByteStream,
+        size: Option<u64>,
+        tx: &watch::Sender<FillState>,
+        to_hash: &tokio::sync::mpsc::Sender<Vec<Bytes>>,
+        batches: &tokio::sync::mpsc::Sender<Vec<Bytes>>,
+    ) -> Result<u64, FillError> {
+        let window = tx.borrow().window.clone();
+        let window_limit = WINDOW.saturating_add(self.storage.append_buffer_bytes());
+        let mut progress = tx.subscribe();
+        let mut received = 0u64;
+        let unreachable = |e: io::Error| {
+            FillError::Upstream(upstream::Error::Unreachable(self.rule.upstream.base().to_owned(), e.to_string()))
+        };
+        loop {
+            let (batch, ended) = next_batch(&mut body).await.map_err(unreachable)?;
+            let mut offset = received;
+            for chunk in &batch {
+                window.push(offset, chunk.clone());
+                offset = offset.saturating_add(chunk.len() as u64);
+            }
+            received = offset;
+            if let Some(size) = size.filter(|s| received > *s) {
+                return Err(self.invalid(format!("it sent more than its Content-Length of {size}")));
+            }
+            tx.send_modify(|s| s.received = received);
+            if batch.is_empty() && ended {
+                return Ok(received);
+            }
+            if to_hash.send(batch.clone()).await.is_err() || batches.send(batch).await.is_err() {
+                return Ok(received);
+            }
+            // Keep the window bounded: wait for the writer when storage falls behind.
+            while window.trim(progress.borrow_and_update().written, window_limit) > window_limit {
+                tokio::select! {
+                    changed = progress.changed() => if changed.is_err() { break },
+                    // The writer stopped (storage failed): its error is reported after.
+                    () = batches.closed() => break,
+                }
+            }
+            if ended {
+                return Ok(received);
+            }
+        }
+    }
+}
+
+fn stored(e: storage::Error) -> FillError {
+    FillError::Storage(Arc::new(e))
+}
+
+/// The next batch of the upstream's bytes: what arrives within [`BATCH_WAIT`] of the first
+/// chunk, up to [`BATCH`] (few wake-ups per megabyte, yet readers see bytes at once), and
+/// whether the body ended.
+async fn next_batch(body: &mut ByteStream) -> io::Result<(Vec<Bytes>, bool)> {
+    let mut batch = Vec::new();
+    let mut len: usize = 0;
+    match body.next().await {
+        Some(b) => {
+            let b = b?;
+            len = len.saturating_add(b.len());
+            batch.push(b);
+        }
+        None => return Ok((batch, true)),
+    }
+    let deadline = tokio::time::Instant::now().checked_add(BATCH_WAIT).unwrap_or_else(tokio::time::Instant::now);
+    while len < BATCH {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(b)) => {
+                let b = b?;
+                len = len.saturating_add(b.len());
+                batch.push(b);
+            }
+            Ok(None) => {
+                batch.retain(|b| !b.is_empty());
+                return Ok((batch, true));
+            }
+            Err(_) => break,
+        }
+    }
+    batch.retain(|b| !b.is_empty());
+    Ok((batch, false))
+}
+
+/// A hasher on a blocking thread, fed batches; yields the digest once the sender is dropped.
+fn spawn_hasher(digest: &Digest) -> (tokio::sync::mpsc::Sender<Vec<Bytes>>, tokio::task::JoinHandle<Digest>) {
+    let (to_hash, mut hash_queue) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
+    let mut hasher = Hasher::new(digest.algorithm());
+    let task = tokio::task::spawn_blocking(move || {
+        while let Some(batch) = hash_queue.blocking_recv() {
+            for chunk in &batch {
+                hasher.update(chunk);
+            }
+        }
+        hasher.finish()
+    });
+    (to_hash, task)
+}
+
+/// One append into the upload session for the whole fill, fed batches, publishing what is
+/// stored (and so readable) as it goes.
+fn spawn_writer(
+    storage: Arc<dyn Storage>,
+    id: UploadId,
+    tx: watch::Sender<FillState>,
+) -> (tokio::sync::mpsc::Sender<Vec<Bytes>>, tokio::task::JoinHandle<storage::Result<u64>>) {
+    let (batches, queue) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
+    let task = tokio::spawn(async move {
+        let stream = futures_util::stream::unfold(queue, |mut q| async move {
+            let batch = q.recv().await?;
+            Some((futures_util::stream::iter(batch.into_iter().map(Ok)), q))
+        })
+        .flatten()
+        .boxed();
+        storage.upload_append_observed(&id, stream, &|written| tx.send_modify(|s| s.written = written)).await
+    });
+    (batches, task)
 }

@@ -172,7 +172,11 @@ impl Upstream {
                     req = req.basic_auth(u, Some(p));
                 }
                 let resp = req.send().await.map_err(|e| Error::Unreachable(realm.clone(), e.to_string()))?;
-                self.metrics.upstream_requests.with_label_values(&[&self.rule, "GET", resp.status().as_str()]).inc();
+                self.metrics
+                    .cache
+                    .upstream_requests
+                    .with_label_values(&[&self.rule, "GET", resp.status().as_str()])
+                    .inc();
                 if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
                     return Err(Error::Unauthorized(
                         self.base.clone(),
@@ -228,11 +232,19 @@ impl Upstream {
             }
             let started = Instant::now();
             let result = req.send().await;
-            self.metrics.upstream_duration.with_label_values(&[&self.rule]).observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .cache
+                .upstream_duration
+                .with_label_values(&[&self.rule])
+                .observe(started.elapsed().as_secs_f64());
             let resp = match result {
                 Ok(r) => r,
                 Err(e) => {
-                    self.metrics.upstream_requests.with_label_values(&[&self.rule, method.as_str(), "error"]).inc();
+                    self.metrics
+                        .cache
+                        .upstream_requests
+                        .with_label_values(&[&self.rule, method.as_str(), "error"])
+                        .inc();
                     if attempt < MAX_ATTEMPTS {
                         tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                         continue;
@@ -241,7 +253,11 @@ impl Upstream {
                 }
             };
             let status = resp.status();
-            self.metrics.upstream_requests.with_label_values(&[&self.rule, method.as_str(), status.as_str()]).inc();
+            self.metrics
+                .cache
+                .upstream_requests
+                .with_label_values(&[&self.rule, method.as_str(), status.as_str()])
+                .inc();
             if let Some(remaining) = resp
                 .headers()
                 .get("ratelimit-remaining")
@@ -249,7 +265,7 @@ impl Upstream {
                 .and_then(|v| v.split(';').next())
                 .and_then(|v| v.trim().parse::<i64>().ok())
             {
-                self.metrics.upstream_ratelimit_remaining.with_label_values(&[&self.rule]).set(remaining);
+                self.metrics.cache.upstream_ratelimit_remaining.with_label_values(&[&self.rule]).set(remaining);
             }
             match status {
                 StatusCode::UNAUTHORIZED if !authenticated => {
@@ -354,7 +370,7 @@ impl Upstream {
     pub async fn blob(&self, repo: &str, digest: &Digest) -> Result<UpstreamBlob> {
         let resp = self.send(Method::GET, &format!("blobs/{digest}"), repo, None).await?;
         let size = resp.content_length();
-        let counter = self.metrics.upstream_bytes.with_label_values(&[&self.rule]);
+        let counter = self.metrics.cache.upstream_bytes.with_label_values(&[&self.rule]);
         let body = resp
             .bytes_stream()
             .map(move |r| r.inspect(|b| counter.inc_by(b.len() as u64)).map_err(std::io::Error::other))

@@ -55,9 +55,6 @@ pub enum Error {
     /// The client's stream failed before the request was complete.
     #[error("the request body ended early: {0}")]
     Incoming(std::io::Error),
-    /// Writes to a pull-through repository.
-    #[error("{0}")]
-    Denied(String),
     /// The upstream of a pull-through repository failed and nothing cached could stand in.
     #[error("{0}")]
     Upstream(crate::proxy::upstream::Error),
@@ -70,6 +67,9 @@ pub enum Error {
     /// The store failed.
     #[error("storage failed: {0}")]
     Storage(storage::Error),
+    /// Storing a pull-through fill failed (the error is shared by all its readers).
+    #[error("storage failed: {0}")]
+    FillStorage(std::sync::Arc<storage::Error>),
 }
 
 impl From<storage::Error> for Error {

@@ -51,8 +51,10 @@ fn digest_of(algorithm: DigestAlgorithm, bytes: &[u8]) -> Digest {
     h.finish()
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Storage(storage::Error::Io(e.into())))
+/// Decodes a stored record; one that does not decode is corrupt (said so, and never retried).
+pub(super) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Storage(storage::Error::Corrupt(format!("a stored record does not decode: {e}"))))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Bytes> {

@@ -5,12 +5,14 @@
 mod error;
 mod manifests;
 mod pull_through;
+pub mod purge;
 mod uploads;
 
 pub use error::{Error, Result};
 pub use manifests::{ManifestContent, ManifestRecord, StoredManifest};
 pub use pull_through::CacheResult;
 
+use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepositoryName};
 use crate::proxy::fill::{FillError, Fills, ReadError};
@@ -101,27 +103,35 @@ pub struct BlobContent {
 /// The registry service, shared by every request.
 pub struct Registry {
     storage: Arc<dyn Storage>,
+    clock: SharedClock,
     proxy: Arc<Proxy>,
     fills: Fills,
     settings: Settings,
     metrics: Arc<Metrics>,
     /// Running hash of each upload this process is receiving, so finishing needs no re-read.
     upload_hashes: Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<uploads::UploadHash>>>>,
-    /// Repositories known to have a catalog entry (entries are never removed yet).
-    known_repositories: Mutex<HashSet<RepositoryName>>,
+    /// Which repositories exist, and the one way a blob is linked into one.
+    repositories: Repositories,
 }
 
 impl Registry {
     /// A registry over `storage`, with the pull-through rules of `proxy`.
-    pub fn new(storage: Arc<dyn Storage>, proxy: Arc<Proxy>, settings: Settings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        proxy: Arc<Proxy>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+    ) -> Self {
         Self {
-            fills: Fills::new(storage.clone(), metrics.clone()),
+            fills: Fills::new(storage.clone(), metrics.clone(), uploads::UploadState::for_fill()),
+            repositories: Repositories { storage: storage.clone(), known: Arc::default() },
+            clock,
             proxy,
             storage,
             settings,
             metrics,
             upload_hashes: Mutex::new(HashMap::new()),
-            known_repositories: Mutex::new(HashSet::new()),
         }
     }
 
@@ -132,29 +142,12 @@ impl Registry {
 
     /// Whether the repository holds any content.
     pub async fn repository_exists(&self, name: &RepositoryName) -> Result<bool> {
-        if self.known_repositories.lock().map(|k| k.contains(name)).unwrap_or(false) {
-            return Ok(true);
-        }
-        let exists = self.storage.record_get(&Key::catalog_entry(name)).await?.is_some();
-        if exists {
-            self.remember_repository(name);
-        }
-        Ok(exists)
-    }
-
-    fn remember_repository(&self, name: &RepositoryName) {
-        if let Ok(mut k) = self.known_repositories.lock() {
-            k.insert(name.clone());
-        }
+        Ok(self.repositories.exists(name).await?)
     }
 
     /// Records that a repository exists, for the catalog.
     async fn ensure_repository(&self, name: &RepositoryName) -> Result<()> {
-        if !self.repository_exists(name).await? {
-            self.storage.record_put(&Key::catalog_entry(name), Bytes::new()).await?;
-            self.remember_repository(name);
-        }
-        Ok(())
+        Ok(self.repositories.ensure(name).await?)
     }
 
     /// `NameUnknown` when the repository does not exist, else `other`.
@@ -233,7 +226,8 @@ impl Registry {
                 Err(Error::BlobUnknown(digest.clone()))
             }
             Err(ReadError::Fill(FillError::Upstream(e))) => Err(Error::Upstream(e)),
-            Err(ReadError::Fill(FillError::Storage(e))) => {
+            Err(ReadError::Fill(FillError::Storage(e))) => Err(Error::FillStorage(e)),
+            Err(ReadError::Fill(FillError::Internal(e))) => {
                 Err(Error::Storage(storage::Error::Io(std::io::Error::other(e))))
             }
         }
@@ -253,8 +247,7 @@ impl Registry {
 
     /// Makes `digest` (of `size` bytes) servable from the repository.
     async fn link_blob(&self, name: &RepositoryName, digest: &Digest, size: u64) -> Result<()> {
-        self.storage.record_put(&Key::blob_link(name, digest), Bytes::from(size.to_string())).await?;
-        self.ensure_repository(name).await
+        Ok(self.repositories.link_blob(name, digest, size).await?)
     }
 
     /// The sorted catalog of repositories, one page after `last`.
@@ -269,6 +262,48 @@ impl Registry {
             .collect();
         names.sort_unstable();
         Ok(paginate(names, n, last))
+    }
+}
+
+/// Which repositories exist (their catalog entries, remembered once seen: entries are never
+/// removed yet), and the one way a blob is linked into a repository, shared by pushes, mounts
+/// and pull-through fills (which link from their own task, hence a cheap clone).
+#[derive(Clone)]
+pub(crate) struct Repositories {
+    storage: Arc<dyn Storage>,
+    known: Arc<Mutex<HashSet<RepositoryName>>>,
+}
+
+impl Repositories {
+    async fn exists(&self, name: &RepositoryName) -> storage::Result<bool> {
+        if self.known.lock().map(|k| k.contains(name)).unwrap_or(false) {
+            return Ok(true);
+        }
+        let exists = self.storage.record_get(&Key::catalog_entry(name)).await?.is_some();
+        if exists {
+            self.remember(name);
+        }
+        Ok(exists)
+    }
+
+    fn remember(&self, name: &RepositoryName) {
+        if let Ok(mut k) = self.known.lock() {
+            k.insert(name.clone());
+        }
+    }
+
+    async fn ensure(&self, name: &RepositoryName) -> storage::Result<()> {
+        if !self.exists(name).await? {
+            self.storage.record_put(&Key::catalog_entry(name), Bytes::new()).await?;
+            self.remember(name);
+        }
+        Ok(())
+    }
+
+    /// Makes `digest` (of `size` bytes) servable from `name`, and lists `name` in the catalog.
+    pub(crate) async fn link_blob(&self, name: &RepositoryName, digest: &Digest, size: u64) -> storage::Result<()> {
+        self.storage.record_put(&Key::blob_link(name, digest), Bytes::from(size.to_string())).await?;
+        self.ensure(name).await
     }
 }
 

@@ -11,11 +11,6 @@ use crate::proxy::fill::{FillError, OnCommit};
 use crate::proxy::{upstream, Route};
 use crate::storage::Key;
 use bytes::Bytes;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(millis).unwrap_or(0)
-}
 
 /// A duration in whole milliseconds, saturating (config durations can be anything).
 fn millis(d: std::time::Duration) -> u64 {
@@ -52,7 +47,7 @@ impl CacheResult {
 
 impl Registry {
     pub(super) fn count_cache(&self, route: &Route, kind: &str, result: CacheResult) {
-        self.metrics.cache_requests.with_label_values(&[route.rule.label(), kind, result.as_str()]).inc();
+        self.metrics.cache.requests.with_label_values(&[route.rule.label(), kind, result.as_str()]).inc();
     }
 
     /// Which repository a pull of `name` reads: a pull-through rule's (by prefix, by `ns`, or
@@ -69,15 +64,15 @@ impl Registry {
         Ok(Repo::Local(name))
     }
 
-    /// Refuses writes to pull-through repositories, which are read-only to clients as in ECR.
-    pub fn check_writable(&self, name: &RepositoryName, ns: Option<&str>) -> Result<()> {
-        match self.proxy.route_explicit(name, ns) {
-            Some(route) => Err(Error::Denied(format!(
+    /// Why `name` cannot be written, if it cannot: pull-through repositories are read-only to
+    /// clients, as in ECR.
+    pub fn read_only_reason(&self, name: &RepositoryName, ns: Option<&str>) -> Option<String> {
+        self.proxy.route_explicit(name, ns).map(|route| {
+            format!(
                 "{name} is a pull-through cache of {}; it cannot be pushed to or deleted from",
                 route.rule.upstream.base()
-            ))),
-            None => Ok(()),
-        }
+            )
+        })
     }
 
     /// Stores a manifest fetched from upstream under the route's repository (and the tag, if any).
@@ -97,7 +92,7 @@ impl Registry {
         let bytes = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
         self.storage.record_put(&Key::manifest_link(&route.local, &m.digest), bytes).await?;
         self.ensure_repository(&route.local).await?;
-        let record = ManifestRecord { fetched_at_ms: Some(now_ms()), ..record };
+        let record = ManifestRecord { fetched_at_ms: Some(self.clock.now_ms()), ..record };
         if let Some(tag) = tag {
             self.put_tag_record(&route.local, tag, &record).await?;
         }
@@ -115,7 +110,7 @@ impl Registry {
             Reference::Digest(d) => {
                 if let Some(v) = self.storage.record_get(&Key::manifest_link(&route.local, d)).await? {
                     self.count_cache(route, "manifest", CacheResult::Hit);
-                    return serde_json::from_slice(&v).map_err(|e| Error::Storage(crate::storage::Error::Io(e.into())));
+                    return super::manifests::decode(&v);
                 }
                 let m = route
                     .rule
@@ -132,7 +127,7 @@ impl Registry {
             Some(v) => serde_json::from_slice(&v).ok(),
             None => None,
         };
-        let age_ms = cached.as_ref().map(|c| now_ms().saturating_sub(c.fetched_at_ms.unwrap_or(0)));
+        let age_ms = cached.as_ref().map(|c| self.clock.now_ms().saturating_sub(c.fetched_at_ms.unwrap_or(0)));
         let ttl_ms = millis(route.rule.config.tag_ttl.0);
         if let (Some(c), Some(age)) = (&cached, age_ms) {
             if age < ttl_ms {
@@ -160,7 +155,7 @@ impl Registry {
         match fetched {
             Ok(Fetched::Unchanged(c)) => {
                 self.count_cache(route, "manifest", CacheResult::Revalidated);
-                let record = ManifestRecord { fetched_at_ms: Some(now_ms()), ..c };
+                let record = ManifestRecord { fetched_at_ms: Some(self.clock.now_ms()), ..c };
                 self.put_tag_record(&route.local, tag, &record).await?;
                 Ok(record)
             }
@@ -205,18 +200,14 @@ impl Registry {
 
     /// A callback that links a filled blob into the route's repository.
     pub(super) fn link_on_commit(&self, route: &Route, digest: &Digest) -> OnCommit {
-        let storage = self.storage.clone();
+        let repositories = self.repositories.clone();
         let (name, digest) = (route.local.clone(), digest.clone());
         Box::new(move |size| {
             Box::pin(async move {
-                storage
-                    .record_put(&Key::blob_link(&name, &digest), Bytes::from(size.to_string()))
+                repositories
+                    .link_blob(&name, &digest, size)
                     .await
-                    .map_err(|e| FillError::Storage(e.to_string()))?;
-                storage
-                    .record_put(&Key::catalog_entry(&name), Bytes::new())
-                    .await
-                    .map_err(|e| FillError::Storage(e.to_string()))
+                    .map_err(|e| FillError::Storage(std::sync::Arc::new(e)))
             })
         })
     }

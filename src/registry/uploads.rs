@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// One session's lock and the sha256 of its bytes so far (valid while `offset` equals the
 /// stored size). Every request that touches a session's bytes holds the lock throughout.
@@ -21,13 +21,18 @@ pub(super) struct UploadHash {
 
 /// What storage keeps about a session besides its bytes.
 #[derive(Serialize, Deserialize)]
-struct UploadState {
+pub(super) struct UploadState {
     repository: String,
     started_at: u64,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+impl UploadState {
+    /// The state of a pull-through fill's session: it names no repository, so no client can
+    /// address it; it is purged like any other once abandoned.
+    pub(super) fn for_fill() -> Bytes {
+        let state = UploadState { repository: String::new(), started_at: 0 };
+        Bytes::from(serde_json::to_vec(&state).unwrap_or_default())
+    }
 }
 
 /// Hashes bytes as they pass, leaving the hasher in `slot` for the caller to take back.
@@ -51,7 +56,8 @@ impl Registry {
     /// Opens an upload session in the repository.
     pub async fn upload_start(&self, name: &RepositoryName) -> Result<UploadId> {
         let id = UploadId::new();
-        let state = UploadState { repository: name.as_str().to_owned(), started_at: now_secs() };
+        let started_at = self.clock.now_ms() / 1000;
+        let state = UploadState { repository: name.as_str().to_owned(), started_at };
         let state = serde_json::to_vec(&state).map_err(|e| Error::Storage(storage::Error::Io(e.into())))?;
         self.storage.upload_create(&id, Bytes::from(state)).await?;
         self.hash_entry(id, true);
@@ -68,7 +74,7 @@ impl Registry {
         };
         map.entry(id)
             .or_insert_with(|| {
-                self.metrics.uploads_in_progress.inc();
+                self.metrics.uploads.in_progress.inc();
                 let (offset, hasher) =
                     if new_session { (0, Some(Hasher::new(DigestAlgorithm::Sha256))) } else { (u64::MAX, None) };
                 Arc::new(tokio::sync::Mutex::new(UploadHash { offset, hasher, finishing: false }))
@@ -82,7 +88,7 @@ impl Registry {
             Err(poisoned) => poisoned.into_inner().remove(id).is_some(),
         };
         if removed {
-            self.metrics.uploads_in_progress.dec();
+            self.metrics.uploads.in_progress.dec();
         }
     }
 
@@ -299,13 +305,13 @@ impl Registry {
 
     /// Removes sessions idle for longer than the configured age; returns how many.
     pub async fn purge_uploads(&self) -> Result<usize> {
-        let cutoff = SystemTime::now().checked_sub(self.settings.upload_max_idle).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = self.clock.now().checked_sub(self.settings.upload_max_idle).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut purged: usize = 0;
         for (id, last_write) in self.storage.upload_list().await? {
             if last_write < cutoff {
                 self.storage.upload_delete(&id).await?;
                 self.forget_upload(&id);
-                self.metrics.uploads_purged.inc();
+                self.metrics.uploads.purged.inc();
                 purged = purged.saturating_add(1);
             }
         }

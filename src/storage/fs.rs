@@ -3,7 +3,7 @@
 //! Writes go to a temporary file that is fsynced and renamed into place, so a crash never
 //! leaves partial content under a digest or a half-written record.
 
-use super::{ByteRange, ByteStream, Error, Key, OnWritten, Result, Storage, UploadId};
+use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, UploadId, Version};
 use crate::oci::Digest;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -34,6 +34,12 @@ fn not_found_as(e: io::Error) -> Error {
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+/// A record's version on the filesystem: a digest of its content (so a conditional write needs
+/// no side file to say which version is current).
+fn content_version(bytes: &[u8]) -> Version {
+    Version(crate::oci::Digest::sha256_of(bytes).hex()[..32].to_owned())
 }
 
 /// Writes `bytes` to a temporary file beside nothing that can be served, fsyncs it, and renames it to `dest`.
@@ -380,6 +386,49 @@ impl Storage for FsStorage {
         let tmp = self.tmp_dir();
         blocking(move || write_atomic(&tmp, &dest, &value)).await?;
         Ok(())
+    }
+
+    async fn record_get_versioned(&self, key: &Key) -> Result<Option<(Bytes, Version)>> {
+        Ok(self.record_get(key).await?.map(|v| {
+            let version = content_version(&v);
+            (v, version)
+        }))
+    }
+
+    async fn record_put_if(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version> {
+        let dest = self.record_path(key);
+        let tmp = self.tmp_dir();
+        blocking(move || {
+            let (Some(parent), Some(file)) = (dest.parent(), dest.file_name()) else {
+                return Ok(Err(Error::Corrupt(format!("{} is not a record path", dest.display()))));
+            };
+            std::fs::create_dir_all(parent)?;
+            // Every conditional writer of this record takes its lock file (an flock, so other
+            // processes and other stores on the same directory are held too): the check and the
+            // write are one step. Lock files start with '.', so listings skip them.
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(parent.join(format!(".{}.lock", file.to_string_lossy())))?;
+            lock.lock()?;
+            let current = match std::fs::read(&dest) {
+                Ok(v) => Some(v),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            let allowed = match (&mode, &current) {
+                (PutMode::Create, None) => true,
+                (PutMode::Update(v), Some(c)) => content_version(c) == *v,
+                _ => false,
+            };
+            if !allowed {
+                return Ok(Err(Error::Conflict));
+            }
+            write_atomic(&tmp, &dest, &value)?;
+            Ok(Ok(content_version(&value)))
+        })
+        .await?
     }
 
     async fn record_delete(&self, key: &Key) -> Result<bool> {

@@ -3,7 +3,7 @@
 //! records are cached only when a TTL is configured (by default never, so replicas sharing a
 //! bucket agree at once), and this process's own writes invalidate them.
 
-use super::{ByteRange, ByteStream, Error, Key, OnWritten, Result, Storage, UploadId};
+use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, UploadId, Version};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use async_trait::async_trait;
@@ -31,7 +31,7 @@ impl HotTier {
         tag_ttl: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let evictions = metrics.hot_tier_evictions.clone();
+        let evictions = metrics.hot_tier.evictions.clone();
         let blobs = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_: &Digest, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
@@ -46,8 +46,8 @@ impl HotTier {
     }
 
     fn count(&self, hit: bool) {
-        self.metrics.hot_tier_requests.with_label_values(&[if hit { "hit" } else { "miss" }]).inc();
-        self.metrics.hot_tier_bytes.set(self.blobs.weighted_size() as i64);
+        self.metrics.hot_tier.requests.with_label_values(&[if hit { "hit" } else { "miss" }]).inc();
+        self.metrics.hot_tier.bytes.set(self.blobs.weighted_size() as i64);
     }
 
     async fn cached(&self, digest: &Digest) -> Option<Bytes> {
@@ -59,12 +59,8 @@ impl HotTier {
     async fn remember(&self, digest: &Digest, bytes: &Bytes) {
         if (bytes.len() as u64) <= self.max_object {
             self.blobs.insert(digest.clone(), bytes.clone()).await;
-            self.metrics.hot_tier_bytes.set(self.blobs.weighted_size() as i64);
+            self.metrics.hot_tier.bytes.set(self.blobs.weighted_size() as i64);
         }
-    }
-
-    fn is_tag(key: &Key) -> bool {
-        key.as_str().starts_with("repos/") && key.as_str().contains("/_tags/")
     }
 }
 
@@ -171,7 +167,7 @@ impl Storage for HotTier {
 
     async fn record_get(&self, key: &Key) -> Result<Option<Bytes>> {
         match &self.tags {
-            Some(tags) if Self::is_tag(key) => {
+            Some(tags) if key.is_tag() => {
                 if let Some(v) = tags.get(key).await {
                     return Ok(v);
                 }
@@ -189,6 +185,18 @@ impl Storage for HotTier {
             tags.invalidate(key).await;
         }
         Ok(())
+    }
+
+    async fn record_get_versioned(&self, key: &Key) -> Result<Option<(Bytes, Version)>> {
+        self.inner.record_get_versioned(key).await
+    }
+
+    async fn record_put_if(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version> {
+        let version = self.inner.record_put_if(key, value, mode).await;
+        if let Some(tags) = &self.tags {
+            tags.invalidate(key).await;
+        }
+        version
     }
 
     async fn record_delete(&self, key: &Key) -> Result<bool> {

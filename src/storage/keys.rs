@@ -24,6 +24,16 @@ impl Key {
         Self(format!("catalog/{}", encode_name(name)))
     }
 
+    /// `leases/<name>`: who holds a background job's lease (see [`super::lease`]).
+    pub fn lease(name: &'static str) -> Self {
+        Self(format!("leases/{name}"))
+    }
+
+    /// Whether this is a tag record (mutable, so cached only briefly).
+    pub fn is_tag(&self) -> bool {
+        self.0.starts_with("repos/") && self.0.contains("/_tags/")
+    }
+
     /// `repos/<name>/_blobs/<alg>/<hex>`: the repository may serve that blob.
     pub fn blob_link(name: &RepositoryName, digest: &Digest) -> Self {
         Self(format!("repos/{name}/_blobs/{}/{}", digest.algorithm().as_str(), digest.hex()))

@@ -5,6 +5,7 @@
 pub mod fs;
 pub mod hot;
 pub mod keys;
+pub mod lease;
 pub mod s3;
 
 use crate::oci::Digest;
@@ -19,6 +20,9 @@ pub use keys::{Key, UploadId};
 
 /// A stream of bytes: a request body going in, or content going out.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// A failure's underlying cause, kept (not stringified) for logs and callers that inspect it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +41,45 @@ pub enum Error {
     /// link records, content that does not hash to its digest); never served.
     #[error("stored content is corrupt: {0}")]
     Corrupt(String),
-    /// The backend failed.
+    /// The backend asked us to slow down (S3 `503 SlowDown`, throttling): retry later.
+    #[error("S3 {operation} throttled: {message}")]
+    Throttled {
+        /// The request that was throttled.
+        operation: &'static str,
+        /// What the server said.
+        message: String,
+        /// The SDK's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A request to the backend failed.
+    #[error("S3 {operation} failed: {message}")]
+    Backend {
+        /// The request that failed.
+        operation: &'static str,
+        /// What the server or the connection said.
+        message: String,
+        /// The SDK's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The local filesystem failed.
     #[error("storage I/O failed: {0}")]
     Io(#[from] io::Error),
+}
+
+/// A record's version as its backend knows it (an S3 ETag, a digest of the content on the
+/// filesystem): opaque, compared, never parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version(pub(crate) String);
+
+/// What a conditional record write requires of the record's current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutMode {
+    /// The record must not exist yet.
+    Create,
+    /// The record must still be at this version.
+    Update(Version),
 }
 
 /// The result type of storage operations.
@@ -135,7 +175,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Reads a record.
     async fn record_get(&self, key: &Key) -> Result<Option<Bytes>>;
     /// Writes a record atomically: readers see the old value or the new one, never a mix.
+    /// Concurrent writers: the last one wins.
     async fn record_put(&self, key: &Key, value: Bytes) -> Result<()>;
+    /// Reads a record with its version, for a later [`Storage::record_put_if`].
+    async fn record_get_versioned(&self, key: &Key) -> Result<Option<(Bytes, Version)>>;
+    /// Writes a record only if it is in the state `mode` requires, in one atomic step (one
+    /// conditional request on S3, under a file lock on the filesystem): of two writers racing
+    /// from the same state, one succeeds and the other gets `Conflict`. Returns the new version.
+    async fn record_put_if(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version>;
     /// Deletes a record; returns whether it existed.
     async fn record_delete(&self, key: &Key) -> Result<bool>;
     /// The names directly below `prefix`, sorted.

@@ -7,7 +7,7 @@
 //! with a server-side copy (one `CopyObject`, or a multipart upload of `UploadPartCopy` parts),
 //! so content appears under its digest only once, complete, after the caller verified it.
 
-use super::{ByteRange, ByteStream, Error, Key, OnWritten, Result, Storage, UploadId};
+use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, UploadId, Version};
 use crate::config::S3Config;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
@@ -59,12 +59,35 @@ pub struct S3Storage {
     no_multipart_listing: Arc<std::sync::atomic::AtomicBool>,
 }
 
-fn io_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Io(io::Error::other(format!("S3 {what}: {e}")))
+/// The SDK's HTTP response type, which every S3 error carries.
+type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
+
+/// An SDK error as a storage error: throttling told apart from other failures, the SDK's error
+/// kept as the source, and its full chain of causes in the message.
+fn sdk_error<E>(operation: &'static str, e: aws_sdk_s3::error::SdkError<E, HttpResponse>) -> Error
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + Send + Sync + 'static,
+{
+    use aws_sdk_s3::error::ProvideErrorMetadata as _;
+    let message = detail(&e);
+    let throttled = matches!(
+        e.code(),
+        Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequests")
+    ) || e.raw_response().is_some_and(|r| matches!(r.status().as_u16(), 429 | 503));
+    if throttled {
+        Error::Throttled { operation, message, source: Box::new(e) }
+    } else {
+        Error::Backend { operation, message, source: Box::new(e) }
+    }
+}
+
+/// Any other failure of an S3 operation (reading a body, presigning), its cause kept.
+fn backend_error(operation: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Backend { operation, message: e.to_string(), source: Box::new(e) }
 }
 
 /// An S3 error's service detail, for messages (the SDK's Display says only "service error").
-fn detail<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &aws_sdk_s3::error::SdkError<E, R>) -> String {
+fn detail<E: std::error::Error + 'static>(e: &aws_sdk_s3::error::SdkError<E, HttpResponse>) -> String {
     use std::error::Error as _;
     let mut msg = e.to_string();
     let mut source = e.source();
@@ -82,14 +105,7 @@ impl S3Storage {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_sdk_s3::config::Region::new(cfg.region.clone()));
         if !cfg.access_key_id.is_empty() {
-            let secret = if !cfg.secret_access_key.0.is_empty() {
-                cfg.secret_access_key.0.clone()
-            } else {
-                std::fs::read_to_string(&cfg.secret_access_key_file)
-                    .map_err(|e| format!("storage.s3.secret_access_key_file {:?}: {e}", cfg.secret_access_key_file))?
-                    .trim()
-                    .to_owned()
-            };
+            let secret = cfg.resolved_secret().map_err(|e| e.to_string())?.unwrap_or_default();
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
                 &cfg.access_key_id,
                 secret,
@@ -133,25 +149,24 @@ impl S3Storage {
     /// Counts one S3 request: `ferry_s3_requests_total{operation,result}` and its latency.
     fn observe<T, E>(&self, operation: &str, started: Instant, result: &std::result::Result<T, E>) {
         if let Some(m) = &self.metrics {
-            m.s3_requests.with_label_values(&[operation, if result.is_ok() { "ok" } else { "error" }]).inc();
-            m.s3_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
+            m.s3.requests.with_label_values(&[operation, if result.is_ok() { "ok" } else { "error" }]).inc();
+            m.s3.duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
         }
     }
 
     /// Sends one request, counted as `operation` in the S3 metrics; a failure names the operation.
-    async fn send<T, E, R>(
+    async fn send<T, E>(
         &self,
         operation: &'static str,
-        request: impl std::future::Future<Output = std::result::Result<T, aws_sdk_s3::error::SdkError<E, R>>>,
+        request: impl std::future::Future<Output = std::result::Result<T, aws_sdk_s3::error::SdkError<E, HttpResponse>>>,
     ) -> Result<T>
     where
-        E: std::error::Error + 'static,
-        R: std::fmt::Debug,
+        E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + Send + Sync + 'static,
     {
         let started = Instant::now();
         let result = request.await;
         self.observe(operation, started, &result);
-        result.map_err(|e| io_error(operation, detail(&e)))
+        result.map_err(|e| sdk_error(operation, e))
     }
 
     fn key(&self, rel: &str) -> String {
@@ -206,7 +221,7 @@ impl S3Storage {
                 Ok(Some((out.body, total)))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(io_error("GetObject", detail(&e))),
+            Err(e) => Err(sdk_error("GetObject", e)),
         }
     }
 
@@ -224,7 +239,7 @@ impl S3Storage {
             Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412) | Some(409)) => {
                 Err(Error::Conflict)
             }
-            Err(e) => Err(io_error("PutObject", detail(&e))),
+            Err(e) => Err(sdk_error("PutObject", e)),
         }
     }
 
@@ -238,7 +253,7 @@ impl S3Storage {
                 out.last_modified.and_then(|t| SystemTime::try_from(t).ok()),
             ))),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(io_error("HeadObject", detail(&e))),
+            Err(e) => Err(sdk_error("HeadObject", e)),
         }
     }
 
@@ -261,7 +276,7 @@ impl S3Storage {
             let started = Instant::now();
             let resp = req.send().await;
             self.observe("ListObjectsV2", started, &resp);
-            let resp = resp.map_err(|e| io_error("ListObjectsV2", detail(&e)))?;
+            let resp = resp.map_err(|e| sdk_error("ListObjectsV2", e))?;
             for o in resp.contents() {
                 if let Some(k) = o.key() {
                     let modified = o.last_modified().and_then(|t| SystemTime::try_from(*t).ok());
@@ -284,7 +299,7 @@ impl S3Storage {
                 .set_objects(Some(objects))
                 .quiet(true)
                 .build()
-                .map_err(|e| io_error("DeleteObjects", e))?;
+                .map_err(|e| backend_error("DeleteObjects", e))?;
             self.send("DeleteObjects", self.client.delete_objects().bucket(&self.bucket).delete(delete).send()).await?;
         }
         Ok(())
@@ -392,7 +407,7 @@ impl S3Storage {
         loop {
             let next = data.next().await;
             if let Some(chunk) = &next {
-                buf.extend_from_slice(chunk.as_ref().map_err(|e| io_error("read", e))?);
+                buf.extend_from_slice(chunk.as_ref().map_err(|e| Error::Io(io::Error::new(e.kind(), e.to_string())))?);
             }
             if buf.len() >= self.part_size || (next.is_none() && (!buf.is_empty() || n == 0)) {
                 n = n.saturating_add(1);
@@ -445,7 +460,7 @@ impl Storage for S3Storage {
             return Ok(None);
         }
         let presign = aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(900))
-            .map_err(|e| io_error("presign", e))?;
+            .map_err(|e| backend_error("presign", e))?;
         let req = self
             .client
             .get_object()
@@ -453,13 +468,13 @@ impl Storage for S3Storage {
             .key(self.blob_key(digest))
             .presigned(presign)
             .await
-            .map_err(|e| io_error("presign", detail(&e)))?;
+            .map_err(|e| sdk_error("presign", e))?;
         Ok(Some(req.uri().to_owned()))
     }
 
     async fn blob_read_small(&self, digest: &Digest) -> Result<Bytes> {
         match self.get(self.blob_key(digest), None).await? {
-            Some(body) => Ok(body.collect().await.map_err(|e| io_error("GetObject body", e))?.into_bytes()),
+            Some(body) => Ok(body.collect().await.map_err(|e| backend_error("GetObject", e))?.into_bytes()),
             None => Err(Error::NotFound),
         }
     }
@@ -474,7 +489,7 @@ impl Storage for S3Storage {
 
     async fn upload_state(&self, id: &UploadId) -> Result<Bytes> {
         match self.get(format!("{}state", self.upload_prefix(id)), None).await? {
-            Some(body) => Ok(body.collect().await.map_err(|e| io_error("GetObject body", e))?.into_bytes()),
+            Some(body) => Ok(body.collect().await.map_err(|e| backend_error("GetObject", e))?.into_bytes()),
             None => Err(Error::NotFound),
         }
     }
@@ -632,7 +647,7 @@ impl Storage for S3Storage {
                 );
                 return Ok(0);
             }
-            listed => listed.map_err(|e| io_error("ListMultipartUploads", detail(&e)))?,
+            listed => listed.map_err(|e| sdk_error("ListMultipartUploads", e))?,
         };
         let mut aborted: usize = 0;
         for u in listed.uploads() {
@@ -648,43 +663,53 @@ impl Storage for S3Storage {
 
     async fn record_get(&self, key: &Key) -> Result<Option<Bytes>> {
         match self.get(self.key(key.as_str()), None).await? {
-            Some(body) => Ok(Some(body.collect().await.map_err(|e| io_error("GetObject body", e))?.into_bytes())),
+            Some(body) => Ok(Some(body.collect().await.map_err(|e| backend_error("GetObject", e))?.into_bytes())),
             None => Ok(None),
         }
     }
 
     async fn record_put(&self, key: &Key, value: Bytes) -> Result<()> {
-        // Replicas may move one tag at once: each write is conditional on the version it saw
-        // (If-Match, or If-None-Match for a new key), so writes never interleave; a writer that
-        // lost the race reads again and writes after the winner.
-        let full = self.key(key.as_str());
-        for _ in 0..8 {
-            let started = Instant::now();
-            let current = self.client.head_object().bucket(&self.bucket).key(&full).send().await;
-            self.observe("HeadObject", started, &current);
-            let etag = match current {
-                Ok(out) => out.e_tag().map(str::to_owned),
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => None,
-                Err(e) => return Err(io_error("HeadObject", detail(&e))),
-            };
-            let req = with_sse!(
-                self,
-                self.client.put_object().bucket(&self.bucket).key(&full).body(S3Body::from(value.clone()))
-            );
-            let req = match etag {
-                Some(tag) => req.if_match(tag),
-                None => req.if_none_match("*"),
-            };
-            let started = Instant::now();
-            let result = req.send().await;
-            self.observe("PutObject", started, &result);
-            match result {
-                Ok(_) => return Ok(()),
-                Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412) | Some(409)) => continue,
-                Err(e) => return Err(io_error("PutObject", detail(&e))),
+        // One PUT: S3 replaces an object atomically, so readers see the old value or the new
+        // one; writers that must not race use `record_put_if`.
+        self.put(self.key(key.as_str()), value).await
+    }
+
+    async fn record_get_versioned(&self, key: &Key) -> Result<Option<(Bytes, Version)>> {
+        let started = Instant::now();
+        let result = self.client.get_object().bucket(&self.bucket).key(self.key(key.as_str())).send().await;
+        self.observe("GetObject", started, &result);
+        match result {
+            Ok(out) => {
+                let version = Version(out.e_tag().unwrap_or_default().to_owned());
+                let body = out.body.collect().await.map_err(|e| backend_error("GetObject", e))?.into_bytes();
+                Ok(Some((body, version)))
             }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(sdk_error("GetObject", e)),
         }
-        Err(io_error("PutObject", format!("{full}: too many concurrent writers; try again")))
+    }
+
+    async fn record_put_if(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version> {
+        let req = with_sse!(
+            self,
+            self.client.put_object().bucket(&self.bucket).key(self.key(key.as_str())).body(S3Body::from(value))
+        );
+        let req = match mode {
+            PutMode::Create => req.if_none_match("*"),
+            PutMode::Update(v) => req.if_match(v.0),
+        };
+        let started = Instant::now();
+        let result = req.send().await;
+        self.observe("PutObject", started, &result);
+        match result {
+            Ok(out) => Ok(Version(out.e_tag().unwrap_or_default().to_owned())),
+            // 412: the condition failed; 409: a concurrent conditional write; 404: If-Match on
+            // a record that is gone.
+            Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412 | 409 | 404)) => {
+                Err(Error::Conflict)
+            }
+            Err(e) => Err(sdk_error("PutObject", e)),
+        }
     }
 
     async fn record_delete(&self, key: &Key) -> Result<bool> {

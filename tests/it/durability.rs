@@ -91,15 +91,12 @@ async fn kill_during_upload_leaves_nothing_under_the_digest() {
         }));
     }
     // Wait until the chunked upload has bytes on disk, then kill.
-    loop {
+    eventually("the chunked upload has 8 MiB on disk", std::time::Duration::from_secs(30), || async {
         let resp = client.get(format!("{}{location}", ferry.base)).send().await.unwrap();
-        let range = header(&resp, "range");
-        let end: u64 = range.split('-').nth(1).unwrap().parse().unwrap();
-        if end > 8 << 20 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        let end: u64 = header(&resp, "range").split('-').nth(1).unwrap().parse().unwrap();
+        end > 8 << 20
+    })
+    .await;
     ferry.kill();
     for u in uploads {
         // Cut off: either the request failed, or it got an answer that is not success.
@@ -436,7 +433,8 @@ async fn kill_campaign_leaves_only_verified_content() {
     );
     let resp = client.post(format!("{}/v2/campaign/last/blobs/uploads/", purging.base)).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    eventually("every abandoned session is purged", std::time::Duration::from_secs(20), || async {
+    // Within the purge lease's 30 s: a Ferry killed during its own purge pass held it.
+    eventually("every abandoned session is purged", std::time::Duration::from_secs(45), || async {
         snapshot(&data.join("uploads")).is_empty()
     })
     .await;

@@ -75,7 +75,8 @@ proptest! {
         ],
     ) {
         let method = http::Method::from_bytes(method.as_bytes()).unwrap();
-        match Endpoint::parse(&method, &path) {
+        let (path, query) = path.split_once('?').map_or((path.as_str(), None), |(p, q)| (p, Some(q)));
+        match Endpoint::parse(&method, path, &ferry::http::endpoint::Query::parse(query)) {
             Ok(ep) => {
                 prop_assert!(!ep.name().is_empty());
                 if let Some(name) = ep.repository() {

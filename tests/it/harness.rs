@@ -1,13 +1,14 @@
 //! Starts Ferry for a test: in-process on port 0 with a temporary data directory, or as a
 //! separate process (for restarts and `kill -9`). Plus small helpers that speak the API.
 
+pub use crate::process::{free_port, wait_for_port, ChildGuard};
 use ferry::config::Config;
 use ferry::RunningServer;
 use reqwest::{Client, Response, StatusCode};
 use sha2::Digest as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 /// `sha256:<hex>` of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
@@ -234,7 +235,7 @@ pub async fn error_code(resp: Response) -> String {
 
 /// A Ferry running as a separate process of the built binary.
 pub struct FerryProcess {
-    pub child: Child,
+    pub child: ChildGuard,
     pub base: String,
     pub admin: String,
     /// Every log line it has written so far (JSON, one event a line).
@@ -277,7 +278,7 @@ impl FerryProcess {
                 kept.lock().unwrap().push(line);
             }
         });
-        Self { child, base: format!("http://{addr}"), admin: format!("http://{admin}"), logs }
+        Self { child: ChildGuard::new(child), base: format!("http://{addr}"), admin: format!("http://{admin}"), logs }
     }
 
     /// Peak resident memory so far (VmHWM), in bytes.
@@ -290,21 +291,13 @@ impl FerryProcess {
 
     /// `kill -9`.
     pub fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.child.stop();
     }
 
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for FerryProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.child().wait().unwrap()
     }
 }
 

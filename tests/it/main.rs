@@ -3,6 +3,7 @@
 
 mod api;
 mod clients;
+mod contract;
 mod durability;
 mod fuzz;
 mod harness;
@@ -12,6 +13,8 @@ mod limits;
 mod malformed;
 mod mirrors;
 mod operations;
+#[path = "../support/process.rs"]
+mod process;
 mod pull_through;
 mod s3;
 mod token_auth;

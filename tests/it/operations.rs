@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use sha2::Digest as _;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn config_check_prints_effective_settings_or_names_the_bad_key() {
@@ -81,7 +81,7 @@ async fn sigterm_lets_in_flight_downloads_finish() {
     }
     assert_eq!(n, blob.len(), "the download in flight completed");
     assert_eq!(format!("sha256:{}", hex::encode(h.finalize())), d);
-    assert!(ferry.child.wait().unwrap().success(), "Ferry exits cleanly once drained");
+    assert!(ferry.child.child().wait().unwrap().success(), "Ferry exits cleanly once drained");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,15 +97,10 @@ async fn in_flight_limit_answers_429() {
     assert_eq!(resp.headers()["retry-after"], "1");
     assert_eq!(error_code(resp).await, "TOOMANYREQUESTS");
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let resp = f.client.get(f.url("/v2/")).send().await.unwrap();
-        if resp.status() == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the permit is released when the download is dropped");
-        tokio::task::yield_now().await;
-    }
+    eventually("the permit is released when the download is dropped", Duration::from_secs(10), || async {
+        f.client.get(f.url("/v2/")).send().await.unwrap().status() == StatusCode::OK
+    })
+    .await;
     // At least the one asserted above; the wait loop may add more while the permit drains.
     assert!(metric(&f.metrics().await, "ferry_http_requests_rejected_total") >= 1.0);
 }
@@ -119,22 +114,18 @@ async fn abandoned_uploads_are_purged() {
     .await;
     let resp = f.client.post(f.url("/v2/purge/blobs/uploads/")).send().await.unwrap();
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let resp = f.client.get(f.url(&location)).send().await.unwrap();
-        if resp.status() == StatusCode::NOT_FOUND {
-            assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the idle session was purged");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the idle session was purged", Duration::from_secs(10), || async {
+        f.client.get(f.url(&location)).send().await.unwrap().status() == StatusCode::NOT_FOUND
+    })
+    .await;
+    let resp = f.client.get(f.url(&location)).send().await.unwrap();
+    assert_eq!(error_code(resp).await, "BLOB_UPLOAD_UNKNOWN");
     assert!(snapshot(&f.data_dir().join("uploads")).is_empty());
     // Counted just after the session is removed.
-    while metric(&f.metrics().await, "ferry_uploads_purged_total") < 1.0 {
-        assert!(Instant::now() < deadline, "the purge is counted");
-        tokio::task::yield_now().await;
-    }
+    eventually("the purge is counted", Duration::from_secs(10), || async {
+        metric(&f.metrics().await, "ferry_uploads_purged_total") >= 1.0
+    })
+    .await;
     assert_eq!(metric(&f.metrics().await, "ferry_uploads_purged_total"), 1.0);
 }
 

@@ -318,13 +318,7 @@ async fn read_until(
 /// Whether the content ends up stored: a response completes once the digest is verified, and
 /// the fill stores the blob durably just after, on its own task.
 async fn eventually_stored(f: &TestFerry, d: &str) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !f.stores(d).await {
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the filled blob is stored", Duration::from_secs(10), || f.stores(d)).await;
     true
 }
 

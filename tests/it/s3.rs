@@ -7,13 +7,12 @@ use crate::harness::*;
 use crate::images::build_layout;
 use bytes::Bytes;
 use ferry::config::{Backend, Config, Secret};
-use ferry::oci::Digest;
-use ferry::storage::{self, ByteRange, Key, Storage, UploadId};
+use ferry::storage::{self, ByteRange, Storage, UploadId};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Which S3-compatible server.
 #[derive(Clone, Copy, Debug)]
@@ -27,7 +26,7 @@ pub enum Kind {
 /// An S3-compatible server on a free loopback port, stopped by its PID when dropped.
 pub struct Moto {
     kind: Kind,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     port: u16,
     data: tempfile::TempDir,
     pub endpoint: String,
@@ -39,7 +38,7 @@ impl Moto {
     }
 
     pub fn start_kind(kind: Kind) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let mut s = Self {
             kind,
             child: None,
@@ -73,20 +72,13 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("the S3 server runs (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "{:?} did not start", self.kind);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.child = Some(ChildGuard::new(child));
+        wait_for_port(self.port, Duration::from_secs(30));
     }
 
     /// Stops the server (kill by PID).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child = None;
     }
 
     /// Starts it again on the same port (and, for s3s-fs, the same data).
@@ -125,13 +117,7 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-async fn collect(s: storage::ByteStream) -> Vec<u8> {
+pub async fn collect(s: storage::ByteStream) -> Vec<u8> {
     let mut out = Vec::new();
     let mut s = s;
     while let Some(c) = s.next().await {
@@ -140,122 +126,8 @@ async fn collect(s: storage::ByteStream) -> Vec<u8> {
     out
 }
 
-fn stream_of(chunks: Vec<Vec<u8>>) -> storage::ByteStream {
+pub fn stream_of(chunks: Vec<Vec<u8>>) -> storage::ByteStream {
     futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c)))).boxed()
-}
-
-/// What every backend must do, checked through the trait alone.
-async fn storage_contract(store: Arc<dyn Storage>) {
-    let small = Bytes::from_static(b"{\"small\":true}");
-    let d = Digest::sha256_of(&small);
-    assert_eq!(store.blob_size(&d).await.unwrap(), None);
-    let len = small.len() as u64;
-    assert!(matches!(store.blob_read(&d, None, len).await, Err(storage::Error::NotFound)));
-    store.blob_put_small(&d, small.clone()).await.unwrap();
-    assert_eq!(store.blob_size(&d).await.unwrap(), Some(len));
-    assert_eq!(store.blob_read_small(&d).await.unwrap(), small);
-    assert_eq!(
-        collect(store.blob_read(&d, Some(ByteRange { start: 2, end: 6 }), len).await.unwrap()).await,
-        &small[2..=6]
-    );
-    // A stored object of another length than its link records is never streamed as if whole.
-    for wrong in [len - 1, len + 1] {
-        assert!(matches!(store.blob_read(&d, None, wrong).await, Err(storage::Error::Corrupt(_))), "{wrong}");
-    }
-
-    // Records: put, get, list one level, delete.
-    let name = ferry::oci::RepositoryName::parse("team/app").unwrap();
-    for tag in ["b", "a", "c"] {
-        let key = Key::tag(&name, &ferry::oci::Tag::parse(tag).unwrap());
-        store.record_put(&key, Bytes::from(tag.to_owned())).await.unwrap();
-    }
-    assert_eq!(store.record_list(&Key::tags(&name)).await.unwrap(), ["a", "b", "c"]);
-    let a = Key::tag(&name, &ferry::oci::Tag::parse("a").unwrap());
-    assert_eq!(store.record_get(&a).await.unwrap().unwrap().as_ref(), b"a");
-    assert!(store.record_delete(&a).await.unwrap());
-    assert!(!store.record_delete(&a).await.unwrap());
-    assert_eq!(store.record_get(&a).await.unwrap(), None);
-    store.record_put(&Key::catalog_entry(&name), Bytes::new()).await.unwrap();
-    assert_eq!(store.record_list(&Key::catalog()).await.unwrap(), ["team+app"]);
-
-    // Uploads: several appends (one bigger than a part), ranges across them, commit.
-    let data = random_bytes(12 << 20, 5);
-    let id = UploadId::new();
-    store.upload_create(&id, Bytes::from_static(b"{}")).await.unwrap();
-    assert_eq!(store.upload_state(&id).await.unwrap().as_ref(), b"{}");
-    assert_eq!(store.upload_size(&id).await.unwrap(), 0);
-    let cuts = [0, 1 << 20, (1 << 20) + 7, 9 << 20, 12 << 20];
-    for w in cuts.windows(2) {
-        let piece = data[w[0]..w[1]].to_vec();
-        let size = store
-            .upload_append(&id, stream_of(vec![piece[..piece.len() / 2].to_vec(), piece[piece.len() / 2..].to_vec()]))
-            .await
-            .unwrap();
-        assert_eq!(size, w[1] as u64);
-    }
-    assert_eq!(store.upload_size(&id).await.unwrap(), data.len() as u64);
-    let r = ByteRange { start: (1 << 20) - 3, end: (9 << 20) + 5 };
-    assert_eq!(collect(store.upload_read(&id, Some(r)).await.unwrap()).await, &data[r.start as usize..=r.end as usize]);
-    assert_eq!(collect(store.upload_read(&id, None).await.unwrap()).await, data);
-    assert!(store.upload_list().await.unwrap().iter().any(|(u, _)| *u == id));
-    let big = Digest::parse(&digest(&data)).unwrap();
-    // Sealed once: then no one (on any replica) sees the session's state, and a second seal fails.
-    store.upload_seal(&id).await.unwrap();
-    assert!(matches!(store.upload_state(&id).await, Err(storage::Error::NotFound)));
-    assert!(matches!(store.upload_seal(&id).await, Err(storage::Error::Conflict | storage::Error::NotFound)));
-    // Committing more bytes than the session holds stores nothing.
-    let held = data.len() as u64;
-    assert!(matches!(store.upload_commit(&id, &big, held + 1).await, Err(storage::Error::Corrupt(_))));
-    assert_eq!(store.blob_size(&big).await.unwrap(), None);
-    store.upload_commit(&id, &big, held).await.unwrap();
-    assert_eq!(store.blob_size(&big).await.unwrap(), Some(held));
-    assert_eq!(collect(store.blob_read(&big, None, held).await.unwrap()).await, data);
-    assert!(matches!(store.upload_state(&id).await, Err(storage::Error::NotFound)));
-    assert!(!store.upload_list().await.unwrap().iter().any(|(u, _)| *u == id));
-
-    // One long append reports its progress as it goes (a fill's readers follow it): sizes
-    // rise, never run ahead of what was sent, start before the stream ends, and end at the size.
-    let followed = UploadId::new();
-    store.upload_create(&followed, Bytes::from_static(b"{}")).await.unwrap();
-    let data = random_bytes(16 << 20, 6);
-    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let body = {
-        let (data, sent) = (Bytes::from(data.clone()), sent.clone());
-        futures_util::stream::iter((0..data.len()).step_by(64 << 10).map(move |at| {
-            let chunk = data.slice(at..(at + (64 << 10)).min(data.len()));
-            sent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::SeqCst);
-            Ok(chunk)
-        }))
-        .boxed()
-    };
-    let reports = std::sync::Mutex::new(Vec::new());
-    let on_written = |size: u64| {
-        let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
-        reports.lock().unwrap().push((size, sent));
-    };
-    let size = store.upload_append_observed(&followed, body, &on_written).await.unwrap();
-    assert_eq!(size, data.len() as u64);
-    let reports = reports.into_inner().unwrap();
-    assert_eq!(reports.last().map(|r| r.0), Some(size), "the last report is the final size: {reports:?}");
-    assert!(reports.windows(2).all(|w| w[0].0 < w[1].0), "sizes rise: {reports:?}");
-    assert!(reports.iter().all(|(size, sent)| size <= sent), "never ahead of the stream: {reports:?}");
-    assert!(reports.iter().any(|(_, sent)| *sent < data.len() as u64), "progress before the end: {reports:?}");
-    assert!(store.append_buffer_bytes() < data.len() as u64);
-    assert_eq!(collect(store.upload_read(&followed, None).await.unwrap()).await, data);
-    store.upload_delete(&followed).await.unwrap();
-
-    // The cleanup of a backend's own leftovers works, or stands down quietly where the server
-    // cannot list them (s3s-fs has no ListMultipartUploads).
-    store.cleanup(std::time::SystemTime::now()).await.unwrap();
-    store.cleanup(std::time::SystemTime::now()).await.unwrap();
-
-    // A cancelled upload leaves nothing.
-    let gone = UploadId::new();
-    store.upload_create(&gone, Bytes::from_static(b"{}")).await.unwrap();
-    store.upload_append(&gone, stream_of(vec![vec![1; 1000]])).await.unwrap();
-    store.upload_delete(&gone).await.unwrap();
-    assert!(matches!(store.upload_state(&gone).await, Err(storage::Error::NotFound)));
-    assert!(!store.upload_list().await.unwrap().iter().any(|(u, _)| *u == gone));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,7 +187,8 @@ async fn replicas_appending_at_one_offset_never_overwrite_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_contract_holds_on_the_filesystem_and_on_s3() {
     let dir = tempfile::tempdir().unwrap();
-    storage_contract(Arc::new(ferry::storage::fs::FsStorage::open(dir.path()).unwrap())).await;
+    crate::contract::storage_contract(Arc::new(ferry::storage::fs::FsStorage::open(dir.path()).unwrap()), "fs", true)
+        .await;
 
     for kind in [Kind::Moto, Kind::S3sFs] {
         let server = Moto::start_kind(kind);
@@ -325,7 +198,8 @@ async fn storage_contract_holds_on_the_filesystem_and_on_s3() {
         c.storage.s3.prefix = "ferry/".into();
         c.storage.s3.part_size = ferry::config::ByteSize(5 << 20);
         let s3 = ferry::storage::s3::S3Storage::connect(&c.storage.s3, None).await.unwrap();
-        storage_contract(Arc::new(s3)).await;
+        let atomic = matches!(kind, Kind::Moto);
+        crate::contract::storage_contract(Arc::new(s3), &format!("{kind:?}"), atomic).await;
     }
     let moto = Moto::start();
 
@@ -588,20 +462,17 @@ async fn s3_outages_give_errors_not_truncated_success_and_ferry_recovers() {
         async move { c.patch(url).body(reqwest::Body::wrap_stream(parts)).send().await }
     });
     // Once the first part is in S3, stop S3, then let the rest of the chunk come.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !s3
-        .client()
-        .list_objects_v2()
-        .bucket("faults")
-        .prefix("uploads/")
-        .send()
-        .await
-        .map(|o| o.contents().iter().any(|c| c.key().is_some_and(|k| k.contains("/seg/"))))
-        .unwrap_or(false)
-    {
-        assert!(Instant::now() < deadline, "the first part reached S3");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the first part reached S3", Duration::from_secs(20), || async {
+        s3.client()
+            .list_objects_v2()
+            .bucket("faults")
+            .prefix("uploads/")
+            .send()
+            .await
+            .map(|o| o.contents().iter().any(|c| c.key().is_some_and(|k| k.contains("/seg/"))))
+            .unwrap_or(false)
+    })
+    .await;
     s3.stop();
     gate.notify_one();
     // Either the connection failed, or the answer says S3 is unavailable: never 202.
@@ -722,10 +593,9 @@ async fn abandoned_multipart_uploads_are_aborted() {
         c.registry.upload_purge_interval = ferry::config::HumanDuration(Duration::from_millis(50));
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !sdk.list_multipart_uploads().bucket("leftovers").send().await.unwrap().uploads().is_empty() {
-        assert!(Instant::now() < deadline, "the abandoned multipart upload was aborted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the abandoned multipart upload was aborted", Duration::from_secs(15), || async {
+        sdk.list_multipart_uploads().bucket("leftovers").send().await.unwrap().uploads().is_empty()
+    })
+    .await;
     assert!(f.metrics().await.contains(r#"operation="AbortMultipartUpload",result="ok""#));
 }

@@ -5,31 +5,19 @@
 //! purpose: drop a connection mid-blob, send wrong bytes, answer 500 or 429, trickle, or hold a
 //! blob half-sent until the test releases it. Everything else uses the real registry.
 
+use crate::harness::{free_port, wait_for_port, ChildGuard};
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_until_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "upstream on port {port} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A `docker-registry` process on a loopback port, with its data in a temporary directory.
 pub struct RealUpstream {
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     pub port: u16,
     pub base: String,
     pub host: String,
@@ -79,8 +67,8 @@ impl RealUpstream {
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry starts");
-        self.child = Some(child);
-        wait_until_listening(self.port);
+        self.child = Some(ChildGuard::new(child));
+        wait_for_port(self.port, Duration::from_secs(20));
     }
 
     /// Where the registry writes one line per request.
@@ -106,10 +94,7 @@ impl RealUpstream {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child = None;
     }
 
     /// Restarts on the same port and data with different extra YAML.
@@ -122,12 +107,6 @@ impl RealUpstream {
     pub fn restart(&mut self) {
         self.stop();
         self.run();
-    }
-}
-
-impl Drop for RealUpstream {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

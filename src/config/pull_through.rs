@@ -1,0 +1,123 @@
+//! `[[pull_through]]`: one rule per upstream registry, as ECR's pull-through cache rules.
+
+use super::secret::Secret;
+use super::units::HumanDuration;
+use super::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `[[pull_through]]`: repositories under `prefix` are cached from `upstream`, as ECR's
+/// pull-through cache rules do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullThroughRule {
+    /// Repository prefix: `docker-hub/library/nginx` comes from the upstream's `library/nginx`. Required.
+    pub prefix: String,
+    /// Upstream registry base URL, e.g. `"https://registry-1.docker.io"`. Required.
+    pub upstream: String,
+    /// Also serve unprefixed names that match no local repository (daemon.json `registry-mirrors`). Default `false`.
+    pub mirror_default: bool,
+    /// The registry host containerd names in `?ns=` (e.g. `"docker.io"`); selects this rule. Default `""`.
+    pub namespace: String,
+    /// Upstream user name; with a password, used for Basic auth and token requests. Default `""`.
+    pub username: String,
+    /// Upstream password, or set `password_file`, or `FERRY_PULL_THROUGH_<PREFIX>_PASSWORD`. Default `""`.
+    pub password: Secret,
+    /// File holding the upstream password. Default `""`.
+    pub password_file: String,
+    /// A cached tag is trusted this long before it is re-checked upstream. Default `"5m"`.
+    pub tag_ttl: HumanDuration,
+    /// While the upstream fails, a cached tag is served for this long past its TTL. Default `"7d"`.
+    pub stale_if_error: HumanDuration,
+    /// Add `library/` to one-component names. Default: true when `namespace` is `"docker.io"`
+    /// or the upstream is Docker Hub.
+    pub library_prefix: Option<bool>,
+}
+
+impl Default for PullThroughRule {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            upstream: String::new(),
+            mirror_default: false,
+            namespace: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+            password_file: String::new(),
+            tag_ttl: HumanDuration(Duration::from_secs(300)),
+            stale_if_error: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
+            library_prefix: None,
+        }
+    }
+}
+
+impl PullThroughRule {
+    /// The environment variable that may hold this rule's password.
+    pub fn password_env_var(&self) -> String {
+        let p: String =
+            self.prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+        format!("FERRY_PULL_THROUGH_{p}_PASSWORD")
+    }
+
+    /// The password from `password` (or its environment variable), else `password_file`.
+    pub fn resolved_password(&self) -> Result<Option<String>, ConfigError> {
+        super::secret::resolve(&self.password, &self.password_file, "pull_through.password_file")
+    }
+
+    /// Whether one-component names get `library/`, as Docker Hub requires.
+    pub fn adds_library(&self) -> bool {
+        self.library_prefix.unwrap_or_else(|| {
+            self.namespace == "docker.io" || self.upstream.contains("docker.io") || self.upstream.contains("docker.com")
+        })
+    }
+}
+
+/// Checks every rule, and that prefixes and namespaces are unique and one rule at most is the
+/// mirror default.
+pub fn validate(rules: &[PullThroughRule]) -> Result<(), ConfigError> {
+    let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+    let mut prefixes = std::collections::HashSet::new();
+    let mut namespaces = std::collections::HashSet::new();
+    for rule in rules {
+        if crate::oci::RepositoryName::parse(&rule.prefix).is_err() {
+            return invalid(
+                "pull_through.prefix",
+                format!(
+                    "{:?} must be a repository name such as \"docker-hub\" (lowercase, no trailing /)",
+                    rule.prefix
+                ),
+            );
+        }
+        if !prefixes.insert(rule.prefix.as_str()) {
+            return invalid("pull_through.prefix", format!("{:?} is used by two rules", rule.prefix));
+        }
+        let scheme_ok = rule.upstream.starts_with("http://") || rule.upstream.starts_with("https://");
+        if !scheme_ok || rule.upstream.parse::<http::Uri>().map(|u| u.host().is_none()).unwrap_or(true) {
+            return invalid(
+                "pull_through.upstream",
+                format!(
+                    "{:?} (rule {}) must be a URL such as \"https://registry-1.docker.io\"",
+                    rule.upstream, rule.prefix
+                ),
+            );
+        }
+        if !rule.namespace.is_empty() && !namespaces.insert(rule.namespace.as_str()) {
+            return invalid("pull_through.namespace", format!("{:?} is used by two rules", rule.namespace));
+        }
+        let password = rule.resolved_password()?;
+        if !rule.username.is_empty() && password.is_none() {
+            return invalid(
+                "pull_through.password",
+                format!(
+                    "rule {} has a username but no password: set password, password_file or {}",
+                    rule.prefix,
+                    rule.password_env_var()
+                ),
+            );
+        }
+    }
+    if rules.iter().filter(|r| r.mirror_default).count() > 1 {
+        return invalid("pull_through.mirror_default", "only one rule can be the mirror default".into());
+    }
+    Ok(())
+}

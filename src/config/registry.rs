@@ -1,0 +1,41 @@
+//! `[registry]`: deletes and upload sessions.
+
+use super::units::HumanDuration;
+use super::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `[registry]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Allow DELETE of blobs, manifests and tags, as ECR does. Default `true`.
+    pub delete_enabled: bool,
+    /// Upload sessions with no write for this long are purged. Default `"24h"`.
+    pub upload_max_idle: HumanDuration,
+    /// How often to look for abandoned upload sessions. Default `"10m"`.
+    pub upload_purge_interval: HumanDuration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            delete_enabled: true,
+            upload_max_idle: HumanDuration(Duration::from_secs(24 * 3600)),
+            upload_purge_interval: HumanDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// Checks the purge interval.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.upload_purge_interval.0.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "registry.upload_purge_interval",
+                message: "must be more than 0s".into(),
+            });
+        }
+        Ok(())
+    }
+}
