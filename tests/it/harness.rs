@@ -1,6 +1,7 @@
 //! Starts Ferry for a test: in-process on port 0 with a temporary data directory, or as a
 //! separate process (for restarts and `kill -9`). Plus small helpers that speak the API.
 
+pub use crate::data::random_bytes;
 pub use crate::process::{free_port, wait_for_port, ChildGuard};
 use ferry::config::Config;
 use ferry::RunningServer;
@@ -13,20 +14,6 @@ use std::process::{Command, Stdio};
 /// `sha256:<hex>` of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so blobs do not compress or dedupe by accident.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// A Ferry running inside the test process. With `FERRY_TEST_BACKEND=s3` it stores into its
@@ -56,6 +43,11 @@ impl TestFerry {
     }
 
     pub async fn start_with(change: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_clock(std::sync::Arc::new(ferry::clock::SystemClock), change).await
+    }
+
+    /// A Ferry reading `clock` for everything time-based (a `ManualClock` moves only when told).
+    pub async fn start_with_clock(clock: ferry::clock::SharedClock, change: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         let s3 = if std::env::var("FERRY_TEST_BACKEND").as_deref() == Ok("s3") {
@@ -70,7 +62,7 @@ impl TestFerry {
             None
         };
         change(&mut config);
-        let server = ferry::start(config.clone()).await.expect("ferry starts");
+        let server = ferry::start_with_clock(config.clone(), clock).await.expect("ferry starts");
         let base = format!("http://{}", server.addr);
         let admin = format!("http://{}", server.admin_addr);
         Self { server: Some(server), dir, base, admin, client: Client::new(), s3, config }

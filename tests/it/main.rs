@@ -4,6 +4,8 @@
 mod api;
 mod clients;
 mod contract;
+#[path = "../support/data.rs"]
+mod data;
 mod durability;
 mod fuzz;
 mod harness;

@@ -194,3 +194,32 @@ async fn errors_are_labelled_by_source_and_logs_are_clean() {
     assert!(line.contains("ferry started"), "{line}");
     assert!(!line.contains('\u{1b}'), "no ANSI codes in a pipe: {line:?}");
 }
+
+/// The purge reads Ferry's clock: a session is kept while it is younger than
+/// `upload_max_idle`, however many purge passes run, and purged once the clock says it is
+/// older (the test moves the clock instead of waiting an hour).
+#[tokio::test]
+async fn uploads_are_purged_by_the_clock_not_by_waiting() {
+    let clock = ferry::clock::ManualClock::new();
+    let f = TestFerry::start_with_clock(std::sync::Arc::new(clock.clone()), |c| {
+        c.registry.upload_max_idle = ferry::config::HumanDuration(Duration::from_secs(3600));
+        c.registry.upload_purge_interval = ferry::config::HumanDuration(Duration::from_millis(20));
+    })
+    .await;
+    let resp = f.client.post(f.url("/v2/clocked/blobs/uploads/")).send().await.unwrap();
+    let location = header(&resp, "location");
+    let passes = |m: &str| metric_sum(m, "ferry_worker_runs_total", &["worker=\"upload_purge\"", "result=\"idle\""]);
+    let before = passes(&f.metrics().await);
+    eventually("two more purge passes ran", Duration::from_secs(10), || async {
+        passes(&f.metrics().await) >= before + 2.0
+    })
+    .await;
+    let resp = f.client.get(f.url(&location)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "a young session is kept");
+    clock.advance(Duration::from_secs(2 * 3600));
+    eventually("the session, two hours idle by the clock, is purged", Duration::from_secs(10), || async {
+        f.client.get(f.url(&location)).send().await.unwrap().status() == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(metric(&f.metrics().await, "ferry_uploads_purged_total") >= 1.0);
+}

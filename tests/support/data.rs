@@ -1,0 +1,17 @@
+//! Test data shared by `tests/it` and `benches/` (through `#[path]`): deterministic
+//! pseudo-random bytes, so blobs neither compress nor dedupe by accident.
+#![allow(dead_code)]
+
+/// `len` bytes from a xorshift generator seeded with `seed`.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
