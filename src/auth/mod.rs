@@ -4,6 +4,10 @@
 //! ECR); identities, tokens and IAM-style policies come in behind this same call. Knows nothing
 //! of HTTP or storage.
 
+pub mod policy;
+pub mod secrets;
+pub mod token;
+
 use crate::oci::RepositoryName;
 
 /// Who sent a request.

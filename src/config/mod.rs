@@ -3,6 +3,7 @@
 //! section with messages that say what to fix. Every key has a default, so an empty file is a
 //! complete config. Secrets go through one resolver (`secret.rs`).
 
+mod auth;
 mod log;
 mod pull_through;
 mod registry;
@@ -11,6 +12,7 @@ mod server;
 mod storage;
 mod units;
 
+pub use auth::{policy_text, AnonymousConfig, AuthConfig, PrincipalConfig};
 pub use log::{log_filter_is_valid, LogConfig, LogFormat};
 pub use pull_through::PullThroughRule;
 pub use registry::RegistryConfig;
@@ -64,6 +66,8 @@ pub struct Config {
     pub hot_tier: HotTierConfig,
     /// Pull-through cache rules, `[[pull_through]]`, one per upstream registry.
     pub pull_through: Vec<PullThroughRule>,
+    /// Identities, tokens and policies.
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -103,6 +107,7 @@ impl Config {
         self.storage.validate()?;
         self.registry.validate()?;
         pull_through::validate(&self.pull_through)?;
+        self.auth.validate()?;
         self.log.validate()
     }
 

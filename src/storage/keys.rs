@@ -29,6 +29,11 @@ impl Key {
         Self(format!("leases/{name}"))
     }
 
+    /// `auth/token-key`: the key registry passwords are signed with, created once.
+    pub fn auth_token_key() -> Self {
+        Self("auth/token-key".into())
+    }
+
     /// Whether this is a tag record (mutable, so cached only briefly).
     pub fn is_tag(&self) -> bool {
         self.0.starts_with("repos/") && self.0.contains("/_tags/")

@@ -118,8 +118,18 @@ pub trait Storage: Send + Sync + 'static {
     /// `NotFound` when absent, `Corrupt` when the stored object is not `size` bytes long, so a
     /// short or long object is never served as complete.
     async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>, size: u64) -> Result<ByteStream>;
-    /// Reads a small blob (a manifest) whole; `NotFound` when absent.
-    async fn blob_read_small(&self, digest: &Digest) -> Result<Bytes>;
+    /// Reads a small blob (a manifest) whole, as stored; `NotFound` when absent. Backends
+    /// implement this; callers use [`Storage::blob_read_small`].
+    async fn blob_read_small_unverified(&self, digest: &Digest) -> Result<Bytes>;
+    /// Reads a small blob whole, checked against its digest: `Corrupt` when the stored bytes do
+    /// not hash to it (cheap: these are manifests and small blobs).
+    async fn blob_read_small(&self, digest: &Digest) -> Result<Bytes> {
+        let bytes = self.blob_read_small_unverified(digest).await?;
+        if !digest.matches(&bytes) {
+            return Err(Error::Corrupt(format!("the stored bytes of {digest} do not hash to it")));
+        }
+        Ok(bytes)
+    }
     /// A URL the client may download the blob from directly, when the backend offers one.
     async fn blob_url(&self, _digest: &Digest) -> Result<Option<String>> {
         Ok(None)

@@ -28,6 +28,10 @@ pub async fn storage_contract(store: Arc<dyn Storage>, what: &str, atomic: bool)
     store.blob_put_small(&d, small.clone()).await.unwrap();
     assert_eq!(store.blob_size(&d).await.unwrap(), Some(len));
     assert_eq!(store.blob_read_small(&d).await.unwrap(), small);
+    // Bytes that do not hash to their digest are never returned as that digest's content.
+    let other = Digest::sha256_of(b"what the digest names");
+    store.blob_put_small(&other, Bytes::from_static(b"something else")).await.unwrap();
+    assert!(matches!(store.blob_read_small(&other).await, Err(storage::Error::Corrupt(_))));
     assert_eq!(
         collect(store.blob_read(&d, Some(ByteRange { start: 2, end: 6 }), len).await.unwrap()).await,
         &small[2..=6]

@@ -1,0 +1,180 @@
+//! `[auth]`: who may do what. Principals and their identity policies live here (reviewable,
+//! the same on every replica, reloaded on SIGHUP); secrets only as argon2id hashes.
+
+use super::units::HumanDuration;
+use super::ConfigError;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require credentials and policies. Default `false`: the embedded default stays open (on
+    /// loopback only; see `allow_anonymous_writes`).
+    pub enabled: bool,
+    /// The 12-digit account id in every ARN Ferry prints. Default `"000000000000"`.
+    pub registry_id: String,
+    /// The region in ARNs, the SigV4 scope and `proxyEndpoint`. Default `"us-east-1"`.
+    pub region: String,
+    /// How long a registry password (`GetAuthorizationToken`) is accepted. Default `"12h"`.
+    pub token_ttl: HumanDuration,
+    /// The registry's public URL, for `WWW-Authenticate` and `proxyEndpoint`. Default `""`
+    /// (the address of the request).
+    pub public_url: String,
+    /// Failed authentications one client address may make per minute before it gets 429.
+    /// Default `20`.
+    pub max_failures_per_minute: u32,
+    /// With auth disabled, Ferry refuses to listen on a non-loopback address unless this is
+    /// `true` (anyone reaching it could push and delete). Default `false`.
+    pub allow_anonymous_writes: bool,
+    /// `[[auth.principals]]`: the identities.
+    pub principals: Vec<PrincipalConfig>,
+    /// `[auth.anonymous]`: what a request without credentials may do.
+    pub anonymous: AnonymousConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            registry_id: "000000000000".into(),
+            region: "us-east-1".into(),
+            token_ttl: HumanDuration(Duration::from_secs(12 * 3600)),
+            public_url: String::new(),
+            max_failures_per_minute: 20,
+            allow_anonymous_writes: false,
+            principals: Vec::new(),
+            anonymous: AnonymousConfig::default(),
+        }
+    }
+}
+
+/// `[[auth.principals]]`: one identity (an IAM user of the registry's account, or with
+/// `account` set, a principal of another account, such as a replicating registry).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// Its name: `arn:aws:iam::<account>:user/<name>`. Required.
+    pub name: String,
+    /// The account it belongs to. Default `""`: the registry's own.
+    pub account: String,
+    /// Its access key id (AWS style: 16 to 128 letters and digits). Required.
+    pub access_key_id: String,
+    /// The argon2id hash of its secret access key (`ferry auth new-key` prints one), or set
+    /// `secret_access_key_hash_file`. Printed as `<redacted>`.
+    pub secret_access_key_hash: super::Secret,
+    /// A file holding the hash. Default `""`.
+    pub secret_access_key_hash_file: String,
+    /// Identity policies: IAM JSON documents, inline (starting with `{`) or file paths.
+    pub policies: Vec<String>,
+}
+
+/// `[auth.anonymous]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnonymousConfig {
+    /// Identity policies for requests without credentials; none by default (nothing allowed).
+    pub policies: Vec<String>,
+}
+
+impl PrincipalConfig {
+    /// The argon2id hash, from the value or the file.
+    pub fn resolved_hash(&self) -> Result<Option<String>, ConfigError> {
+        super::secret::resolve(
+            &self.secret_access_key_hash,
+            &self.secret_access_key_hash_file,
+            "auth.principals.secret_access_key_hash_file",
+        )
+    }
+}
+
+/// A policy entry's text: inline JSON, or the file it names.
+pub fn policy_text(entry: &str) -> Result<String, ConfigError> {
+    if entry.trim_start().starts_with('{') {
+        return Ok(entry.to_owned());
+    }
+    std::fs::read_to_string(entry).map_err(|e| ConfigError::Invalid {
+        key: "auth.principals.policies",
+        message: format!("cannot read {entry:?}: {e}"),
+    })
+}
+
+impl AuthConfig {
+    /// Checks ids, names, hashes and every policy document.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let twelve_digits = |s: &str| s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit());
+        if !twelve_digits(&self.registry_id) {
+            return invalid(
+                "auth.registry_id",
+                format!("{:?} must be 12 digits, like an AWS account id", self.registry_id),
+            );
+        }
+        if self.region.len() < 2
+            || !self.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return invalid("auth.region", format!("{:?} is not a region such as \"us-east-1\"", self.region));
+        }
+        if self.token_ttl.0.is_zero() {
+            return invalid("auth.token_ttl", "must be more than 0s".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for p in &self.principals {
+            let name_ok = !p.name.is_empty()
+                && p.name.len() <= 64
+                && p.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b));
+            if !name_ok {
+                return invalid(
+                    "auth.principals.name",
+                    format!("{:?} must be 1-64 letters, digits or +=,.@_-", p.name),
+                );
+            }
+            if !names.insert(p.name.as_str()) {
+                return invalid("auth.principals.name", format!("{:?} is used twice", p.name));
+            }
+            if !p.account.is_empty() && !twelve_digits(&p.account) {
+                return invalid("auth.principals.account", format!("{:?} must be 12 digits", p.account));
+            }
+            let key_ok = (16..=128).contains(&p.access_key_id.len())
+                && p.access_key_id.bytes().all(|b| b.is_ascii_alphanumeric());
+            if !key_ok {
+                return invalid(
+                    "auth.principals.access_key_id",
+                    format!("principal {}: an access key id is 16 to 128 letters and digits", p.name),
+                );
+            }
+            if !keys.insert(p.access_key_id.as_str()) {
+                return invalid(
+                    "auth.principals.access_key_id",
+                    format!("principal {}: the key id is used twice", p.name),
+                );
+            }
+            match p.resolved_hash()? {
+                Some(h) if h.starts_with("$argon2id$") && crate::auth::secrets::parse_hash(&h).is_ok() => {}
+                _ => {
+                    return invalid(
+                        "auth.principals.secret_access_key_hash",
+                        format!(
+                            "principal {}: give the argon2id hash `ferry auth new-key` prints (never the secret)",
+                            p.name
+                        ),
+                    )
+                }
+            }
+            for entry in &p.policies {
+                crate::auth::policy::Policy::parse(&policy_text(entry)?, crate::auth::policy::PolicyKind::Identity)
+                    .map_err(|e| ConfigError::Invalid {
+                        key: "auth.principals.policies",
+                        message: format!("principal {}: {e}", p.name),
+                    })?;
+            }
+        }
+        for entry in &self.anonymous.policies {
+            crate::auth::policy::Policy::parse(&policy_text(entry)?, crate::auth::policy::PolicyKind::Identity)
+                .map_err(|e| ConfigError::Invalid { key: "auth.anonymous.policies", message: e.to_string() })?;
+        }
+        Ok(())
+    }
+}
