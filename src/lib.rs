@@ -49,6 +49,9 @@ pub enum StartError {
     /// A listener could not be bound, or TLS files could not be loaded.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Access control could not be set up.
+    #[error("auth: {0}")]
+    Auth(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -64,6 +67,7 @@ pub struct RunningServer {
     pub metrics: Arc<metrics::Metrics>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    authenticator: Option<Arc<auth::authenticator::Authenticator>>,
 }
 
 impl RunningServer {
@@ -73,6 +77,21 @@ impl RunningServer {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+
+    /// Takes new principals and policies (SIGHUP) without dropping a connection. Nothing to do
+    /// when access control is off.
+    pub fn reload_auth(&self, auth: &config::AuthConfig) -> Result<(), config::ConfigError> {
+        auth.validate()?;
+        match &self.authenticator {
+            Some(a) => a.reload(auth),
+            None => Ok(()),
+        }
+    }
+
+    /// A handle that reloads principals and policies, for a signal handler.
+    pub fn auth_reloader(&self) -> Option<Arc<auth::authenticator::Authenticator>> {
+        self.authenticator.clone()
     }
 
     /// A sender that starts the shutdown when `true` is sent, e.g. from a signal handler.
@@ -88,6 +107,50 @@ impl RunningServer {
     }
 }
 
+/// Opens the durable backend `config` names (no hot tier), checking an S3 bucket is reachable.
+/// With `beside_server`, a server may be running on it: nothing of its is cleaned up.
+pub async fn open_storage(
+    config: &Config,
+    metrics: Option<Arc<metrics::Metrics>>,
+    beside_server: bool,
+) -> Result<Arc<dyn storage::Storage>, StartError> {
+    Ok(match config.storage.backend {
+        config::Backend::Fs => {
+            let dir = &config.storage.data_dir;
+            let opened = if beside_server {
+                storage::fs::FsStorage::open_beside_server(dir)
+            } else {
+                storage::fs::FsStorage::open(dir)
+            };
+            Arc::new(opened.map_err(|source| StartError::Storage { path: dir.display().to_string(), source })?)
+        }
+        config::Backend::S3 => {
+            Arc::new(storage::s3::S3Storage::connect(&config.storage.s3, metrics).await.map_err(StartError::S3)?)
+        }
+    })
+}
+
+/// A registry password for the principal with `access_key_id` and `secret` (what
+/// `ferry auth token` prints, like `aws ecr get-login-password`): the secret is checked
+/// against the config, and the token signed with the key in storage that the servers use.
+pub async fn issue_token(config: &Config, access_key_id: &str, secret: &str) -> Result<(String, u64), StartError> {
+    config.validate()?;
+    if !config.auth.enabled {
+        return Err(StartError::Auth("auth.enabled is false: this registry takes no passwords".into()));
+    }
+    let storage = open_storage(config, None, true).await?;
+    let key = auth::token::TokenKey::load_or_create(storage.as_ref())
+        .await
+        .map_err(|e| StartError::Auth(format!("cannot read or create the token key in storage: {e}")))?;
+    let authenticator = auth::authenticator::Authenticator::new(&config.auth, key, Arc::new(clock::SystemClock))?;
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{access_key_id}:{secret}"));
+    let localhost = std::net::IpAddr::from([127, 0, 0, 1]);
+    match authenticator.authenticate(Some(&format!("Basic {basic}")), localhost).await {
+        Ok(auth::Principal::User(identity)) => Ok(authenticator.issue_token(&identity)),
+        _ => Err(StartError::Auth("the access key id and secret do not match a principal of the config".into())),
+    }
+}
+
 /// Validates `config`, opens storage, binds both listeners and starts serving.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     start_with_clock(config, Arc::new(clock::SystemClock)).await
@@ -97,17 +160,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Result<RunningServer, StartError> {
     config.validate()?;
     let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
-    let backend: Arc<dyn storage::Storage> = match config.storage.backend {
-        config::Backend::Fs => {
-            Arc::new(storage::fs::FsStorage::open(&config.storage.data_dir).map_err(|source| StartError::Storage {
-                path: config.storage.data_dir.display().to_string(),
-                source,
-            })?)
-        }
-        config::Backend::S3 => Arc::new(
-            storage::s3::S3Storage::connect(&config.storage.s3, Some(metrics.clone())).await.map_err(StartError::S3)?,
-        ),
-    };
+    let backend = open_storage(&config, Some(metrics.clone()), false).await?;
     let hot = &config.hot_tier;
     let store: Arc<dyn storage::Storage> = if hot.max_bytes.0 > 0 {
         Arc::new(storage::hot::HotTier::new(
@@ -126,9 +179,26 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     };
     let proxy =
         Arc::new(proxy::Proxy::new(&config.pull_through, &metrics).map_err(|e| std::io::Error::other(e.to_string()))?);
+    let auth = match config.auth.enabled {
+        true => {
+            let key = auth::token::TokenKey::load_or_create(store.as_ref())
+                .await
+                .map_err(|e| StartError::Auth(format!("cannot read or create the token key in storage: {e}")))?;
+            let authenticator = Arc::new(auth::authenticator::Authenticator::new(&config.auth, key, clock.clone())?);
+            Some(http::AuthState {
+                authenticator,
+                registry_id: config.auth.registry_id.clone(),
+                region: config.auth.region.clone(),
+                public_url: config.auth.public_url.clone(),
+            })
+        }
+        false => None,
+    };
+    let authenticator = auth.as_ref().map(|a| a.authenticator.clone());
     let registry = Arc::new(registry::Registry::new(store, proxy, settings, metrics.clone(), clock));
     let tls = if config.tls.enabled() { Some(http::tls_acceptor(&config.tls.cert, &config.tls.key)?) } else { None };
     let (listener, addr) = http::bind(&config.server.listen).await?;
+    check_exposure(&config, addr)?;
     let (admin_listener, admin_addr) = http::bind(&config.server.admin_listen).await?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -148,6 +218,8 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
             .then(|| ::http::HeaderName::from_bytes(server.client_address_header.as_bytes()).ok())
             .flatten(),
         ready: ready_rx,
+        auth,
+        tls: config.tls.enabled(),
     });
     let settings = http::ListenerSettings {
         header_read_timeout: server.header_read_timeout.0,
@@ -185,5 +257,26 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     );
     tasks.push(tokio::spawn(worker::run(Box::new(purge), metrics.clone(), shutdown_rx)));
     tracing::info!(%addr, %admin_addr, tls = config.tls.enabled(), data_dir = %config.storage.data_dir.display(), "ferry started");
-    Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks })
+    Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks, authenticator })
+}
+
+/// Safe defaults: without access control, anyone who reaches Ferry may push and delete, so it
+/// listens only on loopback unless `auth.allow_anonymous_writes` says otherwise. With access
+/// control but no TLS on another address, credentials travel in clear text: warn.
+fn check_exposure(config: &Config, addr: SocketAddr) -> Result<(), StartError> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if !config.auth.enabled && !config.auth.allow_anonymous_writes {
+        return Err(StartError::Config(config::ConfigError::Invalid {
+            key: "auth.enabled",
+            message: format!(
+                "Ferry would listen on {addr} with access control off, so anyone reaching it could push and delete: set auth.enabled = true (with principals), or auth.allow_anonymous_writes = true to accept that"
+            ),
+        }));
+    }
+    if config.auth.enabled && !config.tls.enabled() {
+        tracing::warn!(%addr, "access control is on without TLS on a non-loopback address: credentials and tokens travel in clear text");
+    }
+    Ok(())
 }

@@ -40,6 +40,35 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Access keys and registry passwords.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Prints a new access key id, its secret (shown once) and the secret's argon2id hash for
+    /// `[[auth.principals]]`.
+    NewKey {
+        /// The principal's name, for the config snippet.
+        #[arg(long)]
+        name: String,
+    },
+    /// Prints a registry password (`docker login --username AWS --password-stdin`), as
+    /// `aws ecr get-login-password` does.
+    Token {
+        /// Config file (TOML). Default: config/ferry.toml when it exists.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The principal's access key id.
+        #[arg(long)]
+        access_key_id: String,
+        /// A file holding the secret access key.
+        #[arg(long)]
+        secret_file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,7 +113,9 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Auth { command } => auth_command(command),
         Command::Serve { config, listen, admin_listen, data_dir } => {
+            let path = config.clone();
             let mut c = match load(config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -113,12 +144,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(serve(c))
+            runtime.block_on(serve(c, path))
         }
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     let server = match ferry::start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -132,8 +163,85 @@ async fn serve(config: Config) -> ExitCode {
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = trigger.send(true);
     });
+    if let Some(authenticator) = server.auth_reloader() {
+        tokio::spawn(reload_on_sighup(authenticator, path));
+    }
     server.wait().await;
     ExitCode::SUCCESS
+}
+
+/// On SIGHUP, reads the config again and takes its principals and policies; a config that
+/// does not validate is refused (logged), and the old one stays in force.
+async fn reload_on_sighup(
+    authenticator: std::sync::Arc<ferry::auth::authenticator::Authenticator>,
+    path: Option<PathBuf>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        let reloaded = load(path.clone()).and_then(|c| {
+            c.auth.validate()?;
+            authenticator.reload(&c.auth)
+        });
+        match reloaded {
+            Ok(()) => tracing::info!("reloaded principals and policies"),
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: the config was not reloaded"),
+        }
+    }
+}
+
+fn auth_command(command: AuthCommand) -> ExitCode {
+    match command {
+        AuthCommand::NewKey { name } => match ferry::auth::secrets::new_key() {
+            Ok(k) => {
+                println!("access key id:     {}", k.access_key_id);
+                println!("secret access key: {}", k.secret);
+                println!();
+                println!("[[auth.principals]]");
+                println!("name = {name:?}");
+                println!("access_key_id = {:?}", k.access_key_id);
+                println!("secret_access_key_hash = {:?}", k.hash);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferry: cannot hash the new secret: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        AuthCommand::Token { config, access_key_id, secret_file } => {
+            let c = match load(config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ferry: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let secret = match std::fs::read_to_string(&secret_file) {
+                Ok(s) => s.trim_end_matches(['\n', '\r']).to_owned(),
+                Err(e) => {
+                    eprintln!("ferry: cannot read {}: {e}", secret_file.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("ferry: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(ferry::issue_token(&c, &access_key_id, &secret)) {
+                Ok((token, _)) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ferry: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -228,6 +228,23 @@ impl S3Metrics {
     }
 }
 
+/// Authentication and authorization.
+pub struct AuthMetrics {
+    /// `ferry_auth_failures_total{reason}`: credentials refused (invalid, expired, throttled).
+    pub failures: IntCounterVec,
+    /// `ferry_auth_denials_total{action}`: requests authenticated (or anonymous) but not allowed.
+    pub denials: IntCounterVec,
+}
+
+impl AuthMetrics {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            failures: counters(r, "ferry_auth_failures_total", "Credentials refused, by reason", &["reason"])?,
+            denials: counters(r, "ferry_auth_denials_total", "Requests no policy allowed, by action", &["action"])?,
+        })
+    }
+}
+
 /// Background workers.
 pub struct WorkerMetrics {
     /// `ferry_worker_runs_total{worker,result}`: rounds of work (busy, idle, done, error).
@@ -275,6 +292,8 @@ pub struct Metrics {
     pub s3: S3Metrics,
     /// Background workers.
     pub workers: WorkerMetrics,
+    /// Authentication and authorization.
+    pub auth: AuthMetrics,
 }
 
 impl Metrics {
@@ -287,6 +306,7 @@ impl Metrics {
             hot_tier: HotTierMetrics::register(&registry)?,
             s3: S3Metrics::register(&registry)?,
             workers: WorkerMetrics::register(&registry)?,
+            auth: AuthMetrics::register(&registry)?,
             registry,
         })
     }

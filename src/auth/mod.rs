@@ -4,18 +4,14 @@
 //! ECR); identities, tokens and IAM-style policies come in behind this same call. Knows nothing
 //! of HTTP or storage.
 
+pub mod authenticator;
 pub mod policy;
 pub mod secrets;
 pub mod token;
 
 use crate::oci::RepositoryName;
 
-/// Who sent a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// No credentials.
-    Anonymous,
-}
+pub use authenticator::{Identity, Principal};
 
 /// An ECR action (the IAM action every request maps to). The registry API's endpoints map as
 /// ECR's do; the rest are there for the ECR API and background jobs that come next.
@@ -109,28 +105,73 @@ impl Access {
 }
 
 /// Why a request may not proceed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Denied {
-    /// What was refused, and why.
-    pub message: String,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A write to a read-only repository (a pull-through cache), and why it is read-only.
+    ReadOnly(String),
+    /// No policy allows it, or one denies it.
+    NotAuthorized {
+        /// The action refused.
+        action: Action,
+        /// The resource's ARN.
+        resource: String,
+    },
 }
 
-/// The one authorization decision: may `principal` do every one of `accesses`? `read_only`
-/// says why a repository cannot be written (a pull-through cache), if it cannot.
+/// The policies a decision draws on, when access control is on.
+pub struct Policies<'a> {
+    /// The registry's account id and region, for ARNs.
+    pub registry_id: &'a str,
+    /// The region.
+    pub region: &'a str,
+    /// Identity policies of callers without credentials.
+    pub anonymous: &'a [policy::Policy],
+    /// A repository's own policy, if it has one.
+    pub repository: &'a dyn Fn(&RepositoryName) -> Option<std::sync::Arc<policy::Policy>>,
+}
+
+/// `arn:aws:ecr:<region>:<account>:repository/<name>`.
+pub fn repository_arn(region: &str, account: &str, name: &RepositoryName) -> String {
+    format!("arn:aws:ecr:{region}:{account}:repository/{name}")
+}
+
+/// The one authorization decision: may `principal` do every one of `accesses`? Writes to a
+/// read-only repository are refused whatever the policies say. With `policies` (access control
+/// on), each access is decided by the caller's identity policies (or the anonymous ones) and
+/// the repository's policy: an explicit deny wins, else an allow in either is enough.
 pub fn authorize(
     principal: &Principal,
     accesses: &[Access],
     read_only: &dyn Fn(&RepositoryName) -> Option<String>,
-) -> Result<(), Denied> {
-    match principal {
-        Principal::Anonymous => {}
-    }
+    policies: Option<&Policies<'_>>,
+    context: &policy::Context,
+) -> Result<(), Refusal> {
     for access in accesses {
         if let (true, Some(name)) = (access.action.writes(), &access.repository) {
             if let Some(reason) = read_only(name) {
-                return Err(Denied { message: reason });
+                return Err(Refusal::ReadOnly(reason));
             }
+        }
+    }
+    let Some(policies) = policies else { return Ok(()) };
+    let caller = principal.caller();
+    let identity: Vec<&policy::Policy> = match principal {
+        Principal::Anonymous => policies.anonymous.iter().collect(),
+        Principal::User(id) => id.policies.iter().collect(),
+    };
+    for access in accesses {
+        let resource = match &access.repository {
+            Some(name) => repository_arn(policies.region, policies.registry_id, name),
+            None => "*".to_owned(),
+        };
+        let repository_policy = access.repository.as_ref().and_then(|n| (policies.repository)(n));
+        let mut applicable = identity.clone();
+        if let Some(p) = &repository_policy {
+            applicable.push(p);
+        }
+        let request = policy::Request { caller: &caller, action: access.action.as_str(), resource: &resource, context };
+        if !policy::evaluate(&request, &applicable).allowed() {
+            return Err(Refusal::NotAuthorized { action: access.action, resource });
         }
     }
     Ok(())
@@ -146,14 +187,31 @@ mod tests {
         let own = RepositoryName::parse("team/app").unwrap();
         let read_only = |n: &RepositoryName| n.as_str().starts_with("docker-hub/").then(|| format!("{n} is a cache"));
         let who = Principal::Anonymous;
-        assert!(authorize(&who, &[Access::on(Action::BatchGetImage, &cache)], &read_only).is_ok());
-        assert!(authorize(&who, &[Access::on(Action::PutImage, &own)], &read_only).is_ok());
-        let denied = authorize(&who, &[Access::on(Action::PutImage, &cache)], &read_only).unwrap_err();
-        assert!(denied.message.contains("cache"));
+        let ctx = policy::Context {
+            source_ip: "127.0.0.1".parse().unwrap(),
+            secure_transport: false,
+            current_time: std::time::SystemTime::now(),
+        };
+        let check = |accesses: &[Access]| authorize(&who, accesses, &read_only, None, &ctx);
+        assert!(check(&[Access::on(Action::BatchGetImage, &cache)]).is_ok());
+        assert!(check(&[Access::on(Action::PutImage, &own)]).is_ok());
+        let denied = check(&[Access::on(Action::PutImage, &cache)]).unwrap_err();
+        assert!(matches!(denied, Refusal::ReadOnly(m) if m.contains("cache")));
         // A mount reads its source and writes its target: either may deny.
         let mount = [Access::on(Action::InitiateLayerUpload, &cache), Access::on(Action::GetDownloadUrlForLayer, &own)];
-        assert!(authorize(&who, &mount, &read_only).is_err());
-        assert!(authorize(&who, &[Access::registry(Action::DescribeRepositories)], &read_only).is_ok());
+        assert!(check(&mount).is_err());
+        assert!(check(&[Access::registry(Action::DescribeRepositories)]).is_ok());
+        // With access control on and nothing granted, anonymous may do nothing.
+        let none = |_: &RepositoryName| None;
+        let policies = Policies { registry_id: "123456789012", region: "us-east-1", anonymous: &[], repository: &none };
+        let refused = authorize(&who, &[Access::on(Action::BatchGetImage, &own)], &read_only, Some(&policies), &ctx);
+        assert_eq!(
+            refused,
+            Err(Refusal::NotAuthorized {
+                action: Action::BatchGetImage,
+                resource: "arn:aws:ecr:us-east-1:123456789012:repository/team/app".into()
+            })
+        );
         assert_eq!(Action::BatchDeleteImage.as_str(), "ecr:BatchDeleteImage");
     }
 }

@@ -61,11 +61,13 @@ pub struct PrincipalConfig {
     pub account: String,
     /// Its access key id (AWS style: 16 to 128 letters and digits). Required.
     pub access_key_id: String,
-    /// The argon2id hash of its secret access key (`ferry auth new-key` prints one), or set
-    /// `secret_access_key_hash_file`. Printed as `<redacted>`.
+    /// The argon2id hash of its secret access key (`ferry auth new-key` prints one): enough
+    /// for `docker login` with the key pair. Printed as `<redacted>`.
     pub secret_access_key_hash: super::Secret,
-    /// A file holding the hash. Default `""`.
-    pub secret_access_key_hash_file: String,
+    /// Or a file holding the secret itself (a mounted secret): needed to verify SigV4
+    /// signatures on the ECR API (`aws ecr get-login-password`), since a hash cannot be.
+    /// Default `""`.
+    pub secret_access_key_file: String,
     /// Identity policies: IAM JSON documents, inline (starting with `{`) or file paths.
     pub policies: Vec<String>,
 }
@@ -78,14 +80,25 @@ pub struct AnonymousConfig {
     pub policies: Vec<String>,
 }
 
+/// How a principal's secret is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretKnown {
+    /// Only as an argon2id hash.
+    Hash(String),
+    /// The secret itself (from a file).
+    Secret(String),
+}
+
 impl PrincipalConfig {
-    /// The argon2id hash, from the value or the file.
-    pub fn resolved_hash(&self) -> Result<Option<String>, ConfigError> {
-        super::secret::resolve(
-            &self.secret_access_key_hash,
-            &self.secret_access_key_hash_file,
-            "auth.principals.secret_access_key_hash_file",
-        )
+    /// The secret from `secret_access_key_file`, else the hash from `secret_access_key_hash`.
+    pub fn resolved_secret(&self) -> Result<Option<SecretKnown>, ConfigError> {
+        if !self.secret_access_key_file.is_empty() {
+            let none = super::Secret::default();
+            let secret =
+                super::secret::resolve(&none, &self.secret_access_key_file, "auth.principals.secret_access_key_file")?;
+            return Ok(secret.map(SecretKnown::Secret));
+        }
+        Ok(self.secret_access_key_hash.is_set().then(|| SecretKnown::Hash(self.secret_access_key_hash.0.clone())))
     }
 }
 
@@ -151,13 +164,14 @@ impl AuthConfig {
                     format!("principal {}: the key id is used twice", p.name),
                 );
             }
-            match p.resolved_hash()? {
-                Some(h) if h.starts_with("$argon2id$") && crate::auth::secrets::parse_hash(&h).is_ok() => {}
+            match p.resolved_secret()? {
+                Some(SecretKnown::Hash(h)) if h.starts_with("$argon2id$") && crate::auth::secrets::parse_hash(&h).is_ok() => {}
+                Some(SecretKnown::Secret(s)) if !s.is_empty() => {}
                 _ => {
                     return invalid(
                         "auth.principals.secret_access_key_hash",
                         format!(
-                            "principal {}: give the argon2id hash `ferry auth new-key` prints (never the secret)",
+                            "principal {}: give the argon2id hash `ferry auth new-key` prints (never the secret itself), or secret_access_key_file",
                             p.name
                         ),
                     )

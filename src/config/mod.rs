@@ -12,7 +12,7 @@ mod server;
 mod storage;
 mod units;
 
-pub use auth::{policy_text, AnonymousConfig, AuthConfig, PrincipalConfig};
+pub use auth::{policy_text, AnonymousConfig, AuthConfig, PrincipalConfig, SecretKnown};
 pub use log::{log_filter_is_valid, LogConfig, LogFormat};
 pub use pull_through::PullThroughRule;
 pub use registry::RegistryConfig;

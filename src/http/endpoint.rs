@@ -132,7 +132,8 @@ impl Endpoint {
         let on = |a, n| vec![Access::on(a, n)];
         match self {
             Self::Base => vec![],
-            Self::Catalog => vec![Access::registry(DescribeRepositories)],
+            // Decided per repository when the catalog is listed: each caller sees what it may.
+            Self::Catalog => vec![],
             Self::BlobGet(n, _) => on(GetDownloadUrlForLayer, n),
             Self::BlobHead(n, _) => on(BatchCheckLayerAvailability, n),
             Self::BlobDelete(n, _) | Self::ManifestDelete(n, _) => on(BatchDeleteImage, n),

@@ -33,6 +33,8 @@ pub struct Input {
     body_timeout: std::time::Duration,
     /// Set once the body has been read to its end.
     body_read: Arc<AtomicBool>,
+    /// Who sent it.
+    pub principal: crate::auth::Principal,
 }
 
 impl Input {
@@ -44,6 +46,7 @@ impl Input {
         query: Query,
         req: Request<Incoming>,
         body_read: Arc<AtomicBool>,
+        principal: crate::auth::Principal,
     ) -> Self {
         let (parts, body) = req.into_parts();
         body_read.store(body.is_end_stream(), Ordering::Relaxed);
@@ -55,6 +58,7 @@ impl Input {
             received: app.metrics.http.received_bytes.with_label_values(&[endpoint.name()]),
             body_timeout: app.body_read_timeout,
             body_read,
+            principal,
         }
     }
 
@@ -128,7 +132,11 @@ pub async fn handle(app: &App, endpoint: Endpoint, mut input: Input) -> Reply {
 
 async fn catalog(app: &App, input: &Input) -> Reply {
     let (n, last) = page_params(&input.query)?;
-    let page = app.registry.catalog(n, last).await?;
+    let visible = |name: &RepositoryName| {
+        let access = [crate::auth::Access::on(crate::auth::Action::DescribeRepositories, name)];
+        super::allowed(app, &input.principal, &access, input.client)
+    };
+    let page = app.registry.catalog(n, last, &visible).await?;
     let link = next_link("/v2/_catalog", n, &page);
     let mut resp = json_response(StatusCode::OK, &serde_json::json!({ "repositories": page.items }));
     set_link(&mut resp, link);

@@ -8,8 +8,10 @@ mod error;
 mod handlers;
 pub mod limits;
 
+use crate::auth::authenticator::AuthError;
+use crate::auth::{Principal, Refusal};
 use crate::metrics::Metrics;
-use crate::oci::OciError;
+use crate::oci::{ErrorCode, OciError};
 use crate::registry::Registry;
 use crate::storage::ByteStream;
 use bytes::Bytes;
@@ -49,6 +51,22 @@ pub struct App {
     pub client_address_header: Option<http::HeaderName>,
     /// Whether start-up finished and shutdown has not begun, for `/readyz`.
     pub ready: watch::Receiver<bool>,
+    /// Access control, when `[auth] enabled`.
+    pub auth: Option<AuthState>,
+    /// Whether the registry listener speaks TLS (`aws:SecureTransport`).
+    pub tls: bool,
+}
+
+/// What the edge needs when access control is on.
+pub struct AuthState {
+    /// Who a request is from.
+    pub authenticator: Arc<crate::auth::authenticator::Authenticator>,
+    /// The account id in ARNs.
+    pub registry_id: String,
+    /// The region in ARNs.
+    pub region: String,
+    /// The public URL for `WWW-Authenticate`; empty: from the request's `Host`.
+    pub public_url: String,
 }
 
 impl App {
@@ -136,9 +154,13 @@ pub async fn serve_request(
     let (endpoint_name, result) = match Endpoint::parse(&method, &path, &query) {
         Ok(ep) => {
             let name = ep.name();
-            match authorize(&app, &ep, &query) {
-                Ok(()) => {
-                    let input = handlers::Input::new(&app, client, &ep, query, req, body_read.clone());
+            let admitted = match authenticate(&app, &req, client).await {
+                Ok(principal) => authorize(&app, &principal, &ep, &query, client, &req).map(|()| principal),
+                Err(e) => Err(e),
+            };
+            match admitted {
+                Ok(principal) => {
+                    let input = handlers::Input::new(&app, client, &ep, query, req, body_read.clone(), principal);
                     (name, handlers::handle(&app, ep, input).await)
                 }
                 Err(e) => (name, Err(e)),
@@ -194,13 +216,116 @@ pub async fn serve_request(
     Ok(resp)
 }
 
+/// Who the request is from: anonymous when access control is off or no credentials came;
+/// refused credentials answer 401 (or 403 for an expired token, 429 when throttled).
+async fn authenticate<B>(app: &App, req: &Request<B>, client: std::net::IpAddr) -> Result<Principal, OciError> {
+    let Some(auth) = &app.auth else { return Ok(Principal::Anonymous) };
+    let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    auth.authenticator.authenticate(header, client).await.map_err(|e| {
+        let reason = match &e {
+            AuthError::Invalid => "invalid",
+            AuthError::Expired => "expired",
+            AuthError::Throttled(_) => "throttled",
+        };
+        app.metrics.auth.failures.with_label_values(&[reason]).inc();
+        match e {
+            AuthError::Invalid => challenge(auth, req, "the credentials are not valid"),
+            AuthError::Expired => OciError::new(ErrorCode::Denied, e.to_string()),
+            AuthError::Throttled(retry) => {
+                OciError::new(ErrorCode::Toomanyrequests, e.to_string()).with_header("Retry-After", retry.to_string())
+            }
+        }
+    })
+}
+
+/// 401 with the Basic challenge docker, podman, containerd, skopeo and oras answer with
+/// credentials (ECR's form).
+fn challenge<B>(auth: &AuthState, req: &Request<B>, message: &str) -> OciError {
+    let realm = if auth.public_url.is_empty() {
+        let host = req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+        format!("https://{host}")
+    } else {
+        auth.public_url.clone()
+    };
+    let realm: String = realm.chars().filter(|c| *c != '"' && !c.is_control()).collect();
+    OciError::new(ErrorCode::Unauthorized, message)
+        .with_header("WWW-Authenticate", format!("Basic realm=\"{realm}\",service=\"ferry\""))
+}
+
+/// Whether `principal` may do `accesses` (for listings that show each caller what it may see).
+pub fn allowed(app: &App, principal: &Principal, accesses: &[crate::auth::Access], client: std::net::IpAddr) -> bool {
+    let Some(auth) = &app.auth else { return true };
+    let identities = auth.authenticator.identities();
+    let none = |_: &crate::oci::RepositoryName| None;
+    let policies = crate::auth::Policies {
+        registry_id: &auth.registry_id,
+        region: &auth.region,
+        anonymous: &identities.anonymous,
+        repository: &none,
+    };
+    let context = request_context(app, client);
+    crate::auth::authorize(principal, accesses, &|_| None, Some(&policies), &context).is_ok()
+}
+
+fn request_context(app: &App, client: std::net::IpAddr) -> crate::auth::policy::Context {
+    crate::auth::policy::Context {
+        source_ip: client,
+        secure_transport: app.tls,
+        current_time: std::time::SystemTime::now(),
+    }
+}
+
 /// The one authorization decision, before any handler: every action the endpoint needs, on
 /// every repository it touches (a mount's source too).
-fn authorize(app: &App, endpoint: &Endpoint, query: &endpoint::Query) -> Result<(), OciError> {
+fn authorize<B>(
+    app: &App,
+    principal: &Principal,
+    endpoint: &Endpoint,
+    query: &endpoint::Query,
+    client: std::net::IpAddr,
+    req: &Request<B>,
+) -> Result<(), OciError> {
     let ns = query.namespace();
     let read_only = |name: &crate::oci::RepositoryName| app.registry.read_only_reason(name, ns);
-    crate::auth::authorize(&crate::auth::Principal::Anonymous, &endpoint.accesses(), &read_only)
-        .map_err(|d| OciError::new(crate::oci::ErrorCode::Denied, d.message))
+    let context = request_context(app, client);
+    let no_repository_policy = |_: &crate::oci::RepositoryName| None;
+    let anonymous;
+    let policies = match &app.auth {
+        Some(auth) => {
+            anonymous = auth.authenticator.identities();
+            // `GET /v2/` asks only who you are: docker login probes it, and needs the challenge.
+            if matches!(endpoint, Endpoint::Base) && matches!(principal, Principal::Anonymous) {
+                return Err(challenge(auth, req, "authentication required"));
+            }
+            Some(crate::auth::Policies {
+                registry_id: &auth.registry_id,
+                region: &auth.region,
+                anonymous: &anonymous.anonymous,
+                repository: &no_repository_policy,
+            })
+        }
+        None => None,
+    };
+    crate::auth::authorize(principal, &endpoint.accesses(), &read_only, policies.as_ref(), &context).map_err(
+        |r| match r {
+            Refusal::ReadOnly(reason) => OciError::new(ErrorCode::Denied, reason),
+            Refusal::NotAuthorized { action, resource } => {
+                app.metrics.auth.denials.with_label_values(&[action.as_str()]).inc();
+                match (principal, &app.auth) {
+                    (Principal::Anonymous, Some(auth)) => challenge(auth, req, "authentication required"),
+                    (Principal::User(id), _) => OciError::new(
+                        ErrorCode::Denied,
+                        format!(
+                            "User: {} is not authorized to perform: {} on resource: {resource}",
+                            id.arn,
+                            action.as_str()
+                        ),
+                    ),
+                    (Principal::Anonymous, None) => OciError::new(ErrorCode::Denied, "access denied"),
+                }
+            }
+        },
+    )
 }
 
 /// Connection settings for a listener.

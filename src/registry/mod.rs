@@ -251,13 +251,20 @@ impl Registry {
     }
 
     /// The sorted catalog of repositories, one page after `last`.
-    pub async fn catalog(&self, n: Option<usize>, last: Option<&str>) -> Result<Page<String>> {
+    /// Only repositories `visible` allows are listed.
+    pub async fn catalog(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+        visible: &(dyn Fn(&RepositoryName) -> bool + Sync),
+    ) -> Result<Page<String>> {
         let mut names: Vec<String> = self
             .storage
             .record_list(&Key::catalog())
             .await?
             .iter()
             .filter_map(|e| storage::keys::decode_catalog_entry(e))
+            .filter(|n| visible(n))
             .map(|n| n.as_str().to_owned())
             .collect();
         names.sort_unstable();

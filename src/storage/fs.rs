@@ -149,12 +149,19 @@ fn read_ahead(file: std::fs::File, len: u64) -> ByteStream {
 impl FsStorage {
     /// Opens (creating if needed) a store under `root`, and clears temporary files a crash left behind.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let store = Self::open_beside_server(root)?;
+        for entry in std::fs::read_dir(store.root.join("tmp"))? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        Ok(store)
+    }
+
+    /// Opens a store a running server may be using (the CLI's `ferry auth token`): its
+    /// temporary files are the server's writes in progress, so they are left alone.
+    pub fn open_beside_server(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
         for dir in ["blobs", "repos", "uploads", "catalog", "tmp"] {
             std::fs::create_dir_all(root.join(dir))?;
-        }
-        for entry in std::fs::read_dir(root.join("tmp"))? {
-            let _ = std::fs::remove_file(entry?.path());
         }
         Ok(Self { root })
     }

@@ -1,6 +1,7 @@
 //! Ferry's integration tests: one test binary, many modules, one shared harness.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
 mod api;
 mod clients;
 mod contract;
