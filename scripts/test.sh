@@ -27,12 +27,13 @@ if [ ${#packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
-# PyPI: moto, the S3-compatible server the S3 tests run against, and boto3, in a venv outside the clone.
+# PyPI: moto, the S3-compatible server the S3 tests run against, boto3 and the aws CLI (the
+# ECR API's real clients), in a venv outside the clone.
 export FERRY_TEST_VENV="${FERRY_TEST_VENV:-/var/tmp/ferry-venv}"
-if [ ! -x "$FERRY_TEST_VENV/bin/moto_server" ]; then
-  echo "== installing moto and boto3 into $FERRY_TEST_VENV"
+if [ ! -x "$FERRY_TEST_VENV/bin/moto_server" ] || [ ! -x "$FERRY_TEST_VENV/bin/aws" ]; then
+  echo "== installing moto, boto3 and awscli into $FERRY_TEST_VENV"
   python3 -m venv "$FERRY_TEST_VENV"
-  "$FERRY_TEST_VENV/bin/pip" install -q 'moto[server]==5.2.5' boto3
+  "$FERRY_TEST_VENV/bin/pip" install -q 'moto[server]==5.2.5' boto3 awscli
 fi
 
 # crates.io: s3s-fs 0.14.1, the second S3-compatible server (on disk, so it survives a restart);

@@ -12,6 +12,7 @@
 // Unit tests compute expectations freely; the library itself is held to the rule above.
 #![cfg_attr(test, allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation))]
 
+pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;

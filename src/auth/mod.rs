@@ -7,6 +7,7 @@
 pub mod authenticator;
 pub mod policy;
 pub mod secrets;
+pub mod sigv4;
 pub mod token;
 
 use crate::oci::RepositoryName;
@@ -45,6 +46,8 @@ pub enum Action {
     DeleteRepository,
     /// Getting a registry password (`docker login`).
     GetAuthorizationToken,
+    /// Describing the registry (its id and replication).
+    DescribeRegistry,
 }
 
 impl Action {
@@ -65,6 +68,7 @@ impl Action {
             Self::CreateRepository => "ecr:CreateRepository",
             Self::DeleteRepository => "ecr:DeleteRepository",
             Self::GetAuthorizationToken => "ecr:GetAuthorizationToken",
+            Self::DescribeRegistry => "ecr:DescribeRegistry",
         }
     }
 

@@ -3,6 +3,7 @@
 //! The only module that knows hyper.
 
 mod admin;
+mod api;
 pub mod endpoint;
 mod error;
 mod handlers;
@@ -148,6 +149,10 @@ pub async fn serve_request(
             return Ok(error_response(&e));
         }
     };
+    if api::is_api(&req) {
+        let (name, resp) = api::serve(&app, req, client).await;
+        return Ok(finish(&app, name, &method, &path, started, resp, guard));
+    }
     let query = endpoint::Query::parse(req.uri().query());
     let http1 = req.version() < http::Version::HTTP_2;
     let body_read = Arc::new(std::sync::atomic::AtomicBool::new(req.body().is_end_stream()));
@@ -189,6 +194,19 @@ pub async fn serve_request(
     if http1 && !body_read.load(std::sync::atomic::Ordering::Relaxed) {
         resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
+    Ok(finish(&app, endpoint_name, &method, &path, started, resp, guard))
+}
+
+/// Counts and logs a response, and ties the request's permits to its body.
+fn finish(
+    app: &App,
+    endpoint_name: &'static str,
+    method: &http::Method,
+    path: &str,
+    started: Instant,
+    resp: Response<Body>,
+    guard: limits::InFlight,
+) -> Response<Body> {
     let status = resp.status();
     let m = &app.metrics;
     m.http.requests.with_label_values(&[endpoint_name, status_class(status)]).inc();
@@ -203,7 +221,7 @@ pub async fn serve_request(
     );
     // The permits and the in-flight gauge last until the body is fully sent (or dropped).
     let sent = m.http.sent_bytes.with_label_values(&[endpoint_name]);
-    let resp = resp.map(move |body| {
+    resp.map(move |body| {
         body.map_frame(move |frame| {
             let _keep = &guard;
             if let Some(d) = frame.data_ref() {
@@ -212,8 +230,7 @@ pub async fn serve_request(
             frame
         })
         .boxed_unsync()
-    });
-    Ok(resp)
+    })
 }
 
 /// Who the request is from: anonymous when access control is off or no credentials came;
@@ -254,7 +271,17 @@ fn challenge<B>(auth: &AuthState, req: &Request<B>, message: &str) -> OciError {
 
 /// Whether `principal` may do `accesses` (for listings that show each caller what it may see).
 pub fn allowed(app: &App, principal: &Principal, accesses: &[crate::auth::Access], client: std::net::IpAddr) -> bool {
-    let Some(auth) = &app.auth else { return true };
+    allowed_or_refusal(app, principal, accesses, client).is_ok()
+}
+
+/// The decision on `accesses` by policies alone (the ECR API, and listings).
+pub fn allowed_or_refusal(
+    app: &App,
+    principal: &Principal,
+    accesses: &[crate::auth::Access],
+    client: std::net::IpAddr,
+) -> Result<(), Refusal> {
+    let Some(auth) = &app.auth else { return Ok(()) };
     let identities = auth.authenticator.identities();
     let none = |_: &crate::oci::RepositoryName| None;
     let policies = crate::auth::Policies {
@@ -264,7 +291,7 @@ pub fn allowed(app: &App, principal: &Principal, accesses: &[crate::auth::Access
         repository: &none,
     };
     let context = request_context(app, client);
-    crate::auth::authorize(principal, accesses, &|_| None, Some(&policies), &context).is_ok()
+    crate::auth::authorize(principal, accesses, &|_| None, Some(&policies), &context)
 }
 
 fn request_context(app: &App, client: std::net::IpAddr) -> crate::auth::policy::Context {

@@ -135,6 +135,16 @@ impl Registry {
         }
     }
 
+    /// Now, by the registry's clock.
+    pub fn now(&self) -> std::time::SystemTime {
+        self.clock.now()
+    }
+
+    /// Now in seconds since the epoch, by the registry's clock.
+    pub fn now_secs(&self) -> u64 {
+        self.clock.now_ms() / 1000
+    }
+
     /// The settings in force.
     pub fn settings(&self) -> &Settings {
         &self.settings

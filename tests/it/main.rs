@@ -8,6 +8,7 @@ mod contract;
 #[path = "../support/data.rs"]
 mod data;
 mod durability;
+mod ecr_api;
 mod fuzz;
 mod harness;
 mod images;

@@ -1,0 +1,156 @@
+//! The ECR API's HTTP framing: `POST /` with `X-Amz-Target`, a bounded JSON body, SigV4 on
+//! every request when access control is on, `{"__type","message"}` errors with
+//! `X-Amzn-ErrorType` and `x-amzn-RequestId`. The operations themselves live in `api/`.
+
+use super::{full, App, Body};
+use crate::api::{ApiContext, ApiError, Operation};
+use crate::auth::sigv4::{self, SigV4Error, SignedRequest};
+use crate::auth::Principal;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+/// The largest request body the API reads (its largest inputs are policy documents).
+const MAX_BODY: usize = 1 << 20;
+
+/// Whether a request is for the ECR API rather than the registry API.
+pub fn is_api<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::POST && req.uri().path() == "/" && req.headers().contains_key("x-amz-target")
+}
+
+/// Serves one API request; returns the operation's name (for metrics and logs) and the response.
+pub async fn serve(app: &App, req: Request<Incoming>, client: std::net::IpAddr) -> (&'static str, Response<Body>) {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let (name, result) = run(app, req, client).await;
+    let resp = match result {
+        Ok(value) => {
+            let body = serde_json::to_vec(&value).unwrap_or_default();
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(http::header::CONTENT_TYPE, "application/x-amz-json-1.1")
+                .header(http::header::CONTENT_LENGTH, body.len())
+                .header("x-amzn-RequestId", &request_id)
+                .body(full(Bytes::from(body)))
+                .unwrap_or_default()
+        }
+        Err(e) => {
+            if e.status() >= 500 {
+                tracing::warn!(operation = name, kind = e.kind, error = %e.message, "API request failed");
+            }
+            let body = e.to_body();
+            let mut resp = Response::builder()
+                .status(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST))
+                .header(http::header::CONTENT_TYPE, "application/x-amz-json-1.1")
+                .header(http::header::CONTENT_LENGTH, body.len())
+                .header("x-amzn-RequestId", &request_id)
+                .body(full(Bytes::from(body)))
+                .unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(e.kind) {
+                resp.headers_mut().insert("X-Amzn-ErrorType", v);
+            }
+            resp
+        }
+    };
+    (name, resp)
+}
+
+async fn run(
+    app: &App,
+    req: Request<Incoming>,
+    client: std::net::IpAddr,
+) -> (&'static str, Result<serde_json::Value, ApiError>) {
+    let (parts, body) = req.into_parts();
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(e) => return ("api", Err(e)),
+    };
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let op = match Operation::parse(target, &body) {
+        Ok(op) => op,
+        Err(e) => return ("api", Err(e)),
+    };
+    let name = op.name();
+    let principal = match authenticate(app, &parts, &body) {
+        Ok(p) => p,
+        Err(e) => {
+            app.metrics.auth.failures.with_label_values(&["invalid"]).inc();
+            return (name, Err(e));
+        }
+    };
+    if let Err(e) = authorize(app, &principal, &op, client) {
+        return (name, Err(e));
+    }
+    let host = parts.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
+    let auth = app.auth.as_ref();
+    let proxy_endpoint = match auth.map(|a| a.public_url.as_str()) {
+        Some(url) if !url.is_empty() => url.to_owned(),
+        _ => format!("{}://{host}", if app.tls { "https" } else { "http" }),
+    };
+    let ctx = ApiContext {
+        registry: &app.registry,
+        principal: &principal,
+        authenticator: auth.map(|a| a.authenticator.as_ref()),
+        registry_id: auth.map_or("000000000000", |a| a.registry_id.as_str()),
+        region: auth.map_or("us-east-1", |a| a.region.as_str()),
+        proxy_endpoint,
+        now: app.registry.now_secs(),
+        open_token_ttl: 12 * 3600,
+    };
+    (name, op.run(&ctx).await)
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    let mut stream = http_body_util::BodyDataStream::new(body);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::new("SerializationException", format!("the request body failed: {e}")))?;
+        if buf.len().saturating_add(chunk.len()) > MAX_BODY {
+            return Err(ApiError::new("SerializationException", "the request body is too large"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// With access control on, every request must be SigV4-signed by a principal of the config.
+fn authenticate(app: &App, parts: &http::request::Parts, body: &[u8]) -> Result<Principal, ApiError> {
+    let Some(auth) = &app.auth else { return Ok(Principal::Anonymous) };
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
+        .collect();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = SignedRequest { method: parts.method.as_str(), path_and_query, headers: &headers, body };
+    let identities = auth.authenticator.identities();
+    let now = app.registry.now();
+    sigv4::verify(&request, &identities, &auth.region, "ecr", now).map(Principal::User).map_err(|e| {
+        let kind = match e {
+            SigV4Error::Missing => "MissingAuthenticationTokenException",
+            SigV4Error::UnknownKey => "UnrecognizedClientException",
+            SigV4Error::SecretNotKnown => "AccessDeniedException",
+            SigV4Error::Malformed(_) | SigV4Error::Expired(_) | SigV4Error::Mismatch => "InvalidSignatureException",
+        };
+        ApiError::new(kind, e.to_string())
+    })
+}
+
+fn authorize(app: &App, principal: &Principal, op: &Operation, client: std::net::IpAddr) -> Result<(), ApiError> {
+    match super::allowed_or_refusal(app, principal, &op.accesses(), client) {
+        Ok(()) => Ok(()),
+        Err(crate::auth::Refusal::ReadOnly(reason)) => Err(ApiError::new("AccessDeniedException", reason)),
+        Err(crate::auth::Refusal::NotAuthorized { action, resource }) => {
+            app.metrics.auth.denials.with_label_values(&[action.as_str()]).inc();
+            let arn = match principal {
+                Principal::User(id) => id.arn.clone(),
+                Principal::Anonymous => "anonymous".into(),
+            };
+            Err(ApiError::new(
+                "AccessDeniedException",
+                format!("User: {arn} is not authorized to perform: {} on resource: {resource}", action.as_str()),
+            ))
+        }
+    }
+}
