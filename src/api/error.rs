@@ -52,10 +52,13 @@ impl From<crate::registry::Error> for ApiError {
     fn from(e: crate::registry::Error) -> Self {
         use crate::registry::Error;
         match e {
-            Error::Storage(_) | Error::FillStorage(_) => Self::server(e.to_string()),
+            Error::Storage(_) | Error::FillStorage(_) | Error::Upstream(_) => Self::server(e.to_string()),
             Error::NameUnknown(name) => {
                 Self::new("RepositoryNotFoundException", format!("The repository with name '{name}' does not exist"))
             }
+            Error::RepositoryAlreadyExists(_) => Self::new("RepositoryAlreadyExistsException", e.to_string()),
+            Error::RepositoryNotEmpty(_) => Self::new("RepositoryNotEmptyException", e.to_string()),
+            Error::TagImmutable { .. } => Self::new("ImageTagAlreadyExistsException", e.to_string()),
             other => Self::new("InvalidParameterException", other.to_string()),
         }
     }

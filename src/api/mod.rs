@@ -6,11 +6,14 @@
 //! `{"__type","message"}` ([`ApiError`]). Knows nothing of HTTP framing or storage layout.
 
 mod error;
+mod repositories;
 
 pub use error::ApiError;
 
 use crate::auth::authenticator::Authenticator;
 use crate::auth::{Access, Action, Principal};
+use crate::oci::RepositoryName;
+use crate::registry::repositories::{RepositorySettings, ResourceTag, TagMutability};
 use crate::registry::Registry;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -37,6 +40,8 @@ pub struct ApiContext<'a> {
     pub now: u64,
     /// How long a registry password lasts when access control is off (it is not checked then).
     pub open_token_ttl: u64,
+    /// Whether the caller may see a repository in a listing.
+    pub visible: &'a (dyn Fn(&RepositoryName) -> bool + Sync),
 }
 
 /// One operation, with its validated request.
@@ -46,6 +51,101 @@ pub enum Operation {
     GetAuthorizationToken,
     /// `DescribeRegistry`.
     DescribeRegistry,
+    /// `CreateRepository`.
+    CreateRepository(RepositoryName, RepositorySettings),
+    /// `DescribeRepositories`: by name, or every repository the caller may see (a page).
+    DescribeRepositories(Option<Vec<RepositoryName>>, Page),
+    /// `DeleteRepository`, with `force`.
+    DeleteRepository(RepositoryName, bool),
+    /// `PutImageTagMutability`.
+    PutImageTagMutability(RepositoryName, TagMutability, Vec<String>),
+    /// `SetRepositoryPolicy` (the text, checked).
+    SetRepositoryPolicy(RepositoryName, String),
+    /// `GetRepositoryPolicy`.
+    GetRepositoryPolicy(RepositoryName),
+    /// `DeleteRepositoryPolicy`.
+    DeleteRepositoryPolicy(RepositoryName),
+    /// `TagResource`.
+    TagResource(RepositoryName, Vec<ResourceTag>),
+    /// `UntagResource`.
+    UntagResource(RepositoryName, Vec<String>),
+    /// `ListTagsForResource`.
+    ListTagsForResource(RepositoryName),
+}
+
+/// `maxResults` and `nextToken`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    /// How many at most (1 to 1000; 100 by default).
+    pub max: usize,
+    /// Where the previous page ended.
+    pub after: Option<String>,
+}
+
+/// A request body's members, read with ECR's types and limits.
+pub struct Input(pub Map<String, Value>);
+
+impl Input {
+    /// A member that is present and not null.
+    pub fn get(&self, member: &str) -> Option<&Value> {
+        self.0.get(member).filter(|v| !v.is_null())
+    }
+
+    /// A string member, if present.
+    pub fn str(&self, member: &str) -> Result<Option<&str>, ApiError> {
+        match self.get(member) {
+            None => Ok(None),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| ApiError::invalid(member, "Member must be a string")),
+        }
+    }
+
+    /// A string member that must be present.
+    pub fn required_str(&self, member: &str) -> Result<&str, ApiError> {
+        self.str(member)?.ok_or_else(|| ApiError::invalid(member, "Member must not be null"))
+    }
+
+    /// A list member, if present.
+    pub fn list(&self, member: &str) -> Result<Option<&Vec<Value>>, ApiError> {
+        match self.get(member) {
+            None => Ok(None),
+            Some(v) => v.as_array().map(Some).ok_or_else(|| ApiError::invalid(member, "Member must be a list")),
+        }
+    }
+
+    /// A boolean member (false when absent).
+    pub fn flag(&self, member: &str) -> Result<bool, ApiError> {
+        match self.get(member) {
+            None => Ok(false),
+            Some(v) => v.as_bool().ok_or_else(|| ApiError::invalid(member, "Member must be a boolean")),
+        }
+    }
+
+    /// `maxResults` (within `1..=limit`) and `nextToken`.
+    pub fn page(&self, limit: u64) -> Result<Page, ApiError> {
+        let max = match self.get("maxResults") {
+            None => 100.min(limit),
+            Some(v) => match v.as_u64() {
+                Some(n) if (1..=limit).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::invalid(
+                        "maxResults",
+                        format!("Member must have value between 1 and {limit}"),
+                    ))
+                }
+            },
+        };
+        let after = match self.str("nextToken")? {
+            None => None,
+            Some(t) => Some(
+                STANDARD
+                    .decode(t)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| ApiError::invalid("nextToken", "Member is not a token this registry issued"))?,
+            ),
+        };
+        Ok(Page { max: usize::try_from(max).unwrap_or(100), after })
+    }
 }
 
 impl Operation {
@@ -54,30 +154,97 @@ impl Operation {
         match self {
             Self::GetAuthorizationToken => "GetAuthorizationToken",
             Self::DescribeRegistry => "DescribeRegistry",
+            Self::CreateRepository(..) => "CreateRepository",
+            Self::DescribeRepositories(..) => "DescribeRepositories",
+            Self::DeleteRepository(..) => "DeleteRepository",
+            Self::PutImageTagMutability(..) => "PutImageTagMutability",
+            Self::SetRepositoryPolicy(..) => "SetRepositoryPolicy",
+            Self::GetRepositoryPolicy(..) => "GetRepositoryPolicy",
+            Self::DeleteRepositoryPolicy(..) => "DeleteRepositoryPolicy",
+            Self::TagResource(..) => "TagResource",
+            Self::UntagResource(..) => "UntagResource",
+            Self::ListTagsForResource(..) => "ListTagsForResource",
         }
     }
 
     /// Parses `X-Amz-Target` and the JSON body into an operation, checking every member.
-    pub fn parse(target: &str, body: &[u8]) -> Result<Self, ApiError> {
+    pub fn parse(target: &str, body: &[u8], registry_id: &str, region: &str) -> Result<Self, ApiError> {
         let Some(op) = target.strip_prefix(TARGET_PREFIX) else {
             return Err(ApiError::new("UnknownOperationException", format!("{target} is not an ECR operation")));
         };
-        let input = parse_body(body)?;
+        let input = Input(parse_body(body)?);
+        if let Some(id) = input.str("registryId")? {
+            if id != registry_id {
+                registry_id_member(&Value::String(id.to_owned()), "registryId")?;
+                return Err(ApiError::invalid("registryId", format!("this registry's id is {registry_id}")));
+            }
+        }
+        let name = || repositories::repository_name(&input, "repositoryName");
+        let arn = || {
+            let arn = input.required_str("resourceArn")?;
+            let prefix = format!("arn:aws:ecr:{region}:{registry_id}:repository/");
+            arn.strip_prefix(&prefix).and_then(|n| RepositoryName::parse(n).ok()).ok_or_else(|| {
+                ApiError::invalid(
+                    "resourceArn",
+                    format!("Member must be a repository ARN of this registry ({prefix}<name>)"),
+                )
+            })
+        };
         match op {
             "GetAuthorizationToken" => {
-                if let Some(ids) = input.get("registryIds") {
-                    let ids =
-                        ids.as_array().ok_or_else(|| ApiError::invalid("registryIds", "Member must be a list"))?;
+                if let Some(ids) = input.list("registryIds")? {
                     if ids.is_empty() || ids.len() > 10 {
                         return Err(ApiError::invalid("registryIds", "Member must have length between 1 and 10"));
                     }
                     for id in ids {
-                        registry_id(id, "registryIds")?;
+                        registry_id_member(id, "registryIds")?;
                     }
                 }
                 Ok(Self::GetAuthorizationToken)
             }
             "DescribeRegistry" => Ok(Self::DescribeRegistry),
+            "CreateRepository" => {
+                let (name, settings) = repositories::parse_create(&input)?;
+                Ok(Self::CreateRepository(name, settings))
+            }
+            "DescribeRepositories" => {
+                let (names, page) = repositories::parse_describe(&input)?;
+                Ok(Self::DescribeRepositories(names, page))
+            }
+            "DeleteRepository" => Ok(Self::DeleteRepository(name()?, input.flag("force")?)),
+            "PutImageTagMutability" => {
+                let name = name()?;
+                let (m, filters) = repositories::mutability(&input, true)?.unwrap_or_default();
+                Ok(Self::PutImageTagMutability(name, m, filters))
+            }
+            "SetRepositoryPolicy" => {
+                let name = name()?;
+                input.flag("force")?;
+                Ok(Self::SetRepositoryPolicy(name, repositories::policy_text(&input)?))
+            }
+            "GetRepositoryPolicy" => Ok(Self::GetRepositoryPolicy(name()?)),
+            "DeleteRepositoryPolicy" => Ok(Self::DeleteRepositoryPolicy(name()?)),
+            "TagResource" => {
+                let name = arn()?;
+                let tags = repositories::tags(&input, "tags")?
+                    .ok_or_else(|| ApiError::invalid("tags", "Member must not be null"))?;
+                Ok(Self::TagResource(name, tags))
+            }
+            "UntagResource" => {
+                let name = arn()?;
+                let keys =
+                    input.list("tagKeys")?.ok_or_else(|| ApiError::invalid("tagKeys", "Member must not be null"))?;
+                let keys = keys
+                    .iter()
+                    .map(|k| {
+                        k.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| ApiError::invalid("tagKeys", "Member must be a list of strings"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Self::UntagResource(name, keys))
+            }
+            "ListTagsForResource" => Ok(Self::ListTagsForResource(arn()?)),
             other => Err(ApiError::new(
                 "UnknownOperationException",
                 format!("The operation {other} is not supported by this registry"),
@@ -90,16 +257,107 @@ impl Operation {
         match self {
             Self::GetAuthorizationToken => vec![Access::registry(Action::GetAuthorizationToken)],
             Self::DescribeRegistry => vec![Access::registry(Action::DescribeRegistry)],
+            Self::CreateRepository(n, _) => vec![Access::on(Action::CreateRepository, n)],
+            Self::DescribeRepositories(Some(names), _) => {
+                names.iter().map(|n| Access::on(Action::DescribeRepositories, n)).collect()
+            }
+            // A listing shows each caller the repositories it may describe.
+            Self::DescribeRepositories(None, _) => vec![],
+            Self::DeleteRepository(n, _) => vec![Access::on(Action::DeleteRepository, n)],
+            Self::PutImageTagMutability(n, ..) => vec![Access::on(Action::PutImageTagMutability, n)],
+            Self::SetRepositoryPolicy(n, _) => vec![Access::on(Action::SetRepositoryPolicy, n)],
+            Self::GetRepositoryPolicy(n) => vec![Access::on(Action::GetRepositoryPolicy, n)],
+            Self::DeleteRepositoryPolicy(n) => vec![Access::on(Action::DeleteRepositoryPolicy, n)],
+            Self::TagResource(n, _) => vec![Access::on(Action::TagResource, n)],
+            Self::UntagResource(n, _) => vec![Access::on(Action::UntagResource, n)],
+            Self::ListTagsForResource(n) => vec![Access::on(Action::ListTagsForResource, n)],
         }
     }
 
     /// Runs the operation.
     pub async fn run(self, ctx: &ApiContext<'_>) -> Result<Value, ApiError> {
+        let reg = ctx.registry;
+        let existing = |name: &RepositoryName| {
+            let name = name.clone();
+            async move { reg.repository_settings(&name).await?.ok_or_else(|| repositories::not_found(ctx, &name)) }
+        };
         match self {
             Self::GetAuthorizationToken => Ok(authorization_token(ctx)),
             Self::DescribeRegistry => {
                 Ok(json!({ "registryId": ctx.registry_id, "replicationConfiguration": { "rules": [] } }))
             }
+            Self::CreateRepository(name, settings) => {
+                let created = reg.create_repository(&name, settings).await?;
+                Ok(json!({ "repository": repositories::describe(ctx, &name, &created) }))
+            }
+            Self::DescribeRepositories(Some(names), _) => {
+                let mut out = Vec::new();
+                for name in names {
+                    out.push(repositories::describe(ctx, &name, &existing(&name).await?));
+                }
+                Ok(json!({ "repositories": out }))
+            }
+            Self::DescribeRepositories(None, page) => repositories::list(ctx, page).await,
+            Self::DeleteRepository(name, force) => {
+                existing(&name).await?;
+                let settings = reg.delete_repository(&name, force).await?;
+                Ok(json!({ "repository": repositories::describe(ctx, &name, &settings) }))
+            }
+            Self::PutImageTagMutability(name, m, filters) => {
+                existing(&name).await?;
+                let f = filters.clone();
+                reg.update_repository(&name, move |s| {
+                    s.image_tag_mutability = m;
+                    s.mutability_exclusions = f.clone();
+                    Ok(())
+                })
+                .await?;
+                let mut resp = json!({
+                    "registryId": ctx.registry_id, "repositoryName": name.as_str(), "imageTagMutability": m.as_str(),
+                });
+                if !filters.is_empty() {
+                    resp["imageTagMutabilityExclusionFilters"] =
+                        filters.iter().map(|f| json!({ "filterType": "WILDCARD", "filter": f })).collect();
+                }
+                Ok(resp)
+            }
+            Self::SetRepositoryPolicy(name, text) => {
+                existing(&name).await?;
+                let t = text.clone();
+                reg.update_repository(&name, move |s| {
+                    s.policy = Some(t.clone());
+                    Ok(())
+                })
+                .await?;
+                Ok(json!({ "registryId": ctx.registry_id, "repositoryName": name.as_str(), "policyText": text }))
+            }
+            Self::GetRepositoryPolicy(name) => {
+                let policy = existing(&name).await?.policy.ok_or_else(|| repositories::no_policy(ctx, &name))?;
+                Ok(json!({ "registryId": ctx.registry_id, "repositoryName": name.as_str(), "policyText": policy }))
+            }
+            Self::DeleteRepositoryPolicy(name) => {
+                let policy = existing(&name).await?.policy.ok_or_else(|| repositories::no_policy(ctx, &name))?;
+                reg.update_repository(&name, |s| {
+                    s.policy = None;
+                    Ok(())
+                })
+                .await?;
+                Ok(json!({ "registryId": ctx.registry_id, "repositoryName": name.as_str(), "policyText": policy }))
+            }
+            Self::TagResource(name, tags) => {
+                existing(&name).await?;
+                repositories::tag(ctx, &name, tags).await
+            }
+            Self::UntagResource(name, keys) => {
+                existing(&name).await?;
+                reg.update_repository(&name, |s| {
+                    s.tags.retain(|t| !keys.contains(&t.key));
+                    Ok(())
+                })
+                .await?;
+                Ok(json!({}))
+            }
+            Self::ListTagsForResource(name) => Ok(json!({ "tags": existing(&name).await?.tags })),
         }
     }
 }
@@ -132,7 +390,7 @@ fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// A `registryId`: 12 digits.
-fn registry_id(value: &Value, member: &str) -> Result<String, ApiError> {
+fn registry_id_member(value: &Value, member: &str) -> Result<String, ApiError> {
     match value.as_str() {
         Some(s) if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(s.to_owned()),
         _ => Err(ApiError::invalid(member, "Member must satisfy regular expression pattern: [0-9]{12}")),
@@ -145,7 +403,9 @@ mod tests {
 
     #[test]
     fn targets_and_inputs() {
-        let op = |t: &str, b: &str| Operation::parse(&format!("{TARGET_PREFIX}{t}"), b.as_bytes());
+        let op = |t: &str, b: &str| {
+            Operation::parse(&format!("{TARGET_PREFIX}{t}"), b.as_bytes(), "123456789012", "us-east-1")
+        };
         assert_eq!(op("GetAuthorizationToken", "{}").unwrap(), Operation::GetAuthorizationToken);
         assert_eq!(op("GetAuthorizationToken", "").unwrap(), Operation::GetAuthorizationToken);
         assert_eq!(
@@ -160,9 +420,31 @@ mod tests {
         assert_eq!(op("GetAuthorizationToken", "[1]").unwrap_err().kind, "SerializationException");
         assert_eq!(op("LaunchRockets", "{}").unwrap_err().kind, "UnknownOperationException");
         assert_eq!(
-            Operation::parse("Other.GetAuthorizationToken", b"{}").unwrap_err().kind,
+            Operation::parse("Other.GetAuthorizationToken", b"{}", "123456789012", "us-east-1").unwrap_err().kind,
             "UnknownOperationException"
         );
+        assert_eq!(op("CreateRepository", r#"{"repositoryName":"a"}"#).unwrap_err().kind, "InvalidParameterException");
+        assert_eq!(
+            op("CreateRepository", r#"{"repositoryName":"Team/App"}"#).unwrap_err().kind,
+            "InvalidParameterException"
+        );
+        assert!(op("CreateRepository", r#"{"repositoryName":"team/app","imageTagMutability":"IMMUTABLE"}"#).is_ok());
+        let no_filters = r#"{"repositoryName":"team/app","imageTagMutability":"IMMUTABLE_WITH_EXCLUSION"}"#;
+        assert_eq!(op("CreateRepository", no_filters).unwrap_err().kind, "InvalidParameterException");
+        let many: Vec<String> = (0..51).map(|i| format!(r#"{{"Key":"k{i}","Value":"v"}}"#)).collect();
+        let body = format!(r#"{{"repositoryName":"team/app","tags":[{}]}}"#, many.join(","));
+        assert_eq!(op("CreateRepository", &body).unwrap_err().kind, "TooManyTagsException");
+        let bad_tag = r#"{"repositoryName":"team/app","tags":[{"Key":"","Value":"v"}]}"#;
+        assert_eq!(op("CreateRepository", bad_tag).unwrap_err().kind, "InvalidTagParameterException");
+        let bad_policy = r#"{"repositoryName":"team/app","policyText":"{\"Version\":\"2012-10-17\"}"}"#;
+        let e = op("SetRepositoryPolicy", bad_policy).unwrap_err();
+        assert_eq!(
+            e.message,
+            "Invalid parameter at 'PolicyText' failed to satisfy constraint: 'Invalid repository policy provided'"
+        );
+        let foreign = r#"{"resourceArn":"arn:aws:ecr:us-east-1:999999999999:repository/x1","tags":[]}"#;
+        assert_eq!(op("TagResource", foreign).unwrap_err().kind, "InvalidParameterException");
+        assert_eq!(op("DescribeRepositories", r#"{"maxResults":0}"#).unwrap_err().kind, "InvalidParameterException");
         assert_eq!(Operation::GetAuthorizationToken.accesses()[0].action, Action::GetAuthorizationToken);
     }
 }

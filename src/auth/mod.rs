@@ -48,6 +48,20 @@ pub enum Action {
     GetAuthorizationToken,
     /// Describing the registry (its id and replication).
     DescribeRegistry,
+    /// Changing a repository's tag mutability.
+    PutImageTagMutability,
+    /// Setting a repository's policy.
+    SetRepositoryPolicy,
+    /// Reading a repository's policy.
+    GetRepositoryPolicy,
+    /// Removing a repository's policy.
+    DeleteRepositoryPolicy,
+    /// Adding resource tags.
+    TagResource,
+    /// Removing resource tags.
+    UntagResource,
+    /// Listing resource tags.
+    ListTagsForResource,
 }
 
 impl Action {
@@ -69,6 +83,13 @@ impl Action {
             Self::DeleteRepository => "ecr:DeleteRepository",
             Self::GetAuthorizationToken => "ecr:GetAuthorizationToken",
             Self::DescribeRegistry => "ecr:DescribeRegistry",
+            Self::PutImageTagMutability => "ecr:PutImageTagMutability",
+            Self::SetRepositoryPolicy => "ecr:SetRepositoryPolicy",
+            Self::GetRepositoryPolicy => "ecr:GetRepositoryPolicy",
+            Self::DeleteRepositoryPolicy => "ecr:DeleteRepositoryPolicy",
+            Self::TagResource => "ecr:TagResource",
+            Self::UntagResource => "ecr:UntagResource",
+            Self::ListTagsForResource => "ecr:ListTagsForResource",
         }
     }
 

@@ -66,7 +66,10 @@ async fn run(
         Err(e) => return ("api", Err(e)),
     };
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let op = match Operation::parse(target, &body) {
+    let auth = app.auth.as_ref();
+    let registry_id = auth.map_or("000000000000", |a| a.registry_id.as_str());
+    let region = auth.map_or("us-east-1", |a| a.region.as_str());
+    let op = match Operation::parse(target, &body, registry_id, region) {
         Ok(op) => op,
         Err(e) => return ("api", Err(e)),
     };
@@ -78,11 +81,10 @@ async fn run(
             return (name, Err(e));
         }
     };
-    if let Err(e) = authorize(app, &principal, &op, client) {
+    if let Err(e) = authorize(app, &principal, &op, client).await {
         return (name, Err(e));
     }
     let host = parts.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-    let auth = app.auth.as_ref();
     let proxy_endpoint = match auth.map(|a| a.public_url.as_str()) {
         Some(url) if !url.is_empty() => url.to_owned(),
         _ => format!("{}://{host}", if app.tls { "https" } else { "http" }),
@@ -91,11 +93,15 @@ async fn run(
         registry: &app.registry,
         principal: &principal,
         authenticator: auth.map(|a| a.authenticator.as_ref()),
-        registry_id: auth.map_or("000000000000", |a| a.registry_id.as_str()),
-        region: auth.map_or("us-east-1", |a| a.region.as_str()),
+        registry_id,
+        region,
         proxy_endpoint,
         now: app.registry.now_secs(),
         open_token_ttl: 12 * 3600,
+        visible: &|name| {
+            let access = [crate::auth::Access::on(crate::auth::Action::DescribeRepositories, name)];
+            super::allowed(app, &principal, &access, client)
+        },
     };
     (name, op.run(&ctx).await)
 }
@@ -137,8 +143,10 @@ fn authenticate(app: &App, parts: &http::request::Parts, body: &[u8]) -> Result<
     })
 }
 
-fn authorize(app: &App, principal: &Principal, op: &Operation, client: std::net::IpAddr) -> Result<(), ApiError> {
-    match super::allowed_or_refusal(app, principal, &op.accesses(), client) {
+async fn authorize(app: &App, principal: &Principal, op: &Operation, client: std::net::IpAddr) -> Result<(), ApiError> {
+    let accesses = op.accesses();
+    let policies = super::repository_policies(app, &accesses).await?;
+    match super::decide(app, principal, &accesses, client, &|_| None, &policies) {
         Ok(()) => Ok(()),
         Err(crate::auth::Refusal::ReadOnly(reason)) => Err(ApiError::new("AccessDeniedException", reason)),
         Err(crate::auth::Refusal::NotAuthorized { action, resource }) => {

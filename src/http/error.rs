@@ -29,6 +29,10 @@ impl From<Error> for OciError {
                 OciError::new(ErrorCode::ManifestBlobUnknown, message).with_detail(json!({ "digest": d }))
             }
             Error::ManifestTooLarge(_) => OciError::new(ErrorCode::SizeInvalid, message).with_status(413),
+            Error::TagImmutable { .. } => OciError::new(ErrorCode::TagInvalid, message),
+            Error::RepositoryAlreadyExists(_) | Error::RepositoryNotEmpty(_) => {
+                OciError::new(ErrorCode::Denied, message)
+            }
             Error::DeleteDisabled => OciError::new(ErrorCode::Unsupported, message),
             Error::Incoming(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 OciError::new(ErrorCode::BlobUploadInvalid, message).with_status(408).with_header("Connection", "close")

@@ -160,7 +160,7 @@ pub async fn serve_request(
         Ok(ep) => {
             let name = ep.name();
             let admitted = match authenticate(&app, &req, client).await {
-                Ok(principal) => authorize(&app, &principal, &ep, &query, client, &req).map(|()| principal),
+                Ok(principal) => authorize(&app, &principal, &ep, &query, client, &req).await.map(|()| principal),
                 Err(e) => Err(e),
             };
             match admitted {
@@ -269,42 +269,62 @@ fn challenge<B>(auth: &AuthState, req: &Request<B>, message: &str) -> OciError {
         .with_header("WWW-Authenticate", format!("Basic realm=\"{realm}\",service=\"ferry\""))
 }
 
-/// Whether `principal` may do `accesses` (for listings that show each caller what it may see).
+/// Whether `principal` may do `accesses` by identity policies alone (listings such as the
+/// catalog, which would otherwise read every repository's policy).
 pub fn allowed(app: &App, principal: &Principal, accesses: &[crate::auth::Access], client: std::net::IpAddr) -> bool {
-    allowed_or_refusal(app, principal, accesses, client).is_ok()
+    let none = std::collections::HashMap::new();
+    decide(app, principal, accesses, client, &|_| None, &none).is_ok()
 }
 
-/// The decision on `accesses` by policies alone (the ECR API, and listings).
-pub fn allowed_or_refusal(
+/// Reads the policies of the repositories `accesses` touch (cached briefly by the registry).
+pub async fn repository_policies(
+    app: &App,
+    accesses: &[crate::auth::Access],
+) -> Result<RepositoryPolicies, crate::registry::Error> {
+    let mut out = std::collections::HashMap::new();
+    if app.auth.is_some() {
+        for name in accesses.iter().filter_map(|a| a.repository.as_ref()) {
+            if !out.contains_key(name) {
+                out.insert(name.clone(), app.registry.repository_policy(name).await?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Repository policies by repository, read before a decision.
+pub type RepositoryPolicies =
+    std::collections::HashMap<crate::oci::RepositoryName, Option<Arc<crate::auth::policy::Policy>>>;
+
+/// The one decision: read-only repositories, then (access control on) identity and
+/// repository policies.
+pub fn decide(
     app: &App,
     principal: &Principal,
     accesses: &[crate::auth::Access],
     client: std::net::IpAddr,
+    read_only: &dyn Fn(&crate::oci::RepositoryName) -> Option<String>,
+    repository_policies: &RepositoryPolicies,
 ) -> Result<(), Refusal> {
-    let Some(auth) = &app.auth else { return Ok(()) };
-    let identities = auth.authenticator.identities();
-    let none = |_: &crate::oci::RepositoryName| None;
-    let policies = crate::auth::Policies {
-        registry_id: &auth.registry_id,
-        region: &auth.region,
-        anonymous: &identities.anonymous,
-        repository: &none,
+    let context =
+        crate::auth::policy::Context { source_ip: client, secure_transport: app.tls, current_time: app.registry.now() };
+    let lookup = |name: &crate::oci::RepositoryName| repository_policies.get(name).cloned().flatten();
+    let identities = app.auth.as_ref().map(|a| a.authenticator.identities());
+    let policies = match (&app.auth, &identities) {
+        (Some(auth), Some(identities)) => Some(crate::auth::Policies {
+            registry_id: &auth.registry_id,
+            region: &auth.region,
+            anonymous: &identities.anonymous,
+            repository: &lookup,
+        }),
+        _ => None,
     };
-    let context = request_context(app, client);
-    crate::auth::authorize(principal, accesses, &|_| None, Some(&policies), &context)
-}
-
-fn request_context(app: &App, client: std::net::IpAddr) -> crate::auth::policy::Context {
-    crate::auth::policy::Context {
-        source_ip: client,
-        secure_transport: app.tls,
-        current_time: std::time::SystemTime::now(),
-    }
+    crate::auth::authorize(principal, accesses, read_only, policies.as_ref(), &context)
 }
 
 /// The one authorization decision, before any handler: every action the endpoint needs, on
 /// every repository it touches (a mount's source too).
-fn authorize<B>(
+async fn authorize<B>(
     app: &App,
     principal: &Principal,
     endpoint: &Endpoint,
@@ -312,47 +332,32 @@ fn authorize<B>(
     client: std::net::IpAddr,
     req: &Request<B>,
 ) -> Result<(), OciError> {
+    if let (Some(auth), Endpoint::Base, Principal::Anonymous) = (&app.auth, endpoint, principal) {
+        // `GET /v2/` asks only who you are: docker login probes it, and needs the challenge.
+        return Err(challenge(auth, req, "authentication required"));
+    }
+    let accesses = endpoint.accesses();
+    let repository_policies = repository_policies(app, &accesses).await.map_err(OciError::from)?;
     let ns = query.namespace();
     let read_only = |name: &crate::oci::RepositoryName| app.registry.read_only_reason(name, ns);
-    let context = request_context(app, client);
-    let no_repository_policy = |_: &crate::oci::RepositoryName| None;
-    let anonymous;
-    let policies = match &app.auth {
-        Some(auth) => {
-            anonymous = auth.authenticator.identities();
-            // `GET /v2/` asks only who you are: docker login probes it, and needs the challenge.
-            if matches!(endpoint, Endpoint::Base) && matches!(principal, Principal::Anonymous) {
-                return Err(challenge(auth, req, "authentication required"));
-            }
-            Some(crate::auth::Policies {
-                registry_id: &auth.registry_id,
-                region: &auth.region,
-                anonymous: &anonymous.anonymous,
-                repository: &no_repository_policy,
-            })
-        }
-        None => None,
-    };
-    crate::auth::authorize(principal, &endpoint.accesses(), &read_only, policies.as_ref(), &context).map_err(
-        |r| match r {
-            Refusal::ReadOnly(reason) => OciError::new(ErrorCode::Denied, reason),
-            Refusal::NotAuthorized { action, resource } => {
-                app.metrics.auth.denials.with_label_values(&[action.as_str()]).inc();
-                match (principal, &app.auth) {
-                    (Principal::Anonymous, Some(auth)) => challenge(auth, req, "authentication required"),
-                    (Principal::User(id), _) => OciError::new(
-                        ErrorCode::Denied,
-                        format!(
-                            "User: {} is not authorized to perform: {} on resource: {resource}",
-                            id.arn,
-                            action.as_str()
-                        ),
+    decide(app, principal, &accesses, client, &read_only, &repository_policies).map_err(|r| match r {
+        Refusal::ReadOnly(reason) => OciError::new(ErrorCode::Denied, reason),
+        Refusal::NotAuthorized { action, resource } => {
+            app.metrics.auth.denials.with_label_values(&[action.as_str()]).inc();
+            match (principal, &app.auth) {
+                (Principal::Anonymous, Some(auth)) => challenge(auth, req, "authentication required"),
+                (Principal::User(id), _) => OciError::new(
+                    ErrorCode::Denied,
+                    format!(
+                        "User: {} is not authorized to perform: {} on resource: {resource}",
+                        id.arn,
+                        action.as_str()
                     ),
-                    (Principal::Anonymous, None) => OciError::new(ErrorCode::Denied, "access denied"),
-                }
+                ),
+                (Principal::Anonymous, None) => OciError::new(ErrorCode::Denied, "access denied"),
             }
-        },
-    )
+        }
+    })
 }
 
 /// Connection settings for a listener.

@@ -64,6 +64,20 @@ pub enum Error {
         /// The blob's size.
         size: u64,
     },
+    /// The repository exists already.
+    #[error("The repository with name '{0}' already exists")]
+    RepositoryAlreadyExists(RepositoryName),
+    /// The repository holds images and was not deleted by force.
+    #[error("The repository with name '{0}' cannot be deleted because it still contains images")]
+    RepositoryNotEmpty(RepositoryName),
+    /// A push would move (or re-push) an immutable tag.
+    #[error("The image tag '{tag}' already exists in the '{repository}' repository and cannot be overwritten because the repository is immutable.")]
+    TagImmutable {
+        /// The tag.
+        tag: String,
+        /// The repository.
+        repository: RepositoryName,
+    },
     /// The store failed.
     #[error("storage failed: {0}")]
     Storage(storage::Error),

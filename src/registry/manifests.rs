@@ -4,7 +4,7 @@
 use super::{paginate, Error, Page, Registry, Repo, Result};
 use crate::oci::manifest::{ManifestError, MAX_MANIFEST_BYTES};
 use crate::oci::{Descriptor, Digest, DigestAlgorithm, Hasher, Manifest, Reference, RepositoryName, Tag};
-use crate::storage::{self, Key};
+use crate::storage::{self, Key, PutMode};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,19 @@ impl Registry {
             }
         })?;
         self.check_references(name, &manifest).await?;
+        // An immutable tag that exists refuses the push before anything is stored (an identical
+        // re-push too, as in ECR); racing pushes are settled by the conditional write below.
+        let immutable = match reference {
+            Reference::Tag(tag) => {
+                let settings = self.repository_settings(name).await?.unwrap_or_default();
+                let immutable = settings.tag_is_immutable(tag);
+                if immutable && self.storage.record_get(&Key::tag(name, tag)).await?.is_some() {
+                    return Err(Error::TagImmutable { tag: tag.to_string(), repository: name.clone() });
+                }
+                immutable
+            }
+            Reference::Digest(_) => false,
+        };
 
         let record = ManifestRecord {
             digest: digest.clone(),
@@ -113,7 +126,19 @@ impl Registry {
         }
         self.ensure_repository(name).await?;
         if let Reference::Tag(tag) = reference {
-            self.storage.record_put(&Key::tag(name, tag), record_bytes).await?;
+            let key = Key::tag(name, tag);
+            if immutable {
+                // Exactly one of two replicas racing to create the tag wins.
+                match self.storage.record_put_if(&key, record_bytes, PutMode::Create).await {
+                    Ok(_) => {}
+                    Err(storage::Error::Conflict) => {
+                        return Err(Error::TagImmutable { tag: tag.to_string(), repository: name.clone() })
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                self.storage.record_put(&key, record_bytes).await?;
+            }
         }
         Ok(StoredManifest { digest, subject: manifest.subject.map(|s| s.digest) })
     }

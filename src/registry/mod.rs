@@ -6,6 +6,7 @@ mod error;
 mod manifests;
 mod pull_through;
 pub mod purge;
+pub mod repositories;
 mod uploads;
 
 pub use error::{Error, Result};
@@ -112,6 +113,8 @@ pub struct Registry {
     upload_hashes: Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<uploads::UploadHash>>>>,
     /// Which repositories exist, and the one way a blob is linked into one.
     repositories: Repositories,
+    /// Repository policies, parsed, for a few seconds (replicas agree within that).
+    policies: moka::future::Cache<RepositoryName, Option<Arc<crate::auth::policy::Policy>>>,
 }
 
 impl Registry {
@@ -126,6 +129,10 @@ impl Registry {
         Self {
             fills: Fills::new(storage.clone(), metrics.clone(), uploads::UploadState::for_fill()),
             repositories: Repositories { storage: storage.clone(), known: Arc::default() },
+            policies: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(5))
+                .build(),
             clock,
             proxy,
             storage,
@@ -133,6 +140,38 @@ impl Registry {
             metrics,
             upload_hashes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A repository's policy, parsed (cached for a few seconds: replicas agree within that;
+    /// this process's own changes apply at once).
+    pub async fn repository_policy(&self, name: &RepositoryName) -> Result<Option<Arc<crate::auth::policy::Policy>>> {
+        if let Some(p) = self.policies.get(name).await {
+            return Ok(p);
+        }
+        let policy = match self.storage.record_get(&Key::repository_settings(name)).await? {
+            Some(bytes) => {
+                let settings: repositories::RepositorySettings = manifests::decode(&bytes)?;
+                match settings.policy {
+                    Some(text) => Some(Arc::new(
+                        crate::auth::policy::Policy::parse(&text, crate::auth::policy::PolicyKind::Resource).map_err(
+                            |e| {
+                                Error::Storage(storage::Error::Corrupt(format!(
+                                    "the policy of {name} no longer parses: {e}"
+                                )))
+                            },
+                        )?,
+                    )),
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        self.policies.insert(name.clone(), policy.clone()).await;
+        Ok(policy)
+    }
+
+    async fn forget_repository_policy(&self, name: &RepositoryName) {
+        self.policies.invalidate(name).await;
     }
 
     /// Now, by the registry's clock.
@@ -301,6 +340,12 @@ impl Repositories {
             self.remember(name);
         }
         Ok(exists)
+    }
+
+    fn forget(&self, name: &RepositoryName) {
+        if let Ok(mut k) = self.known.lock() {
+            k.remove(name);
+        }
     }
 
     fn remember(&self, name: &RepositoryName) {

@@ -49,6 +49,26 @@ impl Key {
         Self(format!("repos/{name}/_manifests/{}/{}", digest.algorithm().as_str(), digest.hex()))
     }
 
+    /// `repos/<name>/_meta`: the repository's settings (mutability, tags, policy).
+    pub fn repository_settings(name: &RepositoryName) -> Self {
+        Self(format!("repos/{name}/_meta"))
+    }
+
+    /// `repos/<name>/_manifests/sha256`: every manifest the repository holds.
+    pub fn manifest_links(name: &RepositoryName) -> Self {
+        Self(format!("repos/{name}/_manifests/sha256"))
+    }
+
+    /// `repos/<name>/_blobs/sha256`: every blob the repository may serve.
+    pub fn blob_links(name: &RepositoryName) -> Self {
+        Self(format!("repos/{name}/_blobs/sha256"))
+    }
+
+    /// `repos/<name>/_referrers/sha256`: every subject with referrers.
+    pub fn all_referrers(name: &RepositoryName) -> Self {
+        Self(format!("repos/{name}/_referrers/sha256"))
+    }
+
     /// `repos/<name>/_tags/<tag>`: the tag's current manifest.
     pub fn tag(name: &RepositoryName, tag: &Tag) -> Self {
         Self(format!("repos/{name}/_tags/{tag}"))

@@ -257,3 +257,221 @@ async fn stale_dates_and_changed_bodies_are_refused() {
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers()["x-amzn-errortype"], "MissingAuthenticationTokenException");
 }
+
+/// Runs a boto3 script against `api` (`ci` and `nobody` clients are defined), returning the
+/// JSON it prints.
+fn boto3(api: &Api, body: &str) -> serde_json::Value {
+    let script = format!(
+        r#"
+import base64, boto3, botocore, json
+def client(key, secret):
+    return boto3.client('ecr', endpoint_url='{endpoint}', region_name='us-east-1',
+                        aws_access_key_id=key, aws_secret_access_key=secret)
+def error(call):
+    try:
+        call()
+        return None
+    except botocore.exceptions.ClientError as e:
+        return e.response['Error']['Code']
+ci = client('{ci_key}', '{ci_secret}')
+nobody = client('{nobody_key}', '{nobody_secret}')
+{body}
+"#,
+        endpoint = api.f.base,
+        ci_key = CI_KEY,
+        ci_secret = api.ci_secret,
+        nobody_key = NOBODY_KEY,
+        nobody_secret = api.nobody_secret,
+    );
+    let out = Command::new(format!("{}/bin/python", venv()))
+        .args(["-c", &script])
+        .env_remove("AWS_CA_BUNDLE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Repositories through boto3: create (and its errors), describe (by name, and paged), tags,
+/// tag mutability, repository policies, delete (empty, not empty, forced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_manages_repositories() {
+    let api = start().await;
+    let v = boto3(
+        &api,
+        r#"
+out = {}
+r = ci.create_repository(repositoryName='team-a/app', imageTagMutability='IMMUTABLE',
+                         tags=[{'Key': 'team', 'Value': 'a'}])['repository']
+out['created'] = [r['repositoryName'], r['imageTagMutability'], r['repositoryArn'], r['repositoryUri'], r['createdAt'].timestamp() > 0]
+out['again'] = error(lambda: ci.create_repository(repositoryName='team-a/app'))
+out['bad_name'] = error(lambda: ci.create_repository(repositoryName='Team/App'))
+for i in range(3):
+    ci.create_repository(repositoryName='list/r%d' % i)
+out['described'] = [x['repositoryName'] for x in ci.describe_repositories(repositoryNames=['team-a/app'])['repositories']]
+out['missing'] = error(lambda: ci.describe_repositories(repositoryNames=['no/such']))
+page = ci.describe_repositories(maxResults=2)
+out['page1'] = [x['repositoryName'] for x in page['repositories']]
+out['page2'] = [x['repositoryName'] for x in ci.describe_repositories(maxResults=2, nextToken=page['nextToken'])['repositories']]
+arn = r['repositoryArn']
+ci.tag_resource(resourceArn=arn, tags=[{'Key': 'env', 'Value': 'prod'}, {'Key': 'team', 'Value': 'b'}])
+ci.untag_resource(resourceArn=arn, tagKeys=['env'])
+out['tags'] = ci.list_tags_for_resource(resourceArn=arn)['tags']
+out['too_many'] = error(lambda: ci.tag_resource(resourceArn=arn, tags=[{'Key': 'k%d' % i, 'Value': 'v'} for i in range(50)]))
+m = ci.put_image_tag_mutability(repositoryName='team-a/app', imageTagMutability='IMMUTABLE_WITH_EXCLUSION',
+    imageTagMutabilityExclusionFilters=[{'filterType': 'WILDCARD', 'filter': 'latest*'}])
+out['mutability'] = [m['imageTagMutability'], m['imageTagMutabilityExclusionFilters']]
+out['no_policy'] = error(lambda: ci.get_repository_policy(repositoryName='team-a/app'))
+out['bad_policy'] = error(lambda: ci.set_repository_policy(repositoryName='team-a/app', policyText='{"Version":"2012-10-17"}'))
+policy = json.dumps({"Version": "2012-10-17", "Statement": [{"Sid": "pull", "Effect": "Allow", "Principal": "*",
+                     "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]}]})
+ci.set_repository_policy(repositoryName='list/r0', policyText=policy)
+out['policy'] = json.loads(ci.get_repository_policy(repositoryName='list/r0')['policyText'])['Statement'][0]['Sid']
+out['denied'] = error(lambda: nobody.create_repository(repositoryName='team-a/other'))
+out['deleted'] = ci.delete_repository(repositoryName='list/r2')['repository']['repositoryName']
+out['gone'] = error(lambda: ci.delete_repository(repositoryName='list/r2'))
+print(json.dumps(out))
+"#,
+    );
+    assert_eq!(v["created"][0], "team-a/app");
+    assert_eq!(v["created"][1], "IMMUTABLE");
+    assert_eq!(v["created"][2], format!("arn:aws:ecr:us-east-1:{ACCOUNT}:repository/team-a/app"));
+    assert!(v["created"][3].as_str().unwrap().ends_with("/team-a/app"));
+    assert_eq!(v["created"][4], true);
+    assert_eq!(v["again"], "RepositoryAlreadyExistsException");
+    assert_eq!(v["bad_name"], "InvalidParameterException");
+    assert_eq!(v["described"], serde_json::json!(["team-a/app"]));
+    assert_eq!(v["missing"], "RepositoryNotFoundException");
+    assert_eq!(v["page1"], serde_json::json!(["list/r0", "list/r1"]));
+    assert_eq!(v["page2"], serde_json::json!(["list/r2", "team-a/app"]));
+    assert_eq!(v["tags"], serde_json::json!([{"Key": "team", "Value": "b"}]));
+    assert_eq!(v["too_many"], "TooManyTagsException");
+    assert_eq!(v["mutability"][0], "IMMUTABLE_WITH_EXCLUSION");
+    assert_eq!(v["no_policy"], "RepositoryPolicyNotFoundException");
+    assert_eq!(v["bad_policy"], "InvalidParameterException");
+    assert_eq!(v["policy"], "pull");
+    assert_eq!(v["denied"], "AccessDeniedException");
+    assert_eq!(v["deleted"], "list/r2");
+    assert_eq!(v["gone"], "RepositoryNotFoundException");
+
+    // The repository policy lets anyone pull list/r0, with no identity policy for anonymous.
+    let f = &api.f;
+    let as_ci = |r: reqwest::RequestBuilder| r.basic_auth(CI_KEY, Some(&api.ci_secret));
+    let layer = b"a public layer";
+    let d = digest(layer);
+    let resp = as_ci(f.client.post(f.url(&format!("/v2/list/r0/blobs/uploads/?digest={d}"))))
+        .body(layer.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let resp = f.client.get(f.url(&format!("/v2/list/r0/blobs/{d}"))).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the repository policy allows anonymous pulls");
+    let resp = f.client.get(f.url(&format!("/v2/list/r1/blobs/{d}"))).send().await.unwrap();
+    assert_eq!(resp.status(), 401, "list/r1 has no such policy");
+
+    // Immutable tags (with `latest*` excluded) from the registry API: v1 once, latest freely.
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = digest(config);
+    as_ci(f.client.post(f.url(&format!("/v2/team-a/app/blobs/uploads/?digest={cd}"))))
+        .body(config.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let manifest = |n: u32| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "layers": [], "annotations": {"n": n.to_string()},
+        }))
+        .unwrap()
+    };
+    let put = |tag: &'static str, body: Vec<u8>| {
+        as_ci(f.client.put(f.url(&format!("/v2/team-a/app/manifests/{tag}"))))
+            .header("Content-Type", OCI_MANIFEST)
+            .body(body)
+            .send()
+    };
+    assert_eq!(put("v1", manifest(1)).await.unwrap().status(), 201);
+    for body in [manifest(1), manifest(2)] {
+        let resp = put("v1", body).await.unwrap();
+        assert_eq!(resp.status(), 400, "an immutable tag is pushed once, even with the same image");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("TAG_INVALID"), "{text}");
+        assert!(text.contains("The image tag 'v1' already exists in the 'team-a/app' repository and cannot be overwritten because the repository is immutable."), "{text}");
+    }
+    assert_eq!(put("latest", manifest(1)).await.unwrap().status(), 201);
+    assert_eq!(put("latest", manifest(2)).await.unwrap().status(), 201, "latest* is excluded: it moves");
+
+    // A repository with images is not deleted without force.
+    let v = boto3(
+        &api,
+        r#"
+out = {'not_empty': error(lambda: ci.delete_repository(repositoryName='team-a/app'))}
+out['forced'] = ci.delete_repository(repositoryName='team-a/app', force=True)['repository']['repositoryName']
+print(json.dumps(out))
+"#,
+    );
+    assert_eq!(v["not_empty"], "RepositoryNotEmptyException");
+    assert_eq!(v["forced"], "team-a/app");
+    let resp = as_ci(f.client.get(f.url("/v2/team-a/app/manifests/v1"))).send().await.unwrap();
+    assert_eq!(resp.status(), 404, "a deleted repository serves nothing");
+}
+
+/// Two replicas on one bucket race 20 pushes of different images to one immutable tag:
+/// exactly one wins, every other gets TAG_INVALID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_racing_to_an_immutable_tag_let_exactly_one_win() {
+    let moto = crate::s3::Moto::start();
+    moto.bucket("imm").await;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let moto_endpoint = moto.endpoint.clone();
+        let f = TestFerry::start_with(move |c| {
+            c.storage.backend = ferry::config::Backend::S3;
+            c.storage.s3.bucket = "imm".into();
+            c.storage.s3.endpoint = moto_endpoint;
+            c.storage.s3.force_path_style = true;
+            c.storage.s3.access_key_id = "test".into();
+            c.storage.s3.secret_access_key = ferry::config::Secret("test".into());
+        })
+        .await;
+        replicas.push(f);
+    }
+    // Open registry (auth off): set the repository immutable through the API, unsigned.
+    let create = replicas[0]
+        .client
+        .post(replicas[0].url("/"))
+        .header("x-amz-target", "AmazonEC2ContainerRegistry_V20150921.CreateRepository")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(r#"{"repositoryName":"race/imm","imageTagMutability":"IMMUTABLE"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(create.status(), 200, "{:?}", create.text().await);
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = replicas[0].push_blob("race/imm", config).await;
+    let mut pushes = Vec::new();
+    for i in 0..20u32 {
+        let f = &replicas[(i % 2) as usize];
+        let body = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "layers": [], "annotations": {"n": i.to_string()},
+        }))
+        .unwrap();
+        let req = f.client.put(f.url("/v2/race/imm/manifests/v1")).header("Content-Type", OCI_MANIFEST).body(body);
+        pushes.push(tokio::spawn(async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }));
+    }
+    let mut results = Vec::new();
+    for p in pushes {
+        results.push(p.await.unwrap());
+    }
+    assert_eq!(results.iter().filter(|(s, _)| *s == 201).count(), 1, "{results:?}");
+    assert!(results.iter().all(|(s, b)| *s == 201 || (*s == 400 && b.contains("TAG_INVALID"))), "{results:?}");
+}
