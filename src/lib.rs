@@ -177,6 +177,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     let settings = registry::Settings {
         delete_enabled: config.registry.delete_enabled,
         upload_max_idle: config.registry.upload_max_idle.0,
+        local_namespaces: config.registry.local_namespaces.clone(),
     };
     let proxy =
         Arc::new(proxy::Proxy::new(&config.pull_through, &metrics).map_err(|e| std::io::Error::other(e.to_string()))?);

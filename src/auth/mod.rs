@@ -93,7 +93,8 @@ impl Action {
         }
     }
 
-    /// Whether the action changes a repository's content.
+    /// Whether the action pushes or deletes images (what a read-only repository, a
+    /// pull-through cache, refuses; deleting a whole cache repository is allowed, as in ECR).
     pub fn writes(self) -> bool {
         matches!(
             self,
@@ -102,8 +103,6 @@ impl Action {
                 | Self::CompleteLayerUpload
                 | Self::PutImage
                 | Self::BatchDeleteImage
-                | Self::CreateRepository
-                | Self::DeleteRepository
         )
     }
 }

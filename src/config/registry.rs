@@ -15,6 +15,10 @@ pub struct RegistryConfig {
     pub upload_max_idle: HumanDuration,
     /// How often to look for abandoned upload sessions. Default `"10m"`.
     pub upload_purge_interval: HumanDuration,
+    /// With a `mirror_default` pull-through rule, unprefixed names belong to the mirror (and
+    /// are read-only) except names equal to or under these namespaces, which are this
+    /// registry's own and never reach an upstream. Default `[]`.
+    pub local_namespaces: Vec<String>,
 }
 
 impl Default for RegistryConfig {
@@ -23,6 +27,7 @@ impl Default for RegistryConfig {
             delete_enabled: true,
             upload_max_idle: HumanDuration(Duration::from_secs(24 * 3600)),
             upload_purge_interval: HumanDuration(Duration::from_secs(600)),
+            local_namespaces: Vec::new(),
         }
     }
 }
@@ -34,6 +39,12 @@ impl RegistryConfig {
             return Err(ConfigError::Invalid {
                 key: "registry.upload_purge_interval",
                 message: "must be more than 0s".into(),
+            });
+        }
+        if let Some(bad) = self.local_namespaces.iter().find(|n| crate::oci::RepositoryName::parse(n).is_err()) {
+            return Err(ConfigError::Invalid {
+                key: "registry.local_namespaces",
+                message: format!("{bad:?} must be a repository name such as \"team-a\""),
             });
         }
         Ok(())

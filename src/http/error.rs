@@ -30,6 +30,7 @@ impl From<Error> for OciError {
             }
             Error::ManifestTooLarge(_) => OciError::new(ErrorCode::SizeInvalid, message).with_status(413),
             Error::TagImmutable { .. } => OciError::new(ErrorCode::TagInvalid, message),
+            Error::ImportDenied(_) => OciError::new(ErrorCode::Denied, message),
             Error::RepositoryAlreadyExists(_) | Error::RepositoryNotEmpty(_) => {
                 OciError::new(ErrorCode::Denied, message)
             }

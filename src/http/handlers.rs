@@ -112,12 +112,12 @@ pub async fn handle(app: &App, endpoint: Endpoint, mut input: Input) -> Reply {
         }
         Endpoint::ManifestPut(name, reference) => manifest_put(app, &name, &reference, &mut input).await,
         Endpoint::ManifestHead(name, reference) => {
-            let repo = app.registry.resolve(name, input.namespace()).await?;
+            let repo = resolve(app, name, &input).await?;
             let record = app.registry.manifest_record(&repo, &reference).await?;
             Ok(manifest_headers(&record.media_type, &record.digest, record.size).body(empty()).unwrap_or_default())
         }
         Endpoint::ManifestGet(name, reference) => {
-            let repo = app.registry.resolve(name, input.namespace()).await?;
+            let repo = resolve(app, name, &input).await?;
             let m = app.registry.manifest_get(&repo, &reference).await?;
             let size = m.bytes.len() as u64;
             Ok(manifest_headers(&m.record.media_type, &m.record.digest, size).body(full(m.bytes)).unwrap_or_default())
@@ -128,6 +128,18 @@ pub async fn handle(app: &App, endpoint: Endpoint, mut input: Input) -> Reply {
         }
         Endpoint::Referrers(name, digest) => referrers(app, name, &digest, &input).await,
     }
+}
+
+/// The repository a read addresses; for a pull-through one, whether this caller may make Ferry
+/// fetch from its upstream (`ecr:BatchImportUpstreamImage`; cache hits need no such right).
+async fn resolve(app: &App, name: RepositoryName, input: &Input) -> Result<crate::registry::Repo, OciError> {
+    let mut repo = app.registry.resolve(name, input.namespace()).await?;
+    if let (crate::registry::Repo::Proxied(route), Some(_)) = (&mut repo, &app.auth) {
+        let access = [crate::auth::Access::on(crate::auth::Action::BatchImportUpstreamImage, &route.local)];
+        let policies = super::repository_policies(app, &access).await?;
+        route.may_import = super::decide(app, &input.principal, &access, input.client, &|_| None, &policies).is_ok();
+    }
+    Ok(repo)
 }
 
 async fn catalog(app: &App, input: &Input) -> Reply {
@@ -145,7 +157,7 @@ async fn catalog(app: &App, input: &Input) -> Reply {
 
 async fn tags_list(app: &App, name: RepositoryName, input: &Input) -> Reply {
     let (n, last) = page_params(&input.query)?;
-    let repo = app.registry.resolve(name.clone(), input.namespace()).await?;
+    let repo = resolve(app, name.clone(), input).await?;
     let page = app.registry.tags_list(&repo, n, last).await?;
     let link = next_link(&format!("/v2/{name}/tags/list"), n, &page);
     let mut resp = json_response(StatusCode::OK, &serde_json::json!({ "name": name.as_str(), "tags": page.items }));
@@ -154,7 +166,7 @@ async fn tags_list(app: &App, name: RepositoryName, input: &Input) -> Reply {
 }
 
 async fn blob_head(app: &App, name: RepositoryName, digest: &Digest, input: &Input) -> Reply {
-    let repo = app.registry.resolve(name, input.namespace()).await?;
+    let repo = resolve(app, name, input).await?;
     let size = app.registry.blob_size(&repo, digest).await?;
     Ok(blob_headers(Response::builder().status(StatusCode::OK), digest)
         .header(CONTENT_LENGTH, size)
@@ -167,7 +179,7 @@ async fn blob_get(app: &App, name: RepositoryName, digest: &Digest, input: &Inpu
         Some(v) => parse_range(v)?,
         None => None,
     };
-    let repo = app.registry.resolve(name, input.namespace()).await?;
+    let repo = resolve(app, name, input).await?;
     let blob = app.registry.blob_get(&repo, digest, range).await?;
     if let Some(url) = blob.redirect {
         return Ok(Response::builder()
@@ -272,7 +284,7 @@ async fn manifest_put(app: &App, name: &RepositoryName, reference: &Reference, i
 
 async fn referrers(app: &App, name: RepositoryName, digest: &Digest, input: &Input) -> Reply {
     let artifact_type = input.query.get("artifactType");
-    let repo = app.registry.resolve(name, input.namespace()).await?;
+    let repo = resolve(app, name, input).await?;
     let manifests = app.registry.referrers(&repo, digest, artifact_type).await?;
     let index = serde_json::json!({
         "schemaVersion": 2,

@@ -38,6 +38,9 @@ pub struct Route {
     pub upstream_repo: String,
     /// The repository the cache is kept in, e.g. `docker-hub/library/nginx`.
     pub local: RepositoryName,
+    /// Whether this request may make Ferry contact the upstream (`ecr:BatchImportUpstreamImage`):
+    /// without it only what is cached is served.
+    pub may_import: bool,
 }
 
 /// The configured rules.
@@ -81,7 +84,7 @@ impl Proxy {
             upstream_name.to_owned()
         };
         let local = RepositoryName::parse(&format!("{}/{upstream_repo}", rule.prefix)).ok()?;
-        Some(Route { rule: rule.clone(), upstream_repo, local })
+        Some(Route { rule: rule.clone(), upstream_repo, local, may_import: true })
     }
 
     /// The rule a name selects by its prefix, or by containerd's `ns` query parameter.

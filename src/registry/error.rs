@@ -64,6 +64,9 @@ pub enum Error {
         /// The blob's size.
         size: u64,
     },
+    /// A pull-through cache miss the caller may not fill from the upstream.
+    #[error("not authorized to perform ecr:BatchImportUpstreamImage on {0}: only cached content is served")]
+    ImportDenied(RepositoryName),
     /// The repository exists already.
     #[error("The repository with name '{0}' already exists")]
     RepositoryAlreadyExists(RepositoryName),

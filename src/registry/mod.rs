@@ -35,6 +35,8 @@ pub struct Settings {
     pub delete_enabled: bool,
     /// Upload sessions idle for longer than this are purged.
     pub upload_max_idle: Duration,
+    /// Namespaces of this registry's own that a mirror-default rule never claims.
+    pub local_namespaces: Vec<String>,
 }
 
 /// One page of a sorted listing.
@@ -220,6 +222,7 @@ impl Registry {
         }
         match repo {
             Repo::Local(name) => Err(self.unknown(name, Error::BlobUnknown(digest.clone())).await),
+            Repo::Proxied(route) if !route.may_import => Err(Error::ImportDenied(route.local.clone())),
             Repo::Proxied(route) => match route.rule.upstream.blob_size(&route.upstream_repo, digest).await {
                 Ok(Some(size)) => Ok(size),
                 Ok(None) | Err(upstream::Error::NotFound) => Err(Error::BlobUnknown(digest.clone())),
@@ -254,6 +257,9 @@ impl Registry {
                 return Ok(BlobContent { size: Some(size), range, body, redirect: None });
             }
         };
+        if !route.may_import {
+            return Err(Error::ImportDenied(route.local.clone()));
+        }
         let (rx, joined) = self.fills.join(
             route.rule.clone(),
             route.upstream_repo.clone(),

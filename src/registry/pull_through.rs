@@ -53,24 +53,45 @@ impl Registry {
     /// Which repository a pull of `name` reads: a pull-through rule's (by prefix, by `ns`, or
     /// as the mirror default for names no local repository has) or the local one.
     pub async fn resolve(&self, name: RepositoryName, ns: Option<&str>) -> Result<Repo> {
-        if let Some(route) = self.proxy.route_explicit(&name, ns) {
-            return Ok(Repo::Proxied(route));
+        Ok(match self.route(&name, ns) {
+            Some(route) => Repo::Proxied(route),
+            None => Repo::Local(name),
+        })
+    }
+
+    /// The pull-through route a name takes, from configuration alone (never from what happens
+    /// to be stored, so nobody can claim a mirrored name by pushing it): a rule's prefix or
+    /// `ns`, else the mirror-default rule for every name outside `registry.local_namespaces`.
+    fn route(&self, name: &RepositoryName, ns: Option<&str>) -> Option<Route> {
+        if let Some(route) = self.proxy.route_explicit(name, ns) {
+            return Some(route);
         }
-        if !self.proxy.is_empty() && !self.repository_exists(&name).await? {
-            if let Some(route) = self.proxy.route_mirror(&name) {
-                return Ok(Repo::Proxied(route));
-            }
+        if self.is_local_namespace(name) {
+            return None;
         }
-        Ok(Repo::Local(name))
+        self.proxy.route_mirror(name)
+    }
+
+    fn is_local_namespace(&self, name: &RepositoryName) -> bool {
+        self.settings.local_namespaces.iter().any(|ns| {
+            name.as_str() == ns || name.as_str().strip_prefix(ns.as_str()).is_some_and(|rest| rest.starts_with('/'))
+        })
     }
 
     /// Why `name` cannot be written, if it cannot: pull-through repositories are read-only to
     /// clients, as in ECR.
     pub fn read_only_reason(&self, name: &RepositoryName, ns: Option<&str>) -> Option<String> {
-        self.proxy.route_explicit(name, ns).map(|route| {
-            format!(
+        if let Some(route) = self.proxy.route_explicit(name, ns) {
+            return Some(format!(
                 "{name} is a pull-through cache of {}; it cannot be pushed to or deleted from",
                 route.rule.upstream.base()
+            ));
+        }
+        self.route(name, ns).map(|route| {
+            format!(
+                "{name} belongs to the mirror of {} (pull_through rule {} has mirror_default): it cannot be pushed to or deleted from; to push it here, add its namespace to registry.local_namespaces",
+                route.rule.upstream.base(),
+                route.rule.label()
             )
         })
     }
@@ -112,6 +133,9 @@ impl Registry {
                     self.count_cache(route, "manifest", CacheResult::Hit);
                     return super::manifests::decode(&v);
                 }
+                if !route.may_import {
+                    return Err(Error::ImportDenied(route.local.clone()));
+                }
                 let m = route
                     .rule
                     .upstream
@@ -130,10 +154,14 @@ impl Registry {
         let age_ms = cached.as_ref().map(|c| self.clock.now_ms().saturating_sub(c.fetched_at_ms.unwrap_or(0)));
         let ttl_ms = millis(route.rule.config.tag_ttl.0);
         if let (Some(c), Some(age)) = (&cached, age_ms) {
-            if age < ttl_ms {
+            // A caller that may not import gets what is cached, however old.
+            if age < ttl_ms || !route.may_import {
                 self.count_cache(route, "manifest", CacheResult::Hit);
                 return Ok(c.clone());
             }
+        }
+        if !route.may_import {
+            return Err(Error::ImportDenied(route.local.clone()));
         }
         enum Fetched {
             Unchanged(ManifestRecord),
@@ -187,6 +215,9 @@ impl Registry {
 
     /// The tags upstream when it answers, else the cached ones.
     pub(super) async fn pull_through_tags(&self, route: &Route) -> Result<Vec<String>> {
+        if !route.may_import {
+            return Ok(self.storage.record_list(&Key::tags(&route.local)).await?);
+        }
         match route.rule.upstream.tags(&route.upstream_repo).await {
             Ok(tags) => Ok(tags),
             Err(upstream::Error::NotFound) => Err(Error::NameUnknown(route.local.clone())),

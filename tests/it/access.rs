@@ -285,3 +285,50 @@ async fn an_open_registry_listens_only_on_loopback() {
     let server = ferry::start(c).await.unwrap();
     server.shutdown().await;
 }
+
+/// A pull-through miss needs `ecr:BatchImportUpstreamImage` as well as the pull actions; a
+/// cache hit does not. A caller without it never makes Ferry contact the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_importers_make_ferry_fetch_from_an_upstream() {
+    let hub = crate::upstream::RealUpstream::start();
+    let client = reqwest::Client::new();
+    let (manifest, d) = push_config_image(&client, &hub.base, "lib/tool", "v1", br#"{"from":"upstream"}"#).await;
+    let pull = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"];
+    let (puller, puller_key, puller_secret) = principal("puller", &allow(&pull, &[&repo_arn("hub/*")]));
+    let mut import = pull.to_vec();
+    import.push("ecr:BatchImportUpstreamImage");
+    let (importer, importer_key, importer_secret) = principal("importer", &allow(&import, &[&repo_arn("hub/*")]));
+    let auth = AuthConfig {
+        enabled: true,
+        registry_id: ACCOUNT.into(),
+        principals: vec![puller, importer],
+        ..AuthConfig::default()
+    };
+    let rules =
+        vec![ferry::config::PullThroughRule { prefix: "hub".into(), upstream: hub.base.clone(), ..Default::default() }];
+    let f = TestFerry::start_with(move |c| {
+        c.auth = auth;
+        c.pull_through = rules;
+    })
+    .await;
+    let get = |key: &str, secret: &str| {
+        f.client
+            .get(f.url("/v2/hub/lib/tool/manifests/v1"))
+            .header("Accept", OCI_MANIFEST)
+            .basic_auth(key, Some(secret))
+            .send()
+    };
+    let (code, body) = status(get(&puller_key, &puller_secret).await.unwrap()).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("BatchImportUpstreamImage"), "{body}");
+    let log = std::fs::read_to_string(hub.access_log()).unwrap_or_default();
+    let asked = log.lines().any(|l| l.contains("\"GET /v2/lib/tool/") || l.contains("\"HEAD /v2/lib/tool/"));
+    assert!(!asked, "the refused miss reached the upstream:\n{log}");
+    let resp = get(&importer_key, &importer_secret).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &manifest[..]);
+    // Now cached: a hit needs no import right.
+    let resp = get(&puller_key, &puller_secret).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "docker-content-digest"), d);
+}

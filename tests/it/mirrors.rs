@@ -135,7 +135,7 @@ fn docker_daemon_and_containerd_pull_through_ferry_as_a_mirror() {
     std::fs::write(
         w.join("ferry.toml"),
         format!(
-            "[server]\nlisten = \"127.0.0.1:5000\"\nadmin_listen = \"127.0.0.1:5090\"\n[storage]\ndata_dir = \"{}\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:5000\"\nadmin_listen = \"127.0.0.1:5090\"\n[storage]\ndata_dir = \"{}\"\n[registry]\nlocal_namespaces = [\"team-a\"]\n\n\
              [[pull_through]]\nprefix = \"hub\"\nupstream = \"http://127.0.0.1:5001\"\nmirror_default = true\nlibrary_prefix = true\n\n\
              [[pull_through]]\nprefix = \"dockerio\"\nupstream = \"http://127.0.0.1:5001\"\nnamespace = \"docker.io\"\n",
             w.join("ferry-data").display()
@@ -193,6 +193,23 @@ fn docker_daemon_and_containerd_pull_through_ferry_as_a_mirror() {
     let digests = run(&mut docker(&["image", "inspect", "--format", "{{join .RepoDigests \",\"}}", "multi:v1"]));
     assert!(digests.contains(&multi.top), "the multi-arch index kept its digest: {digests}");
 
+    // Nobody can poison the mirror: a push to an unprefixed (mirrored) name is refused, and
+    // the daemon still gets the upstream's image. A push under a local namespace goes through
+    // and never reaches the upstream.
+    run(&mut docker(&["tag", "alpine:v1", "127.0.0.1:5000/library/alpine:v1"]));
+    let out = docker(&["push", "127.0.0.1:5000/library/alpine:v1"]).output().unwrap();
+    assert!(!out.status.success(), "a push to a mirrored name must be refused");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("denied") || said.contains("local_namespaces"), "{said}");
+    run(&mut docker(&["rmi", "alpine:v1", "127.0.0.1:5000/library/alpine:v1"]));
+    run(&mut docker(&["pull", "alpine:v1"]));
+    let digests = run(&mut docker(&["image", "inspect", "--format", "{{join .RepoDigests \",\"}}", "alpine:v1"]));
+    assert!(digests.contains(&single.top), "still the upstream's image: {digests}");
+    run(&mut docker(&["tag", "alpine:v1", "127.0.0.1:5000/team-a/alpine:v1"]));
+    run(&mut docker(&["push", "127.0.0.1:5000/team-a/alpine:v1"]));
+    let upstream_log = std::fs::read_to_string(w.join("upstream.log")).unwrap_or_default();
+    assert!(!upstream_log.contains("team-a"), "a local namespace never reaches the upstream");
+
     // containerd with a hosts.toml mirror and a dead fallback.
     let cd = w.join("c");
     std::fs::create_dir_all(cd.join("hosts/docker.io")).unwrap();
@@ -239,5 +256,5 @@ fn docker_daemon_and_containerd_pull_through_ferry_as_a_mirror() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     catalog.sort();
-    assert_eq!(catalog, ["dockerio+library+multi", "hub+library+alpine", "hub+library+multi"]);
+    assert_eq!(catalog, ["dockerio+library+multi", "hub+library+alpine", "hub+library+multi", "team-a+alpine"]);
 }

@@ -442,3 +442,42 @@ async fn tags_are_revalidated_after_their_ttl_and_served_stale_while_the_upstrea
         f.client.get(f.url("/v2/fresh/lib/app/tags/list")).send().await.unwrap().json().await.unwrap();
     assert_eq!(tags["tags"], serde_json::json!(["other", "v1"]), "the upstream's list when it answers");
 }
+
+/// What an unprefixed name means follows from configuration, never from storage: with a
+/// mirror-default rule, a push of a mirrored name is refused (naming the setting to change)
+/// and the upstream's image is still what is served; a name under a local namespace is this
+/// registry's own, and not one request about it reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_can_poison_the_mirror_and_local_namespaces_stay_local() {
+    let hub = RealUpstream::start();
+    let client = reqwest::Client::new();
+    let (manifest, d) = push_config_image(&client, &hub.base, "library/upimg", "v1", br#"{"upstream":true}"#).await;
+    let rules = vec![PullThroughRule { mirror_default: true, library_prefix: Some(true), ..rule("hub", &hub.base) }];
+    let f = TestFerry::start_with(move |c| {
+        c.pull_through = rules;
+        c.registry.local_namespaces = vec!["team-a".into()];
+    })
+    .await;
+    // The poisoning attempt of the report: push library/upimg:v1 (and upimg:v1) to Ferry.
+    for name in ["library/upimg", "upimg"] {
+        let resp = f.client.post(f.url(&format!("/v2/{name}/blobs/uploads/"))).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{name}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("DENIED") && text.contains("registry.local_namespaces"), "{text}");
+        let resp = f.put_manifest(name, "v1", OCI_MANIFEST, b"{}").await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{name}");
+    }
+    let resp = get_manifest(&f, "/v2/upimg/manifests/v1").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "docker-content-digest"), d);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &manifest[..]);
+    // A local namespace: pushed, pulled, listed; the upstream never hears of it.
+    let (_, local) = f.push_image("team-a/private", "v1", b"private layer").await;
+    let resp = get_manifest(&f, "/v2/team-a/private/manifests/v1").await;
+    assert_eq!(header(&resp, "docker-content-digest"), local);
+    let resp = get_manifest(&f, "/v2/team-a/absent/manifests/v1").await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let log = std::fs::read_to_string(hub.access_log()).unwrap_or_default();
+    assert!(log.contains("upimg"), "the mirror was asked about upimg");
+    assert!(!log.contains("team-a"), "a local namespace reached the upstream:\n{log}");
+}
