@@ -332,3 +332,53 @@ async fn only_importers_make_ferry_fetch_from_an_upstream() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(header(&resp, "docker-content-digest"), d);
 }
+
+/// Secrets, hashes and tokens never reach the log, whatever happens: wrong and right key
+/// pairs, tokens, denials, a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_tokens_never_reach_the_log() {
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    let mut c = Config::default();
+    c.auth = s.auth.clone();
+    std::fs::write(&config, toml::to_string(&c).unwrap().replace("\"<redacted>\"", "\"\"")).unwrap();
+    // The hashes are secrets too: written into the file by hand, since `Secret` serializes as <redacted>.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    for p in &s.auth.principals {
+        text = text.replacen(
+            "secret_access_key_hash = \"\"",
+            &format!("secret_access_key_hash = \"{}\"", p.secret_access_key_hash.0),
+            1,
+        );
+    }
+    std::fs::write(&config, &text).unwrap();
+    let config_path = config.to_str().unwrap();
+    let ferry = FerryProcess::start_env(
+        &dir.path().join("data"),
+        &[("FERRY_CONFIG", config_path), ("FERRY_LOG_LEVEL", "debug")],
+    );
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", ferry.base);
+    assert_eq!(client.get(url("/v2/")).basic_auth(&s.ci.0, Some(&s.ci.1)).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(url("/v2/")).basic_auth(&s.ci.0, Some("wrong-guess-1")).send().await.unwrap().status(), 401);
+    let mut cfg: Config = Config::load(Some(&config), std::iter::empty()).unwrap();
+    cfg.storage.data_dir = dir.path().join("data");
+    let (token, _) = ferry::issue_token(&cfg, &s.ci.0, &s.ci.1).await.unwrap();
+    assert_eq!(client.get(url("/v2/")).basic_auth("AWS", Some(&token)).send().await.unwrap().status(), 200);
+    let resp = client.get(url("/v2/team-b/x/manifests/v1")).basic_auth("AWS", Some(&token)).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    std::process::Command::new("kill").arg("-HUP").arg(ferry.child.id().to_string()).status().unwrap();
+    eventually("the reload is logged", std::time::Duration::from_secs(10), || async {
+        ferry.logs.lock().unwrap().iter().any(|l| l.contains("reloaded principals"))
+    })
+    .await;
+    let logs = ferry.logs.lock().unwrap().join("\n");
+    assert!(logs.contains("\"status\":401"), "the refusal was logged");
+    for secret in [s.ci.1.as_str(), s.reader.1.as_str(), token.as_str(), "wrong-guess-1"]
+        .into_iter()
+        .chain(s.auth.principals.iter().map(|p| p.secret_access_key_hash.0.as_str()))
+    {
+        assert!(!logs.contains(secret), "a secret reached the log");
+    }
+}

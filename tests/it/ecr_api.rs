@@ -475,3 +475,85 @@ async fn replicas_racing_to_an_immutable_tag_let_exactly_one_win() {
     assert_eq!(results.iter().filter(|(s, _)| *s == 201).count(), 1, "{results:?}");
     assert!(results.iter().all(|(s, b)| *s == 201 || (*s == 400 && b.contains("TAG_INVALID"))), "{results:?}");
 }
+
+/// Signs one ECR API call with the `aws-sigv4` crate and sends it; returns (status, JSON body).
+pub async fn signed_call(
+    f: &TestFerry,
+    key: &str,
+    secret: &str,
+    operation: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    let host = f.base.trim_start_matches("http://").to_owned();
+    let creds = aws_credential_types::Credentials::new(key, secret, None, None, "test");
+    let identity: aws_smithy_runtime_api::client::identity::Identity = creds.into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("ecr")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let target = format!("AmazonEC2ContainerRegistry_V20150921.{operation}");
+    let headers =
+        [("host", host.as_str()), ("x-amz-target", target.as_str()), ("content-type", "application/x-amz-json-1.1")];
+    let signable =
+        SignableRequest::new("POST", "/", headers.iter().copied(), SignableBody::Bytes(body.as_bytes())).unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    let mut req = f
+        .client
+        .post(f.url("/"))
+        .header("x-amz-target", &target)
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(body.to_owned());
+    for (name, value) in instructions.headers() {
+        req = req.header(name, value);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or_default())
+}
+
+/// Two replicas on one bucket start at once and agree on one token key: a password replica A
+/// issues through the API works on replica B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_one_replica_works_on_another() {
+    let moto = crate::s3::Moto::start();
+    moto.bucket("tokens").await;
+    let dir = tempfile::tempdir().unwrap();
+    let everything =
+        serde_json::json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ecr:*","Resource":"*"}]});
+    let (ci, secret) = principal(dir.path(), "ci", CI_KEY, everything);
+    let replica = || {
+        let (endpoint, ci) = (moto.endpoint.clone(), ci.clone());
+        TestFerry::start_with(move |c| {
+            c.storage.backend = ferry::config::Backend::S3;
+            c.storage.s3.bucket = "tokens".into();
+            c.storage.s3.endpoint = endpoint;
+            c.storage.s3.force_path_style = true;
+            c.storage.s3.access_key_id = "test".into();
+            c.storage.s3.secret_access_key = ferry::config::Secret("test".into());
+            c.auth = AuthConfig {
+                enabled: true,
+                registry_id: ACCOUNT.into(),
+                principals: vec![ci],
+                ..AuthConfig::default()
+            };
+        })
+    };
+    let (a, b) = tokio::join!(replica(), replica());
+    let (status, v) = signed_call(&a, CI_KEY, &secret, "GetAuthorizationToken", "{}").await;
+    assert_eq!(status, 200, "{v}");
+    let decoded = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        v["authorizationData"][0]["authorizationToken"].as_str().unwrap(),
+    )
+    .unwrap();
+    let password = String::from_utf8(decoded).unwrap().trim_start_matches("AWS:").to_owned();
+    for f in [&a, &b] {
+        let resp = f.client.get(f.url("/v2/")).basic_auth("AWS", Some(&password)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{}", f.base);
+    }
+}
