@@ -178,6 +178,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         delete_enabled: config.registry.delete_enabled,
         upload_max_idle: config.registry.upload_max_idle.0,
         local_namespaces: config.registry.local_namespaces.clone(),
+        create_on_push: config.registry.create_on_push,
     };
     let proxy =
         Arc::new(proxy::Proxy::new(&config.pull_through, &metrics).map_err(|e| std::io::Error::other(e.to_string()))?);

@@ -7,6 +7,7 @@
 
 mod error;
 mod repositories;
+mod templates;
 
 pub use error::ApiError;
 
@@ -71,6 +72,14 @@ pub enum Operation {
     UntagResource(RepositoryName, Vec<String>),
     /// `ListTagsForResource`.
     ListTagsForResource(RepositoryName),
+    /// `CreateRepositoryCreationTemplate`.
+    CreateRepositoryCreationTemplate(templates::TemplateInput),
+    /// `DescribeRepositoryCreationTemplates`: by prefix, or a page of all.
+    DescribeRepositoryCreationTemplates(Option<Vec<String>>, Page),
+    /// `UpdateRepositoryCreationTemplate`.
+    UpdateRepositoryCreationTemplate(templates::TemplateInput),
+    /// `DeleteRepositoryCreationTemplate` (the prefix).
+    DeleteRepositoryCreationTemplate(String),
 }
 
 /// `maxResults` and `nextToken`.
@@ -164,6 +173,10 @@ impl Operation {
             Self::TagResource(..) => "TagResource",
             Self::UntagResource(..) => "UntagResource",
             Self::ListTagsForResource(..) => "ListTagsForResource",
+            Self::CreateRepositoryCreationTemplate(..) => "CreateRepositoryCreationTemplate",
+            Self::DescribeRepositoryCreationTemplates(..) => "DescribeRepositoryCreationTemplates",
+            Self::UpdateRepositoryCreationTemplate(..) => "UpdateRepositoryCreationTemplate",
+            Self::DeleteRepositoryCreationTemplate(..) => "DeleteRepositoryCreationTemplate",
         }
     }
 
@@ -245,6 +258,19 @@ impl Operation {
                 Ok(Self::UntagResource(name, keys))
             }
             "ListTagsForResource" => Ok(Self::ListTagsForResource(arn()?)),
+            "CreateRepositoryCreationTemplate" => {
+                Ok(Self::CreateRepositoryCreationTemplate(templates::TemplateInput::parse(&input, true)?))
+            }
+            "DescribeRepositoryCreationTemplates" => {
+                let (prefixes, page) = templates::parse_describe(&input)?;
+                Ok(Self::DescribeRepositoryCreationTemplates(prefixes, page))
+            }
+            "UpdateRepositoryCreationTemplate" => {
+                Ok(Self::UpdateRepositoryCreationTemplate(templates::TemplateInput::parse(&input, false)?))
+            }
+            "DeleteRepositoryCreationTemplate" => {
+                Ok(Self::DeleteRepositoryCreationTemplate(templates::prefix(input.required_str("prefix")?, "prefix")?))
+            }
             other => Err(ApiError::new(
                 "UnknownOperationException",
                 format!("The operation {other} is not supported by this registry"),
@@ -271,6 +297,18 @@ impl Operation {
             Self::TagResource(n, _) => vec![Access::on(Action::TagResource, n)],
             Self::UntagResource(n, _) => vec![Access::on(Action::UntagResource, n)],
             Self::ListTagsForResource(n) => vec![Access::on(Action::ListTagsForResource, n)],
+            Self::CreateRepositoryCreationTemplate(_) => {
+                vec![Access::registry(Action::CreateRepositoryCreationTemplate)]
+            }
+            Self::DescribeRepositoryCreationTemplates(..) => {
+                vec![Access::registry(Action::DescribeRepositoryCreationTemplates)]
+            }
+            Self::UpdateRepositoryCreationTemplate(_) => {
+                vec![Access::registry(Action::UpdateRepositoryCreationTemplate)]
+            }
+            Self::DeleteRepositoryCreationTemplate(_) => {
+                vec![Access::registry(Action::DeleteRepositoryCreationTemplate)]
+            }
         }
     }
 
@@ -358,6 +396,10 @@ impl Operation {
                 Ok(json!({}))
             }
             Self::ListTagsForResource(name) => Ok(json!({ "tags": existing(&name).await?.tags })),
+            Self::CreateRepositoryCreationTemplate(input) => templates::create(ctx, input).await,
+            Self::DescribeRepositoryCreationTemplates(prefixes, page) => templates::list(ctx, prefixes, page).await,
+            Self::UpdateRepositoryCreationTemplate(input) => templates::update(ctx, input).await,
+            Self::DeleteRepositoryCreationTemplate(prefix) => templates::delete(ctx, prefix).await,
         }
     }
 }
@@ -446,5 +488,18 @@ mod tests {
         assert_eq!(op("TagResource", foreign).unwrap_err().kind, "InvalidParameterException");
         assert_eq!(op("DescribeRepositories", r#"{"maxResults":0}"#).unwrap_err().kind, "InvalidParameterException");
         assert_eq!(Operation::GetAuthorizationToken.accesses()[0].action, Action::GetAuthorizationToken);
+        let template = |b: &str| op("CreateRepositoryCreationTemplate", b).map_err(|e| e.kind);
+        assert!(template(r#"{"prefix":"ROOT","appliedFor":["CREATE_ON_PUSH"]}"#).is_ok());
+        assert!(template(r#"{"prefix":"team-a/","appliedFor":["CREATE_ON_PUSH","REPLICATION"]}"#).is_ok());
+        assert_eq!(template(r#"{"prefix":"team-a"}"#).unwrap_err(), "InvalidParameterException");
+        assert_eq!(
+            template(r#"{"prefix":"Team","appliedFor":["CREATE_ON_PUSH"]}"#).unwrap_err(),
+            "InvalidParameterException"
+        );
+        assert_eq!(template(r#"{"prefix":"root","appliedFor":["ON_PULL"]}"#).unwrap_err(), "InvalidParameterException");
+        let bad_policy = r#"{"prefix":"a","appliedFor":["CREATE_ON_PUSH"],"repositoryPolicy":"{}"}"#;
+        assert_eq!(template(bad_policy).unwrap_err(), "InvalidParameterException");
+        let update = op("UpdateRepositoryCreationTemplate", r#"{"prefix":"a/"}"#).unwrap();
+        assert_eq!(update.accesses()[0].action, Action::UpdateRepositoryCreationTemplate);
     }
 }

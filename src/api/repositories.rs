@@ -138,9 +138,14 @@ pub fn describe(ctx: &ApiContext<'_>, name: &RepositoryName, s: &RepositorySetti
 
 /// A repository policy document, refused as ECR refuses one.
 pub fn policy_text(input: &Input) -> Result<String, ApiError> {
-    let text = input.required_str("policyText")?;
+    policy_member(input, "policyText")
+}
+
+/// A repository policy document in `member`, refused as ECR refuses one.
+pub fn policy_member(input: &Input, member: &str) -> Result<String, ApiError> {
+    let text = input.required_str(member)?;
     if text.is_empty() || text.chars().count() > 10240 {
-        return Err(ApiError::invalid("policyText", "Member must have length less than or equal to 10240"));
+        return Err(ApiError::invalid(member, "Member must have length less than or equal to 10240"));
     }
     Policy::parse(text, PolicyKind::Resource)
         .map_err(|_| ApiError::invalid("PolicyText", "Invalid repository policy provided"))?;

@@ -62,6 +62,14 @@ pub enum Action {
     UntagResource,
     /// Listing resource tags.
     ListTagsForResource,
+    /// Creating a repository creation template.
+    CreateRepositoryCreationTemplate,
+    /// Listing repository creation templates.
+    DescribeRepositoryCreationTemplates,
+    /// Changing a repository creation template.
+    UpdateRepositoryCreationTemplate,
+    /// Removing a repository creation template.
+    DeleteRepositoryCreationTemplate,
 }
 
 impl Action {
@@ -90,6 +98,10 @@ impl Action {
             Self::TagResource => "ecr:TagResource",
             Self::UntagResource => "ecr:UntagResource",
             Self::ListTagsForResource => "ecr:ListTagsForResource",
+            Self::CreateRepositoryCreationTemplate => "ecr:CreateRepositoryCreationTemplate",
+            Self::DescribeRepositoryCreationTemplates => "ecr:DescribeRepositoryCreationTemplates",
+            Self::UpdateRepositoryCreationTemplate => "ecr:UpdateRepositoryCreationTemplate",
+            Self::DeleteRepositoryCreationTemplate => "ecr:DeleteRepositoryCreationTemplate",
         }
     }
 

@@ -19,6 +19,10 @@ pub struct RegistryConfig {
     /// are read-only) except names equal to or under these namespaces, which are this
     /// registry's own and never reach an upstream. Default `[]`.
     pub local_namespaces: Vec<String>,
+    /// A push to a repository that does not exist creates it (with default settings) when no
+    /// `CREATE_ON_PUSH` creation template matches its name; `false` answers `NAME_UNKNOWN`
+    /// unless a template does. Creating always needs `ecr:CreateRepository`. Default `true`.
+    pub create_on_push: bool,
 }
 
 impl Default for RegistryConfig {
@@ -28,6 +32,7 @@ impl Default for RegistryConfig {
             upload_max_idle: HumanDuration(Duration::from_secs(24 * 3600)),
             upload_purge_interval: HumanDuration(Duration::from_secs(600)),
             local_namespaces: Vec::new(),
+            create_on_push: true,
         }
     }
 }

@@ -160,7 +160,10 @@ pub async fn serve_request(
         Ok(ep) => {
             let name = ep.name();
             let admitted = match authenticate(&app, &req, client).await {
-                Ok(principal) => authorize(&app, &principal, &ep, &query, client, &req).await.map(|()| principal),
+                Ok(principal) => match authorize(&app, &principal, &ep, &query, client, &req).await {
+                    Ok(()) => create_on_push(&app, &principal, &ep, client, &req).await.map(|()| principal),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             match admitted {
@@ -340,7 +343,14 @@ async fn authorize<B>(
     let repository_policies = repository_policies(app, &accesses).await.map_err(OciError::from)?;
     let ns = query.namespace();
     let read_only = |name: &crate::oci::RepositoryName| app.registry.read_only_reason(name, ns);
-    decide(app, principal, &accesses, client, &read_only, &repository_policies).map_err(|r| match r {
+    decide(app, principal, &accesses, client, &read_only, &repository_policies)
+        .map_err(|r| refused(app, principal, req, r))
+}
+
+/// A refusal as the registry API answers it: 401 with the challenge for anonymous callers
+/// (so clients log in), else 403 `DENIED` naming the action and the resource.
+fn refused<B>(app: &App, principal: &Principal, req: &Request<B>, refusal: Refusal) -> OciError {
+    match refusal {
         Refusal::ReadOnly(reason) => OciError::new(ErrorCode::Denied, reason),
         Refusal::NotAuthorized { action, resource } => {
             app.metrics.auth.denials.with_label_values(&[action.as_str()]).inc();
@@ -357,7 +367,41 @@ async fn authorize<B>(
                 (Principal::Anonymous, None) => OciError::new(ErrorCode::Denied, "access denied"),
             }
         }
-    })
+    }
+}
+
+/// A push to a repository that does not exist creates it, as ECR's `CREATE_ON_PUSH`
+/// templates do: only when a template matches (or `registry.create_on_push` stands in for a
+/// `ROOT` one) and the caller may `ecr:CreateRepository`; otherwise `NAME_UNKNOWN` in ECR's
+/// words. The repository starts with the template's settings and policy.
+async fn create_on_push<B>(
+    app: &App,
+    principal: &Principal,
+    endpoint: &Endpoint,
+    client: std::net::IpAddr,
+    req: &Request<B>,
+) -> Result<(), OciError> {
+    let (Endpoint::UploadStart(name, _) | Endpoint::ManifestPut(name, _)) = endpoint else { return Ok(()) };
+    let registry = &app.registry;
+    if registry.repository_exists(name).await? {
+        return Ok(());
+    }
+    let purpose = crate::registry::templates::AppliedFor::CreateOnPush;
+    let Some(settings) = registry.settings_for_new_repository(name, purpose).await? else {
+        let registry_id = app.auth.as_ref().map_or("000000000000", |a| a.registry_id.as_str());
+        return Err(OciError::new(
+            ErrorCode::NameUnknown,
+            format!("The repository with name '{name}' does not exist in the registry with id '{registry_id}'"),
+        )
+        .with_detail(serde_json::json!({ "name": name.as_str() })));
+    };
+    let create = [crate::auth::Access::on(crate::auth::Action::CreateRepository, name)];
+    decide(app, principal, &create, client, &|_| None, &RepositoryPolicies::new())
+        .map_err(|r| refused(app, principal, req, r))?;
+    match registry.create_repository(name, settings).await {
+        Ok(_) | Err(crate::registry::Error::RepositoryAlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Connection settings for a listener.

@@ -7,6 +7,7 @@ mod manifests;
 mod pull_through;
 pub mod purge;
 pub mod repositories;
+pub mod templates;
 mod uploads;
 
 pub use error::{Error, Result};
@@ -37,6 +38,9 @@ pub struct Settings {
     pub upload_max_idle: Duration,
     /// Namespaces of this registry's own that a mirror-default rule never claims.
     pub local_namespaces: Vec<String>,
+    /// Whether a push to a missing repository creates it when no `CREATE_ON_PUSH` template
+    /// matches (an implicit `ROOT` template with default settings).
+    pub create_on_push: bool,
 }
 
 /// One page of a sorted listing.

@@ -112,6 +112,9 @@ impl Registry {
         self.storage.blob_put_small(&m.digest, m.bytes).await?;
         let bytes = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
         self.storage.record_put(&Key::manifest_link(&route.local, &m.digest), bytes).await?;
+        if !self.repository_exists(&route.local).await? {
+            self.apply_creation_template(&route.local, super::templates::AppliedFor::PullThroughCache).await?;
+        }
         self.ensure_repository(&route.local).await?;
         let record = ManifestRecord { fetched_at_ms: Some(self.clock.now_ms()), ..record };
         if let Some(tag) = tag {

@@ -152,6 +152,8 @@ impl Registry {
             Err(e) => return Err(e.into()),
         }
         self.ensure_repository(name).await?;
+        // A decision made while it did not exist may have cached "no policy".
+        self.forget_repository_policy(name).await;
         Ok(settings)
     }
 

@@ -34,6 +34,17 @@ impl Key {
         Self("auth/token-key".into())
     }
 
+    /// `templates`: the repository creation templates.
+    pub fn creation_templates() -> Self {
+        Self("templates".into())
+    }
+
+    /// `templates/<prefix with / as +>`: one repository creation template (`ROOT`, or a
+    /// namespace prefix already checked against ECR's pattern).
+    pub fn creation_template(encoded_prefix: &str) -> Self {
+        Self(format!("templates/{encoded_prefix}"))
+    }
+
     /// Whether this is a tag record (mutable, so cached only briefly).
     pub fn is_tag(&self) -> bool {
         self.0.starts_with("repos/") && self.0.contains("/_tags/")

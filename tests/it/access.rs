@@ -60,6 +60,10 @@ fn setup() -> Setup {
     ci_policy["Statement"].as_array_mut().unwrap().push(serde_json::json!({
         "Sid": "nosecret", "Effect": "Deny", "Action": "ecr:*", "Resource": repo_arn("team-a/secret")
     }));
+    // Creating on push: team-a/* and public/tool, not other public/* names.
+    ci_policy["Statement"].as_array_mut().unwrap().push(serde_json::json!({
+        "Effect": "Allow", "Action": "ecr:CreateRepository", "Resource": [repo_arn("team-a/*"), repo_arn("public/tool")]
+    }));
     let (ci, ci_key, ci_secret) = principal("ci", &ci_policy.to_string());
     let reader_policy = allow(
         &[
@@ -132,6 +136,10 @@ async fn policies_decide_every_endpoint_for_every_principal() {
         "{body}"
     );
     assert_eq!(push("team-a/secret").await.status(), StatusCode::FORBIDDEN);
+    // May push to public/*, but not create a repository there beyond public/tool.
+    let (code, body) = status(push("public/other").await).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("ecr:CreateRepository") && body.contains(&repo_arn("public/other")), "{body}");
 
     // An image in team-a, pushed by ci.
     let config = br#"{"architecture":"amd64","os":"linux"}"#;
@@ -340,8 +348,7 @@ async fn secrets_and_tokens_never_reach_the_log() {
     let s = setup();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.toml");
-    let mut c = Config::default();
-    c.auth = s.auth.clone();
+    let c = Config { auth: s.auth.clone(), ..Config::default() };
     std::fs::write(&config, toml::to_string(&c).unwrap().replace("\"<redacted>\"", "\"\"")).unwrap();
     // The hashes are secrets too: written into the file by hand, since `Secret` serializes as <redacted>.
     let mut text = std::fs::read_to_string(&config).unwrap();

@@ -44,21 +44,36 @@ struct Api {
 
 const CI_KEY: &str = "AKIAFERRYCI000000001";
 const NOBODY_KEY: &str = "AKIAFERRYNOBODY00001";
+const PUSHER_KEY: &str = "AKIAFERRYPUSHER00001";
 
 async fn start() -> Api {
+    start_with(|_| {}).await
+}
+
+/// `ci` may do everything, `nobody` nothing, `pusher` push and pull anywhere but not create
+/// repositories (its secret is `pusher-secret-<uuid_like("pusher")>`).
+async fn start_with(change: impl FnOnce(&mut ferry::config::Config) + Send + 'static) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let everything =
         serde_json::json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ecr:*","Resource":"*"}]});
     let nothing = serde_json::json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ecr:DescribeImages","Resource":"*"}]});
     let (ci, ci_secret) = principal(dir.path(), "ci", CI_KEY, everything);
     let (nobody, nobody_secret) = principal(dir.path(), "nobody", NOBODY_KEY, nothing);
+    let push = serde_json::json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":[
+        "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability",
+        "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage"],"Resource":"*"}]});
+    let (pusher, _) = principal(dir.path(), "pusher", PUSHER_KEY, push);
     let auth = AuthConfig {
         enabled: true,
         registry_id: ACCOUNT.into(),
-        principals: vec![ci, nobody],
+        principals: vec![ci, nobody, pusher],
         ..AuthConfig::default()
     };
-    let f = TestFerry::start_with(move |c| c.auth = auth).await;
+    let f = TestFerry::start_with(move |c| {
+        c.auth = auth;
+        change(c);
+    })
+    .await;
     Api { f, _dir: dir, ci_secret, nobody_secret }
 }
 
@@ -556,4 +571,136 @@ async fn a_token_from_one_replica_works_on_another() {
         let resp = f.client.get(f.url("/v2/")).basic_auth("AWS", Some(&password)).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{}", f.base);
     }
+}
+
+/// Repository creation templates through boto3, and what they decide: with
+/// `registry.create_on_push = false` a push to a missing repository gets ECR's `NAME_UNKNOWN`
+/// unless a `CREATE_ON_PUSH` template covers it; the repository it creates carries the
+/// template's mutability, tags and policy; creating needs `ecr:CreateRepository` (pushing to
+/// an existing repository does not); a `PULL_THROUGH_CACHE` template shapes cache repositories.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creation_templates_decide_what_a_push_creates() {
+    let hub = crate::upstream::RealUpstream::start();
+    let client = reqwest::Client::new();
+    push_config_image(&client, &hub.base, "library/cached", "v1", br#"{"cached":true}"#).await;
+    let rule = crate::pull_through::rule("hub", &hub.base);
+    let api = start_with(move |c| {
+        c.registry.create_on_push = false;
+        c.pull_through = vec![rule];
+    })
+    .await;
+    let f = &api.f;
+    let pusher_secret = format!("pusher-secret-{}", uuid_like("pusher"));
+    let start_upload = |repo: &'static str, key: &'static str, secret: String| {
+        let (c, base) = (f.client.clone(), f.base.clone());
+        async move {
+            let body = format!("layer of {repo}");
+            let d = digest(body.as_bytes());
+            let resp = c
+                .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
+                .basic_auth(key, Some(secret))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let ci = api.ci_secret.clone();
+    let (code, text) = start_upload("team-c/app", CI_KEY, ci.clone()).await;
+    assert_eq!(code, 404, "{text}");
+    assert!(text.contains("NAME_UNKNOWN"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "The repository with name 'team-c/app' does not exist in the registry with id '{ACCOUNT}'"
+        )),
+        "{text}"
+    );
+
+    let v = boto3(
+        &api,
+        r#"
+out = {}
+policy = json.dumps({"Version": "2012-10-17", "Statement": [{"Sid": "anyone-pulls", "Effect": "Allow", "Principal": "*",
+                     "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]}]})
+t = ci.create_repository_creation_template(prefix='team-c/', appliedFor=['CREATE_ON_PUSH'], description='team c',
+    imageTagMutability='IMMUTABLE', resourceTags=[{'Key': 'team', 'Value': 'c'}], repositoryPolicy=policy)
+out['created'] = [t['repositoryCreationTemplate']['prefix'], t['repositoryCreationTemplate']['appliedFor'], t['registryId']]
+out['again'] = error(lambda: ci.create_repository_creation_template(prefix='team-c', appliedFor=['REPLICATION']))
+out['bad_prefix'] = error(lambda: ci.create_repository_creation_template(prefix='Team-C', appliedFor=['CREATE_ON_PUSH']))
+out['bad_policy'] = error(lambda: ci.create_repository_creation_template(prefix='x1', appliedFor=['CREATE_ON_PUSH'], repositoryPolicy='{}'))
+out['denied'] = error(lambda: nobody.create_repository_creation_template(prefix='x1', appliedFor=['CREATE_ON_PUSH']))
+ci.create_repository_creation_template(prefix='ROOT', appliedFor=['REPLICATION'])
+ci.create_repository_creation_template(prefix='hub', appliedFor=['PULL_THROUGH_CACHE'],
+    resourceTags=[{'Key': 'source', 'Value': 'hub'}])
+page = ci.describe_repository_creation_templates(maxResults=2)
+out['page1'] = [x['prefix'] for x in page['repositoryCreationTemplates']]
+out['page2'] = [x['prefix'] for x in ci.describe_repository_creation_templates(maxResults=2, nextToken=page['nextToken'])['repositoryCreationTemplates']]
+out['by_prefix'] = [x['description'] for x in ci.describe_repository_creation_templates(prefixes=['team-c'])['repositoryCreationTemplates']]
+u = ci.update_repository_creation_template(prefix='team-c', description='team c, immutable')['repositoryCreationTemplate']
+out['updated'] = [u['description'], u['imageTagMutability'], u['updatedAt'] >= u['createdAt']]
+out['update_missing'] = error(lambda: ci.update_repository_creation_template(prefix='nope', description='x'))
+out['delete_missing'] = error(lambda: ci.delete_repository_creation_template(prefix='nope'))
+print(json.dumps(out))
+"#,
+    );
+    assert_eq!(v["created"], serde_json::json!(["team-c", ["CREATE_ON_PUSH"], ACCOUNT]));
+    assert_eq!(v["again"], "TemplateAlreadyExistsException", "team-c and team-c/ are one prefix");
+    assert_eq!(v["bad_prefix"], "InvalidParameterException");
+    assert_eq!(v["bad_policy"], "InvalidParameterException");
+    assert_eq!(v["denied"], "AccessDeniedException");
+    assert_eq!(v["page1"], serde_json::json!(["ROOT", "hub"]));
+    assert_eq!(v["page2"], serde_json::json!(["team-c"]));
+    assert_eq!(v["by_prefix"], serde_json::json!(["team c"]));
+    assert_eq!(v["updated"], serde_json::json!(["team c, immutable", "IMMUTABLE", true]));
+    assert_eq!(v["update_missing"], "TemplateNotFoundException");
+    assert_eq!(v["delete_missing"], "TemplateNotFoundException");
+
+    // Creating on push needs ecr:CreateRepository: pusher may push, not create.
+    let (code, text) = start_upload("team-c/app", PUSHER_KEY, pusher_secret.clone()).await;
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("DENIED") && text.contains("ecr:CreateRepository"), "{text}");
+    // ci may: the repository appears with the template's settings.
+    assert_eq!(start_upload("team-c/app", CI_KEY, ci.clone()).await.0, 201);
+    // Now it exists, pusher pushes to it without needing to create anything.
+    let (code, text) = start_upload("team-c/app", PUSHER_KEY, pusher_secret).await;
+    assert_eq!(code, 201, "{text}");
+    // The ROOT template is for replication only: pushes elsewhere still find no repository.
+    assert_eq!(start_upload("team-d/app", CI_KEY, ci.clone()).await.0, 404);
+    // The template's policy lets anyone pull.
+    let layer = digest(b"layer of team-c/app");
+    let resp = f.client.get(f.url(&format!("/v2/team-c/app/blobs/{layer}"))).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the template's repository policy allows anonymous pulls");
+    // A pull through the cache creates hub/library/cached with the hub template's tags.
+    let resp = f
+        .client
+        .get(f.url("/v2/hub/library/cached/manifests/v1"))
+        .basic_auth(CI_KEY, Some(&ci))
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let v = boto3(
+        &api,
+        r#"
+out = {}
+r = ci.describe_repositories(repositoryNames=['team-c/app'])['repositories'][0]
+out['mutability'] = r['imageTagMutability']
+out['tags'] = ci.list_tags_for_resource(resourceArn=r['repositoryArn'])['tags']
+out['policy'] = json.loads(ci.get_repository_policy(repositoryName='team-c/app')['policyText'])['Statement'][0]['Sid']
+c = ci.describe_repositories(repositoryNames=['hub/library/cached'])['repositories'][0]
+out['cache_tags'] = ci.list_tags_for_resource(resourceArn=c['repositoryArn'])['tags']
+out['deleted'] = ci.delete_repository_creation_template(prefix='team-c/')['repositoryCreationTemplate']['prefix']
+print(json.dumps(out))
+"#,
+    );
+    assert_eq!(v["mutability"], "IMMUTABLE");
+    assert_eq!(v["tags"], serde_json::json!([{"Key": "team", "Value": "c"}]));
+    assert_eq!(v["policy"], "anyone-pulls");
+    assert_eq!(v["cache_tags"], serde_json::json!([{"Key": "source", "Value": "hub"}]));
+    assert_eq!(v["deleted"], "team-c");
+    // Without the template, new names under team-c are unknown again.
+    assert_eq!(start_upload("team-c/other", CI_KEY, ci).await.0, 404);
 }
