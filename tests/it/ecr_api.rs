@@ -12,7 +12,7 @@ use std::process::Command;
 
 const ACCOUNT: &str = "123456789012";
 
-fn venv() -> String {
+pub fn venv() -> String {
     std::env::var("FERRY_TEST_VENV").unwrap_or_else(|_| "/var/tmp/ferry-venv".into())
 }
 

@@ -1,7 +1,8 @@
-//! The real mirror clients: a Docker daemon with `registry-mirrors` in its daemon.json, and
-//! containerd's `ctr` with a hosts.toml mirror (which adds `?ns=docker.io`). Both run in a
-//! private network namespace with Ferry and the upstream, so their fallback to Docker Hub
-//! fails locally ("network is unreachable") instead of leaving the machine.
+//! The real daemons: a Docker daemon with `registry-mirrors` in its daemon.json, containerd's
+//! `ctr` with a hosts.toml mirror (which adds `?ns=docker.io`), and both logging in with an
+//! ECR-style password from `aws ecr get-login-password`. They run in a private network
+//! namespace with Ferry and the upstream, so their fallback to Docker Hub fails locally
+//! ("network is unreachable") instead of leaving the machine.
 
 use crate::clients::{policy, run};
 use crate::images::build_layout;
@@ -17,7 +18,10 @@ struct NetNs {
 
 impl NetNs {
     fn new() -> Self {
-        let name = format!("ferry-t{}", std::process::id());
+        // One per test: tests of one process run side by side.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("ferry-t{}-{n}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
         assert!(
             Command::new("ip").args(["netns", "add", &name]).status().unwrap().success(),
@@ -58,6 +62,86 @@ impl NetNs {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Ferry from `w/ferry.toml`, serving on 127.0.0.1:5000 in the namespace.
+    fn spawn_ferry(&mut self, w: &Path) {
+        let mut c = self.command(env!("CARGO_BIN_EXE_ferry"));
+        c.args(["serve", "--config"]).arg(w.join("ferry.toml"));
+        self.spawn(c, &w.join("ferry.log"));
+        self.wait_for(
+            "ferry",
+            || {
+                let mut c = self.command("curl");
+                // Up means answering: 200, or 401 when access control is on.
+                c.args(["-s", "-o", "/dev/null", "http://127.0.0.1:5000/v2/"]);
+                c
+            },
+            &w.join("ferry.log"),
+        );
+    }
+
+    /// dockerd with `daemon_json`, in `w/d`; returns a `docker` command builder for it.
+    fn spawn_dockerd(&mut self, w: &Path, daemon_json: &str) -> impl Fn(&[&str]) -> Command {
+        let d = w.join("d");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("daemon.json"), daemon_json).unwrap();
+        let sock = format!("unix://{}", d.join("sock").display());
+        let mut c = self.command("dockerd");
+        c.arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+                "--bridge=none",
+                "--storage-driver",
+                "vfs",
+            ])
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("pid"))
+            .args(["-H", &sock]);
+        self.spawn(c, &w.join("dockerd.log"));
+        // The client's own config (credentials from `docker login`) stays in the test's directory.
+        let client_config = d.join("client");
+        let docker = move |args: &[&str]| {
+            let mut c = Command::new(docker_cli());
+            c.env("DOCKER_CONFIG", &client_config).args(["-H", &sock]).args(args);
+            c
+        };
+        self.wait_for("dockerd", || docker(&["version"]), &w.join("dockerd.log"));
+        docker
+    }
+
+    /// containerd in `w/c` (hosts.toml files go under `w/c/hosts`); returns a `ctr` builder.
+    fn spawn_containerd(&mut self, w: &Path) -> impl Fn(&[&str]) -> Command {
+        let cd = w.join("c");
+        std::fs::create_dir_all(&cd).unwrap();
+        std::fs::write(
+            cd.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{0}/c.sock\"\n",
+                cd.display()
+            ),
+        )
+        .unwrap();
+        let mut c = self.command("containerd");
+        c.arg("--config").arg(cd.join("config.toml"));
+        self.spawn(c, &w.join("containerd.log"));
+        let csock = cd.join("c.sock").display().to_string();
+        let netns = self.name.clone();
+        let ctr = move |args: &[&str]| {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{netns}")).arg("ctr").args(["--address", &csock]).args(args);
+            c
+        };
+        self.wait_for("containerd", || ctr(&["version"]), &w.join("containerd.log"));
+        ctr
     }
 }
 
@@ -142,50 +226,10 @@ fn docker_daemon_and_containerd_pull_through_ferry_as_a_mirror() {
         ),
     )
     .unwrap();
-    let mut c = ns.command(env!("CARGO_BIN_EXE_ferry"));
-    c.args(["serve", "--config"]).arg(w.join("ferry.toml"));
-    ns.spawn(c, &w.join("ferry.log"));
-    ns.wait_for(
-        "ferry",
-        || {
-            let mut c = ns.command("curl");
-            c.args(["-sf", "http://127.0.0.1:5000/v2/"]);
-            c
-        },
-        &w.join("ferry.log"),
-    );
+    ns.spawn_ferry(w);
 
     // dockerd with registry-mirrors.
-    let d = w.join("d");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("daemon.json"), r#"{"registry-mirrors": ["http://127.0.0.1:5000"]}"#).unwrap();
-    let sock = format!("unix://{}", d.join("sock").display());
-    let mut c = ns.command("dockerd");
-    c.arg("--config-file")
-        .arg(d.join("daemon.json"))
-        .args([
-            "--iptables=false",
-            "--ip6tables=false",
-            "--ip-forward=false",
-            "--ip-masq=false",
-            "--bridge=none",
-            "--storage-driver",
-            "vfs",
-        ])
-        .arg("--data-root")
-        .arg(d.join("root"))
-        .arg("--exec-root")
-        .arg(d.join("exec"))
-        .arg("--pidfile")
-        .arg(d.join("pid"))
-        .args(["-H", &sock]);
-    ns.spawn(c, &w.join("dockerd.log"));
-    let docker = |args: &[&str]| {
-        let mut c = Command::new(docker_cli());
-        c.args(["-H", &sock]).args(args);
-        c
-    };
-    ns.wait_for("dockerd", || docker(&["version"]), &w.join("dockerd.log"));
+    let docker = ns.spawn_dockerd(w, r#"{"registry-mirrors": ["http://127.0.0.1:5000"]}"#);
     run(&mut docker(&["pull", "alpine:v1"]));
     let digests = run(&mut docker(&["image", "inspect", "--format", "{{join .RepoDigests \",\"}}", "alpine:v1"]));
     assert!(digests.contains(&single.top), "dockerd pulled the upstream's manifest through Ferry: {digests}");
@@ -214,28 +258,11 @@ fn docker_daemon_and_containerd_pull_through_ferry_as_a_mirror() {
     let cd = w.join("c");
     std::fs::create_dir_all(cd.join("hosts/docker.io")).unwrap();
     std::fs::write(
-        cd.join("config.toml"),
-        format!(
-            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{0}/c.sock\"\n",
-            cd.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
         cd.join("hosts/docker.io/hosts.toml"),
         "server = \"http://127.0.0.1:1\"\n[host.\"http://127.0.0.1:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
     )
     .unwrap();
-    let mut c = ns.command("containerd");
-    c.arg("--config").arg(cd.join("config.toml"));
-    ns.spawn(c, &w.join("containerd.log"));
-    let csock = cd.join("c.sock").display().to_string();
-    let ctr = |args: &[&str]| {
-        let mut c = ns.command("ctr");
-        c.args(["--address", &csock]).args(args);
-        c
-    };
-    ns.wait_for("containerd", || ctr(&["version"]), &w.join("containerd.log"));
+    let ctr = ns.spawn_containerd(w);
     let hosts = cd.join("hosts").display().to_string();
     run(&mut ctr(&[
         "images",
@@ -257,4 +284,97 @@ fn docker_daemon_and_containerd_pull_through_ferry_as_a_mirror() {
         .collect();
     catalog.sort();
     assert_eq!(catalog, ["dockerio+library+multi", "hub+library+alpine", "hub+library+multi", "team-a+alpine"]);
+}
+
+/// `aws ecr get-login-password | docker login --username AWS --password-stdin`, then `docker
+/// push` and `docker pull` of a fresh image; containerd's `ctr --user AWS:<password>` pulls
+/// and pushes it too. Without the login both are refused.
+#[test]
+fn docker_and_containerd_log_in_with_an_ecr_password() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let mut ns = NetNs::new();
+    let secret = "docker-login-secret-4c0ffee";
+    std::fs::write(w.join("ci.secret"), format!("{secret}\n")).unwrap();
+    let everything = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ecr:*","Resource":"*"}]}"#;
+    std::fs::write(
+        w.join("ferry.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:5000\"\nadmin_listen = \"127.0.0.1:5090\"\n[storage]\ndata_dir = \"{}\"\n\
+             [auth]\nenabled = true\nregistry_id = \"123456789012\"\n\n\
+             [[auth.principals]]\nname = \"ci\"\naccess_key_id = \"AKIAFERRYDOCKER00001\"\nsecret_access_key_file = \"{}\"\npolicies = ['{everything}']\n",
+            w.join("ferry-data").display(),
+            w.join("ci.secret").display(),
+        ),
+    )
+    .unwrap();
+    ns.spawn_ferry(w);
+
+    // The registry password, as ECR's users get it.
+    let mut aws = ns.command(format!("{}/bin/aws", crate::ecr_api::venv()));
+    aws.args(["ecr", "get-login-password", "--endpoint-url", "http://127.0.0.1:5000", "--region", "us-east-1"])
+        .env_remove("AWS_CA_BUNDLE")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_ACCESS_KEY_ID", "AKIAFERRYDOCKER00001")
+        .env("AWS_SECRET_ACCESS_KEY", secret);
+    let password = run(&mut aws).trim().to_owned();
+    assert!(!password.is_empty());
+
+    // A fresh image in dockerd: one file, imported.
+    let docker = ns.spawn_dockerd(w, "{}");
+    let rootfs = w.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/hello"), "pushed with an ECR password\n").unwrap();
+    let tarball = w.join("rootfs.tar");
+    run(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tarball).arg("."));
+    let image = "127.0.0.1:5000/team-a/app:v1";
+    run(&mut docker(&["import", &tarball.display().to_string(), image]));
+
+    // Not logged in: refused.
+    let out = docker(&["push", image]).output().unwrap();
+    assert!(!out.status.success(), "a push without credentials must fail");
+
+    let mut login = docker(&["login", "--username", "AWS", "--password-stdin", "127.0.0.1:5000"]);
+    login.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), password.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "docker login: {}", String::from_utf8_lossy(&out.stderr));
+    let wrong =
+        docker(&["login", "--username", "AWS", "--password", "not-a-token", "127.0.0.1:5000"]).output().unwrap();
+    assert!(!wrong.status.success(), "a wrong password must not log in");
+
+    run(&mut docker(&["push", image]));
+    let pushed = run(&mut docker(&["image", "inspect", "--format", "{{join .RepoDigests \",\"}}", image]));
+    run(&mut docker(&["rmi", image]));
+    run(&mut docker(&["pull", image]));
+    let pulled = run(&mut docker(&["image", "inspect", "--format", "{{join .RepoDigests \",\"}}", image]));
+    assert_eq!(pushed.trim(), pulled.trim());
+    let digest = pulled.trim().rsplit('@').next().unwrap().to_owned();
+    assert!(digest.starts_with("sha256:"), "{pulled}");
+
+    // containerd: refused without credentials, then pulls and pushes with --user.
+    let ctr = ns.spawn_containerd(w);
+    let pull = |user: Option<&str>| {
+        let mut args = vec!["images", "pull", "--plain-http", "--snapshotter", "native"];
+        if let Some(u) = user {
+            args.extend(["--user", u]);
+        }
+        args.push(image);
+        ctr(&args)
+    };
+    assert!(!pull(None).output().unwrap().status.success(), "ctr pull without credentials must fail");
+    let user = format!("AWS:{password}");
+    run(&mut pull(Some(&user)));
+    let listed = run(&mut ctr(&["images", "ls"]));
+    assert!(listed.lines().any(|l| l.contains(image) && l.contains(&digest)), "{listed}");
+    let copy = "127.0.0.1:5000/team-a/from-ctr:v1";
+    run(&mut ctr(&["images", "tag", image, copy]));
+    run(&mut ctr(&["images", "push", "--plain-http", "--user", &user, copy]));
+    run(&mut docker(&["pull", copy]));
+    let copied = run(&mut docker(&["image", "inspect", "--format", "{{join .RepoDigests \",\"}}", copy]));
+    assert!(copied.contains(&digest), "containerd pushed the same image: {copied}");
 }
