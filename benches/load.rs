@@ -3,7 +3,8 @@
 //! Prints one line per comparison: `<name> ferry=<v> peer=<v> ratio=<r> <unit>`, where a ratio
 //! above 1 means Ferry is better (latency ratios are inverted accordingly).
 //!
-//! Run with `cargo bench --bench load`. Needs `docker-registry` and `wrk` (Debian packages).
+//! Run with `cargo bench --bench load`. Needs `docker-registry`, `wrk` and `htpasswd` (Debian
+//! packages `docker-registry`, `wrk`, `apache2-utils`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -83,12 +84,18 @@ async fn pull_blob(client: &reqwest::Client, base: &str, repo: &str, d: &str, st
 
 /// wrk at `connections` for `secs`: (requests/s, p99 latency in ms).
 fn wrk(url: &str, connections: usize, secs: u64) -> (f64, f64) {
-    let out = Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency", "-H"])
-        .arg(format!("Accept: {MANIFEST_ACCEPT}"))
-        .arg(url)
-        .output()
-        .expect("wrk runs (apt-get install wrk)");
+    wrk_with(url, connections, secs, None)
+}
+
+/// [`wrk`] sending an `Authorization` header on every request.
+fn wrk_with(url: &str, connections: usize, secs: u64, authorization: Option<&str>) -> (f64, f64) {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency", "-H"])
+        .arg(format!("Accept: {MANIFEST_ACCEPT}"));
+    if let Some(a) = authorization {
+        cmd.arg("-H").arg(format!("Authorization: {a}"));
+    }
+    let out = cmd.arg(url).output().expect("wrk runs (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("Non-2xx"), "wrk saw errors:\n{text}");
     let rps: f64 = text
@@ -281,6 +288,9 @@ fn main() {
         if "s3".contains(filter.as_str()) {
             on_s3(&client).await;
         }
+        if "auth".contains(filter.as_str()) {
+            auth().await;
+        }
     });
 }
 
@@ -429,4 +439,88 @@ async fn registry(client: &reqwest::Client) {
         report("blob_get_1gib_8_streams", eight[0], eight[1], true, "MB/s");
         report("blob_push_1gib", push[0], push[1], true, "MB/s");
     }
+}
+
+/// A client sending `authorization` on every request.
+fn client_with(authorization: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, authorization.parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+/// Access control's cost on the hottest request: manifest GET by tag at 64 connections, on
+/// Ferry with `Basic AWS:<token>` and with access-key Basic against Ferry without auth, and
+/// against docker-registry with htpasswd auth (a bcrypt check per request) on the same content.
+async fn auth() {
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let out = Command::new(ferry).args(["auth", "new-key", "--name", "bench"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |prefix: &str| {
+        text.lines().find_map(|l| l.strip_prefix(prefix)).map(|v| v.trim().trim_matches('"').to_owned()).unwrap()
+    };
+    let (key, secret) = (field("access key id:"), field("secret access key:"));
+    let hash = field("secret_access_key_hash =");
+    let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ecr:*","Resource":"*"}]}"#;
+    let auth_toml = format!(
+        "[auth]\nenabled = true\nregistry_id = \"123456789012\"\n\n[[auth.principals]]\nname = \"bench\"\naccess_key_id = \"{key}\"\nsecret_access_key_hash = '{hash}'\npolicies = ['{policy}']\n"
+    );
+    let work = tempfile::tempdir().unwrap();
+    let htpasswd = work.path().join("htpasswd");
+    let out = Command::new("htpasswd").args(["-Bbn", "bench", &secret]).output().expect("htpasswd (apache2-utils)");
+    assert!(out.status.success());
+    std::fs::write(&htpasswd, &out.stdout).unwrap();
+
+    let servers = [
+        start_ferry(),
+        start_ferry_with(&auth_toml),
+        start_peer_with(&format!("auth:\n  htpasswd:\n    realm: bench\n    path: {}\n", htpasswd.display())),
+    ];
+    // The registry password, as `ferry auth token` prints it for this Ferry's storage.
+    let token_config = servers[1].dir.path().join("token.toml");
+    std::fs::write(
+        &token_config,
+        format!("{auth_toml}\n[storage]\ndata_dir = \"{}\"\n", servers[1].dir.path().join("data").display()),
+    )
+    .unwrap();
+    std::fs::write(work.path().join("secret"), &secret).unwrap();
+    let out = Command::new(ferry)
+        .args(["auth", "token", "--access-key-id", &key, "--secret-file"])
+        .arg(work.path().join("secret"))
+        .arg("--config")
+        .arg(&token_config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+    let key_basic = basic(&key, &secret);
+    let token_basic = basic("AWS", &token);
+    let peer_basic = basic("bench", &secret);
+    seed_manifest(&reqwest::Client::new(), &servers[0].base).await;
+    seed_manifest(&client_with(&key_basic), &servers[1].base).await;
+    seed_manifest(&client_with(&peer_basic), &servers[2].base).await;
+    let runs = [
+        (&servers[0], None),
+        (&servers[1], Some(token_basic.as_str())),
+        (&servers[1], Some(key_basic.as_str())),
+        (&servers[2], Some(peer_basic.as_str())),
+    ];
+    // Two shared cores are noisy: alternate the runs and keep each one's best of 3.
+    let mut rps = [0f64; 4];
+    for _ in 0..3 {
+        for (i, (server, authorization)) in runs.iter().enumerate() {
+            let url = format!("{}/v2/bench/app/manifests/v1", server.base);
+            wrk_with(&url, 64, 1, *authorization);
+            rps[i] = rps[i].max(wrk_with(&url, 64, 8, *authorization).0);
+        }
+    }
+    report("auth_manifest_get_c64_token_vs_ferry_without_auth", rps[1], rps[0], true, "req/s");
+    report("auth_manifest_get_c64_access_key_vs_ferry_without_auth", rps[2], rps[0], true, "req/s");
+    report("auth_manifest_get_c64_token_vs_registry_htpasswd", rps[1], rps[3], true, "req/s");
+    report("auth_manifest_get_c64_access_key_vs_registry_htpasswd", rps[2], rps[3], true, "req/s");
 }

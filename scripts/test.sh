@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 # (dockerd and containerd as mirror clients, run in a private network namespace), openssl (TLS
 # certificates and the test token issuer's signatures), docker-registry (the CNCF reference
 # registry: upstream in the tests, peer in the benchmark), wrk (the benchmark's load generator),
+# apache2-utils (htpasswd: the bcrypt file of the peer's basic auth in the auth benchmark),
 # curl, iproute2 and util-linux (nsenter).
 packages=()
 command -v skopeo >/dev/null || packages+=(skopeo)
@@ -15,6 +16,7 @@ command -v podman >/dev/null || packages+=(podman)
 command -v openssl >/dev/null || packages+=(openssl)
 command -v docker-registry >/dev/null || packages+=(docker-registry)
 command -v wrk >/dev/null || packages+=(wrk)
+command -v htpasswd >/dev/null || packages+=(apache2-utils)
 command -v dockerd >/dev/null || packages+=(docker.io)
 command -v curl >/dev/null || packages+=(curl)
 command -v ip >/dev/null || packages+=(iproute2)

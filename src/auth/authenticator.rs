@@ -137,6 +137,10 @@ pub struct Authenticator {
     max_failures_per_minute: u32,
     /// Credentials that verified, by a digest of them: the principal's name.
     verified: moka::future::Cache<[u8; 32], String>,
+    /// Registry passwords whose signature checked out, with their claims: a docker client
+    /// sends the same one on every request, so the MAC and the claims' JSON are checked once
+    /// per token per cache period (expiry and the principal still on every request).
+    tokens: moka::sync::Cache<String, Claims>,
     /// Failed attempts per address in the current minute.
     failures: Mutex<HashMap<IpAddr, (u64, u32)>>,
     clock: SharedClock,
@@ -151,6 +155,7 @@ impl Authenticator {
             token_ttl: cfg.token_ttl.0,
             max_failures_per_minute: cfg.max_failures_per_minute,
             verified: moka::future::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_FOR).build(),
+            tokens: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_FOR).build(),
             failures: Mutex::new(HashMap::new()),
             clock,
         })
@@ -230,10 +235,18 @@ impl Authenticator {
         let identities = self.identities();
         if user == "AWS" {
             let now = self.clock.now_ms() / 1000;
-            let claims = self.key.verify(password, now).map_err(|e| match e {
-                TokenError::Expired => AuthError::Expired,
-                TokenError::Invalid => AuthError::Invalid,
-            })?;
+            let claims = match self.tokens.get(password) {
+                Some(claims) if now >= claims.expires_at => return Err(AuthError::Expired),
+                Some(claims) => claims,
+                None => {
+                    let claims = self.key.verify(password, now).map_err(|e| match e {
+                        TokenError::Expired => AuthError::Expired,
+                        TokenError::Invalid => AuthError::Invalid,
+                    })?;
+                    self.tokens.insert(password.to_owned(), claims.clone());
+                    claims
+                }
+            };
             // A principal removed from the config: its tokens stop here.
             return identities.by_name.get(&claims.principal).cloned().map(Principal::User).ok_or(AuthError::Invalid);
         }
