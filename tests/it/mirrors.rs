@@ -311,15 +311,21 @@ fn docker_and_containerd_log_in_with_an_ecr_password() {
     ns.spawn_ferry(w);
 
     // The registry password, as ECR's users get it.
-    let mut aws = ns.command(format!("{}/bin/aws", crate::ecr_api::venv()));
-    aws.args(["ecr", "get-login-password", "--endpoint-url", "http://127.0.0.1:5000", "--region", "us-east-1"])
-        .env_remove("AWS_CA_BUNDLE")
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_ACCESS_KEY_ID", "AKIAFERRYDOCKER00001")
-        .env("AWS_SECRET_ACCESS_KEY", secret);
-    let password = run(&mut aws).trim().to_owned();
+    let netns = ns.name.clone();
+    let aws = move |args: &[&str]| {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{netns}")).arg(format!("{}/bin/aws", crate::ecr_api::venv()));
+        c.args(args)
+            .args(["--endpoint-url", "http://127.0.0.1:5000", "--region", "us-east-1"])
+            .env_remove("AWS_CA_BUNDLE")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_ACCESS_KEY_ID", "AKIAFERRYDOCKER00001")
+            .env("AWS_SECRET_ACCESS_KEY", secret);
+        c
+    };
+    let password = run(&mut aws(&["ecr", "get-login-password"])).trim().to_owned();
     assert!(!password.is_empty());
 
     // A fresh image in dockerd: one file, imported.
@@ -355,6 +361,36 @@ fn docker_and_containerd_log_in_with_an_ecr_password() {
     assert_eq!(pushed.trim(), pulled.trim());
     let digest = pulled.trim().rsplit('@').next().unwrap().to_owned();
     assert!(digest.starts_with("sha256:"), "{pulled}");
+
+    // An immutable repository (made with the aws CLI; `latest` excluded): docker pushes v1
+    // once; another image to v1 gets ECR's TAG_INVALID text, while latest moves.
+    run(&mut aws(&[
+        "ecr",
+        "create-repository",
+        "--repository-name",
+        "team-a/frozen",
+        "--image-tag-mutability",
+        "IMMUTABLE_WITH_EXCLUSION",
+        "--image-tag-mutability-exclusion-filters",
+        "filterType=WILDCARD,filter=latest",
+    ]));
+    let frozen = "127.0.0.1:5000/team-a/frozen";
+    run(&mut docker(&["tag", image, &format!("{frozen}:v1")]));
+    run(&mut docker(&["tag", image, &format!("{frozen}:latest")]));
+    run(&mut docker(&["push", &format!("{frozen}:v1")]));
+    run(&mut docker(&["push", &format!("{frozen}:latest")]));
+    std::fs::write(rootfs.join("etc/hello"), "another image\n").unwrap();
+    run(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tarball).arg("."));
+    run(&mut docker(&["import", &tarball.display().to_string(), &format!("{frozen}:v1")]));
+    run(&mut docker(&["tag", &format!("{frozen}:v1"), &format!("{frozen}:latest")]));
+    let out = docker(&["push", &format!("{frozen}:v1")]).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "an immutable tag must not move: {said}");
+    assert!(
+        said.contains("The image tag 'v1' already exists in the 'team-a/frozen' repository and cannot be overwritten because the repository is immutable."),
+        "{said}"
+    );
+    run(&mut docker(&["push", &format!("{frozen}:latest")]));
 
     // containerd: refused without credentials, then pulls and pushes with --user.
     let ctr = ns.spawn_containerd(w);
