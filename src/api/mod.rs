@@ -43,6 +43,9 @@ pub struct ApiContext<'a> {
     pub open_token_ttl: u64,
     /// Whether the caller may see a repository in a listing.
     pub visible: &'a (dyn Fn(&RepositoryName) -> bool + Sync),
+    /// Whether the caller could still `ecr:SetRepositoryPolicy` on the repository with this
+    /// policy text in force.
+    pub keeps_control: &'a (dyn Fn(&RepositoryName, &str) -> bool + Sync),
 }
 
 /// One operation, with its validated request.
@@ -60,8 +63,8 @@ pub enum Operation {
     DeleteRepository(RepositoryName, bool),
     /// `PutImageTagMutability`.
     PutImageTagMutability(RepositoryName, TagMutability, Vec<String>),
-    /// `SetRepositoryPolicy` (the text, checked).
-    SetRepositoryPolicy(RepositoryName, String),
+    /// `SetRepositoryPolicy` (the text, checked; `force`).
+    SetRepositoryPolicy(RepositoryName, String, bool),
     /// `GetRepositoryPolicy`.
     GetRepositoryPolicy(RepositoryName),
     /// `DeleteRepositoryPolicy`.
@@ -232,8 +235,8 @@ impl Operation {
             }
             "SetRepositoryPolicy" => {
                 let name = name()?;
-                input.flag("force")?;
-                Ok(Self::SetRepositoryPolicy(name, repositories::policy_text(&input)?))
+                let force = input.flag("force")?;
+                Ok(Self::SetRepositoryPolicy(name, repositories::policy_text(&input)?, force))
             }
             "GetRepositoryPolicy" => Ok(Self::GetRepositoryPolicy(name()?)),
             "DeleteRepositoryPolicy" => Ok(Self::DeleteRepositoryPolicy(name()?)),
@@ -291,7 +294,7 @@ impl Operation {
             Self::DescribeRepositories(None, _) => vec![],
             Self::DeleteRepository(n, _) => vec![Access::on(Action::DeleteRepository, n)],
             Self::PutImageTagMutability(n, ..) => vec![Access::on(Action::PutImageTagMutability, n)],
-            Self::SetRepositoryPolicy(n, _) => vec![Access::on(Action::SetRepositoryPolicy, n)],
+            Self::SetRepositoryPolicy(n, ..) => vec![Access::on(Action::SetRepositoryPolicy, n)],
             Self::GetRepositoryPolicy(n) => vec![Access::on(Action::GetRepositoryPolicy, n)],
             Self::DeleteRepositoryPolicy(n) => vec![Access::on(Action::DeleteRepositoryPolicy, n)],
             Self::TagResource(n, _) => vec![Access::on(Action::TagResource, n)],
@@ -359,8 +362,16 @@ impl Operation {
                 }
                 Ok(resp)
             }
-            Self::SetRepositoryPolicy(name, text) => {
+            Self::SetRepositoryPolicy(name, text, force) => {
                 existing(&name).await?;
+                // ECR's guard against lock-outs: a policy that would stop the caller from
+                // setting the policy again needs `force`.
+                if !force && !(ctx.keeps_control)(&name, &text) {
+                    return Err(ApiError::invalid(
+                        "PolicyText",
+                        "The policy would prevent you from setting the repository policy again; set force to apply it anyway",
+                    ));
+                }
                 let t = text.clone();
                 reg.update_repository(&name, move |s| {
                     s.policy = Some(t.clone());

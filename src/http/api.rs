@@ -102,6 +102,14 @@ async fn run(
             let access = [crate::auth::Access::on(crate::auth::Action::DescribeRepositories, name)];
             super::allowed(app, &principal, &access, client)
         },
+        keeps_control: &|name, text| {
+            let kind = crate::auth::policy::PolicyKind::Resource;
+            let Ok(policy) = crate::auth::policy::Policy::parse(text, kind) else { return true };
+            let mut policies = super::RepositoryPolicies::new();
+            policies.insert(name.clone(), Some(std::sync::Arc::new(policy)));
+            let access = [crate::auth::Access::on(crate::auth::Action::SetRepositoryPolicy, name)];
+            super::decide(app, &principal, &access, client, &|_| None, &policies).is_ok()
+        },
     };
     (name, op.run(&ctx).await)
 }

@@ -344,6 +344,12 @@ policy = json.dumps({"Version": "2012-10-17", "Statement": [{"Sid": "pull", "Eff
                      "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]}]})
 ci.set_repository_policy(repositoryName='list/r0', policyText=policy)
 out['policy'] = json.loads(ci.get_repository_policy(repositoryName='list/r0')['policyText'])['Statement'][0]['Sid']
+lockout = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Principal": "*",
+                      "Action": "ecr:SetRepositoryPolicy"}]})
+ci.create_repository(repositoryName='lock/r')
+out['lockout'] = error(lambda: ci.set_repository_policy(repositoryName='lock/r', policyText=lockout))
+ci.set_repository_policy(repositoryName='lock/r', policyText=lockout, force=True)
+out['locked_out'] = error(lambda: ci.set_repository_policy(repositoryName='lock/r', policyText=policy, force=True))
 out['denied'] = error(lambda: nobody.create_repository(repositoryName='team-a/other'))
 out['deleted'] = ci.delete_repository(repositoryName='list/r2')['repository']['repositoryName']
 out['gone'] = error(lambda: ci.delete_repository(repositoryName='list/r2'))
@@ -368,6 +374,8 @@ print(json.dumps(out))
     assert_eq!(v["bad_policy"], "InvalidParameterException");
     assert_eq!(v["policy"], "pull");
     assert_eq!(v["denied"], "AccessDeniedException");
+    assert_eq!(v["lockout"], "InvalidParameterException", "a policy locking the caller out needs force");
+    assert_eq!(v["locked_out"], "AccessDeniedException", "forced, it is in force");
     assert_eq!(v["deleted"], "list/r2");
     assert_eq!(v["gone"], "RepositoryNotFoundException");
 
