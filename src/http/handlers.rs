@@ -213,8 +213,11 @@ async fn upload_start(app: &App, name: &RepositoryName, start: UploadStart, inpu
             let mounted = match from {
                 Some(from) => reg.upload_mount(name, &digest, &from).await?,
                 // No source named: mount when the registry holds the blob (the spec lets a
-                // registry mount automatically; every repository is readable today).
-                None => reg.upload_mount_any(name, &digest).await?,
+                // registry mount automatically) while every repository is readable. With access
+                // control on, the caller may not read where the blob is: open a session instead
+                // (the spec's fallback), so nobody learns or takes content by its digest alone.
+                None if app.auth.is_none() => reg.upload_mount_any(name, &digest).await?,
+                None => false,
             };
             if mounted {
                 return Ok(blob_created(name, &digest));

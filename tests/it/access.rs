@@ -176,6 +176,10 @@ async fn policies_decide_every_endpoint_for_every_principal() {
     let team_b_layer = digest(b"layer of team-b/app");
     let mount = as_ci(c.post(f.url(&format!("/v2/team-a/app/blobs/uploads/?mount={team_b_layer}&from=team-b/app"))));
     assert_eq!(mount.send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    // Nor take a blob by its digest alone: without `from`, no automatic mount (a session opens).
+    let public_layer_digest = digest(b"layer of public/tool");
+    let auto = as_ci(c.post(f.url(&format!("/v2/team-a/app/blobs/uploads/?mount={public_layer_digest}"))));
+    assert_eq!(auto.send().await.unwrap().status(), StatusCode::ACCEPTED);
 
     // The catalog shows each caller what it may describe.
     let catalog = |r: reqwest::RequestBuilder| async move {
