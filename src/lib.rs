@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod gc;
 pub mod http;
 pub mod metrics;
 pub mod oci;
@@ -53,6 +54,9 @@ pub enum StartError {
     /// Access control could not be set up.
     #[error("auth: {0}")]
     Auth(String),
+    /// A garbage collection failed.
+    #[error("gc: {0}")]
+    Gc(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -179,6 +183,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         upload_max_idle: config.registry.upload_max_idle.0,
         local_namespaces: config.registry.local_namespaces.clone(),
         create_on_push: config.registry.create_on_push,
+        gc_grace: config.gc.grace.0,
     };
     let proxy =
         Arc::new(proxy::Proxy::new(&config.pull_through, &metrics).map_err(|e| std::io::Error::other(e.to_string()))?);
@@ -198,7 +203,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         false => None,
     };
     let authenticator = auth.as_ref().map(|a| a.authenticator.clone());
-    let registry = Arc::new(registry::Registry::new(store, proxy, settings, metrics.clone(), clock));
+    let registry = Arc::new(registry::Registry::new(store, proxy, settings, metrics.clone(), clock.clone()));
     let tls = if config.tls.enabled() { Some(http::tls_acceptor(&config.tls.cert, &config.tls.key)?) } else { None };
     let (listener, addr) = http::bind(&config.server.listen).await?;
     check_exposure(&config, addr)?;
@@ -251,16 +256,78 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     });
     // Sessions gone from storage (finished on another replica, purged) stop counting against
     // their clients.
+    tasks.extend(spawn_workers(&config, &app, registry, clock, &metrics, &shutdown_rx));
+    tracing::info!(%addr, %admin_addr, tls = config.tls.enabled(), data_dir = %config.storage.data_dir.display(), "ferry started");
+    Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks, authenticator })
+}
+
+/// The background workers: the upload purge and, when on, the garbage collector.
+fn spawn_workers(
+    config: &Config,
+    app: &Arc<http::App>,
+    registry: Arc<registry::Registry>,
+    clock: clock::SharedClock,
+    metrics: &Arc<metrics::Metrics>,
+    shutdown_rx: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
     let edge = app.clone();
+    if config.gc.enabled {
+        let collector = gc::Collector::new(
+            registry.storage_handle(),
+            registry.content_uses(),
+            clock.clone(),
+            Some(metrics.clone()),
+            rule_prefixes(config),
+        );
+        let worker = gc::GcWorker::new(collector, config.gc.interval.0, uuid::Uuid::new_v4().to_string());
+        tasks.push(tokio::spawn(worker::run(Box::new(worker), metrics.clone(), shutdown_rx.clone())));
+    }
     let purge = registry::purge::UploadPurge::new(
         registry,
         config.registry.upload_purge_interval.0,
         uuid::Uuid::new_v4().to_string(),
         Box::new(move |open| edge.uploads.retain(|id| open.contains(id))),
     );
-    tasks.push(tokio::spawn(worker::run(Box::new(purge), metrics.clone(), shutdown_rx)));
-    tracing::info!(%addr, %admin_addr, tls = config.tls.enabled(), data_dir = %config.storage.data_dir.display(), "ferry started");
-    Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks, authenticator })
+    tasks.push(tokio::spawn(worker::run(Box::new(purge), metrics.clone(), shutdown_rx.clone())));
+    tasks
+}
+
+/// Each pull-through rule's label and repository prefix, for usage by rule.
+fn rule_prefixes(config: &Config) -> Vec<gc::RulePrefix> {
+    config.pull_through.iter().map(|r| gc::RulePrefix { label: r.prefix.clone(), prefix: r.prefix.clone() }).collect()
+}
+
+/// One garbage collection from the command line (`ferry gc`): beside running servers, under
+/// the same lease, so no two collections run at once. A dry run takes no lease and writes
+/// nothing.
+pub async fn collect_garbage(
+    config: &Config,
+    dry_run: bool,
+    progress: &(dyn Fn(gc::Progress) + Sync),
+) -> Result<gc::GcReport, StartError> {
+    config.validate()?;
+    let storage = open_storage(config, None, true).await?;
+    let clock: clock::SharedClock = Arc::new(clock::SystemClock);
+    let uses = storage::uses::ContentUses::new(storage.clone(), clock.clone(), config.gc.grace.0);
+    let collector = gc::Collector::new(storage.clone(), uses, clock.clone(), None, rule_prefixes(config));
+    let failed = |e: gc::GcError| StartError::Gc(e.to_string());
+    if dry_run {
+        return collector.collect(true, None, progress).await.map_err(failed);
+    }
+    let owner = format!("ferry-gc-cli-{}", uuid::Uuid::new_v4());
+    let mut lease = storage::lease::Lease::acquire(
+        storage.as_ref(),
+        clock.as_ref(),
+        storage::Key::lease("gc"),
+        &owner,
+        gc::LEASE_TTL,
+    )
+    .await
+    .map_err(|e| StartError::Gc(format!("cannot take the gc lease: {e}")))?;
+    let result = collector.collect(false, Some(&mut lease), progress).await;
+    let _ = lease.release(storage.as_ref()).await;
+    result.map_err(failed)
 }
 
 /// Safe defaults: without access control, anyone who reaches Ferry may push and delete, so it

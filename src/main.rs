@@ -45,6 +45,16 @@ enum Command {
         #[command(subcommand)]
         command: AuthCommand,
     },
+    /// Removes content no repository references, once, beside running servers (they take
+    /// turns through a lease in storage). Prints a JSON summary; a progress bar on a terminal.
+    Gc {
+        /// Config file (TOML). Default: config/ferry.toml when it exists.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +124,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Auth { command } => auth_command(command),
+        Command::Gc { config, dry_run } => gc_command(config, dry_run),
         Command::Serve { config, listen, admin_listen, data_dir } => {
             let path = config.clone();
             let mut c = match load(config) {
@@ -255,6 +266,61 @@ async fn wait_for_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn gc_command(config: Option<PathBuf>, dry_run: bool) -> ExitCode {
+    let c = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // A progress bar only for a person watching; scripts get the JSON alone.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let progress = |p: ferry::gc::Progress| {
+        let Some(bar) = &bar else { return };
+        match p {
+            ferry::gc::Progress::Mark(done, total) => {
+                bar.set_message("marking repositories");
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            ferry::gc::Progress::Sweep(listed) => {
+                bar.set_message("sweeping content");
+                bar.set_length(listed);
+                bar.set_position(listed);
+            }
+        }
+    };
+    let result = runtime.block_on(ferry::collect_garbage(&c, dry_run, &progress));
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    match result {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -276,6 +276,69 @@ impl WorkerMetrics {
     }
 }
 
+/// The garbage collector's metrics, and the stored usage its runs measure.
+pub struct GcMetrics {
+    /// `ferry_gc_runs_total{result}`: collections (done, skipped: another replica held the lease, error).
+    pub runs: IntCounterVec,
+    /// `ferry_gc_scanned_objects_total{kind}`: manifests read (manifest) and stored objects listed (content).
+    pub scanned: IntCounterVec,
+    /// `ferry_gc_removed_objects_total{kind}`: content removed (content) and links removed (link).
+    pub removed: IntCounterVec,
+    /// `ferry_gc_removed_bytes_total`.
+    pub removed_bytes: IntCounter,
+    /// `ferry_gc_duration_seconds`: how long the last run took.
+    pub duration: prometheus::Gauge,
+    /// `ferry_gc_last_success_timestamp_seconds`.
+    pub last_success: prometheus::Gauge,
+    /// `ferry_storage_stored_bytes{kind}`: bytes stored (blob, manifest), as the last collection measured.
+    pub stored_bytes: IntGaugeVec,
+    /// `ferry_storage_stored_objects{kind}`.
+    pub stored_objects: IntGaugeVec,
+    /// `ferry_cache_stored_bytes{rule}`: bytes linked into each pull-through rule's repositories.
+    pub rule_bytes: IntGaugeVec,
+}
+
+impl GcMetrics {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        let gauges = |name: &str, help: &str, labels: &[&str]| reg(r, IntGaugeVec::new(Opts::new(name, help), labels)?);
+        Ok(Self {
+            runs: counters(r, "ferry_gc_runs_total", "Garbage collections by result", &["result"])?,
+            scanned: counters(
+                r,
+                "ferry_gc_scanned_objects_total",
+                "Objects the collector examined, by kind",
+                &["kind"],
+            )?,
+            removed: counters(
+                r,
+                "ferry_gc_removed_objects_total",
+                "Objects the collector removed, by kind",
+                &["kind"],
+            )?,
+            removed_bytes: counter(r, "ferry_gc_removed_bytes_total", "Bytes of content the collector removed")?,
+            duration: reg(
+                r,
+                prometheus::Gauge::new("ferry_gc_duration_seconds", "How long the last collection took")?,
+            )?,
+            last_success: reg(
+                r,
+                prometheus::Gauge::new("ferry_gc_last_success_timestamp_seconds", "When a collection last finished")?,
+            )?,
+            stored_bytes: gauges("ferry_storage_stored_bytes", "Bytes stored, by kind, as last measured", &["kind"])?,
+            stored_objects: gauges(
+                "ferry_storage_stored_objects",
+                "Objects stored, by kind, as last measured",
+                &["kind"],
+            )?,
+            rule_bytes: gauges(
+                "ferry_cache_stored_bytes",
+                "Bytes linked into each pull-through rule's repositories",
+                &["rule"],
+            )?,
+        })
+    }
+}
+
 /// Ferry's metrics, by area.
 pub struct Metrics {
     /// The registry they are registered in, for `/metrics`.
@@ -294,6 +357,8 @@ pub struct Metrics {
     pub workers: WorkerMetrics,
     /// Authentication and authorization.
     pub auth: AuthMetrics,
+    /// Garbage collection and stored usage.
+    pub gc: GcMetrics,
 }
 
 impl Metrics {
@@ -307,6 +372,7 @@ impl Metrics {
             s3: S3Metrics::register(&registry)?,
             workers: WorkerMetrics::register(&registry)?,
             auth: AuthMetrics::register(&registry)?,
+            gc: GcMetrics::register(&registry)?,
             registry,
         })
     }

@@ -4,6 +4,7 @@
 //! complete config. Secrets go through one resolver (`secret.rs`).
 
 mod auth;
+mod gc;
 mod log;
 mod pull_through;
 mod registry;
@@ -13,6 +14,7 @@ mod storage;
 mod units;
 
 pub use auth::{policy_text, AnonymousConfig, AuthConfig, PrincipalConfig, SecretKnown};
+pub use gc::GcConfig;
 pub use log::{log_filter_is_valid, LogConfig, LogFormat};
 pub use pull_through::PullThroughRule;
 pub use registry::RegistryConfig;
@@ -68,6 +70,8 @@ pub struct Config {
     pub pull_through: Vec<PullThroughRule>,
     /// Identities, tokens and policies.
     pub auth: AuthConfig,
+    /// The garbage collector.
+    pub gc: GcConfig,
 }
 
 impl Config {
@@ -108,6 +112,7 @@ impl Config {
         self.registry.validate()?;
         pull_through::validate(&self.pull_through)?;
         self.auth.validate()?;
+        self.gc.validate()?;
         self.log.validate()
     }
 

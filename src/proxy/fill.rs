@@ -13,6 +13,7 @@ use super::upstream;
 use super::Rule;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Hasher};
+use crate::storage::uses::ContentUses;
 use crate::storage::{self, ByteRange, ByteStream, Storage, UploadId};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -127,6 +128,8 @@ pub struct Fills {
     /// The state record of a fill's upload session (the registry owns its format): one that
     /// names no repository, so no client can address the session.
     session_state: Bytes,
+    /// Content in use: a fill touches its digest before storing it.
+    uses: ContentUses,
 }
 
 /// What a reader of a fill gets: the blob's size (if known) and the requested bytes.
@@ -141,8 +144,8 @@ pub struct FillReader {
 
 impl Fills {
     /// No fills yet.
-    pub fn new(storage: Arc<dyn Storage>, metrics: Arc<Metrics>, session_state: Bytes) -> Self {
-        Self { storage, metrics, map: Arc::new(Mutex::new(HashMap::new())), session_state }
+    pub fn new(storage: Arc<dyn Storage>, metrics: Arc<Metrics>, session_state: Bytes, uses: ContentUses) -> Self {
+        Self { storage, metrics, map: Arc::new(Mutex::new(HashMap::new())), session_state, uses }
     }
 
     /// Joins the fill of `digest`, starting it when there is none; returns whether it joined one.
@@ -167,6 +170,7 @@ impl Fills {
             metrics: self.metrics.clone(),
             map: self.map.clone(),
             session_state: self.session_state.clone(),
+            uses: self.uses.clone(),
             rule,
             upstream_repo,
             digest: digest.clone(),
@@ -351,6 +355,7 @@ struct FillJob {
     metrics: Arc<Metrics>,
     map: FillMap,
     session_state: Bytes,
+    uses: ContentUses,
     rule: Arc<Rule>,
     upstream_repo: String,
     digest: Digest,
@@ -420,6 +425,8 @@ impl FillJob {
         }
         // Readers may finish now; storing durably under the digest happens behind them.
         tx.send_modify(|s| s.verified = true);
+        // In use from now: a collector cannot remove it between the commit and the link.
+        self.uses.touch(&self.digest).await.map_err(stored)?;
         self.storage.upload_commit(&id, &self.digest, written).await.map_err(stored)?;
         *upload = None;
         Ok(written)

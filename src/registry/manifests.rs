@@ -88,6 +88,12 @@ impl Registry {
                 Error::ManifestInvalid(m)
             }
         })?;
+        // References are checked, touched (so no collector removes them from now on), and
+        // checked again: one a collector removed between the first check and the touch is
+        // caught by the second. The first check keeps a manifest naming blobs that do not exist
+        // from writing a use record for each.
+        self.check_references(name, &manifest).await?;
+        self.touch_references(&manifest).await?;
         self.check_references(name, &manifest).await?;
         // An immutable tag that exists refuses the push before anything is stored (an identical
         // re-push too, as in ECR); racing pushes are settled by the conditional write below.
@@ -110,6 +116,7 @@ impl Registry {
             fetched_at_ms: None,
         };
         let record_bytes = encode(&record)?;
+        self.uses.touch(&digest).await?;
         self.storage.blob_put_small(&digest, bytes).await?;
         self.storage.record_put(&Key::manifest_link(name, &digest), record_bytes.clone()).await?;
         if let Some(subject) = &manifest.subject {
@@ -164,6 +171,20 @@ impl Registry {
                         None => Err(Error::ManifestBlobUnknown(d)),
                     }
                 }
+            })
+            .buffer_unordered(REFERENCE_CHECKS_AT_ONCE)
+            .try_for_each(|()| async { Ok(()) })
+            .await
+    }
+
+    /// Marks everything the manifest references as in use (see [`crate::storage::uses`]).
+    async fn touch_references(&self, manifest: &Manifest) -> Result<()> {
+        let digests: BTreeSet<Digest> = manifest.blobs.iter().chain(manifest.children.iter()).cloned().collect();
+        let uses = self.uses.clone();
+        futures_util::stream::iter(digests)
+            .map(move |d| {
+                let uses = uses.clone();
+                async move { uses.touch(&d).await.map_err(Error::from) }
             })
             .buffer_unordered(REFERENCE_CHECKS_AT_ONCE)
             .try_for_each(|()| async { Ok(()) })

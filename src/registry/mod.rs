@@ -41,6 +41,8 @@ pub struct Settings {
     /// Whether a push to a missing repository creates it when no `CREATE_ON_PUSH` template
     /// matches (an implicit `ROOT` template with default settings).
     pub create_on_push: bool,
+    /// Content and links used within this long are never collected.
+    pub gc_grace: Duration,
 }
 
 /// One page of a sorted listing.
@@ -113,6 +115,8 @@ pub struct Registry {
     clock: SharedClock,
     proxy: Arc<Proxy>,
     fills: Fills,
+    /// Content in use: touched before content is stored or linked (the collector's protocol).
+    uses: storage::uses::ContentUses,
     settings: Settings,
     metrics: Arc<Metrics>,
     /// Running hash of each upload this process is receiving, so finishing needs no re-read.
@@ -132,8 +136,10 @@ impl Registry {
         metrics: Arc<Metrics>,
         clock: SharedClock,
     ) -> Self {
+        let uses = storage::uses::ContentUses::new(storage.clone(), clock.clone(), settings.gc_grace);
         Self {
-            fills: Fills::new(storage.clone(), metrics.clone(), uploads::UploadState::for_fill()),
+            fills: Fills::new(storage.clone(), metrics.clone(), uploads::UploadState::for_fill(), uses.clone()),
+            uses,
             repositories: Repositories { storage: storage.clone(), known: Arc::default() },
             policies: moka::future::Cache::builder()
                 .max_capacity(100_000)
@@ -188,6 +194,16 @@ impl Registry {
     /// Now in seconds since the epoch, by the registry's clock.
     pub fn now_secs(&self) -> u64 {
         self.clock.now_ms() / 1000
+    }
+
+    /// The store, for background work that runs beside the registry (the collector).
+    pub fn storage_handle(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
+    }
+
+    /// The content-use records (shared with the collector, so its touches and claims meet).
+    pub fn content_uses(&self) -> storage::uses::ContentUses {
+        self.uses.clone()
     }
 
     /// The settings in force.

@@ -109,6 +109,7 @@ impl Registry {
             size: m.bytes.len() as u64,
             fetched_at_ms: None,
         };
+        self.uses.touch(&m.digest).await?;
         self.storage.blob_put_small(&m.digest, m.bytes).await?;
         let bytes = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
         self.storage.record_put(&Key::manifest_link(&route.local, &m.digest), bytes).await?;

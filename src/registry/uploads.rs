@@ -247,6 +247,8 @@ impl Registry {
             self.storage.upload_delete(id).await?;
             return Err(Error::DigestMismatch { expected: digest.clone(), actual: computed });
         }
+        // In use from now: no collector removes it between the commit and the link.
+        self.uses.touch(digest).await?;
         self.storage.upload_commit(id, digest, size).await.map_err(unknown_if_gone)?;
         self.link_blob(name, digest, size).await?;
         Ok(size)
@@ -265,20 +267,31 @@ impl Registry {
 
     /// Links a blob from `from` into `name` when `from` holds it; false when it cannot.
     pub async fn upload_mount(&self, name: &RepositoryName, digest: &Digest, from: &RepositoryName) -> Result<bool> {
-        match self.blob_size(&super::Repo::Local(from.clone()), digest).await {
-            Ok(size) => {
-                self.link_blob(name, digest, size).await?;
-                Ok(true)
+        let source = super::Repo::Local(from.clone());
+        // Checked, touched, checked again (as a manifest's references are): a collector that
+        // removed it between the first check and the touch is caught by the second, and a
+        // digest nobody holds never gets a use record.
+        for attempt in 0..2 {
+            match self.blob_size(&source, digest).await {
+                Ok(size) if attempt == 1 => {
+                    self.link_blob(name, digest, size).await?;
+                    return Ok(true);
+                }
+                Ok(_) => self.uses.touch(digest).await?,
+                Err(Error::BlobUnknown(_) | Error::NameUnknown(_)) => return Ok(false),
+                Err(e) => return Err(e),
             }
-            Err(Error::BlobUnknown(_) | Error::NameUnknown(_)) => Ok(false),
-            Err(e) => Err(e),
         }
+        Ok(false)
     }
 
     /// Mounts a blob no source repository was named for: links it when the registry holds the
-    /// content (every repository is readable today; with access control this must also find
-    /// a repository holding it that the client may read). False when it cannot.
+    /// content (only with access control off: see the HTTP handler). False when it cannot.
     pub async fn upload_mount_any(&self, name: &RepositoryName, digest: &Digest) -> Result<bool> {
+        if self.storage.blob_size(digest).await?.is_none() {
+            return Ok(false);
+        }
+        self.uses.touch(digest).await?;
         match self.storage.blob_size(digest).await? {
             Some(size) => {
                 self.link_blob(name, digest, size).await?;

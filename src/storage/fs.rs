@@ -3,7 +3,7 @@
 //! Writes go to a temporary file that is fsynced and renamed into place, so a crash never
 //! leaves partial content under a digest or a half-written record.
 
-use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, UploadId, Version};
+use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version};
 use crate::oci::Digest;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -184,6 +184,13 @@ impl FsStorage {
         self.root.join(key.as_str())
     }
 
+    /// The lock file of a record's conditional writes: `locks/<2 hex>`, by the key's hash.
+    fn lock_path(&self, key: &Key) -> PathBuf {
+        use sha2::Digest as _;
+        let stripe = sha2::Sha256::digest(key.as_str().as_bytes()).first().copied().unwrap_or(0);
+        self.root.join("locks").join(format!("{stripe:02x}"))
+    }
+
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
@@ -227,6 +234,20 @@ impl Storage for FsStorage {
         })
         .await?;
         Ok(())
+    }
+
+    async fn blob_list(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredBlob>> {
+        let root = self.root.join("blobs").join("sha256");
+        let after = after.map(str::to_owned);
+        Ok(blocking(move || list_blobs(&root, after.as_deref(), limit)).await?)
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> Result<bool> {
+        match tokio::fs::remove_file(self.blob_path(digest)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn upload_create(&self, id: &UploadId, state: Bytes) -> Result<()> {
@@ -405,19 +426,20 @@ impl Storage for FsStorage {
     async fn record_put_if(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version> {
         let dest = self.record_path(key);
         let tmp = self.tmp_dir();
+        let lock_path = self.lock_path(key);
         blocking(move || {
-            let (Some(parent), Some(file)) = (dest.parent(), dest.file_name()) else {
+            let Some(parent) = dest.parent() else {
                 return Ok(Err(Error::Corrupt(format!("{} is not a record path", dest.display()))));
             };
             std::fs::create_dir_all(parent)?;
-            // Every conditional writer of this record takes its lock file (an flock, so other
+            // Every conditional writer of this record takes its lock (an flock, so other
             // processes and other stores on the same directory are held too): the check and the
-            // write are one step. Lock files start with '.', so listings skip them.
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(parent.join(format!(".{}.lock", file.to_string_lossy())))?;
+            // write are one step. One of 256 lock files by the key's hash, so records come and
+            // go (use records, one per blob) without leaving a lock file each.
+            if let Some(dir) = lock_path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
             lock.lock()?;
             let current = match std::fs::read(&dest) {
                 Ok(v) => Some(v),
@@ -468,4 +490,42 @@ impl Storage for FsStorage {
         .await?;
         Ok(names)
     }
+}
+
+/// A page of `blobs/sha256/<2 hex>/<hex>` in digest order after `after`: one fan-out directory
+/// at a time, so a page reads a few directories however many blobs there are.
+fn list_blobs(root: &Path, after: Option<&str>, limit: usize) -> io::Result<Vec<StoredBlob>> {
+    let after_hex = after.and_then(|a| a.strip_prefix("sha256:")).unwrap_or("");
+    let mut fans: Vec<String> = match std::fs::read_dir(root) {
+        Ok(dir) => dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.len() == 2).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    fans.sort_unstable();
+    let mut out = Vec::new();
+    for fan in fans.into_iter().filter(|f| after_hex.get(..2).is_none_or(|start| f.as_str() >= start)) {
+        let mut names: Vec<(String, std::fs::DirEntry)> = match std::fs::read_dir(root.join(&fan)) {
+            Ok(dir) => dir
+                .filter_map(|e| e.ok())
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, e)))
+                .filter(|(n, _)| n.as_str() > after_hex)
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (name, entry) in names {
+            let Ok(digest) = Digest::parse(&format!("sha256:{name}")) else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            out.push(StoredBlob {
+                digest,
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            });
+            if out.len() >= limit {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
 }

@@ -3,7 +3,7 @@
 //! records are cached only when a TTL is configured (by default never, so replicas sharing a
 //! bucket agree at once), and this process's own writes invalidate them.
 
-use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, UploadId, Version};
+use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use async_trait::async_trait;
@@ -211,5 +211,15 @@ impl Storage for HotTier {
 
     async fn record_list(&self, prefix: &Key) -> Result<Vec<String>> {
         self.inner.record_list(prefix).await
+    }
+
+    async fn blob_list(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredBlob>> {
+        self.inner.blob_list(after, limit).await
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> Result<bool> {
+        self.blobs.invalidate(digest).await;
+        self.metrics.hot_tier.bytes.set(self.blobs.weighted_size() as i64);
+        self.inner.blob_delete(digest).await
     }
 }

@@ -34,6 +34,18 @@ impl Key {
         Self("auth/token-key".into())
     }
 
+    /// `uses/<alg>/<hex>`: when the content was last used, or that a collector is removing it
+    /// (see [`super::uses`]).
+    pub fn content_use(digest: &Digest) -> Self {
+        Self(format!("uses/{}/{}", digest.algorithm().as_str(), digest.hex()))
+    }
+
+    /// `gc/usage`: what the last collection measured (stored bytes and objects), for every
+    /// replica's metrics.
+    pub fn gc_usage() -> Self {
+        Self("gc/usage".into())
+    }
+
     /// `templates`: the repository creation templates.
     pub fn creation_templates() -> Self {
         Self("templates".into())

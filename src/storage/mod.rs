@@ -7,6 +7,7 @@ pub mod hot;
 pub mod keys;
 pub mod lease;
 pub mod s3;
+pub mod uses;
 
 use crate::oci::Digest;
 use async_trait::async_trait;
@@ -106,6 +107,17 @@ impl ByteRange {
     }
 }
 
+/// One piece of stored content, as a listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlob {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written.
+    pub modified: SystemTime,
+}
+
 /// Told an upload session's size each time more of an append is stored and readable.
 pub type OnWritten<'a> = &'a (dyn Fn(u64) + Send + Sync);
 
@@ -137,6 +149,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Stores small content whose digest the caller computed from exactly these bytes. Whatever
     /// was stored under the digest before is replaced unless it is byte-identical.
     async fn blob_put_small(&self, digest: &Digest, bytes: Bytes) -> Result<()>;
+
+    /// One page of stored content in digest order: at most `limit` entries after `after` (a
+    /// digest's string form), so a collector walks any number of blobs in bounded memory.
+    async fn blob_list(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredBlob>>;
+    /// Removes content; returns whether it was there. Only the collector calls this, under
+    /// the protocol of [`uses`], which keeps content anyone is about to use.
+    async fn blob_delete(&self, digest: &Digest) -> Result<bool>;
 
     /// Creates an empty upload session holding `state` (opaque to storage).
     async fn upload_create(&self, id: &UploadId, state: Bytes) -> Result<()>;

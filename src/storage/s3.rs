@@ -7,7 +7,7 @@
 //! with a server-side copy (one `CopyObject`, or a multipart upload of `UploadPartCopy` parts),
 //! so content appears under its digest only once, complete, after the caller verified it.
 
-use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, UploadId, Version};
+use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version};
 use crate::config::S3Config;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
@@ -605,6 +605,48 @@ impl Storage for S3Storage {
             self.assemble(id, &segs, &dest).await?;
         }
         self.upload_delete(id).await
+    }
+
+    async fn blob_list(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredBlob>> {
+        let prefix = self.key("blobs/sha256/");
+        let start_after =
+            after.and_then(|a| Digest::parse(a).ok()).map(|d| self.blob_key(&d)).unwrap_or_else(|| prefix.clone());
+        let max_keys = i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000);
+        let req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .start_after(start_after)
+            .max_keys(max_keys);
+        let started = Instant::now();
+        let resp = req.send().await;
+        self.observe("ListObjectsV2", started, &resp);
+        let resp = resp.map_err(|e| sdk_error("ListObjectsV2", e))?;
+        Ok(resp
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let hex = o.key()?.rsplit('/').next()?;
+                Some(StoredBlob {
+                    digest: Digest::parse(&format!("sha256:{hex}")).ok()?,
+                    size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok())
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                })
+            })
+            .collect())
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> Result<bool> {
+        let key = self.blob_key(digest);
+        if self.head(key.clone()).await?.is_none() {
+            return Ok(false);
+        }
+        self.send("DeleteObject", self.client.delete_object().bucket(&self.bucket).key(key).send()).await?;
+        Ok(true)
     }
 
     async fn upload_delete(&self, id: &UploadId) -> Result<()> {
