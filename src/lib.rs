@@ -306,9 +306,18 @@ pub async fn collect_garbage(
     dry_run: bool,
     progress: &(dyn Fn(gc::Progress) + Sync),
 ) -> Result<gc::GcReport, StartError> {
+    collect_garbage_with_clock(config, dry_run, Arc::new(clock::SystemClock), progress).await
+}
+
+/// [`collect_garbage`] reading `clock` (tests move a manual one past grace periods and leases).
+pub async fn collect_garbage_with_clock(
+    config: &Config,
+    dry_run: bool,
+    clock: clock::SharedClock,
+    progress: &(dyn Fn(gc::Progress) + Sync),
+) -> Result<gc::GcReport, StartError> {
     config.validate()?;
     let storage = open_storage(config, None, true).await?;
-    let clock: clock::SharedClock = Arc::new(clock::SystemClock);
     let uses = storage::uses::ContentUses::new(storage.clone(), clock.clone(), config.gc.grace.0);
     let collector = gc::Collector::new(storage.clone(), uses, clock.clone(), None, rule_prefixes(config));
     let failed = |e: gc::GcError| StartError::Gc(e.to_string());

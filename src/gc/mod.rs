@@ -23,7 +23,10 @@
 //! finds the link or content gone: an upload or fill stores the content again, and a manifest
 //! naming it is refused (`MANIFEST_BLOB_UNKNOWN`), never accepted. A link that existed when the
 //! mark read its repository is in the filter, so the sweep keeps its content; a link made after
-//! that was touched first, so its content cannot be claimed. A test races pushes sharing layers
+//! the run began was touched after it began (or found touched within half the grace period
+//! before), and a run claims nothing used that late, however long it takes
+//! ([`ContentUses::cutoff_ms`]). A unit test holds a manifest PUT between its checks and its
+//! writes while a collection runs; an integration test races pushes sharing layers
 //! against repeated collections with a short grace period on two replicas (`tests/it/gc.rs`).
 
 mod bloom;
@@ -188,12 +191,14 @@ impl Collector {
         let mut live = Bloom::for_items(expected);
         let mut manifests = Bloom::for_items(expected / 4);
         let mut renewed = Instant::now();
+        // What was linked from here on was touched from here on: never claimed in this run.
+        let since = self.clock.now_ms();
 
         let names = self.repository_names().await?;
         let total = names.len() as u64;
         for (i, name) in names.iter().enumerate() {
             self.keep(&mut lease, &mut renewed).await?;
-            self.mark_repository(name, dry_run, &mut lease, &mut live, &mut manifests, &mut report).await?;
+            self.mark_repository(name, since, dry_run, &mut lease, &mut live, &mut manifests, &mut report).await?;
             report.repositories = report.repositories.saturating_add(1);
             progress(Progress::Mark((i as u64).saturating_add(1), total));
         }
@@ -214,8 +219,8 @@ impl Collector {
                 }
                 let removable = blob.modified <= young
                     && match dry_run {
-                        true => self.uses.unused(&blob.digest).await?,
-                        false => self.remove_content(&blob.digest, &mut lease).await?,
+                        true => self.uses.unused(&blob.digest, self.uses.cutoff_ms(since)).await?,
+                        false => self.remove_content(&blob.digest, since, &mut lease).await?,
                     };
                 if removable {
                     report.objects_removed = report.objects_removed.saturating_add(1);
@@ -285,9 +290,11 @@ impl Collector {
 
     /// Marks one repository: its manifests and what they reference are live; its dangling
     /// blob links are removed once claimed; what stays linked goes into `live`.
+    #[allow(clippy::too_many_arguments)]
     async fn mark_repository(
         &self,
         name: &RepositoryName,
+        since: u64,
         dry_run: bool,
         lease: &mut Option<&mut Lease>,
         live: &mut Bloom,
@@ -340,8 +347,8 @@ impl Collector {
                 continue;
             }
             let removed = match dry_run {
-                true => self.uses.unused(&digest).await?,
-                false => self.remove_link(&key, &digest, lease).await?,
+                true => self.uses.unused(&digest, self.uses.cutoff_ms(since)).await?,
+                false => self.remove_link(&key, &digest, since, lease).await?,
             };
             if removed {
                 report.links_removed = report.links_removed.saturating_add(1);
@@ -363,8 +370,14 @@ impl Collector {
     }
 
     /// Removes a dangling blob link under a claim on its digest; false when it is in use.
-    async fn remove_link(&self, key: &Key, digest: &Digest, lease: &mut Option<&mut Lease>) -> Result<bool, GcError> {
-        let Some(claim) = self.uses.claim(digest).await? else { return Ok(false) };
+    async fn remove_link(
+        &self,
+        key: &Key,
+        digest: &Digest,
+        since: u64,
+        lease: &mut Option<&mut Lease>,
+    ) -> Result<bool, GcError> {
+        let Some(claim) = self.uses.claim(digest, self.uses.cutoff_ms(since)).await? else { return Ok(false) };
         let removed = match claim.is_fresh() {
             true => match self.check(lease).await {
                 Ok(()) => self.storage.record_delete(key).await.map(|_| true).map_err(GcError::from),
@@ -377,8 +390,8 @@ impl Collector {
     }
 
     /// Removes content under a claim on its digest; false when it is in use.
-    async fn remove_content(&self, digest: &Digest, lease: &mut Option<&mut Lease>) -> Result<bool, GcError> {
-        let Some(claim) = self.uses.claim(digest).await? else { return Ok(false) };
+    async fn remove_content(&self, digest: &Digest, since: u64, lease: &mut Option<&mut Lease>) -> Result<bool, GcError> {
+        let Some(claim) = self.uses.claim(digest, self.uses.cutoff_ms(since)).await? else { return Ok(false) };
         if !claim.is_fresh() {
             self.uses.release(claim, false).await?;
             return Ok(false);
@@ -390,5 +403,188 @@ impl Collector {
         self.storage.blob_delete(digest).await?;
         self.uses.release(claim, true).await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::oci::{Reference, Tag};
+    use crate::registry::{Registry, Settings};
+    use crate::storage::fs::FsStorage;
+    use crate::storage::{ByteRange, ByteStream, OnWritten, PutMode, StoredBlob, UploadId, Version};
+    use async_trait::async_trait;
+    use tokio::sync::Notify;
+
+    /// The filesystem store, except that storing a manifest's content stops until the test
+    /// lets it go: the one interleaving of a push and a collection that no real client can
+    /// hold open on purpose (a manifest PUT between its reference checks and its writes).
+    struct PausingStorage {
+        inner: Arc<dyn Storage>,
+        paused: Notify,
+        resume: Notify,
+        pause_next_small_put: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl Storage for PausingStorage {
+        async fn blob_size(&self, d: &Digest) -> storage::Result<Option<u64>> {
+            self.inner.blob_size(d).await
+        }
+        async fn blob_read(&self, d: &Digest, r: Option<ByteRange>, s: u64) -> storage::Result<ByteStream> {
+            self.inner.blob_read(d, r, s).await
+        }
+        async fn blob_read_small_unverified(&self, d: &Digest) -> storage::Result<Bytes> {
+            self.inner.blob_read_small_unverified(d).await
+        }
+        async fn blob_put_small(&self, d: &Digest, b: Bytes) -> storage::Result<()> {
+            if self.pause_next_small_put.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                self.paused.notify_one();
+                self.resume.notified().await;
+            }
+            self.inner.blob_put_small(d, b).await
+        }
+        async fn blob_list(&self, after: Option<&str>, limit: usize) -> storage::Result<Vec<StoredBlob>> {
+            self.inner.blob_list(after, limit).await
+        }
+        async fn blob_delete(&self, d: &Digest) -> storage::Result<bool> {
+            self.inner.blob_delete(d).await
+        }
+        async fn upload_create(&self, id: &UploadId, state: Bytes) -> storage::Result<()> {
+            self.inner.upload_create(id, state).await
+        }
+        async fn upload_state(&self, id: &UploadId) -> storage::Result<Bytes> {
+            self.inner.upload_state(id).await
+        }
+        async fn upload_seal(&self, id: &UploadId) -> storage::Result<()> {
+            self.inner.upload_seal(id).await
+        }
+        async fn upload_append_observed(
+            &self,
+            id: &UploadId,
+            body: ByteStream,
+            on: OnWritten<'_>,
+        ) -> storage::Result<u64> {
+            self.inner.upload_append_observed(id, body, on).await
+        }
+        async fn upload_size(&self, id: &UploadId) -> storage::Result<u64> {
+            self.inner.upload_size(id).await
+        }
+        async fn upload_read(&self, id: &UploadId, r: Option<ByteRange>) -> storage::Result<ByteStream> {
+            self.inner.upload_read(id, r).await
+        }
+        async fn upload_commit(&self, id: &UploadId, d: &Digest, s: u64) -> storage::Result<()> {
+            self.inner.upload_commit(id, d, s).await
+        }
+        async fn upload_delete(&self, id: &UploadId) -> storage::Result<()> {
+            self.inner.upload_delete(id).await
+        }
+        async fn upload_list(&self) -> storage::Result<Vec<(UploadId, SystemTime)>> {
+            self.inner.upload_list().await
+        }
+        async fn record_get(&self, k: &Key) -> storage::Result<Option<Bytes>> {
+            self.inner.record_get(k).await
+        }
+        async fn record_put(&self, k: &Key, v: Bytes) -> storage::Result<()> {
+            self.inner.record_put(k, v).await
+        }
+        async fn record_get_versioned(&self, k: &Key) -> storage::Result<Option<(Bytes, Version)>> {
+            self.inner.record_get_versioned(k).await
+        }
+        async fn record_put_if(&self, k: &Key, v: Bytes, m: PutMode) -> storage::Result<Version> {
+            self.inner.record_put_if(k, v, m).await
+        }
+        async fn record_delete(&self, k: &Key) -> storage::Result<bool> {
+            self.inner.record_delete(k).await
+        }
+        async fn record_list(&self, k: &Key) -> storage::Result<Vec<String>> {
+            self.inner.record_list(k).await
+        }
+    }
+
+    fn body(bytes: &'static [u8]) -> ByteStream {
+        Box::pin(futures_util::stream::once(async move { Ok(Bytes::from_static(bytes)) }))
+    }
+
+    fn manifest(config: &Digest, layer: &Digest, n: u32) -> Bytes {
+        Bytes::from(
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 5}],
+                "annotations": {"n": n.to_string()},
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// A manifest PUT that checked its layer's link, and is about to store itself, while a
+    /// collection runs: the layer's link was dangling and unused for longer than the grace
+    /// period, yet the collection leaves it, because the PUT touched it first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_manifest_put_between_its_checks_and_its_writes_keeps_what_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path()).unwrap());
+        let storage = Arc::new(PausingStorage {
+            inner: fs,
+            paused: Notify::new(),
+            resume: Notify::new(),
+            pause_next_small_put: false.into(),
+        });
+        let clock = ManualClock::new();
+        let shared: SharedClock = Arc::new(clock.clone());
+        let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).unwrap());
+        let grace = Duration::from_secs(3600);
+        let settings = Settings {
+            delete_enabled: true,
+            upload_max_idle: Duration::from_secs(3600),
+            local_namespaces: vec![],
+            create_on_push: true,
+            gc_grace: grace,
+        };
+        let proxy = Arc::new(crate::proxy::Proxy::new(&[], &metrics).unwrap());
+        let registry = Arc::new(Registry::new(storage.clone(), proxy, settings, metrics, shared.clone()));
+        let collector = Collector::new(storage.clone(), registry.content_uses(), shared, None, vec![]);
+
+        let name = RepositoryName::parse("team/app").unwrap();
+        let sha = |b: &[u8]| {
+            let mut h = crate::oci::Hasher::new(crate::oci::DigestAlgorithm::Sha256);
+            h.update(b);
+            h.finish()
+        };
+        let (config, layer_digest) = (sha(b"{}"), sha(b"layer"));
+        registry.upload_monolithic(&name, &config, body(b"{}")).await.unwrap();
+        registry.upload_monolithic(&name, &layer_digest, body(b"layer")).await.unwrap();
+        let tag = |t: &str| Reference::Tag(Tag::parse(t).unwrap());
+        let first = registry.manifest_put(&name, &tag("v1"), None, manifest(&config, &layer_digest, 1)).await.unwrap();
+        registry.manifest_delete(&name, &Reference::Digest(first.digest)).await.unwrap();
+        // The layer's link is now dangling, and nobody has used it for longer than the grace.
+        clock.advance(grace * 2);
+
+        storage.pause_next_small_put.store(true, std::sync::atomic::Ordering::SeqCst);
+        let put = {
+            let registry = registry.clone();
+            let (name, config, layer_digest) = (name.clone(), config.clone(), layer_digest.clone());
+            tokio::spawn(async move {
+                registry.manifest_put(&name, &tag("v2"), None, manifest(&config, &layer_digest, 2)).await
+            })
+        };
+        storage.paused.notified().await;
+        let report = collector.collect(false, None, &|_| {}).await.unwrap();
+        storage.resume.notify_one();
+        put.await.unwrap().expect("the manifest is accepted");
+        assert_eq!(
+            (report.links_removed, report.objects_removed),
+            (0, 1),
+            "only the deleted manifest goes: {report:?}"
+        );
+        assert!(storage.record_get(&Key::blob_link(&name, &layer_digest)).await.unwrap().is_some());
+        assert!(storage.blob_size(&layer_digest).await.unwrap().is_some());
+        // With the push done and its manifest live, a later collection keeps it all too.
+        clock.advance(grace * 2);
+        let report = collector.collect(false, None, &|_| {}).await.unwrap();
+        assert_eq!((report.links_removed, report.objects_removed), (0, 0), "{report:?}");
+        assert!(storage.blob_size(&layer_digest).await.unwrap().is_some());
     }
 }

@@ -87,9 +87,10 @@ struct Inner {
     storage: Arc<dyn Storage>,
     clock: SharedClock,
     grace: Duration,
-    /// Digests this process touched within a quarter of the grace period: their records are
-    /// young, so no collector can claim them, and touching again would only cost a read.
-    recent: Option<moka::sync::Cache<Digest, ()>>,
+    /// Digests this process touched within a quarter of the grace period (by the clock, with
+    /// the time it wrote): their records are young, so no collector can claim them, and
+    /// touching again would only cost a read.
+    recent: Option<moka::sync::Cache<Digest, u64>>,
 }
 
 impl ContentUses {
@@ -114,7 +115,9 @@ impl ContentUses {
     /// Waits while a collector is removing it.
     pub async fn touch(&self, digest: &Digest) -> Result<()> {
         let inner = &self.inner;
-        if inner.recent.as_ref().is_some_and(|r| r.contains_key(digest)) {
+        let quarter = self.grace_ms() / 4;
+        let touched_at = inner.recent.as_ref().and_then(|r| r.get(digest));
+        if touched_at.is_some_and(|at| inner.clock.now_ms().saturating_sub(at) < quarter) {
             return Ok(());
         }
         let key = Key::content_use(digest);
@@ -139,7 +142,7 @@ impl ContentUses {
                         }
                         Some(_) => PutMode::Update(version.clone()),
                         None if now.saturating_sub(record.at_ms) < self.grace_ms() / 2 => {
-                            self.remember(digest);
+                            self.remember(digest, record.at_ms);
                             return Ok(());
                         }
                         None => PutMode::Update(version.clone()),
@@ -149,7 +152,7 @@ impl ContentUses {
             let fresh = UseRecord { at_ms: now, deleting_ms: None }.encode();
             match inner.storage.record_put_if(&key, fresh, mode).await {
                 Ok(_) => {
-                    self.remember(digest);
+                    self.remember(digest, now);
                     return Ok(());
                 }
                 // Another writer touched it, or a collector claimed it: look again.
@@ -159,29 +162,39 @@ impl ContentUses {
         }
     }
 
-    fn remember(&self, digest: &Digest) {
+    fn remember(&self, digest: &Digest, at_ms: u64) {
         if let Some(r) = &self.inner.recent {
-            r.insert(digest.clone(), ());
+            r.insert(digest.clone(), at_ms);
         }
     }
 
-    /// Whether [`ContentUses::claim`] would claim `digest` now (for a dry run: nothing written).
-    pub async fn unused(&self, digest: &Digest) -> Result<bool> {
+    /// The latest use (ms since the epoch) a claim made now accepts: none within the grace
+    /// period, and none within half of it before `since` — the start of the caller's view of
+    /// what links exist, so that content linked after that view was taken (its writer touched
+    /// it then, or found it touched within half the grace period) is never claimed, however
+    /// long the caller has been running.
+    pub fn cutoff_ms(&self, since_ms: u64) -> u64 {
+        let now = self.inner.clock.now_ms();
+        now.saturating_sub(self.grace_ms()).min(since_ms.saturating_sub(self.grace_ms() / 2))
+    }
+
+    /// Whether [`ContentUses::claim`] would claim `digest` (for a dry run: nothing written).
+    pub async fn unused(&self, digest: &Digest, cutoff_ms: u64) -> Result<bool> {
         let now = self.inner.clock.now_ms();
         Ok(match self.inner.storage.record_get(&Key::content_use(digest)).await? {
             None => true,
             Some(bytes) => {
                 let record = UseRecord::decode(&bytes);
-                record.deleting_ms.is_none_or(|d| now.saturating_sub(d) >= ms(TOMBSTONE_TTL))
-                    && now.saturating_sub(record.at_ms) >= self.grace_ms()
+                record.deleting_ms.is_none_or(|d| now.saturating_sub(d) >= ms(TOMBSTONE_TTL)) && record.at_ms < cutoff_ms
             }
         })
     }
 
-    /// Claims `digest` for removal when nobody used it within the grace period (by its use
-    /// record; content with no record was last used when it was written, which the caller
-    /// checks). `None` when it was used, or another claim or touch got there first.
-    pub async fn claim(&self, digest: &Digest) -> Result<Option<Claim>> {
+    /// Claims `digest` for removal when its last use is before `cutoff_ms` (from
+    /// [`ContentUses::cutoff_ms`]; content with no record was last used when it was written,
+    /// which the caller checks). `None` when it was used since, or another claim or touch got
+    /// there first.
+    pub async fn claim(&self, digest: &Digest, cutoff_ms: u64) -> Result<Option<Claim>> {
         let inner = &self.inner;
         let key = Key::content_use(digest);
         let now = inner.clock.now_ms();
@@ -190,7 +203,7 @@ impl ContentUses {
             Some((bytes, version)) => {
                 let record = UseRecord::decode(&bytes);
                 let claimed_elsewhere = record.deleting_ms.is_some_and(|d| now.saturating_sub(d) < ms(TOMBSTONE_TTL));
-                if claimed_elsewhere || now.saturating_sub(record.at_ms) < self.grace_ms() {
+                if claimed_elsewhere || record.at_ms >= cutoff_ms {
                     return Ok(None);
                 }
                 (record, PutMode::Update(version))
@@ -228,7 +241,7 @@ fn ms(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::clock::{Clock as _, ManualClock};
     use crate::storage::fs::FsStorage;
 
     fn digest(n: u8) -> Digest {
@@ -243,24 +256,24 @@ mod tests {
         let grace = Duration::from_secs(3600);
         let uses = ContentUses::new(storage.clone(), Arc::new(clock.clone()), grace);
         // Never used: claimable (the caller checks the content's own age).
-        let claim = uses.claim(&digest(1)).await.unwrap().expect("unused content is claimable");
+        let claim = uses.claim(&digest(1), uses.cutoff_ms(clock.now_ms())).await.unwrap().expect("unused content is claimable");
         assert!(claim.is_fresh());
         uses.release(claim, true).await.unwrap();
         // Touched: not claimable for the grace period, then claimable.
         uses.touch(&digest(2)).await.unwrap();
-        assert!(uses.claim(&digest(2)).await.unwrap().is_none());
+        assert!(uses.claim(&digest(2), uses.cutoff_ms(clock.now_ms())).await.unwrap().is_none());
         clock.advance(grace + Duration::from_secs(1));
-        let claim = uses.claim(&digest(2)).await.unwrap().expect("unused for the grace period");
+        let claim = uses.claim(&digest(2), uses.cutoff_ms(clock.now_ms())).await.unwrap().expect("unused for the grace period");
         // Claimed: a second collector is refused; released without removal, it is as before.
-        assert!(uses.claim(&digest(2)).await.unwrap().is_none());
+        assert!(uses.claim(&digest(2), uses.cutoff_ms(clock.now_ms())).await.unwrap().is_none());
         uses.release(claim, false).await.unwrap();
-        let again = uses.claim(&digest(2)).await.unwrap().expect("still unused");
+        let again = uses.claim(&digest(2), uses.cutoff_ms(clock.now_ms())).await.unwrap().expect("still unused");
         uses.release(again, false).await.unwrap();
         // A tombstone whose collector died is taken over by a writer once it is old.
-        let _abandoned = uses.claim(&digest(2)).await.unwrap().unwrap();
+        let _abandoned = uses.claim(&digest(2), uses.cutoff_ms(clock.now_ms())).await.unwrap().unwrap();
         clock.advance(TOMBSTONE_TTL + Duration::from_secs(1));
         let other = ContentUses::new(storage, Arc::new(clock.clone()), grace);
         other.touch(&digest(2)).await.unwrap();
-        assert!(other.claim(&digest(2)).await.unwrap().is_none(), "touched: in use again");
+        assert!(other.claim(&digest(2), other.cutoff_ms(clock.now_ms())).await.unwrap().is_none(), "touched: in use again");
     }
 }

@@ -158,6 +158,14 @@ impl TestFerry {
         self.stored_objects().await.iter().any(|(k, _)| *k == key)
     }
 
+    /// Whether the backend holds an object under `key`, with one request (no listing).
+    pub async fn has_object(&self, key: &str) -> bool {
+        match &self.s3 {
+            None => self.data_dir().join(key).exists(),
+            Some(moto) => moto.client().head_object().bucket("ferry").key(key).send().await.is_ok(),
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.client.get(format!("{}/metrics", self.admin)).send().await.unwrap().text().await.unwrap()
     }

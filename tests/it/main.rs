@@ -10,6 +10,7 @@ mod data;
 mod durability;
 mod ecr_api;
 mod fuzz;
+mod gc;
 mod harness;
 mod images;
 mod integrity;
