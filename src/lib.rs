@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod gc;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod oci;
 pub mod proxy;
@@ -57,6 +58,9 @@ pub enum StartError {
     /// A garbage collection failed.
     #[error("gc: {0}")]
     Gc(String),
+    /// A lifecycle round failed.
+    #[error("lifecycle: {0}")]
+    Lifecycle(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -73,6 +77,9 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     authenticator: Option<Arc<auth::authenticator::Authenticator>>,
+    /// Pulls noted and not yet written, flushed at shutdown.
+    pulls: Arc<registry::pulls::PullTimes>,
+    clock: clock::SharedClock,
 }
 
 impl RunningServer {
@@ -81,6 +88,9 @@ impl RunningServer {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Err(e) = self.pulls.flush(self.clock.now_ms(), true).await {
+            tracing::warn!(error = %e, "could not record the last pulls at shutdown");
         }
     }
 
@@ -108,6 +118,9 @@ impl RunningServer {
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Err(e) = self.pulls.flush(self.clock.now_ms(), true).await {
+            tracing::warn!(error = %e, "could not record the last pulls at shutdown");
         }
     }
 }
@@ -178,13 +191,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     } else {
         backend
     };
-    let settings = registry::Settings {
-        delete_enabled: config.registry.delete_enabled,
-        upload_max_idle: config.registry.upload_max_idle.0,
-        local_namespaces: config.registry.local_namespaces.clone(),
-        create_on_push: config.registry.create_on_push,
-        gc_grace: config.gc.grace.0,
-    };
+    let settings = registry_settings(&config);
     let proxy =
         Arc::new(proxy::Proxy::new(&config.pull_through, &metrics).map_err(|e| std::io::Error::other(e.to_string()))?);
     let auth = match config.auth.enabled {
@@ -256,9 +263,10 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     });
     // Sessions gone from storage (finished on another replica, purged) stop counting against
     // their clients.
-    tasks.extend(spawn_workers(&config, &app, registry, clock, &metrics, &shutdown_rx));
+    let pulls = registry.pull_times();
+    tasks.extend(spawn_workers(&config, &app, registry, clock.clone(), &metrics, &shutdown_rx));
     tracing::info!(%addr, %admin_addr, tls = config.tls.enabled(), data_dir = %config.storage.data_dir.display(), "ferry started");
-    Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks, authenticator })
+    Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks, authenticator, pulls, clock })
 }
 
 /// The background workers: the upload purge and, when on, the garbage collector.
@@ -272,6 +280,8 @@ fn spawn_workers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let edge = app.clone();
+    let flush = registry::pulls::PullFlush::new(registry.pull_times(), clock.clone());
+    tasks.push(tokio::spawn(worker::run(Box::new(flush), metrics.clone(), shutdown_rx.clone())));
     if config.gc.enabled {
         let collector = gc::Collector::new(
             registry.storage_handle(),
@@ -281,6 +291,15 @@ fn spawn_workers(
             rule_prefixes(config),
         );
         let worker = gc::GcWorker::new(collector, config.gc.interval.0, uuid::Uuid::new_v4().to_string());
+        tasks.push(tokio::spawn(worker::run(Box::new(worker), metrics.clone(), shutdown_rx.clone())));
+    }
+    if config.lifecycle.enabled {
+        let worker = lifecycle::LifecycleWorker::new(
+            registry.clone(),
+            cache_limits(config),
+            config.lifecycle.interval.0,
+            uuid::Uuid::new_v4().to_string(),
+        );
         tasks.push(tokio::spawn(worker::run(Box::new(worker), metrics.clone(), shutdown_rx.clone())));
     }
     let purge = registry::purge::UploadPurge::new(
@@ -296,6 +315,79 @@ fn spawn_workers(
 /// Each pull-through rule's label and repository prefix, for usage by rule.
 fn rule_prefixes(config: &Config) -> Vec<gc::RulePrefix> {
     config.pull_through.iter().map(|r| gc::RulePrefix { label: r.prefix.clone(), prefix: r.prefix.clone() }).collect()
+}
+
+/// Each pull-through rule's cache limits.
+fn cache_limits(config: &Config) -> Vec<lifecycle::evict::CacheLimits> {
+    config
+        .pull_through
+        .iter()
+        .map(|r| lifecycle::evict::CacheLimits {
+            prefix: r.prefix.clone(),
+            max_bytes: r.max_bytes.0,
+            expire_unpulled_after: r.expire_unpulled_after.0,
+        })
+        .collect()
+}
+
+/// A registry over the configured storage for work from the command line, beside running
+/// servers (no hot tier, no listeners).
+async fn offline_registry(config: &Config, clock: clock::SharedClock) -> Result<Arc<registry::Registry>, StartError> {
+    config.validate()?;
+    let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
+    let storage = open_storage(config, None, true).await?;
+    let proxy =
+        Arc::new(proxy::Proxy::new(&config.pull_through, &metrics).map_err(|e| std::io::Error::other(e.to_string()))?);
+    Ok(Arc::new(registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock)))
+}
+
+/// The registry's settings from the configuration.
+fn registry_settings(config: &Config) -> registry::Settings {
+    registry::Settings {
+        delete_enabled: config.registry.delete_enabled,
+        upload_max_idle: config.registry.upload_max_idle.0,
+        local_namespaces: config.registry.local_namespaces.clone(),
+        create_on_push: config.registry.create_on_push,
+        gc_grace: config.gc.grace.0,
+    }
+}
+
+/// One lifecycle round from the command line (`ferry lifecycle run`): every repository's
+/// policy and every rule's cache limits, or one repository's policy; under the lifecycle
+/// lease, except a dry run, which writes nothing.
+pub async fn run_lifecycle(
+    config: &Config,
+    repository: Option<&oci::RepositoryName>,
+    dry_run: bool,
+    clock: clock::SharedClock,
+) -> Result<lifecycle::worker::LifecycleReport, StartError> {
+    let registry = offline_registry(config, clock.clone()).await?;
+    let failed = |e: lifecycle::worker::LifecycleError| StartError::Lifecycle(e.to_string());
+    let limits = cache_limits(config);
+    if dry_run {
+        return lifecycle::worker::run_round(&registry, &limits, repository, true, None).await.map_err(failed);
+    }
+    let storage = registry.storage_handle();
+    let owner = format!("ferry-lifecycle-cli-{}", uuid::Uuid::new_v4());
+    let mut lease = storage::lease::Lease::acquire(
+        storage.as_ref(),
+        clock.as_ref(),
+        storage::Key::lease("lifecycle"),
+        &owner,
+        lifecycle::LEASE_TTL,
+    )
+    .await
+    .map_err(|e| StartError::Lifecycle(format!("cannot take the lifecycle lease: {e}")))?;
+    let result = lifecycle::worker::run_round(&registry, &limits, repository, false, Some(&mut lease)).await;
+    let _ = lease.release(storage.as_ref()).await;
+    result.map_err(failed)
+}
+
+/// What each repository and pull-through rule stores (`ferry usage`).
+pub async fn usage(config: &Config) -> Result<registry::usage::UsageReport, StartError> {
+    let registry = offline_registry(config, Arc::new(clock::SystemClock)).await?;
+    let rules: Vec<String> = config.pull_through.iter().map(|r| r.prefix.clone()).collect();
+    registry.usage(&rules).await.map_err(|e| StartError::Gc(format!("cannot read usage: {e}")))
 }
 
 /// One garbage collection from the command line (`ferry gc`): beside running servers, under

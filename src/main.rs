@@ -55,6 +55,38 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Applies lifecycle policies and pull-through cache limits once, beside running servers
+    /// (under the same lease as their schedule). Prints a JSON report of what expired.
+    Lifecycle {
+        #[command(subcommand)]
+        command: LifecycleCommand,
+    },
+    /// Shows what each repository and pull-through rule stores: repositories by size (shared
+    /// layers counted in each), the total (each stored digest once), then the rules.
+    Usage {
+        /// Config file (TOML). Default: config/ferry.toml when it exists.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LifecycleCommand {
+    /// One lifecycle round.
+    Run {
+        /// Config file (TOML). Default: config/ferry.toml when it exists.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only this repository's policy (no cache limits).
+        #[arg(long)]
+        repository: Option<String>,
+        /// Only report what would expire.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -125,6 +157,10 @@ fn main() -> ExitCode {
         }
         Command::Auth { command } => auth_command(command),
         Command::Gc { config, dry_run } => gc_command(config, dry_run),
+        Command::Lifecycle { command: LifecycleCommand::Run { config, repository, dry_run } } => {
+            lifecycle_command(config, repository, dry_run)
+        }
+        Command::Usage { config, json } => usage_command(config, json),
         Command::Serve { config, listen, admin_listen, data_dir } => {
             let path = config.clone();
             let mut c = match load(config) {
@@ -270,20 +306,108 @@ async fn wait_for_signal() {
     }
 }
 
-fn gc_command(config: Option<PathBuf>, dry_run: bool) -> ExitCode {
-    let c = match load(config) {
-        Ok(c) => c,
+/// The config and a runtime for a one-shot command, or the exit code saying why not.
+fn one_shot(config: Option<PathBuf>) -> Result<(Config, tokio::runtime::Runtime), ExitCode> {
+    let c = load(config).map_err(|e| {
+        eprintln!("ferry: {e}");
+        ExitCode::from(2)
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+        eprintln!("ferry: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok((c, runtime))
+}
+
+fn lifecycle_command(config: Option<PathBuf>, repository: Option<String>, dry_run: bool) -> ExitCode {
+    let (c, runtime) = match one_shot(config) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let repository = match repository.map(|r| ferry::oci::RepositoryName::parse(&r)).transpose() {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("ferry: {e}");
+            eprintln!("ferry: --repository: {e}");
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let clock = std::sync::Arc::new(ferry::clock::SystemClock);
+    match runtime.block_on(ferry::run_lifecycle(&c, repository.as_ref(), dry_run, clock)) {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage_command(config: Option<PathBuf>, json: bool) -> ExitCode {
+    let (c, runtime) = match one_shot(config) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let report = match runtime.block_on(ferry::usage(&c)) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("ferry: cannot start the runtime: {e}");
+            eprintln!("ferry: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let width = report.repositories.iter().map(|r| r.repository.len()).max().unwrap_or(0).max(10);
+    println!("{:<width$}  {:>9}  {:>7}  {:>14}  {:>10}", "REPOSITORY", "MANIFESTS", "BLOBS", "BYTES", "SIZE");
+    for r in &report.repositories {
+        println!(
+            "{:<width$}  {:>9}  {:>7}  {:>14}  {:>10}",
+            r.repository,
+            r.manifests,
+            r.blobs,
+            r.bytes,
+            human(r.bytes)
+        );
+    }
+    println!(
+        "total (each stored digest once): {} objects, {} bytes ({})",
+        report.total_objects,
+        report.total_bytes,
+        human(report.total_bytes)
+    );
+    if !report.rules.is_empty() {
+        println!();
+        println!("{:<width$}  {:>12}  {:>14}  {:>10}", "PULL-THROUGH RULE", "REPOSITORIES", "BYTES", "SIZE");
+        for r in &report.rules {
+            println!("{:<width$}  {:>12}  {:>14}  {:>10}", r.rule, r.repositories, r.bytes, human(r.bytes));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Bytes in binary units, one decimal.
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+fn gc_command(config: Option<PathBuf>, dry_run: bool) -> ExitCode {
+    let (c, runtime) = match one_shot(config) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     // A progress bar only for a person watching; scripts get the JSON alone.
     let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {

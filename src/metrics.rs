@@ -276,6 +276,38 @@ impl WorkerMetrics {
     }
 }
 
+/// Lifecycle policies and cache eviction.
+pub struct LifecycleMetrics {
+    /// `ferry_lifecycle_runs_total{result}`: rounds (done, skipped: another replica held the lease, error).
+    pub runs: IntCounterVec,
+    /// `ferry_lifecycle_expired_images_total{reason}`: images expired by a lifecycle policy
+    /// (policy), or evicted from a pull-through cache (cache_size, cache_unpulled).
+    pub expired: IntCounterVec,
+    /// `ferry_lifecycle_last_success_timestamp_seconds`.
+    pub last_success: prometheus::Gauge,
+}
+
+impl LifecycleMetrics {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            runs: counters(r, "ferry_lifecycle_runs_total", "Lifecycle rounds by result", &["result"])?,
+            expired: counters(
+                r,
+                "ferry_lifecycle_expired_images_total",
+                "Images expired by lifecycle policies or evicted from pull-through caches, by reason",
+                &["reason"],
+            )?,
+            last_success: reg(
+                r,
+                prometheus::Gauge::new(
+                    "ferry_lifecycle_last_success_timestamp_seconds",
+                    "When a lifecycle round last finished",
+                )?,
+            )?,
+        })
+    }
+}
+
 /// The garbage collector's metrics, and the stored usage its runs measure.
 pub struct GcMetrics {
     /// `ferry_gc_runs_total{result}`: collections (done, skipped: another replica held the lease, error).
@@ -359,6 +391,8 @@ pub struct Metrics {
     pub auth: AuthMetrics,
     /// Garbage collection and stored usage.
     pub gc: GcMetrics,
+    /// Lifecycle policies and cache eviction.
+    pub lifecycle: LifecycleMetrics,
 }
 
 impl Metrics {
@@ -373,6 +407,7 @@ impl Metrics {
             workers: WorkerMetrics::register(&registry)?,
             auth: AuthMetrics::register(&registry)?,
             gc: GcMetrics::register(&registry)?,
+            lifecycle: LifecycleMetrics::register(&registry)?,
             registry,
         })
     }

@@ -48,6 +48,16 @@ pub trait Worker: Send + 'static {
     async fn wait_for_work(&mut self);
 }
 
+/// `interval` plus up to a tenth of it at random, so replicas started together spread out.
+pub fn jittered(interval: Duration) -> Duration {
+    let tenth = u64::try_from(interval.as_millis() / 10).unwrap_or(0);
+    let jitter = match tenth {
+        0 => 0,
+        t => u64::try_from(uuid::Uuid::new_v4().as_u128().checked_rem(u128::from(t)).unwrap_or(0)).unwrap_or(0),
+    };
+    interval.saturating_add(Duration::from_millis(jitter))
+}
+
 /// The first backoff after an error; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// The longest wait after repeated errors.

@@ -6,6 +6,7 @@
 //! `{"__type","message"}` ([`ApiError`]). Knows nothing of HTTP framing or storage layout.
 
 mod error;
+mod lifecycle;
 mod repositories;
 mod templates;
 
@@ -83,6 +84,16 @@ pub enum Operation {
     UpdateRepositoryCreationTemplate(templates::TemplateInput),
     /// `DeleteRepositoryCreationTemplate` (the prefix).
     DeleteRepositoryCreationTemplate(String),
+    /// `PutLifecyclePolicy` (the text, validated).
+    PutLifecyclePolicy(RepositoryName, String),
+    /// `GetLifecyclePolicy`.
+    GetLifecyclePolicy(RepositoryName),
+    /// `DeleteLifecyclePolicy`.
+    DeleteLifecyclePolicy(RepositoryName),
+    /// `StartLifecyclePolicyPreview` (a text to try, else the stored policy).
+    StartLifecyclePolicyPreview(RepositoryName, Option<String>),
+    /// `GetLifecyclePolicyPreview`.
+    GetLifecyclePolicyPreview(RepositoryName, lifecycle::PreviewQuery),
 }
 
 /// `maxResults` and `nextToken`.
@@ -180,6 +191,11 @@ impl Operation {
             Self::DescribeRepositoryCreationTemplates(..) => "DescribeRepositoryCreationTemplates",
             Self::UpdateRepositoryCreationTemplate(..) => "UpdateRepositoryCreationTemplate",
             Self::DeleteRepositoryCreationTemplate(..) => "DeleteRepositoryCreationTemplate",
+            Self::PutLifecyclePolicy(..) => "PutLifecyclePolicy",
+            Self::GetLifecyclePolicy(..) => "GetLifecyclePolicy",
+            Self::DeleteLifecyclePolicy(..) => "DeleteLifecyclePolicy",
+            Self::StartLifecyclePolicyPreview(..) => "StartLifecyclePolicyPreview",
+            Self::GetLifecyclePolicyPreview(..) => "GetLifecyclePolicyPreview",
         }
     }
 
@@ -274,6 +290,11 @@ impl Operation {
             "DeleteRepositoryCreationTemplate" => {
                 Ok(Self::DeleteRepositoryCreationTemplate(templates::prefix(input.required_str("prefix")?, "prefix")?))
             }
+            "PutLifecyclePolicy"
+            | "GetLifecyclePolicy"
+            | "DeleteLifecyclePolicy"
+            | "StartLifecyclePolicyPreview"
+            | "GetLifecyclePolicyPreview" => lifecycle::parse_operation(op, &input, name()?),
             other => Err(ApiError::new(
                 "UnknownOperationException",
                 format!("The operation {other} is not supported by this registry"),
@@ -312,6 +333,11 @@ impl Operation {
             Self::DeleteRepositoryCreationTemplate(_) => {
                 vec![Access::registry(Action::DeleteRepositoryCreationTemplate)]
             }
+            Self::PutLifecyclePolicy(n, _) => vec![Access::on(Action::PutLifecyclePolicy, n)],
+            Self::GetLifecyclePolicy(n) => vec![Access::on(Action::GetLifecyclePolicy, n)],
+            Self::DeleteLifecyclePolicy(n) => vec![Access::on(Action::DeleteLifecyclePolicy, n)],
+            Self::StartLifecyclePolicyPreview(n, _) => vec![Access::on(Action::StartLifecyclePolicyPreview, n)],
+            Self::GetLifecyclePolicyPreview(n, _) => vec![Access::on(Action::GetLifecyclePolicyPreview, n)],
         }
     }
 
@@ -411,6 +437,11 @@ impl Operation {
             Self::DescribeRepositoryCreationTemplates(prefixes, page) => templates::list(ctx, prefixes, page).await,
             Self::UpdateRepositoryCreationTemplate(input) => templates::update(ctx, input).await,
             Self::DeleteRepositoryCreationTemplate(prefix) => templates::delete(ctx, prefix).await,
+            op @ (Self::PutLifecyclePolicy(..)
+            | Self::GetLifecyclePolicy(_)
+            | Self::DeleteLifecyclePolicy(_)
+            | Self::StartLifecyclePolicyPreview(..)
+            | Self::GetLifecyclePolicyPreview(..)) => lifecycle::run(ctx, op).await,
         }
     }
 }

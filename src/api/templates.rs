@@ -51,13 +51,7 @@ impl TemplateInput {
         };
         let lifecycle_policy = input.str("lifecyclePolicy")?.map(str::to_owned);
         if let Some(text) = &lifecycle_policy {
-            let is_object = serde_json::from_str::<Value>(text).is_ok_and(|v| v.is_object());
-            if text.chars().count() > 30720 || !is_object {
-                return Err(ApiError::invalid(
-                    "lifecyclePolicy",
-                    "Member must be a JSON lifecycle policy of at most 30720 characters",
-                ));
-            }
+            crate::lifecycle::policy::parse(text).map_err(|e| ApiError::invalid("lifecyclePolicy", e))?;
         }
         let applied_for = match input.list("appliedFor")? {
             None if creating => return Err(ApiError::invalid("appliedFor", "Member must not be null")),

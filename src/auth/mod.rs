@@ -70,6 +70,16 @@ pub enum Action {
     UpdateRepositoryCreationTemplate,
     /// Removing a repository creation template.
     DeleteRepositoryCreationTemplate,
+    /// Setting a repository's lifecycle policy.
+    PutLifecyclePolicy,
+    /// Reading a repository's lifecycle policy.
+    GetLifecyclePolicy,
+    /// Removing a repository's lifecycle policy.
+    DeleteLifecyclePolicy,
+    /// Starting a lifecycle policy preview.
+    StartLifecyclePolicyPreview,
+    /// Reading a lifecycle policy preview.
+    GetLifecyclePolicyPreview,
 }
 
 impl Action {
@@ -102,6 +112,11 @@ impl Action {
             Self::DescribeRepositoryCreationTemplates => "ecr:DescribeRepositoryCreationTemplates",
             Self::UpdateRepositoryCreationTemplate => "ecr:UpdateRepositoryCreationTemplate",
             Self::DeleteRepositoryCreationTemplate => "ecr:DeleteRepositoryCreationTemplate",
+            Self::PutLifecyclePolicy => "ecr:PutLifecyclePolicy",
+            Self::GetLifecyclePolicy => "ecr:GetLifecyclePolicy",
+            Self::DeleteLifecyclePolicy => "ecr:DeleteLifecyclePolicy",
+            Self::StartLifecyclePolicyPreview => "ecr:StartLifecyclePolicyPreview",
+            Self::GetLifecyclePolicyPreview => "ecr:GetLifecyclePolicyPreview",
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod auth;
 mod gc;
+mod lifecycle;
 mod log;
 mod pull_through;
 mod registry;
@@ -15,6 +16,7 @@ mod units;
 
 pub use auth::{policy_text, AnonymousConfig, AuthConfig, PrincipalConfig, SecretKnown};
 pub use gc::GcConfig;
+pub use lifecycle::LifecycleConfig;
 pub use log::{log_filter_is_valid, LogConfig, LogFormat};
 pub use pull_through::PullThroughRule;
 pub use registry::RegistryConfig;
@@ -72,6 +74,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The garbage collector.
     pub gc: GcConfig,
+    /// Lifecycle policies and pull-through cache limits.
+    pub lifecycle: LifecycleConfig,
 }
 
 impl Config {
@@ -113,6 +117,7 @@ impl Config {
         pull_through::validate(&self.pull_through)?;
         self.auth.validate()?;
         self.gc.validate()?;
+        self.lifecycle.validate()?;
         self.log.validate()
     }
 

@@ -1,7 +1,7 @@
 //! `[[pull_through]]`: one rule per upstream registry, as ECR's pull-through cache rules.
 
 use super::secret::Secret;
-use super::units::HumanDuration;
+use super::units::{ByteSize, HumanDuration};
 use super::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -32,6 +32,12 @@ pub struct PullThroughRule {
     /// Add `library/` to one-component names. Default: true when `namespace` is `"docker.io"`
     /// or the upstream is Docker Hub.
     pub library_prefix: Option<bool>,
+    /// The most this rule's cached images may hold (shared layers counted once); past it, the
+    /// least recently pulled images are evicted down to 90% of it. `0` is no limit. Default `0`.
+    pub max_bytes: ByteSize,
+    /// Cached images nobody pulled for this long are evicted (e.g. `"30d"`); `"0s"` never.
+    /// Default `"0s"`.
+    pub expire_unpulled_after: HumanDuration,
 }
 
 impl Default for PullThroughRule {
@@ -47,6 +53,8 @@ impl Default for PullThroughRule {
             tag_ttl: HumanDuration(Duration::from_secs(300)),
             stale_if_error: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
             library_prefix: None,
+            max_bytes: ByteSize(0),
+            expire_unpulled_after: HumanDuration(Duration::ZERO),
         }
     }
 }

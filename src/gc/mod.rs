@@ -390,7 +390,12 @@ impl Collector {
     }
 
     /// Removes content under a claim on its digest; false when it is in use.
-    async fn remove_content(&self, digest: &Digest, since: u64, lease: &mut Option<&mut Lease>) -> Result<bool, GcError> {
+    async fn remove_content(
+        &self,
+        digest: &Digest,
+        since: u64,
+        lease: &mut Option<&mut Lease>,
+    ) -> Result<bool, GcError> {
         let Some(claim) = self.uses.claim(digest, self.uses.cutoff_ms(since)).await? else { return Ok(false) };
         if !claim.is_fresh() {
             self.uses.release(claim, false).await?;

@@ -82,11 +82,6 @@ impl Worker for GcWorker {
     }
 
     async fn wait_for_work(&mut self) {
-        let tenth = u64::try_from(self.interval.as_millis() / 10).unwrap_or(0);
-        let jitter = match tenth {
-            0 => 0,
-            t => u64::try_from(uuid::Uuid::new_v4().as_u128().checked_rem(u128::from(t)).unwrap_or(0)).unwrap_or(0),
-        };
-        tokio::time::sleep(self.interval.saturating_add(Duration::from_millis(jitter))).await;
+        tokio::time::sleep(crate::worker::jittered(self.interval)).await;
     }
 }

@@ -25,6 +25,11 @@ pub struct ManifestRecord {
     /// For pull-through tags: when the upstream last confirmed it (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetched_at_ms: Option<u64>,
+    /// When the image was first pushed (or cached) into this repository, ms since the epoch:
+    /// a retag or re-push keeps it, as lifecycle's `sinceImagePushed` expects. Absent only on
+    /// records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_at_ms: Option<u64>,
 }
 
 /// A manifest read for a GET.
@@ -114,6 +119,7 @@ impl Registry {
             media_type: manifest.media_type.as_str().to_owned(),
             size: bytes.len() as u64,
             fetched_at_ms: None,
+            pushed_at_ms: Some(self.first_pushed_at(name, &digest).await?),
         };
         let record_bytes = encode(&record)?;
         self.uses.touch(&digest).await?;
@@ -148,6 +154,16 @@ impl Registry {
             }
         }
         Ok(StoredManifest { digest, subject: manifest.subject.map(|s| s.digest) })
+    }
+
+    /// When the manifest was first stored in the repository: the link's time when it has one
+    /// (a retag keeps the original push time, as in ECR), else now.
+    pub(super) async fn first_pushed_at(&self, name: &RepositoryName, digest: &Digest) -> Result<u64> {
+        let existing = match self.storage.record_get(&Key::manifest_link(name, digest)).await? {
+            Some(v) => decode::<ManifestRecord>(&v).ok().and_then(|r| r.pushed_at_ms),
+            None => None,
+        };
+        Ok(existing.unwrap_or_else(|| self.clock.now_ms()))
     }
 
     /// Checks that everything the manifest references is in the repository: each distinct
@@ -242,7 +258,17 @@ impl Registry {
             }
             Reference::Digest(d) => d,
         };
-        let record = self.local_manifest_record(name, reference).await?;
+        self.local_manifest_record(name, reference).await?;
+        self.remove_manifest(name, digest).await
+    }
+
+    /// Removes a manifest from a repository: its referrer entry, the tags on it, its pull
+    /// record and its link (the content stays for the collector).
+    pub(super) async fn remove_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<()> {
+        let record = match self.storage.record_get(&Key::manifest_link(name, digest)).await? {
+            Some(v) => decode::<ManifestRecord>(&v)?,
+            None => return Ok(()),
+        };
         if let Ok(bytes) = self.storage.blob_read_small(digest).await {
             let subject = Manifest::parse(&bytes, Some(&record.media_type)).ok().and_then(|m| m.subject);
             if let Some(subject) = subject {
@@ -259,6 +285,7 @@ impl Registry {
             }
         }
         self.storage.record_delete(&Key::manifest_link(name, digest)).await?;
+        self.storage.record_delete(&Key::image_pull(name, digest)).await?;
         Ok(())
     }
 

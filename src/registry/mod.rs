@@ -3,12 +3,15 @@
 //! Knows nothing of HTTP.
 
 mod error;
+pub mod images;
 mod manifests;
 mod pull_through;
+pub mod pulls;
 pub mod purge;
 pub mod repositories;
 pub mod templates;
 mod uploads;
+pub mod usage;
 
 pub use error::{Error, Result};
 pub use manifests::{ManifestContent, ManifestRecord, StoredManifest};
@@ -123,6 +126,8 @@ pub struct Registry {
     upload_hashes: Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<uploads::UploadHash>>>>,
     /// Which repositories exist, and the one way a blob is linked into one.
     repositories: Repositories,
+    /// When images were last pulled, noted in memory and flushed by a worker.
+    pulls: Arc<pulls::PullTimes>,
     /// Repository policies, parsed, for a few seconds (replicas agree within that).
     policies: moka::future::Cache<RepositoryName, Option<Arc<crate::auth::policy::Policy>>>,
 }
@@ -140,6 +145,7 @@ impl Registry {
         Self {
             fills: Fills::new(storage.clone(), metrics.clone(), uploads::UploadState::for_fill(), uses.clone()),
             uses,
+            pulls: Arc::new(pulls::PullTimes::new(storage.clone())),
             repositories: Repositories { storage: storage.clone(), known: Arc::default() },
             policies: moka::future::Cache::builder()
                 .max_capacity(100_000)
@@ -204,6 +210,21 @@ impl Registry {
     /// The content-use records (shared with the collector, so its touches and claims meet).
     pub fn content_uses(&self) -> storage::uses::ContentUses {
         self.uses.clone()
+    }
+
+    /// The pull recorder (its flush runs as a worker).
+    pub fn pull_times(&self) -> Arc<pulls::PullTimes> {
+        self.pulls.clone()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     /// The settings in force.

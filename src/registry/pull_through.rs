@@ -108,6 +108,7 @@ impl Registry {
             media_type: m.media_type,
             size: m.bytes.len() as u64,
             fetched_at_ms: None,
+            pushed_at_ms: Some(self.first_pushed_at(&route.local, &m.digest).await?),
         };
         self.uses.touch(&m.digest).await?;
         self.storage.blob_put_small(&m.digest, m.bytes).await?;

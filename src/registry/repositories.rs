@@ -81,6 +81,12 @@ pub struct RepositorySettings {
     /// The repository policy's text, as set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// The lifecycle policy's text, as put (validated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_policy: Option<String>,
+    /// When a lifecycle run last evaluated the policy (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_evaluated_at: Option<u64>,
 }
 
 fn default_encryption() -> String {
@@ -98,6 +104,8 @@ impl Default for RepositorySettings {
             kms_key: None,
             tags: Vec::new(),
             policy: None,
+            lifecycle_policy: None,
+            lifecycle_evaluated_at: None,
         }
     }
 }
@@ -206,6 +214,7 @@ impl Registry {
         for (dir, entry) in [
             (Key::manifest_links(name), Key::manifest_link as fn(&RepositoryName, &crate::oci::Digest) -> Key),
             (Key::blob_links(name), Key::blob_link),
+            (Key::image_pulls(name), Key::image_pull),
         ] {
             for hex in self.storage.record_list(&dir).await? {
                 if let Ok(d) = crate::oci::Digest::parse(&format!("sha256:{hex}")) {
@@ -221,6 +230,7 @@ impl Registry {
                 }
             }
         }
+        self.storage.record_delete(&Key::lifecycle_preview(name)).await?;
         self.storage.record_delete(&Key::repository_settings(name)).await?;
         self.storage.record_delete(&Key::catalog_entry(name)).await?;
         self.repositories.forget(name);

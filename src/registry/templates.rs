@@ -64,7 +64,7 @@ pub struct CreationTemplate {
     /// A repository policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_policy: Option<String>,
-    /// A lifecycle policy (kept for the lifecycle work to come).
+    /// A lifecycle policy every repository it creates starts with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle_policy: Option<String>,
     /// What it applies to.
@@ -139,6 +139,7 @@ impl CreationTemplate {
             kms_key: self.kms_key.clone(),
             tags: self.resource_tags.clone(),
             policy: self.repository_policy.clone(),
+            lifecycle_policy: self.lifecycle_policy.clone(),
             ..RepositorySettings::default()
         }
     }

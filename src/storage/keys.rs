@@ -92,6 +92,27 @@ impl Key {
         Self(format!("repos/{name}/_referrers/sha256"))
     }
 
+    /// `repos/<name>/_pulls/<alg>/<hex>`: when the image was last pulled (ms since the epoch,
+    /// recorded at most hourly; see [`crate::registry::pulls`]).
+    pub fn image_pull(name: &RepositoryName, digest: &Digest) -> Self {
+        Self(format!("repos/{name}/_pulls/{}/{}", digest.algorithm().as_str(), digest.hex()))
+    }
+
+    /// `repos/<name>/_pulls/sha256`: every image's pull record.
+    pub fn image_pulls(name: &RepositoryName) -> Self {
+        Self(format!("repos/{name}/_pulls/sha256"))
+    }
+
+    /// `repos/<name>/_lifecycle`: the repository's lifecycle policy and when it last ran.
+    pub fn lifecycle_policy(name: &RepositoryName) -> Self {
+        Self(format!("repos/{name}/_lifecycle"))
+    }
+
+    /// `repos/<name>/_lifecycle-preview`: the last lifecycle policy preview's results.
+    pub fn lifecycle_preview(name: &RepositoryName) -> Self {
+        Self(format!("repos/{name}/_lifecycle-preview"))
+    }
+
     /// `repos/<name>/_tags/<tag>`: the tag's current manifest.
     pub fn tag(name: &RepositoryName, tag: &Tag) -> Self {
         Self(format!("repos/{name}/_tags/{tag}"))

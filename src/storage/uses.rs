@@ -185,7 +185,8 @@ impl ContentUses {
             None => true,
             Some(bytes) => {
                 let record = UseRecord::decode(&bytes);
-                record.deleting_ms.is_none_or(|d| now.saturating_sub(d) >= ms(TOMBSTONE_TTL)) && record.at_ms < cutoff_ms
+                record.deleting_ms.is_none_or(|d| now.saturating_sub(d) >= ms(TOMBSTONE_TTL))
+                    && record.at_ms < cutoff_ms
             }
         })
     }
@@ -256,14 +257,16 @@ mod tests {
         let grace = Duration::from_secs(3600);
         let uses = ContentUses::new(storage.clone(), Arc::new(clock.clone()), grace);
         // Never used: claimable (the caller checks the content's own age).
-        let claim = uses.claim(&digest(1), uses.cutoff_ms(clock.now_ms())).await.unwrap().expect("unused content is claimable");
+        let claim =
+            uses.claim(&digest(1), uses.cutoff_ms(clock.now_ms())).await.unwrap().expect("unused content is claimable");
         assert!(claim.is_fresh());
         uses.release(claim, true).await.unwrap();
         // Touched: not claimable for the grace period, then claimable.
         uses.touch(&digest(2)).await.unwrap();
         assert!(uses.claim(&digest(2), uses.cutoff_ms(clock.now_ms())).await.unwrap().is_none());
         clock.advance(grace + Duration::from_secs(1));
-        let claim = uses.claim(&digest(2), uses.cutoff_ms(clock.now_ms())).await.unwrap().expect("unused for the grace period");
+        let claim =
+            uses.claim(&digest(2), uses.cutoff_ms(clock.now_ms())).await.unwrap().expect("unused for the grace period");
         // Claimed: a second collector is refused; released without removal, it is as before.
         assert!(uses.claim(&digest(2), uses.cutoff_ms(clock.now_ms())).await.unwrap().is_none());
         uses.release(claim, false).await.unwrap();
@@ -274,6 +277,9 @@ mod tests {
         clock.advance(TOMBSTONE_TTL + Duration::from_secs(1));
         let other = ContentUses::new(storage, Arc::new(clock.clone()), grace);
         other.touch(&digest(2)).await.unwrap();
-        assert!(other.claim(&digest(2), other.cutoff_ms(clock.now_ms())).await.unwrap().is_none(), "touched: in use again");
+        assert!(
+            other.claim(&digest(2), other.cutoff_ms(clock.now_ms())).await.unwrap().is_none(),
+            "touched: in use again"
+        );
     }
 }

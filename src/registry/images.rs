@@ -1,0 +1,125 @@
+//! Images as lifecycle policies and cache eviction see them: each manifest a repository holds,
+//! with its tags, push and pull times, what it references and what refers to it; and expiring
+//! one (its tags, referrer entry, pull record and link), re-checked just before, so an image a
+//! push re-tagged since it was judged is left for the next run.
+
+use super::manifests::{decode, ManifestRecord};
+use super::{Registry, Result};
+use crate::oci::{Digest, Manifest, RepositoryName, Tag};
+use crate::storage::{self, Key};
+use std::collections::HashMap;
+
+/// One manifest a repository holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredImage {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// The manifest's own size.
+    pub manifest_size: u64,
+    /// Its tags, sorted.
+    pub tags: Vec<String>,
+    /// When it was first pushed or cached (ms since the epoch), when known.
+    pub pushed_at_ms: Option<u64>,
+    /// When it was last pulled, as recorded (or noted by this replica and not yet written).
+    pub last_pulled_ms: Option<u64>,
+    /// The manifest it refers to (signatures, SBOMs), if any.
+    pub subject: Option<Digest>,
+    /// The manifests it lists (an index).
+    pub children: Vec<Digest>,
+    /// The blobs it references (config and layers).
+    pub blobs: Vec<Digest>,
+}
+
+impl Registry {
+    /// Every manifest `name` holds, with its tags and times. Costs a few reads per manifest; a
+    /// manifest whose bytes are gone or do not parse is listed without references.
+    pub async fn repository_images(&self, name: &RepositoryName) -> Result<Vec<StoredImage>> {
+        let tags = self.tags_by_digest(name).await?;
+        let mut images = Vec::new();
+        for hex in self.storage.record_list(&Key::manifest_links(name)).await? {
+            let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else { continue };
+            let Some(bytes) = self.storage.record_get(&Key::manifest_link(name, &digest)).await? else { continue };
+            let record: ManifestRecord = decode(&bytes)?;
+            let parsed = match self.storage.blob_read_small(&digest).await {
+                Ok(b) => Manifest::parse(&b, Some(&record.media_type)).ok(),
+                Err(storage::Error::NotFound) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let recorded = self.pulls.read(name, &digest).await?;
+            let last_pulled_ms = match (recorded, self.pulls.pending(name, &digest)) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            let mut image_tags = tags.get(&digest).cloned().unwrap_or_default();
+            image_tags.sort_unstable();
+            images.push(StoredImage {
+                tags: image_tags,
+                pushed_at_ms: record.pushed_at_ms,
+                last_pulled_ms,
+                media_type: record.media_type,
+                manifest_size: record.size,
+                subject: parsed.as_ref().and_then(|m| m.subject.as_ref().map(|s| s.digest.clone())),
+                children: parsed.as_ref().map(|m| m.children.clone()).unwrap_or_default(),
+                blobs: parsed.map(|m| m.blobs).unwrap_or_default(),
+                digest,
+            });
+        }
+        Ok(images)
+    }
+
+    async fn tags_by_digest(&self, name: &RepositoryName) -> Result<HashMap<Digest, Vec<String>>> {
+        let mut out: HashMap<Digest, Vec<String>> = HashMap::new();
+        for tag in self.storage.record_list(&Key::tags(name)).await? {
+            let Ok(t) = Tag::parse(&tag) else { continue };
+            if let Some(v) = self.storage.record_get(&Key::tag(name, &t)).await? {
+                if let Ok(record) = decode::<ManifestRecord>(&v) {
+                    out.entry(record.digest).or_default().push(tag);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored size of a blob the repository links (0 when it is not linked).
+    pub async fn linked_blob_size(&self, name: &RepositoryName, digest: &Digest) -> Result<u64> {
+        Ok(match self.storage.record_get(&Key::blob_link(name, digest)).await? {
+            Some(v) => std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    /// Expires an image judged with `tags`: removes its tags, referrer entry, pull record and
+    /// link, regardless of `registry.delete_enabled` (a policy the owner set does it). Returns
+    /// false, removing nothing, when its tags changed since it was judged.
+    pub async fn expire_image(&self, name: &RepositoryName, digest: &Digest, tags: &[String]) -> Result<bool> {
+        let mut now: Vec<String> = self.tags_by_digest(name).await?.remove(digest).unwrap_or_default();
+        now.sort_unstable();
+        if now != tags || self.storage.record_get(&Key::manifest_link(name, digest)).await?.is_none() {
+            return Ok(false);
+        }
+        self.remove_manifest(name, digest).await?;
+        Ok(true)
+    }
+}
+
+impl Registry {
+    /// The repository's last lifecycle preview record (opaque to the registry), with its version.
+    pub async fn lifecycle_preview(
+        &self,
+        name: &RepositoryName,
+    ) -> Result<Option<(bytes::Bytes, crate::storage::Version)>> {
+        Ok(self.storage.record_get_versioned(&Key::lifecycle_preview(name)).await?)
+    }
+
+    /// Writes the preview record conditionally (`Conflict` when another writer got there first).
+    pub async fn put_lifecycle_preview(
+        &self,
+        name: &RepositoryName,
+        record: bytes::Bytes,
+        mode: crate::storage::PutMode,
+    ) -> Result<crate::storage::Version> {
+        Ok(self.storage.record_put_if(&Key::lifecycle_preview(name), record, mode).await?)
+    }
+}
