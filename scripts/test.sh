@@ -53,4 +53,4 @@ cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
 cargo test
 echo "== the API, client, gc, integrity, malformed-request and pull-through suites again, on S3 (moto)"
-FERRY_TEST_BACKEND=s3 cargo test --test it -- api:: clients:: gc:: integrity:: malformed:: pull_through::
+FERRY_TEST_BACKEND=s3 cargo test --test it -- api:: clients:: gc:: integrity:: lifecycle:: malformed:: pull_through::

@@ -409,12 +409,17 @@ pub async fn collect_garbage_with_clock(
     progress: &(dyn Fn(gc::Progress) + Sync),
 ) -> Result<gc::GcReport, StartError> {
     config.validate()?;
-    let storage = open_storage(config, None, true).await?;
+    // Metrics of this run alone, to count its S3 requests.
+    let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
+    let storage = open_storage(config, Some(metrics.clone()), true).await?;
     let uses = storage::uses::ContentUses::new(storage.clone(), clock.clone(), config.gc.grace.0);
     let collector = gc::Collector::new(storage.clone(), uses, clock.clone(), None, rule_prefixes(config));
     let failed = |e: gc::GcError| StartError::Gc(e.to_string());
+    let s3_requests = || requests_counted(&metrics);
     if dry_run {
-        return collector.collect(true, None, progress).await.map_err(failed);
+        let mut report = collector.collect(true, None, progress).await.map_err(failed)?;
+        report.s3_requests = s3_requests();
+        return Ok(report);
     }
     let owner = format!("ferry-gc-cli-{}", uuid::Uuid::new_v4());
     let mut lease = storage::lease::Lease::acquire(
@@ -428,7 +433,21 @@ pub async fn collect_garbage_with_clock(
     .map_err(|e| StartError::Gc(format!("cannot take the gc lease: {e}")))?;
     let result = collector.collect(false, Some(&mut lease), progress).await;
     let _ = lease.release(storage.as_ref()).await;
-    result.map_err(failed)
+    let mut report = result.map_err(failed)?;
+    report.s3_requests = s3_requests();
+    Ok(report)
+}
+
+/// S3 requests counted in `metrics`.
+// A count of requests is an integer far below 2^53, so the f64 the counter reports is exact.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn requests_counted(metrics: &metrics::Metrics) -> u64 {
+    let total: f64 = prometheus::core::Collector::collect(&metrics.s3.requests)
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().get_value())
+        .sum();
+    total as u64
 }
 
 /// Safe defaults: without access control, anyone who reaches Ferry may push and delete, so it

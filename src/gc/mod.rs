@@ -94,6 +94,9 @@ pub struct GcReport {
     pub finished_at: u64,
     /// How long it took (seconds).
     pub seconds: f64,
+    /// S3 requests the run made, lease included (0 on the filesystem; counted by `ferry gc`).
+    #[serde(default)]
+    pub s3_requests: u64,
 }
 
 /// Objects and bytes.

@@ -240,6 +240,8 @@ impl Registry {
                 record.digest
             ))));
         }
+        // Noted in memory only; a worker writes it (see `pulls`).
+        self.pulls.note(repo.name(), &record.digest, self.clock.now_ms());
         Ok(ManifestContent { record, bytes })
     }
 

@@ -30,7 +30,7 @@ async fn gc(config: &Config, grace: Duration) -> ferry::gc::GcReport {
 /// An image of `layers` plus a config unique to `tag`, pushed as docker does: a layer the
 /// repository already has (HEAD 200) is not sent again. The manifest PUT's status, the
 /// manifest's digest and every digest it references.
-async fn push(
+pub async fn push(
     client: &Client,
     base: &str,
     repo: &str,
@@ -44,13 +44,7 @@ async fn push(
         let d = digest(blob);
         let head = client.head(format!("{base}/v2/{repo}/blobs/{d}")).send().await.unwrap();
         if head.status() != StatusCode::OK {
-            let resp = client
-                .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
-                .body(blob.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
+            push_blob(client, base, repo, blob).await;
         }
         descriptors.push(
             serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": blob.len()}),

@@ -71,10 +71,15 @@ impl TestFerry {
     /// Stops this Ferry and starts a new one on the same storage (new ports, empty hot tier,
     /// nothing in memory carried over).
     pub async fn restart(&mut self) {
+        self.restart_with_clock(std::sync::Arc::new(ferry::clock::SystemClock)).await
+    }
+
+    /// [`Self::restart`] reading `clock`.
+    pub async fn restart_with_clock(&mut self, clock: ferry::clock::SharedClock) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
         }
-        let server = ferry::start(self.config.clone()).await.expect("ferry restarts");
+        let server = ferry::start_with_clock(self.config.clone(), clock).await.expect("ferry restarts");
         self.base = format!("http://{}", server.addr);
         self.admin = format!("http://{}", server.admin_addr);
         self.server = Some(server);

@@ -14,6 +14,7 @@ mod gc;
 mod harness;
 mod images;
 mod integrity;
+mod lifecycle;
 mod limits;
 mod malformed;
 mod mirrors;
