@@ -19,6 +19,7 @@ command -v wrk >/dev/null || packages+=(wrk)
 command -v htpasswd >/dev/null || packages+=(apache2-utils)
 command -v dockerd >/dev/null || packages+=(docker.io)
 command -v curl >/dev/null || packages+=(curl)
+[ -x /usr/bin/time ] || packages+=(time)
 command -v ip >/dev/null || packages+=(iproute2)
 command -v nsenter >/dev/null || packages+=(util-linux)
 if [ ${#packages[@]} -gt 0 ]; then

@@ -42,16 +42,22 @@ use crate::storage::uses::ContentUses;
 use crate::storage::{self, keys, Key, Storage};
 use bloom::Bloom;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use storage::StoredBlob;
 
 /// How long the collector's lease lasts between renewals.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
 
 /// Content listed per page in the sweep.
 const PAGE: usize = 1000;
+
+/// Removals (each a claim, a delete and a release) in flight at once: they wait on storage
+/// (an fsync, an S3 round trip), not on the CPU.
+const REMOVALS_AT_ONCE: usize = 32;
 
 /// Why a collection stopped.
 #[derive(Debug, thiserror::Error)]
@@ -213,19 +219,40 @@ impl Collector {
             let page = self.storage.blob_list(after.as_deref(), PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.digest.to_string());
+            let mut candidates: Vec<(StoredBlob, bool)> = Vec::new();
             for blob in page {
                 report.objects_scanned = report.objects_scanned.saturating_add(1);
-                let kind = if manifests.contains(&blob.digest) { "manifest" } else { "blob" };
+                let kind: &'static str = if manifests.contains(&blob.digest) { "manifest" } else { "blob" };
                 if live.contains(&blob.digest) {
                     report.stored.entry(kind.into()).or_default().add(blob.size);
-                    continue;
+                } else if blob.modified > young {
+                    report.kept_recent = report.kept_recent.saturating_add(1);
+                    report.stored.entry(kind.into()).or_default().add(blob.size);
+                } else {
+                    candidates.push((blob, kind == "manifest"));
                 }
-                let removable = blob.modified <= young
-                    && match dry_run {
-                        true => self.uses.unused(&blob.digest, self.uses.cutoff_ms(since)).await?,
-                        false => self.remove_content(&blob.digest, since, &mut lease).await?,
+            }
+            // The lease is checked once per page, before its removals: each removal is
+            // safe against writers by its own claim; the lease only keeps collectors apart.
+            if !dry_run && !candidates.is_empty() {
+                self.check(&mut lease).await?;
+            }
+            let cutoff = self.uses.cutoff_ms(since);
+            let outcomes: Vec<Result<(StoredBlob, bool, bool), GcError>> = futures_util::stream::iter(candidates)
+                .map(|(blob, is_manifest)| async move {
+                    let removed = match dry_run {
+                        true => self.uses.unused(&blob.digest, cutoff).await?,
+                        false => self.remove_content(&blob.digest, since).await?,
                     };
-                if removable {
+                    Ok((blob, is_manifest, removed))
+                })
+                .buffer_unordered(REMOVALS_AT_ONCE)
+                .collect()
+                .await;
+            for outcome in outcomes {
+                let (blob, is_manifest, removed) = outcome?;
+                let kind = if is_manifest { "manifest" } else { "blob" };
+                if removed {
                     report.objects_removed = report.objects_removed.saturating_add(1);
                     report.bytes_removed = report.bytes_removed.saturating_add(blob.size);
                 } else {
@@ -340,6 +367,7 @@ impl Collector {
                 None => unsure = true,
             }
         }
+        let mut dangling = Vec::new();
         for hex in self.storage.record_list(&Key::blob_links(name)).await? {
             let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else { continue };
             report.links_scanned = report.links_scanned.saturating_add(1);
@@ -347,12 +375,27 @@ impl Collector {
             if unsure || referenced.contains(&digest) {
                 live.insert(&digest);
                 linked_bytes = linked_bytes.saturating_add(self.link_size(&key).await?);
-                continue;
+            } else {
+                dangling.push((key, digest));
             }
-            let removed = match dry_run {
-                true => self.uses.unused(&digest, self.uses.cutoff_ms(since)).await?,
-                false => self.remove_link(&key, &digest, since, lease).await?,
-            };
+        }
+        if !dry_run && !dangling.is_empty() {
+            self.check(lease).await?;
+        }
+        let cutoff = self.uses.cutoff_ms(since);
+        let outcomes: Vec<Result<(Key, Digest, bool), GcError>> = futures_util::stream::iter(dangling)
+            .map(|(key, digest)| async move {
+                let removed = match dry_run {
+                    true => self.uses.unused(&digest, cutoff).await?,
+                    false => self.remove_link(&key, &digest, since).await?,
+                };
+                Ok((key, digest, removed))
+            })
+            .buffer_unordered(REMOVALS_AT_ONCE)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            let (key, digest, removed) = outcome?;
             if removed {
                 report.links_removed = report.links_removed.saturating_add(1);
             } else {
@@ -373,19 +416,10 @@ impl Collector {
     }
 
     /// Removes a dangling blob link under a claim on its digest; false when it is in use.
-    async fn remove_link(
-        &self,
-        key: &Key,
-        digest: &Digest,
-        since: u64,
-        lease: &mut Option<&mut Lease>,
-    ) -> Result<bool, GcError> {
+    async fn remove_link(&self, key: &Key, digest: &Digest, since: u64) -> Result<bool, GcError> {
         let Some(claim) = self.uses.claim(digest, self.uses.cutoff_ms(since)).await? else { return Ok(false) };
         let removed = match claim.is_fresh() {
-            true => match self.check(lease).await {
-                Ok(()) => self.storage.record_delete(key).await.map(|_| true).map_err(GcError::from),
-                Err(e) => Err(e),
-            },
+            true => self.storage.record_delete(key).await.map(|_| true).map_err(GcError::from),
             false => Ok(false),
         };
         self.uses.release(claim, false).await?;
@@ -393,20 +427,11 @@ impl Collector {
     }
 
     /// Removes content under a claim on its digest; false when it is in use.
-    async fn remove_content(
-        &self,
-        digest: &Digest,
-        since: u64,
-        lease: &mut Option<&mut Lease>,
-    ) -> Result<bool, GcError> {
+    async fn remove_content(&self, digest: &Digest, since: u64) -> Result<bool, GcError> {
         let Some(claim) = self.uses.claim(digest, self.uses.cutoff_ms(since)).await? else { return Ok(false) };
         if !claim.is_fresh() {
             self.uses.release(claim, false).await?;
             return Ok(false);
-        }
-        if let Err(e) = self.check(lease).await {
-            self.uses.release(claim, false).await?;
-            return Err(e);
         }
         self.storage.blob_delete(digest).await?;
         self.uses.release(claim, true).await?;
