@@ -1,7 +1,8 @@
 //! `cargo bench --bench gc`: garbage collection against the CNCF reference registry on the
 //! same content: `FERRY_BENCH_GC_BLOBS` small blobs (default 100,000) in 100 repositories,
 //! half of them referenced by manifests (two blobs each) and half never referenced. Ferry
-//! collects online (`ferry gc` beside a server that keeps answering pulls, which are counted);
+//! collects online (`ferry gc` beside a server that keeps answering 200 pulls a second, which
+//! are counted);
 //! docker-registry must be stopped for `docker-registry garbage-collect`. Reports the time
 //! ratio (peer seconds / Ferry seconds, higher is better for Ferry), Ferry's peak RSS (the
 //! `ferry gc` process, by `/usr/bin/time`), what each removed, and on S3 (moto, with
@@ -139,7 +140,11 @@ async fn compare(label: &str, n: usize, ferry_toml: &str, peer: Server) {
             (client.clone(), ferry.base.clone(), stop.clone(), served.clone(), failed.clone());
         async move {
             let mut k = 0usize;
+            // A steady 200 pulls a second: enough to show it serves throughout, not so many
+            // that the load generator takes the two cores from the collector.
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(5));
             while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
                 let url = format!("{base}/v2/bench/r{:03}/manifests/m{k}", k % REPOS);
                 match client.get(url).header("Accept", "application/vnd.oci.image.manifest.v1+json").send().await {
                     Ok(r) if r.status().is_success() => served.fetch_add(1, Ordering::Relaxed),
@@ -149,7 +154,17 @@ async fn compare(label: &str, n: usize, ferry_toml: &str, peer: Server) {
             }
         }
     });
-    let mut gc = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    // FERRY_BENCH_GC_WRAP (e.g. "perf record -g -o /tmp/gc.perf") runs the collector under a profiler.
+    let wrap = std::env::var("FERRY_BENCH_GC_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut gc = match words.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(words).arg(env!("CARGO_BIN_EXE_ferry"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_ferry")),
+    };
     gc.arg("gc").arg("--config").arg(&gc_config).env("FERRY_LOG_LEVEL", "warn");
     let (out, ferry_rss_kib, ferry_wall) = tokio::task::spawn_blocking(move || timed(gc)).await.unwrap();
     stop.store(true, Ordering::Relaxed);
@@ -171,7 +186,8 @@ async fn compare(label: &str, n: usize, ferry_toml: &str, peer: Server) {
 
     report(&format!("{label}_gc_{n}_blobs_time"), ferry_wall, peer_wall, false, "s");
     println!(
-        "{label}_gc_{n}_blobs ferry_removed={removed} ferry_links_removed={} ferry_peak_rss_mib={:.1} peer_peak_rss_mib={:.1} ferry_served_during_gc={} ferry_failed_during_gc={} peer_eligible_logged={peer_removed}",
+        "{label}_gc_{n}_blobs ferry_collect_seconds={:.2} ferry_removed={removed} ferry_links_removed={} ferry_peak_rss_mib={:.1} peer_peak_rss_mib={:.1} ferry_served_during_gc={} ferry_failed_during_gc={} peer_eligible_logged={peer_removed}",
+        summary["seconds"].as_f64().unwrap_or(0.0),
         summary["links_removed"],
         ferry_rss_kib as f64 / 1024.0,
         peer_rss_kib as f64 / 1024.0,

@@ -57,7 +57,7 @@ const PAGE: usize = 1000;
 
 /// Removals (each a claim, a delete and a release) in flight at once: they wait on storage
 /// (an fsync, an S3 round trip), not on the CPU.
-const REMOVALS_AT_ONCE: usize = 32;
+const REMOVALS_AT_ONCE: usize = 8;
 
 /// Why a collection stopped.
 #[derive(Debug, thiserror::Error)]

@@ -34,10 +34,12 @@ impl Key {
         Self("auth/token-key".into())
     }
 
-    /// `uses/<alg>/<hex>`: when the content was last used, or that a collector is removing it
-    /// (see [`super::uses`]).
+    /// `uses/<alg>/<2 hex>/<hex>`: when the content was last used, or that a collector is
+    /// removing it (see [`super::uses`]); fanned out as content is, so no one directory takes
+    /// every create and unlink.
     pub fn content_use(digest: &Digest) -> Self {
-        Self(format!("uses/{}/{}", digest.algorithm().as_str(), digest.hex()))
+        let hex = digest.hex();
+        Self(format!("uses/{}/{}/{hex}", digest.algorithm().as_str(), hex.get(..2).unwrap_or("00")))
     }
 
     /// `gc/usage`: what the last collection measured (stored bytes and objects), for every
@@ -55,6 +57,16 @@ impl Key {
     /// namespace prefix already checked against ECR's pattern).
     pub fn creation_template(encoded_prefix: &str) -> Self {
         Self(format!("templates/{encoded_prefix}"))
+    }
+
+    /// Whether losing this record's latest write in a power cut is safe, so the filesystem
+    /// store need not fsync it: use records (`uses/`). Content is still protected by its own
+    /// age; the worst a lost touch does is let a collection after the crash remove a blob link
+    /// uploaded just before it that no manifest names yet (the manifest PUT then gets
+    /// `MANIFEST_BLOB_UNKNOWN` and the client pushes the blob again); a lost claim belonged to
+    /// a collector that died with it (see [`super::uses`]).
+    pub fn is_volatile(&self) -> bool {
+        self.0.starts_with("uses/")
     }
 
     /// Whether this is a tag record (mutable, so cached only briefly).

@@ -1,7 +1,7 @@
 //! Content in use: the one protocol that lets the garbage collector delete content and links
 //! while pushes, mounts and pull-through fills go on, on every backend and across replicas.
 //!
-//! Each content digest D has a small *use record* (`uses/sha256/<hex>`). Every writer that is
+//! Each content digest D has a small *use record* (`uses/sha256/<2 hex>/<hex>`). Every writer that is
 //! about to store D, link D into a repository, or accept a manifest that references D first
 //! [`ContentUses::touch`]es D: it makes the record say "used now" unless it already says so
 //! within half the grace period. The collector removes D (or a link to D) only after
@@ -35,7 +35,7 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
 pub const CLAIM_LIMIT: Duration = Duration::from_secs(10);
 
 /// A use record.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct UseRecord {
     /// When the content was last used (milliseconds since the epoch, by the writer's clock).
     #[serde(default)]
@@ -222,8 +222,10 @@ impl ContentUses {
     /// (only a link was removed, or nothing) the record says again what it said before.
     pub async fn release(&self, claim: Claim, removed: bool) -> Result<()> {
         let key = Key::content_use(&claim.digest);
-        if removed && claim.is_fresh() {
-            // Still ours: no writer overwrites a tombstone this young.
+        // Still ours: no writer overwrites a tombstone this young. Gone content takes its
+        // record with it; so does a claim on a digest that had no record (same meaning, one
+        // write fewer).
+        if claim.is_fresh() && (removed || claim.previous == UseRecord::default()) {
             self.inner.storage.record_delete(&key).await?;
             return Ok(());
         }
