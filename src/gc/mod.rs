@@ -59,6 +59,9 @@ const PAGE: usize = 1000;
 /// (an fsync, an S3 round trip), not on the CPU.
 const REMOVALS_AT_ONCE: usize = 8;
 
+/// Manifests (and link sizes) read at once in the mark.
+const READS_AT_ONCE: usize = 16;
+
 /// Why a collection stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -336,27 +339,31 @@ impl Collector {
         // keep them all rather than guess.
         let mut unsure = false;
         let mut linked_bytes: u64 = 0;
-        for hex in self.storage.record_list(&Key::manifest_links(name)).await? {
-            let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else { continue };
+        let listed: Vec<Digest> = self
+            .storage
+            .record_list(&Key::manifest_links(name))
+            .await?
+            .iter()
+            .filter_map(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+            .collect();
+        // Read a few manifests at once (each a link and a small blob: waits on storage), and
+        // fold each into the mark as it arrives.
+        let mut reads = futures_util::stream::iter(listed)
+            .map(|digest| async move {
+                let read = self.read_manifest(name, &digest).await?;
+                Ok::<_, GcError>((digest, read))
+            })
+            .buffer_unordered(READS_AT_ONCE);
+        while let Some(read) = reads.next().await {
+            let (digest, read) = read?;
             report.manifests_scanned = report.manifests_scanned.saturating_add(1);
             live.insert(&digest);
             manifests.insert(&digest);
-            let link = self.storage.record_get(&Key::manifest_link(name, &digest)).await?;
-            let Some(link) = link.and_then(|b| serde_json::from_slice::<LinkedManifest>(&b).ok()) else {
+            let Some((size, parsed)) = read else {
                 unsure = true;
                 continue;
             };
-            linked_bytes = linked_bytes.saturating_add(link.size);
-            let parsed = match self.storage.blob_read_small(&digest).await {
-                Ok(bytes) => Manifest::parse(&bytes, Some(&link.media_type)).ok(),
-                // A pull-through manifest whose content was never stored, or was lost.
-                Err(storage::Error::NotFound) => None,
-                Err(e @ storage::Error::Corrupt(_)) => {
-                    tracing::warn!(repository = %name, %digest, error = %e, "gc: a manifest is corrupt; keeping its repository's blobs");
-                    None
-                }
-                Err(e) => return Err(e.into()),
-            };
+            linked_bytes = linked_bytes.saturating_add(size);
             match parsed {
                 Some(m) => {
                     for d in m.blobs.into_iter().chain(m.children) {
@@ -367,18 +374,25 @@ impl Collector {
                 None => unsure = true,
             }
         }
-        let mut dangling = Vec::new();
+        let (mut dangling, mut kept) = (Vec::new(), Vec::new());
         for hex in self.storage.record_list(&Key::blob_links(name)).await? {
             let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else { continue };
             report.links_scanned = report.links_scanned.saturating_add(1);
             let key = Key::blob_link(name, &digest);
             if unsure || referenced.contains(&digest) {
                 live.insert(&digest);
-                linked_bytes = linked_bytes.saturating_add(self.link_size(&key).await?);
+                kept.push(key);
             } else {
                 dangling.push((key, digest));
             }
         }
+        let mut sizes = futures_util::stream::iter(kept)
+            .map(|key| async move { self.link_size(&key).await })
+            .buffer_unordered(READS_AT_ONCE);
+        while let Some(size) = sizes.next().await {
+            linked_bytes = linked_bytes.saturating_add(size?);
+        }
+        drop(sizes);
         if !dry_run && !dangling.is_empty() {
             self.check(lease).await?;
         }
@@ -408,6 +422,31 @@ impl Collector {
             *total = total.saturating_add(linked_bytes);
         }
         Ok(())
+    }
+
+    /// A linked manifest's size and parsed content: `None` when its link is gone or does not
+    /// decode; no content when its bytes are missing or corrupt (the caller keeps every blob
+    /// of the repository then, rather than guess).
+    async fn read_manifest(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<(u64, Option<Manifest>)>, GcError> {
+        let link = self.storage.record_get(&Key::manifest_link(name, digest)).await?;
+        let Some(link) = link.and_then(|b| serde_json::from_slice::<LinkedManifest>(&b).ok()) else {
+            return Ok(None);
+        };
+        let parsed = match self.storage.blob_read_small(digest).await {
+            Ok(bytes) => Manifest::parse(&bytes, Some(&link.media_type)).ok(),
+            // A pull-through manifest whose content was never stored, or was lost.
+            Err(storage::Error::NotFound) => None,
+            Err(e @ storage::Error::Corrupt(_)) => {
+                tracing::warn!(repository = %name, %digest, error = %e, "gc: a manifest is corrupt; keeping its repository's blobs");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some((link.size, parsed)))
     }
 
     async fn link_size(&self, key: &Key) -> Result<u64, GcError> {

@@ -138,8 +138,18 @@ async fn deleting_images_frees_their_space_and_a_dry_run_frees_nothing() {
     })
     .await;
 
-    // Delete y too: one more collection and no content is left at all.
-    delete_manifest(&f.client, &f.base, "team/y", &y).await;
+    // Delete y's whole repository (ECR's DeleteRepository, forced): one more collection and
+    // no content is left at all.
+    let resp = f
+        .client
+        .post(f.url("/"))
+        .header("X-Amz-Target", "AmazonEC2ContainerRegistry_V20150921.DeleteRepository")
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .body(r#"{"repositoryName":"team/y","force":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.text().await);
     let report = gc(&f.config, Duration::ZERO).await;
     assert_eq!(report.objects_removed, 4, "{report:?}");
     assert!(stored_content(&f).await.is_empty(), "{:?}", stored_content(&f).await);

@@ -58,6 +58,11 @@ fn every_example_config_is_valid() {
         }
     }
     assert!(checked >= 3, "config/ holds the default and the examples");
+    for entry in std::fs::read_dir(dir.join("lifecycle")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        ferry::lifecycle::policy::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
