@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # certificates and the test token issuer's signatures), docker-registry (the CNCF reference
 # registry: upstream in the tests, peer in the benchmark), wrk (the benchmark's load generator),
 # apache2-utils (htpasswd: the bcrypt file of the peer's basic auth in the auth benchmark),
-# curl, iproute2 and util-linux (nsenter).
+# time (/usr/bin/time: peak RSS in the GC benchmark), curl, iproute2 and util-linux (nsenter).
 packages=()
 command -v skopeo >/dev/null || packages+=(skopeo)
 command -v podman >/dev/null || packages+=(podman)

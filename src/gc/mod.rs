@@ -213,6 +213,15 @@ impl Collector {
             self.mark_repository(name, since, dry_run, &mut lease, &mut live, &mut manifests, &mut report).await?;
             report.repositories = report.repositories.saturating_add(1);
             progress(Progress::Mark((i as u64).saturating_add(1), total));
+            if report.repositories.is_multiple_of(1000) {
+                tracing::info!(
+                    repositories = report.repositories,
+                    of = total,
+                    manifests = report.manifests_scanned,
+                    links_removed = report.links_removed,
+                    "gc: marking"
+                );
+            }
         }
 
         let young = self.clock.now().checked_sub(self.uses.grace()).unwrap_or(SystemTime::UNIX_EPOCH);
@@ -264,6 +273,9 @@ impl Collector {
                 }
             }
             progress(Progress::Sweep(report.objects_scanned));
+            if report.objects_scanned % 100_000 < PAGE as u64 {
+                tracing::info!(scanned = report.objects_scanned, removed = report.objects_removed, "gc: sweeping");
+            }
         }
 
         report.finished_at = self.clock.now_ms() / 1000;
