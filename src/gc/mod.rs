@@ -398,6 +398,12 @@ impl Collector {
                 dangling.push((key, digest));
             }
         }
+        // Linked bytes count only towards a pull-through rule's usage: other repositories'
+        // links are not read for their sizes.
+        let rule = self.rules.iter().find(|r| name.as_str().starts_with(&format!("{}/", r.prefix)));
+        if rule.is_none() {
+            kept.clear();
+        }
         let mut sizes = futures_util::stream::iter(kept)
             .map(|key| async move { self.link_size(&key).await })
             .buffer_unordered(READS_AT_ONCE);
@@ -426,10 +432,12 @@ impl Collector {
                 report.links_removed = report.links_removed.saturating_add(1);
             } else {
                 live.insert(&digest);
-                linked_bytes = linked_bytes.saturating_add(self.link_size(&key).await?);
+                if rule.is_some() {
+                    linked_bytes = linked_bytes.saturating_add(self.link_size(&key).await?);
+                }
             }
         }
-        if let Some(rule) = self.rules.iter().find(|r| name.as_str().starts_with(&format!("{}/", r.prefix))) {
+        if let Some(rule) = rule {
             let total = report.rules.entry(rule.label.clone()).or_default();
             *total = total.saturating_add(linked_bytes);
         }
