@@ -155,7 +155,8 @@ out['paged'] = [len(page['previewResults']), 'nextToken' in page]
 out['untagged_only'] = len(ecr.get_lifecycle_policy_preview(repositoryName='{repo}', filter={{'tagStatus': 'UNTAGGED'}})['previewResults'])
 out['null'] = error(lambda: ecr.put_lifecycle_policy(repositoryName='{repo}', lifecyclePolicyText=policy.replace('"description":"keep prod"', '"description":null')))
 out['no_rules'] = error(lambda: ecr.put_lifecycle_policy(repositoryName='{repo}', lifecyclePolicyText='{{"rules":[]}}' + ' ' * 90))
-out['any_first'] = error(lambda: ecr.put_lifecycle_policy(repositoryName='{repo}', lifecyclePolicyText=policy.replace('"rulePriority":3', '"rulePriority":0')))
+out['any_first'] = error(lambda: ecr.put_lifecycle_policy(repositoryName='{repo}', lifecyclePolicyText=policy.replace('"rulePriority":1,', '"rulePriority":4,')))
+out['zero'] = error(lambda: ecr.put_lifecycle_policy(repositoryName='{repo}', lifecyclePolicyText=policy.replace('"rulePriority":3', '"rulePriority":0')))
 out['missing_repo'] = error(lambda: ecr.get_lifecycle_policy(repositoryName='no/such'))
 print(json.dumps(out))
 "#,
@@ -195,7 +196,14 @@ print(json.dumps(out))
         v["no_rules"],
         serde_json::json!(["InvalidParameterException", "Invalid parameter at 'LifecyclePolicyText' failed to satisfy constraint: 'Lifecycle policy validation failure: array is too short: must have at least 1 elements but instance has 0 elements'"])
     );
-    assert_eq!(v["any_first"][0], "InvalidParameterException");
+    assert_eq!(
+        v["any_first"],
+        serde_json::json!(["InvalidParameterException", "Invalid parameter at 'LifecyclePolicyText' failed to satisfy constraint: 'Lifecycle policy validation failure: the rule with tagStatus any must have the highest rulePriority'"])
+    );
+    assert_eq!(
+        v["zero"],
+        serde_json::json!(["InvalidParameterException", "Invalid parameter at 'LifecyclePolicyText' failed to satisfy constraint: 'Lifecycle policy validation failure: numeric instance is lower than the required minimum (minimum: 1, found: 0)'"])
+    );
     assert_eq!(v["missing_repo"][0], "RepositoryNotFoundException");
 
     // The run expires exactly what the preview listed.
