@@ -7,6 +7,7 @@
 
 mod error;
 mod lifecycle;
+mod replication;
 mod repositories;
 mod templates;
 
@@ -94,6 +95,8 @@ pub enum Operation {
     StartLifecyclePolicyPreview(RepositoryName, Option<String>),
     /// `GetLifecyclePolicyPreview`.
     GetLifecyclePolicyPreview(RepositoryName, lifecycle::PreviewQuery),
+    /// `PutReplicationConfiguration` (validated).
+    PutReplicationConfiguration(crate::registry::replication::ReplicationConfiguration),
 }
 
 /// `maxResults` and `nextToken`.
@@ -196,6 +199,7 @@ impl Operation {
             Self::DeleteLifecyclePolicy(..) => "DeleteLifecyclePolicy",
             Self::StartLifecyclePolicyPreview(..) => "StartLifecyclePolicyPreview",
             Self::GetLifecyclePolicyPreview(..) => "GetLifecyclePolicyPreview",
+            Self::PutReplicationConfiguration(_) => "PutReplicationConfiguration",
         }
     }
 
@@ -235,6 +239,7 @@ impl Operation {
                 Ok(Self::GetAuthorizationToken)
             }
             "DescribeRegistry" => Ok(Self::DescribeRegistry),
+            "PutReplicationConfiguration" => Ok(Self::PutReplicationConfiguration(replication::parse(&input)?)),
             "CreateRepository" => {
                 let (name, settings) = repositories::parse_create(&input)?;
                 Ok(Self::CreateRepository(name, settings))
@@ -338,6 +343,7 @@ impl Operation {
             Self::DeleteLifecyclePolicy(n) => vec![Access::on(Action::DeleteLifecyclePolicy, n)],
             Self::StartLifecyclePolicyPreview(n, _) => vec![Access::on(Action::StartLifecyclePolicyPreview, n)],
             Self::GetLifecyclePolicyPreview(n, _) => vec![Access::on(Action::GetLifecyclePolicyPreview, n)],
+            Self::PutReplicationConfiguration(_) => vec![Access::registry(Action::PutReplicationConfiguration)],
         }
     }
 
@@ -350,9 +356,8 @@ impl Operation {
         };
         match self {
             Self::GetAuthorizationToken => Ok(authorization_token(ctx)),
-            Self::DescribeRegistry => {
-                Ok(json!({ "registryId": ctx.registry_id, "replicationConfiguration": { "rules": [] } }))
-            }
+            Self::DescribeRegistry => replication::describe_registry(ctx).await,
+            Self::PutReplicationConfiguration(config) => replication::put(ctx, config).await,
             Self::CreateRepository(name, settings) => {
                 let created = reg.create_repository(&name, settings).await?;
                 Ok(json!({ "repository": repositories::describe(ctx, &name, &created) }))

@@ -80,6 +80,8 @@ pub enum Action {
     StartLifecyclePolicyPreview,
     /// Reading a lifecycle policy preview.
     GetLifecyclePolicyPreview,
+    /// Setting the registry's replication configuration.
+    PutReplicationConfiguration,
 }
 
 impl Action {
@@ -117,6 +119,7 @@ impl Action {
             Self::DeleteLifecyclePolicy => "ecr:DeleteLifecyclePolicy",
             Self::StartLifecyclePolicyPreview => "ecr:StartLifecyclePolicyPreview",
             Self::GetLifecyclePolicyPreview => "ecr:GetLifecyclePolicyPreview",
+            Self::PutReplicationConfiguration => "ecr:PutReplicationConfiguration",
         }
     }
 

@@ -8,6 +8,7 @@ mod manifests;
 mod pull_through;
 pub mod pulls;
 pub mod purge;
+pub mod replication;
 pub mod repositories;
 pub mod templates;
 mod uploads;

@@ -48,6 +48,11 @@ impl Key {
         Self("gc/usage".into())
     }
 
+    /// `replication/config`: the registry's replication configuration.
+    pub fn replication_configuration() -> Self {
+        Self("replication/config".into())
+    }
+
     /// `templates`: the repository creation templates.
     pub fn creation_templates() -> Self {
         Self("templates".into())

@@ -712,3 +712,44 @@ print(json.dumps(out))
     // Without the template, new names under team-c are unknown again.
     assert_eq!(start_upload("team-c/other", CI_KEY, ci).await.0, 404);
 }
+
+/// The replication configuration through boto3: put with ECR's shape, described back by
+/// `DescribeRegistry` (also after a restart: it lives in storage), ECR's limits refused, and
+/// `ecr:PutReplicationConfiguration` needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_puts_and_describes_the_replication_configuration() {
+    let mut api = start().await;
+    let v = boto3(
+        &api,
+        r#"
+out = {}
+config = {'rules': [{'destinations': [{'region': 'eu-west-1', 'registryId': '123456789012'},
+                                      {'region': 'us-west-2', 'registryId': '210987654321'}],
+                     'repositoryFilters': [{'filter': 'team-a/', 'filterType': 'PREFIX_MATCH'}]}]}
+out['put'] = ci.put_replication_configuration(replicationConfiguration=config)['replicationConfiguration'] == config
+out['described'] = ci.describe_registry()['replicationConfiguration'] == config
+many = {'rules': [{'destinations': [{'region': 'eu-west-1', 'registryId': '123456789012'}]}] * 11}
+out['too_many_rules'] = error(lambda: ci.put_replication_configuration(replicationConfiguration=many))
+wide = {'rules': [{'destinations': [{'region': 'r%02d' % i, 'registryId': '123456789012'} for i in range(26)]}]}
+out['too_many_destinations'] = error(lambda: ci.put_replication_configuration(replicationConfiguration=wide))
+bad = {'rules': [{'destinations': [{'region': 'EU_WEST', 'registryId': '123456789012'}]}]}
+out['bad_region'] = error(lambda: ci.put_replication_configuration(replicationConfiguration=bad))
+deletes = {'rules': [{'destinations': [{'region': 'eu-west-1', 'registryId': '123456789012'}], 'deleteReplication': {'enabled': True}}]}
+out['deletes'] = error(lambda: ci.put_replication_configuration(replicationConfiguration=deletes))
+out['denied'] = error(lambda: nobody.put_replication_configuration(replicationConfiguration=config))
+print(json.dumps(out))
+"#,
+    );
+    assert_eq!(v["put"], true);
+    assert_eq!(v["described"], true);
+    for case in ["too_many_rules", "too_many_destinations", "bad_region", "deletes"] {
+        assert_eq!(v[case], "InvalidParameterException", "{case}");
+    }
+    assert_eq!(v["denied"], "AccessDeniedException");
+    api.f.restart().await;
+    let v = boto3(
+        &api,
+        "print(json.dumps(ci.describe_registry()['replicationConfiguration']['rules'][0]['repositoryFilters']))",
+    );
+    assert_eq!(v, serde_json::json!([{"filter": "team-a/", "filterType": "PREFIX_MATCH"}]));
+}
