@@ -7,6 +7,7 @@
 
 mod error;
 mod lifecycle;
+mod registry_policy;
 mod replication;
 mod repositories;
 mod templates;
@@ -97,6 +98,12 @@ pub enum Operation {
     GetLifecyclePolicyPreview(RepositoryName, lifecycle::PreviewQuery),
     /// `PutReplicationConfiguration` (validated).
     PutReplicationConfiguration(crate::registry::replication::ReplicationConfiguration),
+    /// `PutRegistryPolicy` (the text, checked).
+    PutRegistryPolicy(String),
+    /// `GetRegistryPolicy`.
+    GetRegistryPolicy,
+    /// `DeleteRegistryPolicy`.
+    DeleteRegistryPolicy,
 }
 
 /// `maxResults` and `nextToken`.
@@ -200,6 +207,9 @@ impl Operation {
             Self::StartLifecyclePolicyPreview(..) => "StartLifecyclePolicyPreview",
             Self::GetLifecyclePolicyPreview(..) => "GetLifecyclePolicyPreview",
             Self::PutReplicationConfiguration(_) => "PutReplicationConfiguration",
+            Self::PutRegistryPolicy(_) => "PutRegistryPolicy",
+            Self::GetRegistryPolicy => "GetRegistryPolicy",
+            Self::DeleteRegistryPolicy => "DeleteRegistryPolicy",
         }
     }
 
@@ -228,18 +238,13 @@ impl Operation {
         };
         match op {
             "GetAuthorizationToken" => {
-                if let Some(ids) = input.list("registryIds")? {
-                    if ids.is_empty() || ids.len() > 10 {
-                        return Err(ApiError::invalid("registryIds", "Member must have length between 1 and 10"));
-                    }
-                    for id in ids {
-                        registry_id_member(id, "registryIds")?;
-                    }
-                }
+                registry_ids(&input)?;
                 Ok(Self::GetAuthorizationToken)
             }
             "DescribeRegistry" => Ok(Self::DescribeRegistry),
-            "PutReplicationConfiguration" => Ok(Self::PutReplicationConfiguration(replication::parse(&input)?)),
+            "PutReplicationConfiguration" | "PutRegistryPolicy" | "GetRegistryPolicy" | "DeleteRegistryPolicy" => {
+                replication::parse_operation(op, &input)
+            }
             "CreateRepository" => {
                 let (name, settings) = repositories::parse_create(&input)?;
                 Ok(Self::CreateRepository(name, settings))
@@ -344,6 +349,9 @@ impl Operation {
             Self::StartLifecyclePolicyPreview(n, _) => vec![Access::on(Action::StartLifecyclePolicyPreview, n)],
             Self::GetLifecyclePolicyPreview(n, _) => vec![Access::on(Action::GetLifecyclePolicyPreview, n)],
             Self::PutReplicationConfiguration(_) => vec![Access::registry(Action::PutReplicationConfiguration)],
+            Self::PutRegistryPolicy(_) => vec![Access::registry(Action::PutRegistryPolicy)],
+            Self::GetRegistryPolicy => vec![Access::registry(Action::GetRegistryPolicy)],
+            Self::DeleteRegistryPolicy => vec![Access::registry(Action::DeleteRegistryPolicy)],
         }
     }
 
@@ -357,7 +365,10 @@ impl Operation {
         match self {
             Self::GetAuthorizationToken => Ok(authorization_token(ctx)),
             Self::DescribeRegistry => replication::describe_registry(ctx).await,
-            Self::PutReplicationConfiguration(config) => replication::put(ctx, config).await,
+            op @ (Self::PutReplicationConfiguration(_)
+            | Self::PutRegistryPolicy(_)
+            | Self::GetRegistryPolicy
+            | Self::DeleteRegistryPolicy) => replication::run(ctx, op).await,
             Self::CreateRepository(name, settings) => {
                 let created = reg.create_repository(&name, settings).await?;
                 Ok(json!({ "repository": repositories::describe(ctx, &name, &created) }))
@@ -428,15 +439,7 @@ impl Operation {
                 existing(&name).await?;
                 repositories::tag(ctx, &name, tags).await
             }
-            Self::UntagResource(name, keys) => {
-                existing(&name).await?;
-                reg.update_repository(&name, |s| {
-                    s.tags.retain(|t| !keys.contains(&t.key));
-                    Ok(())
-                })
-                .await?;
-                Ok(json!({}))
-            }
+            Self::UntagResource(name, keys) => untag(ctx, name, keys).await,
             Self::ListTagsForResource(name) => Ok(json!({ "tags": existing(&name).await?.tags })),
             Self::CreateRepositoryCreationTemplate(input) => templates::create(ctx, input).await,
             Self::DescribeRepositoryCreationTemplates(prefixes, page) => templates::list(ctx, prefixes, page).await,
@@ -449,6 +452,18 @@ impl Operation {
             | Self::GetLifecyclePolicyPreview(..)) => lifecycle::run(ctx, op).await,
         }
     }
+}
+
+/// `UntagResource`: removes the resource tags with these keys.
+async fn untag(ctx: &ApiContext<'_>, name: RepositoryName, keys: Vec<String>) -> Result<Value, ApiError> {
+    ctx.registry.repository_settings(&name).await?.ok_or_else(|| repositories::not_found(ctx, &name))?;
+    ctx.registry
+        .update_repository(&name, |s| {
+            s.tags.retain(|t| !keys.contains(&t.key));
+            Ok(())
+        })
+        .await?;
+    Ok(json!({}))
 }
 
 /// A registry password as `aws ecr get-login-password` expects it: base64 of `AWS:<token>`.
@@ -476,6 +491,19 @@ fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(ApiError::new("SerializationException", "the request body is not a JSON object")),
     }
+}
+
+/// `registryIds` of `GetAuthorizationToken`: 1 to 10 ids of 12 digits, when given.
+fn registry_ids(input: &Input) -> Result<(), ApiError> {
+    if let Some(ids) = input.list("registryIds")? {
+        if ids.is_empty() || ids.len() > 10 {
+            return Err(ApiError::invalid("registryIds", "Member must have length between 1 and 10"));
+        }
+        for id in ids {
+            registry_id_member(id, "registryIds")?;
+        }
+    }
+    Ok(())
 }
 
 /// A `registryId`: 12 digits.

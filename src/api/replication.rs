@@ -3,7 +3,7 @@
 //! rule when given, regions `[0-9a-z-]{2,25}`, registry ids of 12 digits. Ferry never
 //! replicates deletes, so `deleteReplication: {enabled: true}` is refused rather than ignored.
 
-use super::{ApiContext, ApiError, Input};
+use super::{registry_policy, ApiContext, ApiError, Input, Operation};
 use crate::registry::replication::{
     ReplicationConfiguration, ReplicationDestination, ReplicationRule, RepositoryFilter,
 };
@@ -23,6 +23,27 @@ fn invalid(member: &str, constraint: impl std::fmt::Display) -> ApiError {
 
 fn string<'a>(v: &'a Value, member: &str) -> Result<&'a str, ApiError> {
     v.get(member).and_then(Value::as_str).ok_or_else(|| invalid(member, "Member must not be null"))
+}
+
+/// Parses one of the registry-level replication operations.
+pub fn parse_operation(op: &str, input: &Input) -> Result<Operation, ApiError> {
+    Ok(match op {
+        "PutReplicationConfiguration" => Operation::PutReplicationConfiguration(parse(input)?),
+        "PutRegistryPolicy" => Operation::PutRegistryPolicy(registry_policy::parse(input)?),
+        "GetRegistryPolicy" => Operation::GetRegistryPolicy,
+        _ => Operation::DeleteRegistryPolicy,
+    })
+}
+
+/// Runs one of them.
+pub async fn run(ctx: &ApiContext<'_>, op: Operation) -> Result<Value, ApiError> {
+    match op {
+        Operation::PutReplicationConfiguration(config) => put(ctx, config).await,
+        Operation::PutRegistryPolicy(text) => registry_policy::put(ctx, text).await,
+        Operation::GetRegistryPolicy => registry_policy::get(ctx, false).await,
+        Operation::DeleteRegistryPolicy => registry_policy::get(ctx, true).await,
+        other => Err(ApiError::server(format!("{} is not a replication operation", other.name()))),
+    }
 }
 
 /// Reads `replicationConfiguration`.

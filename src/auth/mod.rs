@@ -82,6 +82,12 @@ pub enum Action {
     GetLifecyclePolicyPreview,
     /// Setting the registry's replication configuration.
     PutReplicationConfiguration,
+    /// Setting the registry policy.
+    PutRegistryPolicy,
+    /// Reading the registry policy.
+    GetRegistryPolicy,
+    /// Removing the registry policy.
+    DeleteRegistryPolicy,
 }
 
 impl Action {
@@ -120,6 +126,9 @@ impl Action {
             Self::StartLifecyclePolicyPreview => "ecr:StartLifecyclePolicyPreview",
             Self::GetLifecyclePolicyPreview => "ecr:GetLifecyclePolicyPreview",
             Self::PutReplicationConfiguration => "ecr:PutReplicationConfiguration",
+            Self::PutRegistryPolicy => "ecr:PutRegistryPolicy",
+            Self::GetRegistryPolicy => "ecr:GetRegistryPolicy",
+            Self::DeleteRegistryPolicy => "ecr:DeleteRegistryPolicy",
         }
     }
 

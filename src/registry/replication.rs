@@ -1,6 +1,7 @@
 //! The registry's replication configuration (ECR's `PutReplicationConfiguration` /
-//! `DescribeRegistry`): stored once in storage (`replication/config`), so every replica of the
-//! source reads the same rules. The workers that act on it come with the replication issue.
+//! `DescribeRegistry`) and its registry policy: each stored once in storage
+//! (`replication/config`, `replication/registry-policy`), so every replica reads the same. The
+//! workers that act on them come with the replication issue.
 
 use super::{Registry, Result};
 use crate::storage::Key;
@@ -46,6 +47,22 @@ pub struct ReplicationConfiguration {
 }
 
 impl Registry {
+    /// The registry policy's text, if one is set.
+    pub async fn registry_policy(&self) -> Result<Option<String>> {
+        Ok(self.storage.record_get(&Key::registry_policy()).await?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Sets (or, with `None`, removes) the registry policy (already validated).
+    pub async fn put_registry_policy(&self, text: Option<&str>) -> Result<()> {
+        match text {
+            Some(t) => self.storage.record_put(&Key::registry_policy(), Bytes::from(t.to_owned())).await?,
+            None => {
+                self.storage.record_delete(&Key::registry_policy()).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The stored replication configuration (no rules when none was put).
     pub async fn replication_configuration(&self) -> Result<ReplicationConfiguration> {
         match self.storage.record_get(&Key::replication_configuration()).await? {

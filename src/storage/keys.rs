@@ -53,6 +53,11 @@ impl Key {
         Self("replication/config".into())
     }
 
+    /// `replication/registry-policy`: the registry policy's text.
+    pub fn registry_policy() -> Self {
+        Self("replication/registry-policy".into())
+    }
+
     /// `templates`: the repository creation templates.
     pub fn creation_templates() -> Self {
         Self("templates".into())

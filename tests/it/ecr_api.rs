@@ -737,6 +737,18 @@ out['bad_region'] = error(lambda: ci.put_replication_configuration(replicationCo
 deletes = {'rules': [{'destinations': [{'region': 'eu-west-1', 'registryId': '123456789012'}], 'deleteReplication': {'enabled': True}}]}
 out['deletes'] = error(lambda: ci.put_replication_configuration(replicationConfiguration=deletes))
 out['denied'] = error(lambda: nobody.put_replication_configuration(replicationConfiguration=config))
+allow = json.dumps({'Version': '2012-10-17', 'Statement': [{'Effect': 'Allow', 'Principal': {'AWS': 'arn:aws:iam::210987654321:root'},
+                    'Action': ['ecr:ReplicateImage', 'ecr:CreateRepository'], 'Resource': 'arn:aws:ecr:us-east-1:123456789012:repository/*'}]})
+out['no_registry_policy'] = error(lambda: ci.get_registry_policy())
+out['registry_policy'] = ci.put_registry_policy(policyText=allow)['policyText'] == allow
+out['got_registry_policy'] = ci.get_registry_policy()['policyText'] == allow
+try:
+    ci.put_registry_policy(policyText=allow.replace('ecr:CreateRepository', 'ecr:PutImage'))
+    out['push_in_registry_policy'] = None
+except botocore.exceptions.ClientError as e:
+    out['push_in_registry_policy'] = e.response['Error']['Message']
+out['deleted_registry_policy'] = ci.delete_registry_policy()['policyText'] == allow
+out['registry_policy_gone'] = error(lambda: ci.delete_registry_policy())
 print(json.dumps(out))
 "#,
     );
@@ -746,6 +758,18 @@ print(json.dumps(out))
         assert_eq!(v[case], "InvalidParameterException", "{case}");
     }
     assert_eq!(v["denied"], "AccessDeniedException");
+    // A registry policy may grant only ECR's replication and pull-through actions.
+    assert_eq!(v["no_registry_policy"], "RegistryPolicyNotFoundException");
+    assert_eq!(
+        (&v["registry_policy"], &v["got_registry_policy"]),
+        (&serde_json::json!(true), &serde_json::json!(true))
+    );
+    assert_eq!(
+        v["push_in_registry_policy"],
+        "Invalid parameter at 'PolicyText' failed to satisfy constraint: 'Invalid registry policy provided'"
+    );
+    assert_eq!(v["deleted_registry_policy"], true);
+    assert_eq!(v["registry_policy_gone"], "RegistryPolicyNotFoundException");
     api.f.restart().await;
     let v = boto3(
         &api,
