@@ -50,13 +50,9 @@ fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
 /// [`write_atomic`], with the fsyncs only when `durable`: records whose loss in a power cut is
 /// safe ([`Key::is_volatile`]) skip them, which is most of a collection's cost on a disk.
 fn write_renamed(tmp_dir: &Path, dest: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    // A volatile record's temporary file sits beside it (nothing lists those directories), so
-    // its rename locks one directory instead of two, and writers do not all meet in `tmp/`.
-    let name = format!(".tmp-{}", uuid::Uuid::new_v4());
-    let tmp = match dest.parent() {
-        Some(dir) if !durable => dir.join(name),
-        _ => tmp_dir.join(name),
-    };
+    // Always under `tmp/`, which start-up empties: a process killed between the create and the
+    // rename leaves nothing anywhere else.
+    let tmp = tmp_dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
     let result = (|| {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
