@@ -113,7 +113,9 @@ async fn in_flight_limit_answers_429() {
 #[tokio::test]
 async fn abandoned_uploads_are_purged() {
     let f = TestFerry::start_with(|c| {
-        c.registry.upload_max_idle = ferry::config::HumanDuration(Duration::from_millis(1));
+        // Not 1 ms: that purged sessions while their first fsync was still running, so the
+        // POST itself failed (a session younger than the idle time is never purged).
+        c.registry.upload_max_idle = ferry::config::HumanDuration(Duration::from_millis(300));
         c.registry.upload_purge_interval = ferry::config::HumanDuration(Duration::from_millis(20));
     })
     .await;
