@@ -15,7 +15,7 @@ mod common;
 
 use common::*;
 use futures_util::StreamExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -213,27 +213,7 @@ async fn main() {
         compare("fs", count("FERRY_BENCH_GC_BLOBS", 100_000), "", start_peer()).await;
     }
     if part.is_empty() || part == "s3" {
-        let venv = std::env::var("FERRY_TEST_VENV").unwrap_or_else(|_| "/var/tmp/ferry-venv".into());
-        let port = free_port();
-        let mut moto = Command::new(format!("{venv}/bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto runs (scripts/test.sh installs it into FERRY_TEST_VENV)");
-        wait_until_listening(port);
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let conf = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&endpoint)
-            .force_path_style(true)
-            .credentials_provider(aws_sdk_s3::config::Credentials::new("bench", "benchsecret", None, None, "bench"))
-            .build();
-        let sdk = aws_sdk_s3::Client::from_conf(conf);
-        for b in ["ferry", "peer"] {
-            sdk.create_bucket().bucket(b).send().await.unwrap();
-        }
+        let (mut moto, endpoint) = start_moto(&["ferry", "peer"]).await;
         let ferry_toml = format!(
             "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"ferry\"\nendpoint = \"{endpoint}\"\nforce_path_style = true\naccess_key_id = \"bench\"\nsecret_access_key = \"benchsecret\"\n"
         );

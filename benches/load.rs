@@ -13,7 +13,7 @@ use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
 use sha2::Digest as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const GIB: usize = 1 << 30;
@@ -319,27 +319,7 @@ async fn seed_manifest(client: &reqwest::Client, base: &str) {
 /// resumes uploads with `ListMultipartUploads`, which s3s-fs 0.14 answers 501 NotImplemented.
 async fn on_s3(client: &reqwest::Client) {
     const SIZE: usize = 256 << 20;
-    let venv = std::env::var("FERRY_TEST_VENV").unwrap_or_else(|_| "/var/tmp/ferry-venv".into());
-    let port = free_port();
-    let mut s3 = Command::new(format!("{venv}/bin/moto_server"))
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto runs (scripts/test.sh installs it into FERRY_TEST_VENV)");
-    wait_until_listening(port);
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .force_path_style(true)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new("bench", "benchsecret", None, None, "bench"))
-        .build();
-    let sdk = aws_sdk_s3::Client::from_conf(conf);
-    for b in ["ferry-hot", "ferry-cold", "peer"] {
-        sdk.create_bucket().bucket(b).send().await.unwrap();
-    }
+    let (mut s3, endpoint) = start_moto(&["ferry-hot", "ferry-cold", "peer"]).await;
     let ferry_toml = |bucket: &str, hot: &str| {
         format!(
             "[storage]\nbackend = \"s3\"\n[storage.s3]\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\nforce_path_style = true\naccess_key_id = \"bench\"\nsecret_access_key = \"benchsecret\"\n[hot_tier]\nmax_bytes = \"{hot}\"\n"

@@ -332,16 +332,7 @@ fn lifecycle_command(config: Option<PathBuf>, repository: Option<String>, dry_ru
         }
     };
     let clock = std::sync::Arc::new(ferry::clock::SystemClock);
-    match runtime.block_on(ferry::run_lifecycle(&c, repository.as_ref(), dry_run, clock)) {
-        Ok(report) => {
-            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ferry: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    print_report(runtime.block_on(ferry::run_lifecycle(&c, repository.as_ref(), dry_run, clock)))
 }
 
 fn usage_command(config: Option<PathBuf>, json: bool) -> ExitCode {
@@ -437,6 +428,11 @@ fn gc_command(config: Option<PathBuf>, dry_run: bool) -> ExitCode {
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
+    print_report(result)
+}
+
+/// Prints a one-shot command's report as JSON, or its error.
+fn print_report<T: serde::Serialize>(result: Result<T, ferry::StartError>) -> ExitCode {
     match result {
         Ok(report) => {
             println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());

@@ -93,6 +93,33 @@ pub fn start_peer_on(driver: &str, extra: &str) -> Server {
     Server { name: "docker-registry", base: format!("http://127.0.0.1:{port}"), admin: String::new(), child, dir }
 }
 
+/// A moto S3 server on a free loopback port with `buckets` created (credentials `bench` /
+/// `benchsecret`): the process (kill it when done) and its endpoint.
+pub async fn start_moto(buckets: &[&str]) -> (std::process::Child, String) {
+    let venv = std::env::var("FERRY_TEST_VENV").unwrap_or_else(|_| "/var/tmp/ferry-venv".into());
+    let port = free_port();
+    let moto = Command::new(format!("{venv}/bin/moto_server"))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto runs (scripts/test.sh installs it into FERRY_TEST_VENV)");
+    wait_until_listening(port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new("bench", "benchsecret", None, None, "bench"))
+        .build();
+    let sdk = aws_sdk_s3::Client::from_conf(conf);
+    for b in buckets {
+        sdk.create_bucket().bucket(*b).send().await.unwrap();
+    }
+    (moto, endpoint)
+}
+
 pub fn digest(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
 }

@@ -298,8 +298,14 @@ nobody = client('{nobody_key}', '{nobody_secret}')
         nobody_key = NOBODY_KEY,
         nobody_secret = api.nobody_secret,
     );
+    python_json(&script)
+}
+
+/// Runs a Python script in the test venv with no AWS profile or CA bundle from the machine,
+/// returning the JSON it prints.
+pub fn python_json(script: &str) -> serde_json::Value {
     let out = Command::new(format!("{}/bin/python", venv()))
-        .args(["-c", &script])
+        .args(["-c", script])
         .env_remove("AWS_CA_BUNDLE")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")

@@ -6,14 +6,13 @@
 //! recently pulled images, its stored bytes end under the limit after a collection, and an
 //! evicted image is fetched again from the upstream.
 
-use crate::ecr_api::venv;
+use crate::ecr_api::python_json;
 use crate::harness::*;
 use crate::upstream::RealUpstream;
 use ferry::clock::{ManualClock, SharedClock};
 use ferry::config::{ByteSize, Config, HumanDuration, PullThroughRule};
 use reqwest::StatusCode;
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,15 +35,7 @@ def error(call):
 {body}
 "#
     );
-    let out = Command::new(format!("{}/bin/python", venv()))
-        .args(["-c", &script])
-        .env_remove("AWS_CA_BUNDLE")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    python_json(&script)
 }
 
 /// Pushes an image (a config naming `name` and one layer) under `reference` (a tag, or its
