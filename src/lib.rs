@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod oci;
 pub mod proxy;
 pub mod registry;
+pub mod replication;
 pub mod storage;
 pub mod worker;
 
@@ -301,6 +302,21 @@ fn spawn_workers(
             uuid::Uuid::new_v4().to_string(),
         );
         tasks.push(tokio::spawn(worker::run(Box::new(worker), metrics.clone(), shutdown_rx.clone())));
+    }
+    if config.replication.enabled {
+        match replication::destinations(&config.replication, &config.auth.registry_id) {
+            Ok(destinations) => {
+                let worker = replication::ReplicationWorker::new(
+                    registry.clone(),
+                    Arc::new(destinations),
+                    replication::Pace::from_config(&config.replication),
+                    uuid::Uuid::new_v4().to_string(),
+                    metrics.clone(),
+                );
+                tasks.push(tokio::spawn(worker::run(Box::new(worker), metrics.clone(), shutdown_rx.clone())));
+            }
+            Err(e) => tracing::error!(error = %e, "replication workers not started"),
+        }
     }
     let purge = registry::purge::UploadPurge::new(
         registry,

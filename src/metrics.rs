@@ -276,6 +276,79 @@ impl WorkerMetrics {
     }
 }
 
+/// Replication to other registries. The destination label is `<registry id>/<region>`: a
+/// configuration has at most 25.
+pub struct ReplicationMetrics {
+    /// `ferry_replication_events_pending{destination}`: events not yet `COMPLETE` or `FAILED`
+    /// there, as this replica last counted them.
+    pub pending: IntGaugeVec,
+    /// `ferry_replication_oldest_pending_seconds{destination}`: the age of the oldest of them
+    /// (the replication lag).
+    pub oldest_pending: GaugeVec,
+    /// `ferry_replication_bytes_total{destination}`: blob bytes sent (mounted and skipped blobs
+    /// send none).
+    pub bytes: IntCounterVec,
+    /// `ferry_replication_images_total{destination}`: images that reached `COMPLETE`.
+    pub images: IntCounterVec,
+    /// `ferry_replication_blobs_total{destination,how}`: blobs by how they got there (present,
+    /// mounted, uploaded).
+    pub blobs: IntCounterVec,
+    /// `ferry_replication_failures_total{destination,code}`: failed attempts, retried or not.
+    pub failures: IntCounterVec,
+    /// `ferry_replication_copy_duration_seconds{destination}`: one image's copy, per attempt.
+    pub copy_duration: HistogramVec,
+}
+
+impl ReplicationMetrics {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            pending: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("ferry_replication_events_pending", "Replication events pending by destination"),
+                    &["destination"],
+                )?,
+            )?,
+            oldest_pending: reg(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "ferry_replication_oldest_pending_seconds",
+                        "Age of the oldest pending replication event by destination (the lag)",
+                    ),
+                    &["destination"],
+                )?,
+            )?,
+            bytes: counters(r, "ferry_replication_bytes_total", "Blob bytes sent to destinations", &["destination"])?,
+            images: counters(
+                r,
+                "ferry_replication_images_total",
+                "Images replicated to each destination",
+                &["destination"],
+            )?,
+            blobs: counters(
+                r,
+                "ferry_replication_blobs_total",
+                "Blobs replicated by how they reached the destination",
+                &["destination", "how"],
+            )?,
+            failures: counters(
+                r,
+                "ferry_replication_failures_total",
+                "Failed replication attempts by destination and failure code",
+                &["destination", "code"],
+            )?,
+            copy_duration: histograms(
+                r,
+                "ferry_replication_copy_duration_seconds",
+                "Time to copy one image to one destination",
+                &["destination"],
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0],
+            )?,
+        })
+    }
+}
+
 /// Lifecycle policies and cache eviction.
 pub struct LifecycleMetrics {
     /// `ferry_lifecycle_runs_total{result}`: rounds (done, skipped: another replica held the lease, error).
@@ -393,6 +466,8 @@ pub struct Metrics {
     pub gc: GcMetrics,
     /// Lifecycle policies and cache eviction.
     pub lifecycle: LifecycleMetrics,
+    /// Replication.
+    pub replication: ReplicationMetrics,
 }
 
 impl Metrics {
@@ -408,6 +483,7 @@ impl Metrics {
             auth: AuthMetrics::register(&registry)?,
             gc: GcMetrics::register(&registry)?,
             lifecycle: LifecycleMetrics::register(&registry)?,
+            replication: ReplicationMetrics::register(&registry)?,
             registry,
         })
     }

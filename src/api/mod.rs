@@ -104,6 +104,8 @@ pub enum Operation {
     GetRegistryPolicy,
     /// `DeleteRegistryPolicy`.
     DeleteRegistryPolicy,
+    /// `DescribeImageReplicationStatus`: a repository and an image's digest or tag.
+    DescribeImageReplicationStatus(RepositoryName, replication::ImageId),
 }
 
 /// `maxResults` and `nextToken`.
@@ -210,6 +212,7 @@ impl Operation {
             Self::PutRegistryPolicy(_) => "PutRegistryPolicy",
             Self::GetRegistryPolicy => "GetRegistryPolicy",
             Self::DeleteRegistryPolicy => "DeleteRegistryPolicy",
+            Self::DescribeImageReplicationStatus(..) => "DescribeImageReplicationStatus",
         }
     }
 
@@ -242,9 +245,11 @@ impl Operation {
                 Ok(Self::GetAuthorizationToken)
             }
             "DescribeRegistry" => Ok(Self::DescribeRegistry),
-            "PutReplicationConfiguration" | "PutRegistryPolicy" | "GetRegistryPolicy" | "DeleteRegistryPolicy" => {
-                replication::parse_operation(op, &input)
-            }
+            "PutReplicationConfiguration"
+            | "PutRegistryPolicy"
+            | "GetRegistryPolicy"
+            | "DeleteRegistryPolicy"
+            | "DescribeImageReplicationStatus" => replication::parse_operation(op, &input),
             "CreateRepository" => {
                 let (name, settings) = repositories::parse_create(&input)?;
                 Ok(Self::CreateRepository(name, settings))
@@ -352,6 +357,7 @@ impl Operation {
             Self::PutRegistryPolicy(_) => vec![Access::registry(Action::PutRegistryPolicy)],
             Self::GetRegistryPolicy => vec![Access::registry(Action::GetRegistryPolicy)],
             Self::DeleteRegistryPolicy => vec![Access::registry(Action::DeleteRegistryPolicy)],
+            Self::DescribeImageReplicationStatus(n, _) => vec![Access::on(Action::DescribeImageReplicationStatus, n)],
         }
     }
 
@@ -368,7 +374,8 @@ impl Operation {
             op @ (Self::PutReplicationConfiguration(_)
             | Self::PutRegistryPolicy(_)
             | Self::GetRegistryPolicy
-            | Self::DeleteRegistryPolicy) => replication::run(ctx, op).await,
+            | Self::DeleteRegistryPolicy
+            | Self::DescribeImageReplicationStatus(..)) => replication::run(ctx, op).await,
             Self::CreateRepository(name, settings) => {
                 let created = reg.create_repository(&name, settings).await?;
                 Ok(json!({ "repository": repositories::describe(ctx, &name, &created) }))

@@ -4,9 +4,11 @@
 //! replicates deletes, so `deleteReplication: {enabled: true}` is refused rather than ignored.
 
 use super::{registry_policy, ApiContext, ApiError, Input, Operation};
+use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::registry::replication::{
     ReplicationConfiguration, ReplicationDestination, ReplicationRule, RepositoryFilter,
 };
+use crate::registry::Repo;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -31,6 +33,10 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<Operation, ApiError> {
         "PutReplicationConfiguration" => Operation::PutReplicationConfiguration(parse(input)?),
         "PutRegistryPolicy" => Operation::PutRegistryPolicy(registry_policy::parse(input)?),
         "GetRegistryPolicy" => Operation::GetRegistryPolicy,
+        "DescribeImageReplicationStatus" => {
+            let name = super::repositories::repository_name(input, "repositoryName")?;
+            Operation::DescribeImageReplicationStatus(name, ImageId::parse(input)?)
+        }
         _ => Operation::DeleteRegistryPolicy,
     })
 }
@@ -42,8 +48,93 @@ pub async fn run(ctx: &ApiContext<'_>, op: Operation) -> Result<Value, ApiError>
         Operation::PutRegistryPolicy(text) => registry_policy::put(ctx, text).await,
         Operation::GetRegistryPolicy => registry_policy::get(ctx, false).await,
         Operation::DeleteRegistryPolicy => registry_policy::get(ctx, true).await,
+        Operation::DescribeImageReplicationStatus(name, image) => image_status(ctx, &name, &image).await,
         other => Err(ApiError::server(format!("{} is not a replication operation", other.name()))),
     }
+}
+
+/// An `imageId`: a digest, a tag, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageId {
+    /// `imageDigest`.
+    pub digest: Option<String>,
+    /// `imageTag`.
+    pub tag: Option<String>,
+}
+
+impl ImageId {
+    fn parse(input: &Input) -> Result<Self, ApiError> {
+        let id = input.get("imageId").ok_or_else(|| invalid("imageId", "Member must not be null"))?;
+        let digest = id.get("imageDigest").and_then(Value::as_str).map(str::to_owned);
+        let tag = id.get("imageTag").and_then(Value::as_str).map(str::to_owned);
+        if digest.is_none() && tag.is_none() {
+            return Err(invalid("imageId", "an image id needs an imageDigest or an imageTag"));
+        }
+        if tag.as_ref().is_some_and(|t| t.is_empty() || t.len() > 300) {
+            return Err(invalid("imageTag", "Member must have length between 1 and 300"));
+        }
+        Ok(Self { digest, tag })
+    }
+
+    fn json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        if let Some(d) = &self.digest {
+            out.insert("imageDigest".into(), json!(d));
+        }
+        if let Some(t) = &self.tag {
+            out.insert("imageTag".into(), json!(t));
+        }
+        Value::Object(out)
+    }
+}
+
+/// `DescribeImageReplicationStatus`: the image's status at each destination it was recorded
+/// for (none when it was pushed before replication was configured).
+async fn image_status(ctx: &ApiContext<'_>, name: &RepositoryName, image: &ImageId) -> Result<Value, ApiError> {
+    let registry = ctx.registry;
+    if registry.repository_settings(name).await?.is_none() {
+        return Err(super::repositories::not_found(ctx, name));
+    }
+    let not_found = || {
+        ApiError::new(
+            "ImageNotFoundException",
+            format!(
+                "The image with imageId {{imageDigest:'{}', imageTag:'{}'}} does not exist within the repository with name '{name}' in the registry with id '{}'",
+                image.digest.as_deref().unwrap_or("null"),
+                image.tag.as_deref().unwrap_or("null"),
+                ctx.registry_id
+            ),
+        )
+    };
+    let local = Repo::Local(name.clone());
+    let by_tag = match &image.tag {
+        Some(t) => {
+            let tag = Tag::parse(t).map_err(|_| not_found())?;
+            match registry.manifest_record(&local, &Reference::Tag(tag)).await {
+                Ok(r) => Some(r.digest),
+                Err(crate::registry::Error::ManifestUnknown(_) | crate::registry::Error::NameUnknown(_)) => {
+                    return Err(not_found())
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => None,
+    };
+    let digest = match (&image.digest, by_tag) {
+        (Some(d), tagged) => {
+            let d = Digest::parse(d).map_err(|_| invalid("imageDigest", "Invalid parameter at 'imageDigest'"))?;
+            if tagged.is_some_and(|t| t != d) || !registry.holds_manifest(name, &d).await? {
+                return Err(not_found());
+            }
+            d
+        }
+        (None, Some(t)) => t,
+        (None, None) => return Err(not_found()),
+    };
+    let statuses = registry.replication_status(name, &digest).await?;
+    let mut id = image.clone();
+    id.digest = Some(digest.to_string());
+    Ok(json!({ "repositoryName": name.as_str(), "imageId": id.json(), "replicationStatuses": statuses }))
 }
 
 /// Reads `replicationConfiguration`.

@@ -88,6 +88,11 @@ pub enum Action {
     GetRegistryPolicy,
     /// Removing the registry policy.
     DeleteRegistryPolicy,
+    /// Reading an image's replication status.
+    DescribeImageReplicationStatus,
+    /// Pushing an image as another registry's replication (a permission, not an operation):
+    /// what a replicating registry needs at its destination, in place of the push actions.
+    ReplicateImage,
 }
 
 impl Action {
@@ -129,6 +134,24 @@ impl Action {
             Self::PutRegistryPolicy => "ecr:PutRegistryPolicy",
             Self::GetRegistryPolicy => "ecr:GetRegistryPolicy",
             Self::DeleteRegistryPolicy => "ecr:DeleteRegistryPolicy",
+            Self::DescribeImageReplicationStatus => "ecr:DescribeImageReplicationStatus",
+            Self::ReplicateImage => "ecr:ReplicateImage",
+        }
+    }
+
+    /// What the action becomes when another registry replicates into this one: every action
+    /// of a push (and the reads a push makes to skip what is there) is `ecr:ReplicateImage`;
+    /// anything else stays itself (a registry policy cannot grant it, so a replicator cannot
+    /// delete or list).
+    pub fn as_replication(self) -> Self {
+        match self {
+            Self::BatchGetImage
+            | Self::BatchCheckLayerAvailability
+            | Self::InitiateLayerUpload
+            | Self::UploadLayerPart
+            | Self::CompleteLayerUpload
+            | Self::PutImage => Self::ReplicateImage,
+            other => other,
         }
     }
 
@@ -142,6 +165,7 @@ impl Action {
                 | Self::CompleteLayerUpload
                 | Self::PutImage
                 | Self::BatchDeleteImage
+                | Self::ReplicateImage
         )
     }
 }

@@ -9,6 +9,7 @@ mod lifecycle;
 mod log;
 mod pull_through;
 mod registry;
+mod replication;
 mod secret;
 mod server;
 mod storage;
@@ -20,6 +21,7 @@ pub use lifecycle::LifecycleConfig;
 pub use log::{log_filter_is_valid, LogConfig, LogFormat};
 pub use pull_through::PullThroughRule;
 pub use registry::RegistryConfig;
+pub use replication::{ReplicationConfig, ReplicationTarget};
 pub use secret::{resolve as resolve_secret, Secret};
 pub use server::{ServerConfig, TlsConfig};
 pub use storage::{Backend, HotTierConfig, S3Config, StorageConfig};
@@ -76,6 +78,8 @@ pub struct Config {
     pub gc: GcConfig,
     /// Lifecycle policies and pull-through cache limits.
     pub lifecycle: LifecycleConfig,
+    /// Where replication destinations are, and the workers' pace.
+    pub replication: ReplicationConfig,
 }
 
 impl Config {
@@ -118,6 +122,7 @@ impl Config {
         self.auth.validate()?;
         self.gc.validate()?;
         self.lifecycle.validate()?;
+        self.replication.validate()?;
         self.log.validate()
     }
 

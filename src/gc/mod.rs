@@ -649,7 +649,16 @@ mod tests {
         registry.upload_monolithic(&name, &config, body(b"{}")).await.unwrap();
         registry.upload_monolithic(&name, &layer_digest, body(b"layer")).await.unwrap();
         let tag = |t: &str| Reference::Tag(Tag::parse(t).unwrap());
-        let first = registry.manifest_put(&name, &tag("v1"), None, manifest(&config, &layer_digest, 1)).await.unwrap();
+        let first = registry
+            .manifest_put(
+                &name,
+                &tag("v1"),
+                None,
+                manifest(&config, &layer_digest, 1),
+                crate::registry::PushOrigin::Client,
+            )
+            .await
+            .unwrap();
         registry.manifest_delete(&name, &Reference::Digest(first.digest)).await.unwrap();
         // The layer's link is now dangling, and nobody has used it for longer than the grace.
         clock.advance(grace * 2);
@@ -659,7 +668,15 @@ mod tests {
             let registry = registry.clone();
             let (name, config, layer_digest) = (name.clone(), config.clone(), layer_digest.clone());
             tokio::spawn(async move {
-                registry.manifest_put(&name, &tag("v2"), None, manifest(&config, &layer_digest, 2)).await
+                registry
+                    .manifest_put(
+                        &name,
+                        &tag("v2"),
+                        None,
+                        manifest(&config, &layer_digest, 2),
+                        crate::registry::PushOrigin::Client,
+                    )
+                    .await
             })
         };
         storage.paused.notified().await;

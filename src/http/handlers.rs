@@ -273,7 +273,12 @@ async fn manifest_put(app: &App, name: &RepositoryName, reference: &Reference, i
     let content_type = input.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let declared = input.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let bytes = read_limited(input.body(), MAX_MANIFEST_BYTES, declared).await?;
-    let stored = app.registry.manifest_put(name, reference, content_type.as_deref(), bytes).await?;
+    let origin = if super::is_replication(&input.headers) {
+        crate::registry::PushOrigin::Replication
+    } else {
+        crate::registry::PushOrigin::Client
+    };
+    let stored = app.registry.manifest_put(name, reference, content_type.as_deref(), bytes, origin).await?;
     let mut b = Response::builder()
         .status(StatusCode::CREATED)
         .header(LOCATION, format!("/v2/{name}/manifests/{}", stored.digest))

@@ -295,6 +295,30 @@ pub async fn repository_policies(
     Ok(out)
 }
 
+/// Whether a request is another registry's replication (it says `Ferry-Replication`): its push
+/// actions are decided as `ecr:ReplicateImage` by the registry policy (and the caller's identity
+/// policies), a repository it creates takes the `REPLICATION` template, and what it pushes is
+/// never replicated on. The header only ever narrows what is allowed to what the registry
+/// policy grants, so a client that sends it gains nothing.
+pub fn is_replication(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(crate::replication::destination::REPLICATION_HEADER)
+}
+
+/// The registry policy standing in for each repository's policy: what a replication is decided by.
+async fn registry_policy_for(
+    app: &App,
+    accesses: &[crate::auth::Access],
+) -> Result<RepositoryPolicies, crate::registry::Error> {
+    let mut out = std::collections::HashMap::new();
+    if app.auth.is_some() {
+        let policy = app.registry.registry_policy_parsed().await?;
+        for name in accesses.iter().filter_map(|a| a.repository.as_ref()) {
+            out.insert(name.clone(), policy.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Repository policies by repository, read before a decision.
 pub type RepositoryPolicies =
     std::collections::HashMap<crate::oci::RepositoryName, Option<Arc<crate::auth::policy::Policy>>>;
@@ -339,8 +363,16 @@ async fn authorize<B>(
         // `GET /v2/` asks only who you are: docker login probes it, and needs the challenge.
         return Err(challenge(auth, req, "authentication required"));
     }
-    let accesses = endpoint.accesses();
-    let repository_policies = repository_policies(app, &accesses).await.map_err(OciError::from)?;
+    let replicating = is_replication(req.headers());
+    let mut accesses = endpoint.accesses();
+    let repository_policies = if replicating {
+        for a in &mut accesses {
+            a.action = a.action.as_replication();
+        }
+        registry_policy_for(app, &accesses).await.map_err(OciError::from)?
+    } else {
+        repository_policies(app, &accesses).await.map_err(OciError::from)?
+    };
     let ns = query.namespace();
     let read_only = |name: &crate::oci::RepositoryName| app.registry.read_only_reason(name, ns);
     decide(app, principal, &accesses, client, &read_only, &repository_policies)
@@ -386,7 +418,11 @@ async fn create_on_push<B>(
     if registry.repository_exists(name).await? {
         return Ok(());
     }
-    let purpose = crate::registry::templates::AppliedFor::CreateOnPush;
+    let replicating = is_replication(req.headers());
+    let purpose = match replicating {
+        true => crate::registry::templates::AppliedFor::Replication,
+        false => crate::registry::templates::AppliedFor::CreateOnPush,
+    };
     let Some(settings) = registry.settings_for_new_repository(name, purpose).await? else {
         let registry_id = app.auth.as_ref().map_or("000000000000", |a| a.registry_id.as_str());
         return Err(OciError::new(
@@ -396,8 +432,12 @@ async fn create_on_push<B>(
         .with_detail(serde_json::json!({ "name": name.as_str() })));
     };
     let create = [crate::auth::Access::on(crate::auth::Action::CreateRepository, name)];
-    decide(app, principal, &create, client, &|_| None, &RepositoryPolicies::new())
-        .map_err(|r| refused(app, principal, req, r))?;
+    // A replication may create the repository when the registry policy allows it.
+    let policies = match replicating {
+        true => registry_policy_for(app, &create).await?,
+        false => RepositoryPolicies::new(),
+    };
+    decide(app, principal, &create, client, &|_| None, &policies).map_err(|r| refused(app, principal, req, r))?;
     match registry.create_repository(name, settings).await {
         Ok(_) | Err(crate::registry::Error::RepositoryAlreadyExists(_)) => Ok(()),
         Err(e) => Err(e.into()),

@@ -94,8 +94,9 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
 }
 
-/// Parses `Bearer realm="...",service="...",scope="..."` into its parameters.
-fn parse_challenge(value: &str) -> Option<(String, HashMap<String, String>)> {
+/// Parses `Bearer realm="...",service="...",scope="..."` into its scheme (lower case) and parameters
+/// (replication reads destinations' challenges with it too).
+pub(crate) fn parse_challenge(value: &str) -> Option<(String, HashMap<String, String>)> {
     let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
     let mut params = HashMap::new();
     let mut rest = rest.trim();

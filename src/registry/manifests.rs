@@ -41,6 +41,16 @@ pub struct ManifestContent {
     pub bytes: Bytes,
 }
 
+/// Who pushed a manifest: a client (replicated to the destinations the replication
+/// configuration names), or another registry's replication (never replicated on: no chaining).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOrigin {
+    /// A client's push.
+    Client,
+    /// A replication from another registry.
+    Replication,
+}
+
 /// The outcome of a manifest PUT.
 #[derive(Debug, Clone)]
 pub struct StoredManifest {
@@ -62,7 +72,7 @@ pub(super) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
         .map_err(|e| Error::Storage(storage::Error::Corrupt(format!("a stored record does not decode: {e}"))))
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Bytes> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Bytes> {
     serde_json::to_vec(value).map(Bytes::from).map_err(|e| Error::Storage(storage::Error::Io(e.into())))
 }
 
@@ -74,6 +84,7 @@ impl Registry {
         reference: &Reference,
         content_type: Option<&str>,
         bytes: Bytes,
+        origin: PushOrigin,
     ) -> Result<StoredManifest> {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(Error::ManifestTooLarge(MAX_MANIFEST_BYTES));
@@ -113,6 +124,13 @@ impl Registry {
             }
             Reference::Digest(_) => false,
         };
+        if origin == PushOrigin::Client {
+            let tag = match reference {
+                Reference::Tag(t) => Some(t),
+                Reference::Digest(_) => None,
+            };
+            self.record_push_event(name, &digest, tag).await?;
+        }
 
         let record = ManifestRecord {
             digest: digest.clone(),
@@ -229,6 +247,21 @@ impl Registry {
     /// A manifest's bytes, exactly as pushed.
     pub async fn manifest_get(&self, repo: &Repo, reference: &Reference) -> Result<ManifestContent> {
         let record = self.manifest_record(repo, reference).await?;
+        let content = self.manifest_bytes(record, reference).await?;
+        // Noted in memory only; a worker writes it (see `pulls`).
+        self.pulls.note(repo.name(), &content.record.digest, self.clock.now_ms());
+        Ok(content)
+    }
+
+    /// A manifest this registry holds, read for copying elsewhere: not a pull, so not noted
+    /// as one (lifecycle's `sinceImagePulled` sees clients only).
+    pub async fn stored_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<ManifestContent> {
+        let reference = Reference::Digest(digest.clone());
+        let record = self.local_manifest_record(name, &reference).await?;
+        self.manifest_bytes(record, &reference).await
+    }
+
+    async fn manifest_bytes(&self, record: ManifestRecord, reference: &Reference) -> Result<ManifestContent> {
         let bytes = self.storage.blob_read_small(&record.digest).await.map_err(|e| match e {
             storage::Error::NotFound => Error::ManifestUnknown(reference.to_string()),
             e => e.into(),
@@ -240,8 +273,6 @@ impl Registry {
                 record.digest
             ))));
         }
-        // Noted in memory only; a worker writes it (see `pulls`).
-        self.pulls.note(repo.name(), &record.digest, self.clock.now_ms());
         Ok(ManifestContent { record, bytes })
     }
 

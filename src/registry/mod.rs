@@ -15,7 +15,7 @@ mod uploads;
 pub mod usage;
 
 pub use error::{Error, Result};
-pub use manifests::{ManifestContent, ManifestRecord, StoredManifest};
+pub use manifests::{ManifestContent, ManifestRecord, PushOrigin, StoredManifest};
 pub use pull_through::CacheResult;
 
 use crate::clock::SharedClock;
@@ -131,6 +131,8 @@ pub struct Registry {
     pulls: Arc<pulls::PullTimes>,
     /// Repository policies, parsed, for a few seconds (replicas agree within that).
     policies: moka::future::Cache<RepositoryName, Option<Arc<crate::auth::policy::Policy>>>,
+    /// Woken when a push records a replication event, so this replica's workers start at once.
+    replication_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Registry {
@@ -158,6 +160,7 @@ impl Registry {
             settings,
             metrics,
             upload_hashes: Mutex::new(HashMap::new()),
+            replication_wake: Arc::default(),
         }
     }
 

@@ -1,12 +1,16 @@
 //! The registry's replication configuration (ECR's `PutReplicationConfiguration` /
-//! `DescribeRegistry`) and its registry policy: each stored once in storage
-//! (`replication/config`, `replication/registry-policy`), so every replica reads the same. The
-//! workers that act on them come with the replication issue.
+//! `DescribeRegistry`), its registry policy, the durable push events the replication workers
+//! copy, and each image's status per destination. Everything is a record in storage
+//! (`replication/config`, `replication/registry-policy`, `replication/events/<id>`,
+//! `repos/<name>/_replication/<digest>`), so every replica reads the same and none holds the only
+//! copy. Copying itself is [`crate::replication`]'s; this module never talks to a destination.
 
 use super::{Registry, Result};
-use crate::storage::Key;
+use crate::oci::{Digest, RepositoryName, Tag};
+use crate::storage::{EventId, Key, PutMode, Version};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// One destination: a region and a registry (account) id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,6 +56,18 @@ impl Registry {
         Ok(self.storage.record_get(&Key::registry_policy()).await?.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
+    /// The registry policy, parsed (what a replicating registry's pushes are decided by).
+    pub async fn registry_policy_parsed(&self) -> Result<Option<Arc<crate::auth::policy::Policy>>> {
+        let Some(text) = self.registry_policy().await? else { return Ok(None) };
+        let policy =
+            crate::auth::policy::Policy::parse(&text, crate::auth::policy::PolicyKind::Resource).map_err(|e| {
+                super::Error::Storage(crate::storage::Error::Corrupt(format!(
+                    "the registry policy no longer parses: {e}"
+                )))
+            })?;
+        Ok(Some(Arc::new(policy)))
+    }
+
     /// Sets (or, with `None`, removes) the registry policy (already validated).
     pub async fn put_registry_policy(&self, text: Option<&str>) -> Result<()> {
         match text {
@@ -75,5 +91,239 @@ impl Registry {
     pub async fn put_replication_configuration(&self, config: &ReplicationConfiguration) -> Result<()> {
         let bytes = Bytes::from(serde_json::to_vec(config).unwrap_or_default());
         Ok(self.storage.record_put(&Key::replication_configuration(), bytes).await?)
+    }
+}
+
+impl ReplicationConfiguration {
+    /// The destinations a push to `name` goes to: every rule without filters, and every rule
+    /// with a filter `name` starts with; each destination once, in rule order.
+    pub fn destinations_for(&self, name: &RepositoryName) -> Vec<ReplicationDestination> {
+        let mut out: Vec<ReplicationDestination> = Vec::new();
+        for rule in &self.rules {
+            let matches = rule.repository_filters.is_empty()
+                || rule.repository_filters.iter().any(|f| name.as_str().starts_with(f.filter.as_str()));
+            if matches {
+                for d in &rule.destinations {
+                    if !out.contains(d) {
+                        out.push(d.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Where an image stands at one destination (ECR's `ReplicationStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReplicationState {
+    /// Recorded, being copied or waiting to be retried.
+    InProgress,
+    /// At the destination.
+    Complete,
+    /// Refused for good (`failureCode` says why).
+    Failed,
+}
+
+impl ReplicationState {
+    /// ECR's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProgress => "IN_PROGRESS",
+            Self::Complete => "COMPLETE",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+/// An image's status at one destination, as `DescribeImageReplicationStatus` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationStatus {
+    /// The destination's region.
+    pub region: String,
+    /// The destination's registry id.
+    pub registry_id: String,
+    /// Where the image stands there.
+    pub status: ReplicationState,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_code: Option<String>,
+}
+
+impl DestinationStatus {
+    /// `<registry id>/<region>`, as the config's destinations are labelled.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.registry_id, self.region)
+    }
+}
+
+/// One destination's progress inside an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventDestination {
+    /// Where it stands.
+    #[serde(flatten)]
+    pub status: DestinationStatus,
+    /// Failed attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not to be tried before this (ms since the epoch).
+    #[serde(default)]
+    pub next_attempt_at_ms: u64,
+}
+
+/// A push to replicate: recorded before the push is acknowledged, removed once every
+/// destination is `COMPLETE` or `FAILED`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationEvent {
+    /// The repository (the same name at every destination).
+    pub repository: String,
+    /// The manifest pushed.
+    pub digest: Digest,
+    /// The tags it was pushed (or, by a backfill, found) with.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Each destination's progress.
+    pub destinations: Vec<EventDestination>,
+}
+
+/// How long an event whose manifest never appeared is kept: the push that recorded it failed
+/// after recording it (the client saw an error and may retry, recording a new one).
+pub const UNCOMMITTED_EVENT_TTL_MS: u64 = 10 * 60 * 1000;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StatusRecord {
+    destinations: Vec<DestinationStatus>,
+}
+
+impl Registry {
+    /// Records a client's push for replication when a rule matches `name`: called after the
+    /// manifest is validated and before anything of it is stored, so every push that is
+    /// acknowledged has its event (a push that fails after this leaves an event whose manifest
+    /// never appears, which the workers drop after [`UNCOMMITTED_EVENT_TTL_MS`]).
+    pub async fn record_push_event(&self, name: &RepositoryName, digest: &Digest, tag: Option<&Tag>) -> Result<()> {
+        let destinations = self.replication_configuration().await?.destinations_for(name);
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        let tags = tag.map(|t| vec![t.to_string()]).unwrap_or_default();
+        self.enqueue_replication(name, digest, tags, &destinations).await?;
+        Ok(())
+    }
+
+    /// Writes an event for `destinations`, then marks them `IN_PROGRESS` in the image's status,
+    /// and wakes this replica's workers.
+    pub async fn enqueue_replication(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        tags: Vec<String>,
+        destinations: &[ReplicationDestination],
+    ) -> Result<EventId> {
+        let now = self.clock.now_ms();
+        let statuses: Vec<DestinationStatus> = destinations
+            .iter()
+            .map(|d| DestinationStatus {
+                region: d.region.clone(),
+                registry_id: d.registry_id.clone(),
+                status: ReplicationState::InProgress,
+                failure_code: None,
+            })
+            .collect();
+        let event = ReplicationEvent {
+            repository: name.to_string(),
+            digest: digest.clone(),
+            tags,
+            destinations: statuses
+                .iter()
+                .map(|s| EventDestination { status: s.clone(), attempts: 0, next_attempt_at_ms: 0 })
+                .collect(),
+        };
+        let id = EventId::new(now);
+        self.storage.record_put(&Key::replication_event(&id), super::manifests::encode(&event)?).await?;
+        self.set_replication_status(name, digest, &statuses).await?;
+        self.replication_wake.notify_one();
+        Ok(id)
+    }
+
+    /// What wakes the workers when this replica records an event.
+    pub fn replication_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.replication_wake.clone()
+    }
+
+    /// The events waiting, oldest first (ids that are not events' are skipped).
+    pub async fn replication_events(&self) -> Result<Vec<EventId>> {
+        let mut ids: Vec<EventId> = self
+            .storage
+            .record_list(&Key::replication_events())
+            .await?
+            .iter()
+            .filter_map(|s| EventId::parse(s))
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// One event and its version, if it is still there.
+    pub async fn replication_event(&self, id: &EventId) -> Result<Option<(ReplicationEvent, Version)>> {
+        match self.storage.record_get_versioned(&Key::replication_event(id)).await? {
+            Some((bytes, version)) => Ok(Some((super::manifests::decode(&bytes)?, version))),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores an event's progress if it has not changed since `version` (`false` when it has).
+    pub async fn update_replication_event(
+        &self,
+        id: &EventId,
+        event: &ReplicationEvent,
+        version: Version,
+    ) -> Result<Option<Version>> {
+        let bytes = super::manifests::encode(event)?;
+        match self.storage.record_put_if(&Key::replication_event(id), bytes, PutMode::Update(version)).await {
+            Ok(v) => Ok(Some(v)),
+            Err(crate::storage::Error::Conflict) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a finished event.
+    pub async fn delete_replication_event(&self, id: &EventId) -> Result<()> {
+        self.storage.record_delete(&Key::replication_event(id)).await?;
+        Ok(())
+    }
+
+    /// The image's status at each destination it was replicated to (none when it never was).
+    pub async fn replication_status(&self, name: &RepositoryName, digest: &Digest) -> Result<Vec<DestinationStatus>> {
+        match self.storage.record_get(&Key::replication_status(name, digest)).await? {
+            Some(bytes) => Ok(super::manifests::decode::<StatusRecord>(&bytes)?.destinations),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Sets the image's status at the destinations in `updates`, keeping the others.
+    pub async fn set_replication_status(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        updates: &[DestinationStatus],
+    ) -> Result<()> {
+        let mut record = StatusRecord { destinations: self.replication_status(name, digest).await? };
+        for u in updates {
+            match record.destinations.iter_mut().find(|d| d.registry_id == u.registry_id && d.region == u.region) {
+                Some(d) => *d = u.clone(),
+                None => record.destinations.push(u.clone()),
+            }
+        }
+        let bytes = super::manifests::encode(&record)?;
+        Ok(self.storage.record_put(&Key::replication_status(name, digest), bytes).await?)
+    }
+
+    /// Whether the manifest link `name` holds for `digest` exists (the push committed).
+    pub async fn holds_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<bool> {
+        Ok(self.storage.record_get(&Key::manifest_link(name, digest)).await?.is_some())
     }
 }

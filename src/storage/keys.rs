@@ -58,6 +58,26 @@ impl Key {
         Self("replication/registry-policy".into())
     }
 
+    /// `replication/events`: push events waiting to be replicated.
+    pub fn replication_events() -> Self {
+        Self("replication/events".into())
+    }
+
+    /// `replication/events/<id>`: one push event and each destination's progress.
+    pub fn replication_event(id: &EventId) -> Self {
+        Self(format!("replication/events/{id}"))
+    }
+
+    /// `leases/replication-<id>`: which replica is copying that event.
+    pub fn replication_lease(id: &EventId) -> Self {
+        Self(format!("leases/replication-{id}"))
+    }
+
+    /// `repos/<name>/_replication/<alg>/<hex>`: the image's status at each destination.
+    pub fn replication_status(name: &RepositoryName, digest: &Digest) -> Self {
+        Self(format!("repos/{name}/_replication/{}/{}", digest.algorithm().as_str(), digest.hex()))
+    }
+
     /// `templates`: the repository creation templates.
     pub fn creation_templates() -> Self {
         Self("templates".into())
@@ -200,6 +220,39 @@ impl fmt::Display for UploadId {
     }
 }
 
+/// A replication event's id: the time it was recorded (ms, 16 digits, so ids sort oldest
+/// first) and a UUID's hex, so it is a safe path component and unique across replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(String);
+
+impl EventId {
+    /// A fresh id for an event recorded at `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        Self(format!("{now_ms:016}-{}", uuid::Uuid::new_v4().as_simple()))
+    }
+
+    /// Parses a listed id; `None` unless it has exactly that shape.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ms, id) = s.split_once('-')?;
+        let ok = ms.len() == 16
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && id.len() == 32
+            && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        ok.then(|| Self(s.to_owned()))
+    }
+
+    /// When it was recorded (ms since the epoch).
+    pub fn recorded_at_ms(&self) -> u64 {
+        self.0.get(..16).and_then(|ms| ms.parse().ok()).unwrap_or(0)
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +265,9 @@ mod tests {
         assert_eq!(decode_catalog_entry("team-a+sub.x+app"), Some(n));
         assert_eq!(decode_catalog_entry("..+x"), None);
         assert!(UploadId::parse("../x").is_none());
+        let id = EventId::new(1_700_000_000_123);
+        assert_eq!(EventId::parse(&id.to_string()), Some(id.clone()));
+        assert_eq!(id.recorded_at_ms(), 1_700_000_000_123);
+        assert!(EventId::parse("0000000000000001-../../x").is_none());
     }
 }

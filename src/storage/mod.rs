@@ -17,7 +17,7 @@ use std::io;
 use std::pin::Pin;
 use std::time::SystemTime;
 
-pub use keys::{Key, UploadId};
+pub use keys::{EventId, Key, UploadId};
 
 /// A stream of bytes: a request body going in, or content going out.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;

@@ -513,13 +513,25 @@ pub async fn signed_call(
     operation: &str,
     body: &str,
 ) -> (u16, serde_json::Value) {
+    signed_call_in(f, "us-east-1", key, secret, operation, body).await
+}
+
+/// [`signed_call`] to a registry in `region`.
+pub async fn signed_call_in(
+    f: &TestFerry,
+    region: &str,
+    key: &str,
+    secret: &str,
+    operation: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
     use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
     let host = f.base.trim_start_matches("http://").to_owned();
     let creds = aws_credential_types::Credentials::new(key, secret, None, None, "test");
     let identity: aws_smithy_runtime_api::client::identity::Identity = creds.into();
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
-        .region("us-east-1")
+        .region(region)
         .name("ecr")
         .time(std::time::SystemTime::now())
         .settings(SigningSettings::default())

@@ -22,6 +22,9 @@ mod operations;
 #[path = "../support/process.rs"]
 mod process;
 mod pull_through;
+#[path = "../support/relay.rs"]
+mod relay;
+mod replication;
 mod s3;
 mod token_auth;
 mod upstream;

@@ -1,0 +1,405 @@
+//! Replication workers: every replica of the source runs one. It lists the push events in
+//! storage (oldest first), claims each due one with a lease of its own (a conditional write),
+//! copies the image to the event's pending destinations while renewing the lease, and commits
+//! the outcome only while it still holds the lease: `COMPLETE`, `FAILED` with a failure code
+//! (refusals: credentials, registry policy, invalid), or a retry time (unreachable, 5xx, 429
+//! with `Retry-After`) with exponential backoff and jitter. A worker that dies mid-copy leaves
+//! the lease to lapse and another replica takes the event over. Owns the events' progress and
+//! its metrics; never changes an image at the source.
+
+pub mod copy;
+pub mod destination;
+
+use crate::config::ReplicationConfig;
+use crate::metrics::Metrics;
+use crate::oci::RepositoryName;
+use crate::registry::replication::{
+    DestinationStatus, EventDestination, ReplicationEvent, ReplicationState, UNCOMMITTED_EVENT_TTL_MS,
+};
+use crate::registry::Registry;
+use crate::storage::lease::{Lease, LeaseError};
+use crate::storage::{EventId, Key};
+use crate::worker::{Worker, WorkerError, WorkerState};
+use async_trait::async_trait;
+use destination::{CopyError, Destination};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Events read per round (the oldest); the rest wait for the next round.
+const EVENTS_PER_ROUND: usize = 1000;
+/// Event records read at once.
+const READS_AT_ONCE: usize = 16;
+/// First retry delay; doubles per failed attempt up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest delay between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The destinations of the config, by `(registry id, region)`.
+pub type Destinations = HashMap<(String, String), Arc<Destination>>;
+
+/// Builds the destination clients of `[replication]` for the source `registry_id`.
+pub fn destinations(config: &ReplicationConfig, registry_id: &str) -> Result<Destinations, crate::config::ConfigError> {
+    config
+        .destinations
+        .iter()
+        .map(|t| Ok(((t.registry_id.clone(), t.region.clone()), Arc::new(Destination::new(t, registry_id)?))))
+        .collect()
+}
+
+/// How a worker paces itself.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    /// Images copied at once.
+    pub images_at_once: usize,
+    /// Blobs of one image at once.
+    pub blobs_at_once: usize,
+    /// How often to look for other replicas' events.
+    pub poll_interval: Duration,
+    /// When to stop retrying a destination.
+    pub give_up_after: Duration,
+    /// How long an event's lease lasts unless renewed.
+    pub lease_ttl: Duration,
+}
+
+impl Pace {
+    /// From `[replication]`.
+    pub fn from_config(c: &ReplicationConfig) -> Self {
+        Self {
+            images_at_once: c.images_at_once,
+            blobs_at_once: c.blobs_at_once,
+            poll_interval: c.poll_interval.0,
+            give_up_after: c.give_up_after.0,
+            lease_ttl: c.lease_ttl.0,
+        }
+    }
+}
+
+/// The replication worker of one replica.
+pub struct ReplicationWorker {
+    registry: Arc<Registry>,
+    destinations: Arc<Destinations>,
+    owner: String,
+    pace: Pace,
+    metrics: Arc<Metrics>,
+    wake: Arc<tokio::sync::Notify>,
+    last: String,
+}
+
+/// What one event's round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claimed {
+    /// Another replica holds it, or nothing was due.
+    Skipped,
+    /// Worked on (copied, retried or finished).
+    Worked,
+}
+
+/// Delay before attempt `attempts + 1`: doubling from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`],
+/// half of it random (so replicas retrying one destination spread out), and never sooner
+/// than the destination's `Retry-After`.
+fn backoff(attempts: u32, retry_after: Option<Duration>) -> Duration {
+    let doubled = FIRST_BACKOFF.saturating_mul(1u32.checked_shl(attempts.min(16)).unwrap_or(u32::MAX)).min(MAX_BACKOFF);
+    let half = doubled.checked_div(2).unwrap_or_default();
+    half.saturating_add(random_below(half)).max(retry_after.unwrap_or(Duration::ZERO))
+}
+
+fn random_below(limit: Duration) -> Duration {
+    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    match ms {
+        0 => Duration::ZERO,
+        m => Duration::from_millis(
+            u64::try_from(uuid::Uuid::new_v4().as_u128().checked_rem(u128::from(m)).unwrap_or(0)).unwrap_or(0),
+        ),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ReplicationWorker {
+    /// A worker for `registry`, known to other replicas as `owner`.
+    pub fn new(
+        registry: Arc<Registry>,
+        destinations: Arc<Destinations>,
+        pace: Pace,
+        owner: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let wake = registry.replication_wake();
+        Self { registry, destinations, owner, pace, metrics, wake, last: "not run yet".into() }
+    }
+
+    /// One pass: read the oldest events, count what is pending, and work on the due ones.
+    /// Returns how many were worked on and how many events remain.
+    pub async fn pass(&self) -> Result<(usize, usize), crate::registry::Error> {
+        let ids = self.registry.replication_events().await?;
+        let remaining = ids.len();
+        let registry = self.registry.clone();
+        let events: Vec<(EventId, ReplicationEvent)> =
+            futures_util::stream::iter(ids.into_iter().take(EVENTS_PER_ROUND))
+                .map(|id| {
+                    let registry = registry.clone();
+                    async move { registry.replication_event(&id).await.map(|e| e.map(|(event, _)| (id, event))) }
+                })
+                .buffered(READS_AT_ONCE)
+                .filter_map(|r| async move { r.transpose() })
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+        let now = self.registry.clock().now_ms();
+        self.count_pending(&events, now);
+        let due: Vec<EventId> = events
+            .into_iter()
+            .filter(|(_, e)| {
+                e.destinations
+                    .iter()
+                    .any(|d| d.status.status == ReplicationState::InProgress && d.next_attempt_at_ms <= now)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        let worked = futures_util::stream::iter(due)
+            .map(|id| async move { self.claim(&id).await })
+            .buffer_unordered(self.pace.images_at_once)
+            .collect::<Vec<_>>()
+            .await;
+        let mut count = 0usize;
+        for r in worked {
+            match r {
+                Ok(Claimed::Worked) => count = count.saturating_add(1),
+                Ok(Claimed::Skipped) => {}
+                Err(e) => tracing::warn!(error = %e, "a replication event could not be worked on"),
+            }
+        }
+        Ok((count, remaining))
+    }
+
+    fn count_pending(&self, events: &[(EventId, ReplicationEvent)], now: u64) {
+        let m = &self.metrics.replication;
+        m.pending.reset();
+        m.oldest_pending.reset();
+        let mut oldest: HashMap<String, u64> = HashMap::new();
+        for (id, e) in events {
+            for d in e.destinations.iter().filter(|d| d.status.status == ReplicationState::InProgress) {
+                let label = d.status.label();
+                m.pending.with_label_values(&[&label]).inc();
+                let at = oldest.entry(label).or_insert(u64::MAX);
+                *at = (*at).min(id.recorded_at_ms());
+            }
+        }
+        for (label, at) in oldest {
+            #[allow(clippy::cast_precision_loss)] // ages in ms are far below 2^52
+            let age = now.saturating_sub(at) as f64 / 1000.0;
+            m.oldest_pending.with_label_values(&[&label]).set(age);
+        }
+    }
+
+    /// Takes the event's lease, works on it, and gives the lease back.
+    async fn claim(&self, id: &EventId) -> Result<Claimed, WorkerError> {
+        let storage = self.registry.storage_handle();
+        let clock = self.registry.clock().clone();
+        let lease = match Lease::acquire(
+            storage.as_ref(),
+            clock.as_ref(),
+            Key::replication_lease(id),
+            &self.owner,
+            self.pace.lease_ttl,
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(LeaseError::Held { .. } | LeaseError::Lost) => return Ok(Claimed::Skipped),
+            Err(LeaseError::Storage(e)) => return Err(e.into()),
+        };
+        let result = self.work_on(id, lease).await;
+        if result.is_ok() {
+            // Nothing left to guard once the event is gone.
+            if self.registry.replication_event(id).await?.is_none() {
+                storage.record_delete(&Key::replication_lease(id)).await?;
+            }
+        }
+        result
+    }
+
+    async fn work_on(&self, id: &EventId, mut lease: Lease) -> Result<Claimed, WorkerError> {
+        let storage = self.registry.storage_handle();
+        let clock = self.registry.clock().clone();
+        let Some((mut event, version)) = self.registry.replication_event(id).await? else {
+            lease.release(storage.as_ref()).await?;
+            return Ok(Claimed::Skipped);
+        };
+        let now = clock.now_ms();
+        let Ok(name) = RepositoryName::parse(&event.repository) else {
+            tracing::warn!(event = %id, repository = %event.repository, "a replication event names no valid repository; dropped");
+            self.registry.delete_replication_event(id).await?;
+            return Ok(Claimed::Worked);
+        };
+        if !self.registry.holds_manifest(&name, &event.digest).await? {
+            // The push that recorded it has not committed (yet, or ever).
+            if now.saturating_sub(id.recorded_at_ms()) > UNCOMMITTED_EVENT_TTL_MS {
+                self.registry.delete_replication_event(id).await?;
+            }
+            lease.release(storage.as_ref()).await?;
+            return Ok(Claimed::Skipped);
+        }
+        let due: Vec<usize> = (0..event.destinations.len())
+            .filter(|&i| {
+                event
+                    .destinations
+                    .get(i)
+                    .is_some_and(|d| d.status.status == ReplicationState::InProgress && d.next_attempt_at_ms <= now)
+            })
+            .collect();
+        let copies = futures_util::future::join_all(due.iter().map(|&i| {
+            let d = event.destinations.get(i).map(|d| d.status.clone());
+            let (name, event) = (&name, &event);
+            async move {
+                match d {
+                    Some(d) => self.copy_to(name, event, &d).await,
+                    None => Ok(()),
+                }
+            }
+        }));
+        let outcomes = hold(storage.as_ref(), clock.as_ref(), &mut lease, self.pace.lease_ttl, copies).await?;
+        let now = clock.now_ms();
+        let mut changed = Vec::new();
+        for (&i, outcome) in due.iter().zip(outcomes) {
+            let Some(d) = event.destinations.get_mut(i) else { continue };
+            self.settle(id, d, outcome, now);
+            changed.push(d.status.clone());
+        }
+        // Committed only by the lease's holder: one that lost it leaves the event to the taker.
+        lease.check(storage.as_ref(), clock.as_ref()).await?;
+        self.registry.set_replication_status(&name, &event.digest, &changed).await?;
+        if event.destinations.iter().all(|d| d.status.status != ReplicationState::InProgress) {
+            self.registry.delete_replication_event(id).await?;
+        } else if self.registry.update_replication_event(id, &event, version).await?.is_none() {
+            tracing::warn!(event = %id, "a replication event changed under its lease; left for the next round");
+        }
+        lease.release(storage.as_ref()).await?;
+        Ok(Claimed::Worked)
+    }
+
+    /// Copies the event's image to one destination, timing and counting it.
+    async fn copy_to(
+        &self,
+        name: &RepositoryName,
+        event: &ReplicationEvent,
+        d: &DestinationStatus,
+    ) -> Result<(), CopyError> {
+        let Some(destination) = self.destinations.get(&(d.registry_id.clone(), d.region.clone())) else {
+            return Err(CopyError::Permanent {
+                code: "DESTINATION_NOT_CONFIGURED",
+                message: format!(
+                    "no [[replication.destinations]] entry for registry {} in {}",
+                    d.registry_id, d.region
+                ),
+            });
+        };
+        let started = Instant::now();
+        let copy = copy::ImageCopy {
+            registry: &self.registry,
+            destination,
+            blobs_at_once: self.pace.blobs_at_once,
+            metrics: &self.metrics.replication,
+        };
+        let result = copy.copy(name, &event.digest, &event.tags).await;
+        let label = d.label();
+        self.metrics.replication.copy_duration.with_label_values(&[&label]).observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Applies one attempt's outcome to a destination's progress.
+    fn settle(&self, id: &EventId, d: &mut EventDestination, outcome: Result<(), CopyError>, now: u64) {
+        let label = d.status.label();
+        let m = &self.metrics.replication;
+        match outcome {
+            Ok(()) => {
+                m.images.with_label_values(&[&label]).inc();
+                d.status.status = ReplicationState::Complete;
+                d.status.failure_code = None;
+                tracing::info!(event = %id, destination = %label, "image replicated");
+            }
+            Err(e) => {
+                m.failures.with_label_values(&[&label, e.code()]).inc();
+                let gave_up = now.saturating_sub(id.recorded_at_ms()) >= millis(self.pace.give_up_after);
+                match e {
+                    CopyError::Retry { retry_after, .. } if !gave_up => {
+                        let wait = backoff(d.attempts, retry_after);
+                        d.attempts = d.attempts.saturating_add(1);
+                        d.next_attempt_at_ms = now.saturating_add(millis(wait));
+                        tracing::info!(event = %id, destination = %label, failure = %e.failure_code(), retry_in_ms = millis(wait), "replication will be retried");
+                    }
+                    e => {
+                        d.status.status = ReplicationState::Failed;
+                        d.status.failure_code = Some(e.failure_code());
+                        tracing::warn!(event = %id, destination = %label, failure = %e.failure_code(), "replication failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `work` while renewing `lease` every third of its ttl; an error when the lease is lost
+/// (the work is dropped, and its outcome never committed).
+async fn hold<F: std::future::Future>(
+    storage: &dyn crate::storage::Storage,
+    clock: &dyn crate::clock::Clock,
+    lease: &mut Lease,
+    ttl: Duration,
+    work: F,
+) -> Result<F::Output, LeaseError> {
+    tokio::pin!(work);
+    let mut renew = tokio::time::interval(ttl.checked_div(3).unwrap_or(ttl).max(Duration::from_millis(10)));
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut work => return Ok(out),
+            _ = renew.tick() => lease.renew(storage, clock).await?,
+        }
+    }
+}
+
+#[async_trait]
+impl Worker for ReplicationWorker {
+    fn name(&self) -> &'static str {
+        "replication"
+    }
+
+    fn status(&self) -> String {
+        self.last.clone()
+    }
+
+    async fn work(&mut self) -> Result<WorkerState, WorkerError> {
+        let (worked, remaining) = self.pass().await?;
+        self.last = format!("worked on {worked} of {remaining} events");
+        Ok(if worked > 0 { WorkerState::Busy } else { WorkerState::Idle })
+    }
+
+    async fn wait_for_work(&mut self) {
+        let wait = crate::worker::jittered(self.pace.poll_interval);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = self.wake.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_honours_retry_after() {
+        for attempts in 0..20 {
+            let full = FIRST_BACKOFF.saturating_mul(1 << attempts.min(16)).min(MAX_BACKOFF);
+            let b = backoff(attempts, None);
+            assert!(b >= full / 2 && b <= full, "attempt {attempts}: {b:?} not in [{:?}, {full:?}]", full / 2);
+        }
+        assert_eq!(backoff(0, Some(Duration::from_secs(30))), Duration::from_secs(30));
+    }
+}
