@@ -62,6 +62,9 @@ pub enum StartError {
     /// A lifecycle round failed.
     #[error("lifecycle: {0}")]
     Lifecycle(String),
+    /// A replication backfill failed.
+    #[error("replication: {0}")]
+    Replication(String),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -397,6 +400,29 @@ pub async fn run_lifecycle(
     let result = lifecycle::worker::run_round(&registry, &limits, repository, false, Some(&mut lease)).await;
     let _ = lease.release(storage.as_ref()).await;
     result.map_err(failed)
+}
+
+/// `ferry replication backfill`: queues what was pushed before the replication configuration
+/// existed (within `scope`) and copies it, beside running servers; `progress(done, total)`.
+pub async fn replication_backfill(
+    config: &Config,
+    scope: &replication::backfill::BackfillScope,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<replication::backfill::BackfillReport, StartError> {
+    let clock: clock::SharedClock = Arc::new(clock::SystemClock);
+    let registry = offline_registry(config, clock).await?;
+    let destinations = replication::destinations(&config.replication, &config.auth.registry_id)?;
+    let metrics = registry.metrics().clone();
+    replication::backfill::backfill(
+        registry,
+        Arc::new(destinations),
+        replication::Pace::from_config(&config.replication),
+        metrics,
+        scope,
+        progress,
+    )
+    .await
+    .map_err(|e| StartError::Replication(e.to_string()))
 }
 
 /// What each repository and pull-through rule stores (`ferry usage`).

@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: LifecycleCommand,
     },
+    /// Replication tools.
+    Replication {
+        #[command(subcommand)]
+        command: ReplicationCommand,
+    },
     /// Shows what each repository and pull-through rule stores: repositories by size (shared
     /// layers counted in each), the total (each stored digest once), then the rules.
     Usage {
@@ -70,6 +75,25 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplicationCommand {
+    /// Replicates images pushed before the replication configuration existed (ECR never
+    /// does), beside running servers. Images already complete at a destination are skipped,
+    /// so running it again copies nothing twice. Prints a JSON report; a progress bar on a
+    /// terminal, progress in the log otherwise.
+    Backfill {
+        /// Config file (TOML). Default: config/ferry.toml when it exists.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only repositories whose names start with this.
+        #[arg(long)]
+        repository: Option<String>,
+        /// Only this destination: a registry id, or `<registry id>/<region>`.
+        #[arg(long)]
+        destination: Option<String>,
     },
 }
 
@@ -161,6 +185,9 @@ fn main() -> ExitCode {
             lifecycle_command(config, repository, dry_run)
         }
         Command::Usage { config, json } => usage_command(config, json),
+        Command::Replication { command: ReplicationCommand::Backfill { config, repository, destination } } => {
+            backfill_command(config, repository, destination)
+        }
         Command::Serve { config, listen, admin_listen, data_dir } => {
             let path = config.clone();
             let mut c = match load(config) {
@@ -425,6 +452,37 @@ fn gc_command(config: Option<PathBuf>, dry_run: bool) -> ExitCode {
         }
     };
     let result = runtime.block_on(ferry::collect_garbage(&c, dry_run, &progress));
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    print_report(result)
+}
+
+fn backfill_command(config: Option<PathBuf>, repository: Option<String>, destination: Option<String>) -> ExitCode {
+    let (c, runtime) = match one_shot(config) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !terminal {
+        init_logging(&c);
+    }
+    let bar = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} replicating images [{bar:30}] {pos}/{len} {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let progress = |done: usize, total: usize| {
+        if let Some(bar) = &bar {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        }
+    };
+    let scope = ferry::replication::backfill::BackfillScope { repository_prefix: repository, destination };
+    let result = runtime.block_on(ferry::replication_backfill(&c, &scope, &progress));
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

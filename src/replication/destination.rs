@@ -112,7 +112,17 @@ async fn refusal(resp: reqwest::Response) -> CopyError {
     let wait = retry_after(resp.headers());
     let (code, message) = oci_error(resp).await;
     match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => CopyError::Permanent { code: "ACCESS_DENIED", message },
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            // A HEAD's refusal has no body to say why: say what a destination wants.
+            let message = match code {
+                Some(_) => message,
+                None => format!(
+                    "{message}: the destination refused this registry's credentials; its registry policy must allow \
+                     ecr:ReplicateImage (and ecr:CreateRepository for a new repository) to this account"
+                ),
+            };
+            CopyError::Permanent { code: "ACCESS_DENIED", message }
+        }
         StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
             CopyError::Retry { code: "THROTTLED", message, retry_after: wait }
         }

@@ -7,6 +7,7 @@
 //! the lease to lapse and another replica takes the event over. Owns the events' progress and
 //! its metrics; never changes an image at the source.
 
+pub mod backfill;
 pub mod copy;
 pub mod destination;
 

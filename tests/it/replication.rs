@@ -167,9 +167,13 @@ pub async fn source_replica(moto: &crate::s3::Moto, bucket: &str, targets: Vec<R
 
 /// An unsigned ECR API call (access control is off at the source).
 pub async fn ecr(f: &TestFerry, operation: &str, body: Value) -> (u16, Value) {
-    let resp = f
-        .client
-        .post(f.url("/"))
+    ecr_at(&f.base, operation, body).await
+}
+
+/// The same, to the registry at `base`.
+pub async fn ecr_at(base: &str, operation: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/"))
         .header("X-Amz-Target", format!("AmazonEC2ContainerRegistry_V20150921.{operation}"))
         .header("Content-Type", "application/x-amz-json-1.1")
         .body(body.to_string())
@@ -197,9 +201,9 @@ pub async fn configure(f: &TestFerry, rules: Vec<Value>) {
 }
 
 /// `(registry id, status, failure code)` per destination.
-pub async fn statuses(f: &TestFerry, repo: &str, digest: &str) -> Vec<(String, String, String)> {
-    let (status, body) = ecr(
-        f,
+pub async fn statuses(base: &str, repo: &str, digest: &str) -> Vec<(String, String, String)> {
+    let (status, body) = ecr_at(
+        base,
         "DescribeImageReplicationStatus",
         json!({ "repositoryName": repo, "imageId": { "imageDigest": digest } }),
     )
@@ -220,10 +224,10 @@ pub async fn statuses(f: &TestFerry, repo: &str, digest: &str) -> Vec<(String, S
 }
 
 /// Waits until the image's status at `region` is `want`; returns its failure code.
-pub async fn wait_status(f: &TestFerry, repo: &str, digest: &str, region: &Region, want: &str) -> String {
+pub async fn wait_status(base: &str, repo: &str, digest: &str, region: &Region, want: &str) -> String {
     let deadline = Instant::now() + WITHIN;
     loop {
-        let all = statuses(f, repo, digest).await;
+        let all = statuses(base, repo, digest).await;
         if let Some((_, status, code)) = all.iter().find(|(id, _, _)| id == region.id) {
             if status == want {
                 return code.clone();
@@ -238,8 +242,9 @@ const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, application/v
 
 /// The manifest `reference` names at the source and at the destination are the same bytes,
 /// and so is everything they reference (children of an index, config and layers).
-pub async fn assert_same_image(source: &TestFerry, dest: &Region, repo: &str, reference: &str) {
-    let get = source.client.get(source.url(&format!("/v2/{repo}/manifests/{reference}"))).header("Accept", ACCEPT_ALL);
+pub async fn assert_same_image(source: &str, dest: &Region, repo: &str, reference: &str) {
+    let get =
+        reqwest::Client::new().get(format!("{source}/v2/{repo}/manifests/{reference}")).header("Accept", ACCEPT_ALL);
     let here = get.send().await.unwrap();
     assert_eq!(here.status(), StatusCode::OK);
     let here = here.bytes().await.unwrap();
@@ -286,10 +291,9 @@ pub async fn push_signature(f: &TestFerry, repo: &str, subject: &str, size: u64,
     d
 }
 
-async fn manifest_head(f: &TestFerry, repo: &str, reference: &str) -> (String, u64, String) {
-    let resp = f
-        .client
-        .head(f.url(&format!("/v2/{repo}/manifests/{reference}")))
+async fn manifest_head(base: &str, repo: &str, reference: &str) -> (String, u64, String) {
+    let resp = reqwest::Client::new()
+        .head(format!("{base}/v2/{repo}/manifests/{reference}"))
         .header("Accept", ACCEPT_ALL)
         .send()
         .await
@@ -324,15 +328,15 @@ async fn pushes_reach_every_region_byte_identical_even_one_that_was_down() {
     skopeo_push(dir.path(), &single.source, &a1.base, "team/app:v1");
     let multi = build_layout(&dir.path().join("multi"), "v1", &["linux/amd64", "linux/arm64"], 100_000, false, 2);
     skopeo_push(dir.path(), &multi.source, &a2.base, "team/multi:v1");
-    let (top, size, media_type) = manifest_head(&a1, "team/app", "v1").await;
+    let (top, size, media_type) = manifest_head(&a1.base, "team/app", "v1").await;
     assert_eq!(top, single.top);
     let signature = push_signature(&a2, "team/app", &top, size, &media_type).await;
 
     // Read through the other replica than the one pushed to: the status is in storage.
     for (f, repo, d) in [(&a2, "team/app", &single.top), (&a1, "team/multi", &multi.top), (&a1, "team/app", &signature)]
     {
-        wait_status(f, repo, d, &b, "COMPLETE").await;
-        assert_eq!(wait_status(f, repo, d, &c, "IN_PROGRESS").await, "");
+        wait_status(&f.base, repo, d, &b, "COMPLETE").await;
+        assert_eq!(wait_status(&f.base, repo, d, &c, "IN_PROGRESS").await, "");
     }
     let failures = metric_sum(&a1.metrics().await, "ferry_replication_failures_total", &["333333333333/ap-south-1"])
         + metric_sum(&a2.metrics().await, "ferry_replication_failures_total", &["333333333333/ap-south-1"]);
@@ -340,12 +344,12 @@ async fn pushes_reach_every_region_byte_identical_even_one_that_was_down() {
 
     c.restart().await;
     for (repo, d) in [("team/app", &single.top), ("team/multi", &multi.top), ("team/app", &signature)] {
-        wait_status(&a1, repo, d, &c, "COMPLETE").await;
+        wait_status(&a1.base, repo, d, &c, "COMPLETE").await;
     }
     for region in [&b, &c] {
-        assert_same_image(&a1, region, "team/app", "v1").await;
-        assert_same_image(&a1, region, "team/multi", "v1").await;
-        assert_same_image(&a1, region, "team/app", &signature).await;
+        assert_same_image(&a1.base, region, "team/app", "v1").await;
+        assert_same_image(&a1.base, region, "team/multi", "v1").await;
+        assert_same_image(&a1.base, region, "team/app", &signature).await;
         let referrers: Value = region.get(&format!("/v2/team/app/referrers/{top}"), "*/*").await.json().await.unwrap();
         assert_eq!(referrers["manifests"][0]["digest"], signature.as_str(), "{referrers}");
     }
@@ -356,4 +360,273 @@ async fn pushes_reach_every_region_byte_identical_even_one_that_was_down() {
         + metric_sum(&a2.metrics().await, "ferry_replication_images_total", &[]);
     let pushes = 1 + multi.platforms.len() + 1 + 1; // skopeo pushes each platform manifest, then the index
     assert_eq!(replicated, (pushes * 2) as f64, "each push reaches each region once");
+}
+
+/// A source replica as its own process (so it can be killed), on `bucket` of `moto`.
+fn source_process(moto: &crate::s3::Moto, bucket: &str, targets: Vec<ReplicationTarget>, dir: &Path) -> FerryProcess {
+    let mut c = Config::default();
+    moto.configure(&mut c, bucket);
+    c.auth.registry_id = SOURCE_ID.into();
+    c.replication.destinations = targets;
+    c.replication.poll_interval = HumanDuration(Duration::from_millis(200));
+    c.replication.lease_ttl = HumanDuration(Duration::from_secs(2));
+    let file = dir.join(format!("source-{}.toml", free_port()));
+    std::fs::write(&file, toml::to_string(&c).unwrap()).unwrap();
+    FerryProcess::start_env(dir, &[("FERRY_CONFIG", file.to_str().unwrap())])
+}
+
+async fn metrics_of(admin: &str) -> String {
+    reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// The source replica copying a large blob is killed with `kill -9` mid-blob (the link to the
+/// destination is held to 8 MiB/s by the relay, so the copy is still going); the other replica
+/// takes the event over once its lease lapses and finishes it, and the destination ends with
+/// the image intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_replica_killed_mid_blob_is_taken_over_by_the_other() {
+    let moto = crate::s3::Moto::start();
+    moto.bucket("source").await;
+    let b = Region::start("222222222222", "eu-west-1", true).await;
+    let relay = Relay::start(b.port, RelaySettings { bytes_per_sec: Some(8 << 20), ..RelaySettings::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let mut replicas = [
+        source_process(&moto, "source", vec![b.target(relay.port)], dir.path()),
+        source_process(&moto, "source", vec![b.target(relay.port)], dir.path()),
+    ];
+    let (status, body) = ecr_at(
+        &replicas[0].base,
+        "PutReplicationConfiguration",
+        json!({ "replicationConfiguration": { "rules": [rule(&[&b], &[])] } }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let layer = 40 << 20;
+    let image = build_layout(&dir.path().join("big"), "v1", &["linux/amd64"], layer, false, 7);
+    skopeo_push(dir.path(), &image.source, &replicas[0].base, "team/big:v1");
+
+    // Whichever replica claimed the event is sending; kill it once a fifth of the layer left.
+    let deadline = Instant::now() + WITHIN;
+    let copying = loop {
+        let mut found = None;
+        for (i, p) in replicas.iter().enumerate() {
+            if metric_sum(&metrics_of(&p.admin).await, "ferry_replication_bytes_total", &[]) > (layer / 5) as f64 {
+                found = Some(i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no replica started copying");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    replicas[copying].kill();
+    let survivor = &replicas[1 - copying];
+    assert_eq!(statuses(&survivor.base, "team/big", &image.top).await[0].1, "IN_PROGRESS");
+    wait_status(&survivor.base, "team/big", &image.top, &b, "COMPLETE").await;
+    let sent = metric_sum(&metrics_of(&survivor.admin).await, "ferry_replication_bytes_total", &[]);
+    assert!(sent >= layer as f64, "the survivor sent the whole layer itself ({sent} bytes)");
+    assert_same_image(&survivor.base, &b, "team/big", "v1").await;
+}
+
+/// Faults and a slow link at once: region B sits behind a relay adding 50 ms each way whose
+/// first three connections answer 500 (retried, then replicated; the lag is reported); region
+/// C has no registry policy for the source (`FAILED` with a failure code), and accepts the
+/// same image pushed again once the policy is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_are_retried_or_reported_and_a_slow_link_still_replicates() {
+    let moto = crate::s3::Moto::start();
+    moto.bucket("source").await;
+    let b = Region::start("222222222222", "eu-west-1", true).await;
+    let c = Region::start("333333333333", "ap-south-1", false).await;
+    let relay = Relay::start(
+        b.port,
+        RelaySettings { latency: Duration::from_millis(50), fail_first: 3, ..RelaySettings::default() },
+    );
+    let a = source_replica(&moto, "source", vec![b.target(relay.port), c.target(c.port)]).await;
+    configure(&a, vec![rule(&[&b, &c], &[])]).await;
+
+    let pushed = Instant::now();
+    let (_, top) = a.push_image("team/app", "v1", &random_bytes(200_000, 11)).await;
+    wait_status(&a.base, "team/app", &top, &b, "COMPLETE").await;
+    let lag = pushed.elapsed();
+    println!("replication lag over a 50 ms link (one small image, after three 500s): {lag:?}");
+    assert_eq!(relay.failed.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let text = a.metrics().await;
+    assert!(metric_sum(&text, "ferry_replication_failures_total", &["222222222222", "DESTINATION_ERROR"]) >= 1.0);
+    assert_same_image(&a.base, &b, "team/app", "v1").await;
+
+    let code = wait_status(&a.base, "team/app", &top, &c, "FAILED").await;
+    assert!(code.starts_with("ACCESS_DENIED"), "{code}");
+    assert!(code.contains("ecr:ReplicateImage") || code.contains("ecr:CreateRepository"), "{code}");
+    let missing = c.get("/v2/team/app/manifests/v1", ACCEPT_ALL).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    c.put_registry_policy(&replication_policy(&["ecr:ReplicateImage", "ecr:CreateRepository"])).await;
+    let (_, again) = a.push_image("team/app", "v1", &random_bytes(200_000, 11)).await;
+    assert_eq!(again, top);
+    wait_status(&a.base, "team/app", &top, &c, "COMPLETE").await;
+    assert_same_image(&a.base, &c, "team/app", "v1").await;
+}
+
+/// ECR's semantics: repository filters; deletes stay at the source; an image replicated into B
+/// is not carried on to C (while B's own pushes are); a tag B keeps immutable is left off, so
+/// the image arrives untagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filters_deletes_chaining_and_immutable_tags_behave_as_in_ecr() {
+    let moto = crate::s3::Moto::start();
+    moto.bucket("source").await;
+    let c = Region::start("333333333333", "ap-south-1", true).await;
+    // B replicates on to C with its own (source-account) replicator key: only B's own pushes
+    // may travel, never what A replicated into it.
+    let to_c = c.target(c.port);
+    let b = Region::start_with("222222222222", "eu-west-1", true, move |cfg| {
+        cfg.replication.destinations = vec![to_c];
+        cfg.replication.poll_interval = HumanDuration(Duration::from_millis(200));
+    })
+    .await;
+    let (status, body) = b
+        .ecr("PutReplicationConfiguration", json!({ "replicationConfiguration": { "rules": [rule(&[&c], &[])] } }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let a = source_replica(&moto, "source", vec![b.target(b.port)]).await;
+    configure(&a, vec![rule(&[&b], &["team/", "imm/"])]).await;
+
+    // B keeps imm/app's tags immutable, and v1 is taken there by another image.
+    let (status, body) =
+        b.ecr("CreateRepository", json!({ "repositoryName": "imm/app", "imageTagMutability": "IMMUTABLE" })).await;
+    assert_eq!(status, 200, "{body}");
+
+    let (_, other) = a.push_image("other/app", "v1", &random_bytes(1000, 1)).await;
+    let (_, kept) = a.push_image("team/app", "v1", &random_bytes(1000, 2)).await;
+    wait_status(&a.base, "team/app", &kept, &b, "COMPLETE").await;
+    assert!(statuses(&a.base, "other/app", &other).await.is_empty(), "a filtered repository is never recorded");
+    assert_eq!(b.get("/v2/other/app/manifests/v1", ACCEPT_ALL).await.status(), StatusCode::NOT_FOUND);
+
+    // No chaining: A's image has no replication record at B, so it never reaches C...
+    assert!(statuses_signed(&b, "team/app", &kept).await.is_empty());
+    // ...while an image pushed to B itself does.
+    let dir = tempfile::tempdir().unwrap();
+    let own = build_layout(&dir.path().join("own"), "v1", &["linux/amd64"], 1000, false, 3);
+    let p = policy(dir.path());
+    let dest = format!("docker://127.0.0.1:{}/team/own:v1", b.port);
+    let creds = format!("{ADMIN_KEY}:{}", b.admin_secret);
+    run(skopeo(&p).args(["copy", "--dest-tls-verify=false", "--dest-creds", &creds, &own.source, &dest]));
+    wait_signed(&b, "team/own", &own.top, &c, "COMPLETE").await;
+    assert_eq!(c.get("/v2/team/app/manifests/v1", ACCEPT_ALL).await.status(), StatusCode::NOT_FOUND);
+
+    // Deletes are not replicated: deleted at A, still at B after a later image arrived there.
+    let resp = a.client.delete(a.url(&format!("/v2/team/app/manifests/{kept}"))).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let (_, later) = a.push_image("team/later", "v1", &random_bytes(1000, 4)).await;
+    wait_status(&a.base, "team/later", &later, &b, "COMPLETE").await;
+    assert_eq!(b.get(&format!("/v2/team/app/manifests/{kept}"), ACCEPT_ALL).await.status(), StatusCode::OK);
+
+    // An immutable tag at B: the image arrives, untagged; B's v1 still names its own image.
+    let theirs = b_push(&b, "imm/app", "v1", 5).await;
+    let (_, ours) = a.push_image("imm/app", "v1", &random_bytes(1000, 6)).await;
+    assert_ne!(ours, theirs);
+    wait_status(&a.base, "imm/app", &ours, &b, "COMPLETE").await;
+    assert_eq!(b.get(&format!("/v2/imm/app/manifests/{ours}"), ACCEPT_ALL).await.status(), StatusCode::OK);
+    let tagged = b.get("/v2/imm/app/manifests/v1", ACCEPT_ALL).await;
+    assert_eq!(header(&tagged, "docker-content-digest"), theirs);
+}
+
+/// Pushes a small image into `region` with its admin's credentials; returns the digest.
+async fn b_push(region: &Region, repo: &str, tag: &str, seed: u64) -> String {
+    let client = reqwest::Client::new();
+    let base = &region.f.base;
+    let auth = |r: reqwest::RequestBuilder| r.basic_auth(ADMIN_KEY, Some(&region.admin_secret));
+    let layer = random_bytes(1000, seed);
+    let mut digests = Vec::new();
+    for blob in [&layer[..], b"{}"] {
+        let d = digest(blob);
+        let resp = auth(client.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}")))
+            .header("Content-Type", "application/octet-stream")
+            .body(blob.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        digests.push(d);
+    }
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digests[1], "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digests[0], "size": layer.len()}]
+    })
+    .to_string();
+    let resp = auth(client.put(format!("{base}/v2/{repo}/manifests/{tag}")))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "{:?}", resp.text().await);
+    digest(manifest.as_bytes())
+}
+
+/// Statuses read from a region with access control on.
+async fn statuses_signed(region: &Region, repo: &str, digest: &str) -> Vec<Value> {
+    let (status, body) = region
+        .ecr("DescribeImageReplicationStatus", json!({ "repositoryName": repo, "imageId": { "imageDigest": digest } }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["replicationStatuses"].as_array().unwrap().clone()
+}
+
+async fn wait_signed(region: &Region, repo: &str, digest: &str, to: &Region, want: &str) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let all = statuses_signed(region, repo, digest).await;
+        if all.iter().any(|s| s["registryId"] == to.id && s["status"] == want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{repo}@{digest} never became {want} at {}: {all:?}", to.id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What was there before the configuration is not replicated until `ferry replication
+/// backfill`, which copies it once: a second run queues nothing and the destination receives
+/// no manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backfill_copies_what_was_there_before_once_even_when_run_twice() {
+    let moto = crate::s3::Moto::start();
+    moto.bucket("source").await;
+    let b = Region::start("222222222222", "eu-west-1", true).await;
+    let a = source_replica(&moto, "source", vec![b.target(b.port)]).await;
+    let (_, old) = a.push_image("team/old", "v1", &random_bytes(5000, 1)).await;
+    let (_, other) = a.push_image("elsewhere/old", "v1", &random_bytes(5000, 2)).await;
+    configure(&a, vec![rule(&[&b], &[])]).await;
+    let (_, new) = a.push_image("team/new", "v1", &random_bytes(5000, 3)).await;
+    wait_status(&a.base, "team/new", &new, &b, "COMPLETE").await;
+    assert!(statuses(&a.base, "team/old", &old).await.is_empty(), "pushed before the configuration");
+    assert_eq!(b.get("/v2/team/old/manifests/v1", ACCEPT_ALL).await.status(), StatusCode::NOT_FOUND);
+
+    let file = a.dir.path().join("backfill.toml");
+    std::fs::write(&file, toml::to_string(&a.config).unwrap()).unwrap();
+    let backfill = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["replication", "backfill", "--repository", "team/", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let first = backfill();
+    assert_eq!(first["images_queued"], 1, "{first}");
+    assert_eq!(first["images_already_replicated"], 1, "{first}");
+    assert_eq!(first["complete"], 1, "{first}");
+    assert_eq!(statuses(&a.base, "team/old", &old).await[0].1, "COMPLETE");
+    assert_same_image(&a.base, &b, "team/old", "v1").await;
+    assert!(statuses(&a.base, "elsewhere/old", &other).await.is_empty(), "outside --repository");
+
+    let puts = |text: &str| metric_sum(text, "ferry_http_requests_total", &["endpoint=\"manifest_put\""]);
+    let before = puts(&b.f.metrics().await);
+    let second = backfill();
+    assert_eq!(second["images_queued"], 0, "{second}");
+    assert_eq!(second["images_already_replicated"], 2, "{second}");
+    assert_eq!(puts(&b.f.metrics().await), before, "nothing was copied twice");
 }
