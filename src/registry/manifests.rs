@@ -124,13 +124,11 @@ impl Registry {
             }
             Reference::Digest(_) => false,
         };
-        if origin == PushOrigin::Client {
-            let tag = match reference {
-                Reference::Tag(t) => Some(t),
-                Reference::Digest(_) => None,
-            };
-            self.record_push_event(name, &digest, tag).await?;
-        }
+        let replicate = match (origin, reference) {
+            (PushOrigin::Replication, _) => false,
+            (PushOrigin::Client, Reference::Tag(t)) => self.record_push_event(name, &digest, Some(t)).await?,
+            (PushOrigin::Client, Reference::Digest(_)) => self.record_push_event(name, &digest, None).await?,
+        };
 
         let record = ManifestRecord {
             digest: digest.clone(),
@@ -170,6 +168,9 @@ impl Registry {
             } else {
                 self.storage.record_put(&key, record_bytes).await?;
             }
+        }
+        if replicate {
+            self.wake_replication();
         }
         Ok(StoredManifest { digest, subject: manifest.subject.map(|s| s.digest) })
     }

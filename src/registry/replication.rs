@@ -204,18 +204,24 @@ impl Registry {
     /// manifest is validated and before anything of it is stored, so every push that is
     /// acknowledged has its event (a push that fails after this leaves an event whose manifest
     /// never appears, which the workers drop after [`UNCOMMITTED_EVENT_TTL_MS`]).
-    pub async fn record_push_event(&self, name: &RepositoryName, digest: &Digest, tag: Option<&Tag>) -> Result<()> {
+    /// Returns whether it recorded one; the caller wakes the workers once the manifest is
+    /// stored ([`Self::wake_replication`]), not before, or they would find it missing.
+    pub async fn record_push_event(&self, name: &RepositoryName, digest: &Digest, tag: Option<&Tag>) -> Result<bool> {
         let destinations = self.replication_configuration().await?.destinations_for(name);
         if destinations.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let tags = tag.map(|t| vec![t.to_string()]).unwrap_or_default();
         self.enqueue_replication(name, digest, tags, &destinations).await?;
-        Ok(())
+        Ok(true)
     }
 
-    /// Writes an event for `destinations`, then marks them `IN_PROGRESS` in the image's status,
-    /// and wakes this replica's workers.
+    /// Wakes this replica's replication worker (a permit is kept if it is busy).
+    pub fn wake_replication(&self) {
+        self.replication_wake.notify_one();
+    }
+
+    /// Writes an event for `destinations`, then marks them `IN_PROGRESS` in the image's status.
     pub async fn enqueue_replication(
         &self,
         name: &RepositoryName,
@@ -245,7 +251,6 @@ impl Registry {
         let id = EventId::new(now);
         self.storage.record_put(&Key::replication_event(&id), super::manifests::encode(&event)?).await?;
         self.set_replication_status(name, digest, &statuses).await?;
-        self.replication_wake.notify_one();
         Ok(id)
     }
 

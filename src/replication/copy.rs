@@ -66,8 +66,8 @@ impl ImageCopy<'_> {
         }
         let mut stored = present;
         for tag in &live_tags {
-            if self.destination.manifest_digest(repo, tag).await?.as_ref() == Some(digest) {
-                stored = true;
+            // A tag can name the image there only if the image is there.
+            if present && self.destination.manifest_digest(repo, tag).await?.as_ref() == Some(digest) {
                 continue;
             }
             // Refused as an immutable tag: the image goes in by digest, untagged.

@@ -341,6 +341,21 @@ async fn pushes_reach_every_region_byte_identical_even_one_that_was_down() {
     let failures = metric_sum(&a1.metrics().await, "ferry_replication_failures_total", &["333333333333/ap-south-1"])
         + metric_sum(&a2.metrics().await, "ferry_replication_failures_total", &["333333333333/ap-south-1"]);
     assert!(failures >= 1.0, "the stopped region was tried");
+    let gauge = |name: &'static str| {
+        let (a1, a2) = (&a1, &a2);
+        async move {
+            metric_sum(&a1.metrics().await, name, &["333333333333/ap-south-1"]).max(metric_sum(
+                &a2.metrics().await,
+                name,
+                &["333333333333/ap-south-1"],
+            ))
+        }
+    };
+    eventually("the pending gauge counts what waits for C", WITHIN, || async {
+        gauge("ferry_replication_events_pending").await >= 3.0
+            && gauge("ferry_replication_oldest_pending_seconds").await > 0.0
+    })
+    .await;
 
     c.restart().await;
     for (repo, d) in [("team/app", &single.top), ("team/multi", &multi.top), ("team/app", &signature)] {
@@ -353,6 +368,18 @@ async fn pushes_reach_every_region_byte_identical_even_one_that_was_down() {
         let referrers: Value = region.get(&format!("/v2/team/app/referrers/{top}"), "*/*").await.json().await.unwrap();
         assert_eq!(referrers["manifests"][0]["digest"], signature.as_str(), "{referrers}");
     }
+    // boto3 reads the status as ECR's model describes it.
+    let v = crate::ecr_api::python_json(&format!(
+        r#"
+import boto3, json
+ecr = boto3.client('ecr', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')
+r = ecr.describe_image_replication_status(repositoryName='team/app', imageId={{'imageTag': 'v1'}})
+print(json.dumps([r['imageId'], sorted((s['registryId'], s['region'], s['status']) for s in r['replicationStatuses'])]))
+"#,
+        a2.base
+    ));
+    assert_eq!(v[0]["imageDigest"], single.top.as_str(), "{v}");
+    assert_eq!(v[1], json!([["222222222222", "eu-west-1", "COMPLETE"], ["333333333333", "ap-south-1", "COMPLETE"]]));
     // What a destination created for the source is a repository like any other there.
     let (status, body) = b.ecr("DescribeRepositories", json!({ "repositoryNames": ["team/multi"] })).await;
     assert_eq!(status, 200, "{body}");

@@ -248,3 +248,81 @@ async fn token_authenticated_upstream_with_configured_credentials() {
     assert_eq!(body["errors"][0]["code"], "DENIED");
     assert!(body["errors"][0]["message"].as_str().unwrap().contains("refused Ferry's credentials"), "{body}");
 }
+
+/// Replication to a plain OCI registry: the CNCF registry with Docker-Hub-style token auth as
+/// a destination. The source follows the challenge to the issuer with the configured
+/// credentials for a pull and push token, and the image arrives whole (nothing ECR-only is
+/// asked of it: no registry policy, no repository creation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_to_a_token_authenticated_cncf_registry() {
+    let issuer = Issuer::start().await;
+    let hub = RealUpstream::start_with(&issuer.auth_yaml());
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("hub-password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let target = ferry::config::ReplicationTarget {
+        registry_id: "444444444444".into(),
+        region: "us-west-2".into(),
+        url: hub.base.clone(),
+        access_key_id: USER.into(),
+        secret_access_key_file: password_file.display().to_string(),
+    };
+    let source = TestFerry::start_with(move |c| {
+        c.auth.registry_id = crate::replication::SOURCE_ID.into();
+        c.replication.destinations = vec![target];
+    })
+    .await;
+    let rules = serde_json::json!({ "replicationConfiguration": { "rules": [{
+        "destinations": [{ "region": "us-west-2", "registryId": "444444444444" }] }] } });
+    let (status, body) = crate::replication::ecr(&source, "PutReplicationConfiguration", rules).await;
+    assert_eq!(status, 200, "{body}");
+    let layer = random_bytes(300_000, 91);
+    let (manifest, top) = source.push_image("team/app", "v1", &layer).await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let s = crate::replication::statuses(&source.base, "team/app", &top).await;
+        if s.iter().any(|(_, status, _)| status == "COMPLETE") {
+            break;
+        }
+        assert!(s.iter().all(|(_, status, _)| status == "IN_PROGRESS"), "{s:?}");
+        assert!(std::time::Instant::now() < deadline, "never replicated: {s:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let seen = issuer.requests.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|r| r.contains("auth=true") && r.contains("scope=repository%3Ateam%2Fapp%3Apull%2Cpush")),
+        "{seen:?}"
+    );
+    // Read it back from the registry itself, with a pull token of its issuer.
+    let client = reqwest::Client::new();
+    let token: serde_json::Value = client
+        .get(format!("{}/token?service=test-registry&scope=repository:team/app:pull", issuer.base))
+        .basic_auth(USER, Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let got = client
+        .get(format!("{}/v2/team/app/manifests/v1", hub.base))
+        .bearer_auth(&token)
+        .header("Accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), &manifest[..]);
+    let blob = client
+        .get(format!("{}/v2/team/app/blobs/{}", hub.base, digest(&layer)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(blob.as_ref(), &layer[..]);
+}
