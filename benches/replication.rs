@@ -11,6 +11,7 @@
 //!   `FERRY_BENCH_REPLICATION_PUSHES` pushes (default 50).
 //!
 //! Run with `cargo bench --bench replication`. Prints `<name> ferry=<s> peer=<s> ratio=<r> s`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 #[path = "../tests/support/relay.rs"]

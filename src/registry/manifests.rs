@@ -320,6 +320,7 @@ impl Registry {
         }
         self.storage.record_delete(&Key::manifest_link(name, digest)).await?;
         self.storage.record_delete(&Key::image_pull(name, digest)).await?;
+        self.storage.record_delete(&Key::replication_status(name, digest)).await?;
         Ok(())
     }
 

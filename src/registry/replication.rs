@@ -332,3 +332,38 @@ impl Registry {
         Ok(self.storage.record_get(&Key::manifest_link(name, digest)).await?.is_some())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(id: &str) -> ReplicationDestination {
+        ReplicationDestination { region: "eu-west-1".into(), registry_id: id.into() }
+    }
+
+    #[test]
+    fn rules_match_by_prefix_and_name_each_destination_once() {
+        let filter = |f: &str| RepositoryFilter { filter: f.into(), filter_type: "PREFIX_MATCH".into() };
+        let config = ReplicationConfiguration {
+            rules: vec![
+                ReplicationRule {
+                    destinations: vec![dest("222222222222")],
+                    repository_filters: vec![filter("team-a/")],
+                },
+                ReplicationRule {
+                    destinations: vec![dest("333333333333"), dest("222222222222")],
+                    repository_filters: vec![filter("team-b"), filter("team-a/app")],
+                },
+                ReplicationRule { destinations: vec![dest("444444444444")], repository_filters: vec![] },
+            ],
+        };
+        let name = |n: &str| RepositoryName::parse(n).unwrap();
+        let ids =
+            |n: &str| -> Vec<String> { config.destinations_for(&name(n)).into_iter().map(|d| d.registry_id).collect() };
+        assert_eq!(ids("team-a/app"), ["222222222222", "333333333333", "444444444444"]);
+        assert_eq!(ids("team-a/other"), ["222222222222", "444444444444"]);
+        assert_eq!(ids("team-bee/x"), ["333333333333", "222222222222", "444444444444"]);
+        assert_eq!(ids("other"), ["444444444444"]);
+        assert!(ReplicationConfiguration::default().destinations_for(&name("x")).is_empty());
+    }
+}

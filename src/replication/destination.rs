@@ -85,11 +85,28 @@ pub struct Destination {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
 }
 
+/// Most of a destination's answer body read (an error or a token): a hostile or broken
+/// registry cannot make a worker buffer more.
+const MAX_ANSWER_BYTES: usize = 64 << 10;
+
+/// The first [`MAX_ANSWER_BYTES`] of a response body.
+async fn bounded_body(mut resp: reqwest::Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = MAX_ANSWER_BYTES.saturating_sub(out.len());
+        out.extend_from_slice(chunk.get(..room.min(chunk.len())).unwrap_or_default());
+        if out.len() >= MAX_ANSWER_BYTES {
+            break;
+        }
+    }
+    out
+}
+
 /// The OCI error's first code and message in a response body, if it has one.
 async fn oci_error(resp: reqwest::Response) -> (Option<String>, String) {
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    let text = bounded_body(resp).await;
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&text).ok();
     let first = parsed.as_ref().and_then(|v| v.get("errors")).and_then(|e| e.get(0)).cloned();
     let code = first.as_ref().and_then(|e| e.get("code")).and_then(|c| c.as_str()).map(str::to_owned);
     let message = first
@@ -214,10 +231,11 @@ impl Destination {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let body: TokenResponse = resp.json().await.map_err(|e| CopyError::Permanent {
-            code: "REJECTED",
-            message: format!("the token service at {realm} answered no token: {e}"),
-        })?;
+        let body: TokenResponse =
+            serde_json::from_slice(&bounded_body(resp).await).map_err(|e| CopyError::Permanent {
+                code: "REJECTED",
+                message: format!("the token service at {realm} answered no token: {e}"),
+            })?;
         let Some(token) = body.token.or(body.access_token) else { return Ok(false) };
         let ttl = Duration::from_secs(body.expires_in.unwrap_or(60).clamp(10, 86_400).saturating_sub(5));
         if let Ok(mut tokens) = self.tokens.lock() {

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Events read per round (the oldest); the rest wait for the next round.
+/// Events a worker reads for the first time in one pass; the rest wait for the next.
 const EVENTS_PER_ROUND: usize = 1000;
 /// Event records read at once.
 const READS_AT_ONCE: usize = 16;
@@ -86,6 +86,17 @@ pub struct ReplicationWorker {
     metrics: Arc<Metrics>,
     wake: Arc<tokio::sync::Notify>,
     last: String,
+    /// What this worker last read of each event.
+    view: std::sync::Mutex<HashMap<EventId, SeenEvent>>,
+}
+
+/// What a worker remembers of an event between passes.
+#[derive(Debug, Clone)]
+struct SeenEvent {
+    /// When its earliest waiting destination is due (`None`: nothing waits).
+    due_at_ms: Option<u64>,
+    /// The destinations still waiting (labels).
+    pending: Vec<String>,
 }
 
 /// What one event's round did.
@@ -130,38 +141,60 @@ impl ReplicationWorker {
         metrics: Arc<Metrics>,
     ) -> Self {
         let wake = registry.replication_wake();
-        Self { registry, destinations, owner, pace, metrics, wake, last: "not run yet".into() }
+        Self {
+            registry,
+            destinations,
+            owner,
+            pace,
+            metrics,
+            wake,
+            last: "not run yet".into(),
+            view: Default::default(),
+        }
     }
 
-    /// One pass: read the oldest events, count what is pending, and work on the due ones.
-    /// Returns how many were worked on and how many events remain.
+    /// One pass: list the events, read the ones this worker has not seen (at most
+    /// [`EVENTS_PER_ROUND`] a pass), count what is pending, and work on the due ones. What an
+    /// event holds changes only when a worker commits it, and this worker re-reads an event
+    /// before working on it, so the view it keeps is safe to act on: a stale entry can only
+    /// make it look at an event early, or late by at most that event's own retry delay. So an
+    /// idle pass costs one listing, however many events wait for a destination that is down.
+    /// Returns how many events were worked on and how many exist.
     pub async fn pass(&self) -> Result<(usize, usize), crate::registry::Error> {
         let ids = self.registry.replication_events().await?;
         let remaining = ids.len();
+        let unseen: Vec<EventId> = {
+            let mut view = self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let listed: std::collections::HashSet<&EventId> = ids.iter().collect();
+            view.retain(|id, _| listed.contains(id));
+            ids.iter().filter(|id| !view.contains_key(*id)).take(EVENTS_PER_ROUND).cloned().collect()
+        };
         let registry = self.registry.clone();
-        let events: Vec<(EventId, ReplicationEvent)> =
-            futures_util::stream::iter(ids.into_iter().take(EVENTS_PER_ROUND))
-                .map(|id| {
-                    let registry = registry.clone();
-                    async move { registry.replication_event(&id).await.map(|e| e.map(|(event, _)| (id, event))) }
-                })
-                .buffered(READS_AT_ONCE)
-                .filter_map(|r| async move { r.transpose() })
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<_, _>>()?;
-        let now = self.registry.clock().now_ms();
-        self.count_pending(&events, now);
-        let due: Vec<EventId> = events
-            .into_iter()
-            .filter(|(_, e)| {
-                e.destinations
-                    .iter()
-                    .any(|d| d.status.status == ReplicationState::InProgress && d.next_attempt_at_ms <= now)
+        let read: Vec<(EventId, Option<ReplicationEvent>)> = futures_util::stream::iter(unseen)
+            .map(|id| {
+                let registry = registry.clone();
+                async move { registry.replication_event(&id).await.map(|e| (id, e.map(|(event, _)| event))) }
             })
-            .map(|(id, _)| id)
-            .collect();
+            .buffered(READS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        for (id, event) in read {
+            self.remember(&id, event.as_ref());
+        }
+        let now = self.registry.clock().now_ms();
+        let due: Vec<EventId> = {
+            let view = self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.count_pending(&view, now);
+            let mut due: Vec<EventId> = view
+                .iter()
+                .filter(|(_, e)| e.due_at_ms.is_some_and(|at| at <= now))
+                .map(|(id, _)| id.clone())
+                .collect();
+            due.sort_unstable();
+            due
+        };
         let worked = futures_util::stream::iter(due)
             .map(|id| async move { self.claim(&id).await })
             .buffer_unordered(self.pace.images_at_once)
@@ -178,15 +211,42 @@ impl ReplicationWorker {
         Ok((count, remaining))
     }
 
-    fn count_pending(&self, events: &[(EventId, ReplicationEvent)], now: u64) {
+    /// Notes what an event holds now (`None`: it is gone).
+    fn remember(&self, id: &EventId, event: Option<&ReplicationEvent>) {
+        let mut view = self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match event {
+            Some(e) => {
+                let waiting: Vec<&EventDestination> =
+                    e.destinations.iter().filter(|d| d.status.status == ReplicationState::InProgress).collect();
+                let seen = SeenEvent {
+                    due_at_ms: waiting.iter().map(|d| d.next_attempt_at_ms).min(),
+                    pending: waiting.iter().map(|d| d.status.label()).collect(),
+                };
+                view.insert(id.clone(), seen);
+            }
+            None => {
+                view.remove(id);
+            }
+        }
+    }
+
+    /// Not yet committed by its push, or held by another replica: look again after a while.
+    fn look_again_later(&self, id: &EventId) {
+        let later = self.registry.clock().now_ms().saturating_add(millis(self.pace.poll_interval));
+        let mut view = self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(seen) = view.get_mut(id) {
+            seen.due_at_ms = seen.due_at_ms.map(|at| at.max(later));
+        }
+    }
+
+    fn count_pending(&self, view: &HashMap<EventId, SeenEvent>, now: u64) {
         let m = &self.metrics.replication;
         m.pending.reset();
         m.oldest_pending.reset();
-        let mut oldest: HashMap<String, u64> = HashMap::new();
-        for (id, e) in events {
-            for d in e.destinations.iter().filter(|d| d.status.status == ReplicationState::InProgress) {
-                let label = d.status.label();
-                m.pending.with_label_values(&[&label]).inc();
+        let mut oldest: HashMap<&str, u64> = HashMap::new();
+        for (id, seen) in view {
+            for label in &seen.pending {
+                m.pending.with_label_values(&[label]).inc();
                 let at = oldest.entry(label).or_insert(u64::MAX);
                 *at = (*at).min(id.recorded_at_ms());
             }
@@ -194,7 +254,7 @@ impl ReplicationWorker {
         for (label, at) in oldest {
             #[allow(clippy::cast_precision_loss)] // ages in ms are far below 2^52
             let age = now.saturating_sub(at) as f64 / 1000.0;
-            m.oldest_pending.with_label_values(&[&label]).set(age);
+            m.oldest_pending.with_label_values(&[label]).set(age);
         }
     }
 
@@ -212,15 +272,21 @@ impl ReplicationWorker {
         .await
         {
             Ok(l) => l,
-            Err(LeaseError::Held { .. } | LeaseError::Lost) => return Ok(Claimed::Skipped),
+            Err(LeaseError::Held { .. } | LeaseError::Lost) => {
+                self.look_again_later(id);
+                return Ok(Claimed::Skipped);
+            }
             Err(LeaseError::Storage(e)) => return Err(e.into()),
         };
         let result = self.work_on(id, lease).await;
-        if result.is_ok() {
-            // Nothing left to guard once the event is gone.
-            if self.registry.replication_event(id).await?.is_none() {
-                storage.record_delete(&Key::replication_lease(id)).await?;
-            }
+        let now = self.registry.replication_event(id).await?.map(|(e, _)| e);
+        self.remember(id, now.as_ref());
+        if result.as_ref().is_ok_and(|c| *c == Claimed::Skipped) {
+            self.look_again_later(id);
+        }
+        // Nothing left to guard once the event is gone.
+        if now.is_none() {
+            storage.record_delete(&Key::replication_lease(id)).await?;
         }
         result
     }
@@ -254,6 +320,11 @@ impl ReplicationWorker {
                     .is_some_and(|d| d.status.status == ReplicationState::InProgress && d.next_attempt_at_ms <= now)
             })
             .collect();
+        if due.is_empty() {
+            // Another replica moved its retries on since this one last read it.
+            lease.release(storage.as_ref()).await?;
+            return Ok(Claimed::Skipped);
+        }
         let copies = futures_util::future::join_all(due.iter().map(|&i| {
             let d = event.destinations.get(i).map(|d| d.status.clone());
             let (name, event) = (&name, &event);
