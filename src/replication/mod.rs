@@ -97,6 +97,8 @@ struct SeenEvent {
     due_at_ms: Option<u64>,
     /// The destinations still waiting (labels).
     pending: Vec<String>,
+    /// The image it copies (`None`: a record naming no valid repository).
+    image: Option<(RepositoryName, crate::oci::Digest)>,
 }
 
 /// What one event's round did.
@@ -221,6 +223,7 @@ impl ReplicationWorker {
                 let seen = SeenEvent {
                     due_at_ms: waiting.iter().map(|d| d.next_attempt_at_ms).min(),
                     pending: waiting.iter().map(|d| d.status.label()).collect(),
+                    image: RepositoryName::parse(&e.repository).ok().map(|n| (n, e.digest.clone())),
                 };
                 view.insert(id.clone(), seen);
             }
@@ -258,18 +261,22 @@ impl ReplicationWorker {
         }
     }
 
-    /// Takes the event's lease, works on it, and gives the lease back.
+    /// Takes the lease of the event's image, works on the event, and gives the lease back.
     async fn claim(&self, id: &EventId) -> Result<Claimed, WorkerError> {
         let storage = self.registry.storage_handle();
         let clock = self.registry.clock().clone();
-        let lease = match Lease::acquire(
-            storage.as_ref(),
-            clock.as_ref(),
-            Key::replication_lease(id),
-            &self.owner,
-            self.pace.lease_ttl,
-        )
-        .await
+        let image = {
+            let view = self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            view.get(id).and_then(|seen| seen.image.clone())
+        };
+        let Some((name, digest)) = image else {
+            tracing::warn!(event = %id, "a replication event names no valid repository; dropped");
+            self.registry.delete_replication_event(id).await?;
+            self.remember(id, None);
+            return Ok(Claimed::Worked);
+        };
+        let key = Key::replication_lease(&name, &digest);
+        let lease = match Lease::acquire(storage.as_ref(), clock.as_ref(), key, &self.owner, self.pace.lease_ttl).await
         {
             Ok(l) => l,
             Err(LeaseError::Held { .. } | LeaseError::Lost) => {
@@ -278,20 +285,16 @@ impl ReplicationWorker {
             }
             Err(LeaseError::Storage(e)) => return Err(e.into()),
         };
-        let result = self.work_on(id, lease).await;
+        let result = self.work_on(id, &name, lease).await;
         let now = self.registry.replication_event(id).await?.map(|(e, _)| e);
         self.remember(id, now.as_ref());
         if result.as_ref().is_ok_and(|c| *c == Claimed::Skipped) {
             self.look_again_later(id);
         }
-        // Nothing left to guard once the event is gone.
-        if now.is_none() {
-            storage.record_delete(&Key::replication_lease(id)).await?;
-        }
         result
     }
 
-    async fn work_on(&self, id: &EventId, mut lease: Lease) -> Result<Claimed, WorkerError> {
+    async fn work_on(&self, id: &EventId, name: &RepositoryName, mut lease: Lease) -> Result<Claimed, WorkerError> {
         let storage = self.registry.storage_handle();
         let clock = self.registry.clock().clone();
         let Some((mut event, version)) = self.registry.replication_event(id).await? else {
@@ -299,12 +302,7 @@ impl ReplicationWorker {
             return Ok(Claimed::Skipped);
         };
         let now = clock.now_ms();
-        let Ok(name) = RepositoryName::parse(&event.repository) else {
-            tracing::warn!(event = %id, repository = %event.repository, "a replication event names no valid repository; dropped");
-            self.registry.delete_replication_event(id).await?;
-            return Ok(Claimed::Worked);
-        };
-        if !self.registry.holds_manifest(&name, &event.digest).await? {
+        if !self.registry.holds_manifest(name, &event.digest).await? {
             // The push that recorded it has not committed (yet, or ever).
             if now.saturating_sub(id.recorded_at_ms()) > UNCOMMITTED_EVENT_TTL_MS {
                 self.registry.delete_replication_event(id).await?;
@@ -327,7 +325,7 @@ impl ReplicationWorker {
         }
         let copies = futures_util::future::join_all(due.iter().map(|&i| {
             let d = event.destinations.get(i).map(|d| d.status.clone());
-            let (name, event) = (&name, &event);
+            let event = &event;
             async move {
                 match d {
                     Some(d) => self.copy_to(name, event, &d).await,
@@ -345,13 +343,17 @@ impl ReplicationWorker {
         }
         // Committed only by the lease's holder: one that lost it leaves the event to the taker.
         lease.check(storage.as_ref(), clock.as_ref()).await?;
-        self.registry.set_replication_status(&name, &event.digest, &changed).await?;
+        self.registry.set_replication_status(name, &event.digest, &changed).await?;
         if event.destinations.iter().all(|d| d.status.status != ReplicationState::InProgress) {
             self.registry.delete_replication_event(id).await?;
-        } else if self.registry.update_replication_event(id, &event, version).await?.is_none() {
-            tracing::warn!(event = %id, "a replication event changed under its lease; left for the next round");
+            // The image's lease has nothing left to guard (another event of it takes a new one).
+            lease.remove(storage.as_ref()).await?;
+        } else {
+            if self.registry.update_replication_event(id, &event, version).await?.is_none() {
+                tracing::warn!(event = %id, "a replication event changed under its lease; left for the next round");
+            }
+            lease.release(storage.as_ref()).await?;
         }
-        lease.release(storage.as_ref()).await?;
         Ok(Claimed::Worked)
     }
 

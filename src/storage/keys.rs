@@ -68,9 +68,12 @@ impl Key {
         Self(format!("replication/events/{id}"))
     }
 
-    /// `leases/replication-<id>`: which replica is copying that event.
-    pub fn replication_lease(id: &EventId) -> Self {
-        Self(format!("leases/replication-{id}"))
+    /// `leases/replication-<sha256 of "<name>@<digest>">`: which replica is copying that image
+    /// (one lease per image, so two events of one image are never copied at once).
+    pub fn replication_lease(name: &RepositoryName, digest: &Digest) -> Self {
+        use sha2::Digest as _;
+        let image = sha2::Sha256::digest(format!("{name}@{digest}").as_bytes());
+        Self(format!("leases/replication-{}", hex::encode(image)))
     }
 
     /// `repos/<name>/_replication/<alg>/<hex>`: the image's status at each destination.

@@ -143,6 +143,14 @@ impl Lease {
         }
     }
 
+    /// Gives the lease up for good, deleting its record: the job it guarded is finished and
+    /// nothing else will ask for it. (A holder that lost it meanwhile deletes the taker's record;
+    /// the taker then fails its check and retries, so nothing is committed twice.)
+    pub async fn remove(self, storage: &dyn Storage) -> std::result::Result<(), LeaseError> {
+        storage.record_delete(&self.key).await?;
+        Ok(())
+    }
+
     /// The generation this holder holds.
     pub fn generation(&self) -> u64 {
         self.generation

@@ -387,6 +387,18 @@ print(json.dumps([r['imageId'], sorted((s['registryId'], s['region'], s['status'
         + metric_sum(&a2.metrics().await, "ferry_replication_images_total", &[]);
     let pushes = 1 + multi.platforms.len() + 1 + 1; // skopeo pushes each platform manifest, then the index
     assert_eq!(replicated, (pushes * 2) as f64, "each push reaches each region once");
+    // Finished events leave nothing behind (the status is written before the event and its
+    // image lease are removed, so this may trail it briefly): no event, no image lease.
+    let s3 = moto.client();
+    eventually("no replication event or lease is left", WITHIN, || async {
+        let mut left = 0;
+        for prefix in ["replication/events/", "leases/replication-"] {
+            let listed = s3.list_objects_v2().bucket("source").prefix(prefix).send().await.unwrap();
+            left += listed.key_count().unwrap_or(0);
+        }
+        left == 0
+    })
+    .await;
 }
 
 /// A source replica as its own process (so it can be killed), on `bucket` of `moto`.
