@@ -83,6 +83,23 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Whether this is a step of a push, or a HEAD a pusher makes to skip what is there: what
+    /// a replication from another registry may do under `ecr:ReplicateImage` (never a read of
+    /// content, a listing or a delete).
+    pub fn is_push_step(&self) -> bool {
+        matches!(
+            self,
+            Self::BlobHead(..)
+                | Self::UploadStart(..)
+                | Self::UploadStatus(..)
+                | Self::UploadChunk(..)
+                | Self::UploadFinish(..)
+                | Self::UploadCancel(..)
+                | Self::ManifestHead(..)
+                | Self::ManifestPut(..)
+        )
+    }
+
     /// A stable, low-cardinality name for metric labels and logs.
     pub fn name(&self) -> &'static str {
         match self {

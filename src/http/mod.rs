@@ -363,7 +363,7 @@ async fn authorize<B>(
         // `GET /v2/` asks only who you are: docker login probes it, and needs the challenge.
         return Err(challenge(auth, req, "authentication required"));
     }
-    let replicating = is_replication(req.headers());
+    let replicating = is_replication(req.headers()) && endpoint.is_push_step();
     let mut accesses = endpoint.accesses();
     let repository_policies = if replicating {
         for a in &mut accesses {

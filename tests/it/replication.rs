@@ -569,6 +569,23 @@ async fn filters_deletes_chaining_and_immutable_tags_behave_as_in_ecr() {
     assert_eq!(b.get(&format!("/v2/imm/app/manifests/{ours}"), ACCEPT_ALL).await.status(), StatusCode::OK);
     let tagged = b.get("/v2/imm/app/manifests/v1", ACCEPT_ALL).await;
     assert_eq!(header(&tagged, "docker-content-digest"), theirs);
+
+    // What the registry policy grants the source is pushing (and the HEADs a push makes):
+    // saying it replicates never lets it read content, list or delete.
+    let secret = std::fs::read_to_string(&b.replicator_secret_file).unwrap().trim_end().to_owned();
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", b.f.base);
+    let send = |req: reqwest::RequestBuilder| {
+        req.basic_auth(REPLICATOR_KEY, Some(&secret))
+            .header("Ferry-Replication", SOURCE_ID)
+            .header("Accept", ACCEPT_ALL)
+            .send()
+    };
+    let manifest = url(&format!("/v2/imm/app/manifests/{ours}"));
+    assert_eq!(send(client.head(&manifest)).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(send(client.get(&manifest)).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(send(client.get(url("/v2/imm/app/tags/list"))).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(send(client.delete(&manifest)).await.unwrap().status(), StatusCode::FORBIDDEN);
 }
 
 /// Pushes a small image into `region` with its admin's credentials; returns the digest.
