@@ -5,6 +5,7 @@
 //! engine as the registry API) and runs as a thin call into the registry. Errors are
 //! `{"__type","message"}` ([`ApiError`]). Knows nothing of HTTP framing or storage layout.
 
+mod backfill;
 mod error;
 mod lifecycle;
 mod registry_policy;
@@ -106,6 +107,14 @@ pub enum Operation {
     DeleteRegistryPolicy,
     /// `DescribeImageReplicationStatus`: a repository and an image's digest or tag.
     DescribeImageReplicationStatus(RepositoryName, replication::ImageId),
+    /// `StartReplicationBackfill` to a destination.
+    StartReplicationBackfill(crate::registry::replication::ReplicationDestination),
+    /// `StopReplicationBackfill`.
+    StopReplicationBackfill(uuid::Uuid),
+    /// `DescribeReplicationBackfillResults`: which, a result filter, a page.
+    DescribeReplicationBackfillResults(uuid::Uuid, Option<crate::registry::replication::ReplicationState>, Page),
+    /// `ListReplicationBackfills`.
+    ListReplicationBackfills(Page),
 }
 
 /// `maxResults` and `nextToken`.
@@ -213,6 +222,10 @@ impl Operation {
             Self::GetRegistryPolicy => "GetRegistryPolicy",
             Self::DeleteRegistryPolicy => "DeleteRegistryPolicy",
             Self::DescribeImageReplicationStatus(..) => "DescribeImageReplicationStatus",
+            Self::StartReplicationBackfill(..) => "StartReplicationBackfill",
+            Self::StopReplicationBackfill(..) => "StopReplicationBackfill",
+            Self::DescribeReplicationBackfillResults(..) => "DescribeReplicationBackfillResults",
+            Self::ListReplicationBackfills(..) => "ListReplicationBackfills",
         }
     }
 
@@ -245,11 +258,7 @@ impl Operation {
                 Ok(Self::GetAuthorizationToken)
             }
             "DescribeRegistry" => Ok(Self::DescribeRegistry),
-            "PutReplicationConfiguration"
-            | "PutRegistryPolicy"
-            | "GetRegistryPolicy"
-            | "DeleteRegistryPolicy"
-            | "DescribeImageReplicationStatus" => replication::parse_operation(op, &input),
+            op if replication::OPERATIONS.contains(&op) => replication::parse_operation(op, &input),
             "CreateRepository" => {
                 let (name, settings) = repositories::parse_create(&input)?;
                 Ok(Self::CreateRepository(name, settings))
@@ -358,6 +367,12 @@ impl Operation {
             Self::GetRegistryPolicy => vec![Access::registry(Action::GetRegistryPolicy)],
             Self::DeleteRegistryPolicy => vec![Access::registry(Action::DeleteRegistryPolicy)],
             Self::DescribeImageReplicationStatus(n, _) => vec![Access::on(Action::DescribeImageReplicationStatus, n)],
+            Self::StartReplicationBackfill(_) => vec![Access::registry(Action::StartReplicationBackfill)],
+            Self::StopReplicationBackfill(_) => vec![Access::registry(Action::StopReplicationBackfill)],
+            Self::DescribeReplicationBackfillResults(..) => {
+                vec![Access::registry(Action::DescribeReplicationBackfillResults)]
+            }
+            Self::ListReplicationBackfills(_) => vec![Access::registry(Action::ListReplicationBackfills)],
         }
     }
 
@@ -376,6 +391,10 @@ impl Operation {
             | Self::GetRegistryPolicy
             | Self::DeleteRegistryPolicy
             | Self::DescribeImageReplicationStatus(..)) => replication::run(ctx, op).await,
+            op @ (Self::StartReplicationBackfill(_)
+            | Self::StopReplicationBackfill(_)
+            | Self::DescribeReplicationBackfillResults(..)
+            | Self::ListReplicationBackfills(_)) => backfill::run(ctx, op).await,
             Self::CreateRepository(name, settings) => {
                 let created = reg.create_repository(&name, settings).await?;
                 Ok(json!({ "repository": repositories::describe(ctx, &name, &created) }))

@@ -27,12 +27,29 @@ fn string<'a>(v: &'a Value, member: &str) -> Result<&'a str, ApiError> {
     v.get(member).and_then(Value::as_str).ok_or_else(|| invalid(member, "Member must not be null"))
 }
 
+/// The registry-level replication operations this module parses.
+pub const OPERATIONS: [&str; 9] = [
+    "PutReplicationConfiguration",
+    "PutRegistryPolicy",
+    "GetRegistryPolicy",
+    "DeleteRegistryPolicy",
+    "DescribeImageReplicationStatus",
+    "StartReplicationBackfill",
+    "StopReplicationBackfill",
+    "DescribeReplicationBackfillResults",
+    "ListReplicationBackfills",
+];
+
 /// Parses one of the registry-level replication operations.
 pub fn parse_operation(op: &str, input: &Input) -> Result<Operation, ApiError> {
     Ok(match op {
         "PutReplicationConfiguration" => Operation::PutReplicationConfiguration(parse(input)?),
         "PutRegistryPolicy" => Operation::PutRegistryPolicy(registry_policy::parse(input)?),
         "GetRegistryPolicy" => Operation::GetRegistryPolicy,
+        "StartReplicationBackfill"
+        | "StopReplicationBackfill"
+        | "DescribeReplicationBackfillResults"
+        | "ListReplicationBackfills" => super::backfill::parse_operation(op, input)?,
         "DescribeImageReplicationStatus" => {
             let name = super::repositories::repository_name(input, "repositoryName")?;
             Operation::DescribeImageReplicationStatus(name, ImageId::parse(input)?)

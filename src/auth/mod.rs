@@ -90,6 +90,14 @@ pub enum Action {
     DeleteRegistryPolicy,
     /// Reading an image's replication status.
     DescribeImageReplicationStatus,
+    /// Starting a replication backfill.
+    StartReplicationBackfill,
+    /// Stopping a replication backfill.
+    StopReplicationBackfill,
+    /// Reading a replication backfill's progress and results.
+    DescribeReplicationBackfillResults,
+    /// Listing replication backfills.
+    ListReplicationBackfills,
     /// Pushing an image as another registry's replication (a permission, not an operation):
     /// what a replicating registry needs at its destination, in place of the push actions.
     ReplicateImage,
@@ -135,6 +143,10 @@ impl Action {
             Self::GetRegistryPolicy => "ecr:GetRegistryPolicy",
             Self::DeleteRegistryPolicy => "ecr:DeleteRegistryPolicy",
             Self::DescribeImageReplicationStatus => "ecr:DescribeImageReplicationStatus",
+            Self::StartReplicationBackfill => "ecr:StartReplicationBackfill",
+            Self::StopReplicationBackfill => "ecr:StopReplicationBackfill",
+            Self::DescribeReplicationBackfillResults => "ecr:DescribeReplicationBackfillResults",
+            Self::ListReplicationBackfills => "ecr:ListReplicationBackfills",
             Self::ReplicateImage => "ecr:ReplicateImage",
         }
     }

@@ -2,6 +2,7 @@
 //! Handlers call one method here; the rules (what must exist, what a digest must match) live here.
 //! Knows nothing of HTTP.
 
+pub mod backfills;
 mod error;
 pub mod images;
 mod manifests;

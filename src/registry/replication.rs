@@ -188,6 +188,9 @@ pub struct ReplicationEvent {
     pub tags: Vec<String>,
     /// Each destination's progress.
     pub destinations: Vec<EventDestination>,
+    /// The backfill that queued it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<String>,
 }
 
 /// How long an event whose manifest never appeared is kept: the push that recorded it failed
@@ -212,7 +215,7 @@ impl Registry {
             return Ok(false);
         }
         let tags = tag.map(|t| vec![t.to_string()]).unwrap_or_default();
-        self.enqueue_replication(name, digest, tags, &destinations).await?;
+        self.enqueue_replication(name, digest, tags, &destinations, None).await?;
         Ok(true)
     }
 
@@ -228,6 +231,7 @@ impl Registry {
         digest: &Digest,
         tags: Vec<String>,
         destinations: &[ReplicationDestination],
+        backfill: Option<&str>,
     ) -> Result<EventId> {
         let now = self.clock.now_ms();
         let statuses: Vec<DestinationStatus> = destinations
@@ -247,6 +251,7 @@ impl Registry {
                 .iter()
                 .map(|s| EventDestination { status: s.clone(), attempts: 0, next_attempt_at_ms: 0 })
                 .collect(),
+            backfill: backfill.map(str::to_owned),
         };
         let id = EventId::new(now);
         self.storage.record_put(&Key::replication_event(&id), super::manifests::encode(&event)?).await?;

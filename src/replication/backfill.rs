@@ -1,4 +1,7 @@
-//! `ferry replication backfill`: what ECR refuses to do, replicating images pushed before the
+//! Backfills: `ferry replication backfill` from the command line, and the backfills ECR's API
+//! starts (`StartReplicationBackfill`), moved on by the replication workers ([`advance`]).
+//!
+//! `ferry replication backfill`: what ECR long refused to do, replicating images pushed before the
 //! replication configuration existed. It queues an ordinary event for every image (a manifest
 //! that is not a platform manifest of an index the repository also holds) whose status at a
 //! destination is not `COMPLETE`, then works on them with a worker of its own beside the
@@ -8,8 +11,10 @@
 
 use super::{Destinations, Pace, ReplicationWorker};
 use crate::metrics::Metrics;
+use crate::registry::backfills::{Backfill, BackfillResult, BackfillStatus, BackfillTarget, RETAINED_FOR_MS};
 use crate::registry::replication::{ReplicationDestination, ReplicationState};
 use crate::registry::Registry;
+use crate::storage::lease::{Lease, LeaseError};
 use crate::storage::EventId;
 use serde::Serialize;
 use std::collections::HashSet;
@@ -56,6 +61,64 @@ pub enum BackfillError {
     Registry(#[from] crate::registry::Error),
 }
 
+/// An image a backfill should queue, and for which destinations.
+pub struct PendingImage {
+    /// Its repository.
+    pub name: crate::oci::RepositoryName,
+    /// The image.
+    pub digest: crate::oci::Digest,
+    /// Its tags now.
+    pub tags: Vec<String>,
+    /// The destinations it has not reached.
+    pub destinations: Vec<ReplicationDestination>,
+}
+
+/// The images in `scope` not yet `COMPLETE` at a destination the rules name for them (platform
+/// manifests travel with their index), and how many are complete everywhere already.
+pub async fn pending_images(
+    registry: &Registry,
+    config: &crate::registry::replication::ReplicationConfiguration,
+    scope: &BackfillScope,
+) -> Result<(Vec<PendingImage>, usize), crate::registry::Error> {
+    let mut out = Vec::new();
+    let mut already = 0usize;
+    for name in registry.repository_names().await? {
+        if scope.repository_prefix.as_deref().is_some_and(|p| !name.as_str().starts_with(p)) {
+            continue;
+        }
+        let wanted: Vec<ReplicationDestination> =
+            config.destinations_for(&name).into_iter().filter(|d| scope.wants(d)).collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let images = registry.repository_images(&name).await?;
+        let children: HashSet<_> = images.iter().flat_map(|i| i.children.iter().cloned()).collect();
+        for image in images.iter().filter(|i| !children.contains(&i.digest)) {
+            let done = registry.replication_status(&name, &image.digest).await?;
+            let destinations: Vec<ReplicationDestination> = wanted
+                .iter()
+                .filter(|d| {
+                    !done.iter().any(|s| {
+                        s.registry_id == d.registry_id && s.region == d.region && s.status == ReplicationState::Complete
+                    })
+                })
+                .cloned()
+                .collect();
+            if destinations.is_empty() {
+                already = already.saturating_add(1);
+                continue;
+            }
+            out.push(PendingImage {
+                name: name.clone(),
+                digest: image.digest.clone(),
+                tags: image.tags.clone(),
+                destinations,
+            });
+        }
+    }
+    Ok((out, already))
+}
+
 /// Queues the images in `scope` and copies them; `progress(done, total)` after each pass.
 pub async fn backfill(
     registry: Arc<Registry>,
@@ -70,38 +133,14 @@ pub async fn backfill(
         return Err(BackfillError::NotConfigured);
     }
     let mut report = BackfillReport::default();
-    let mut queued: Vec<(crate::oci::RepositoryName, crate::oci::Digest, Vec<ReplicationDestination>, EventId)> =
-        Vec::new();
-    for name in registry.repository_names().await? {
-        if scope.repository_prefix.as_deref().is_some_and(|p| !name.as_str().starts_with(p)) {
-            continue;
-        }
-        let wanted: Vec<ReplicationDestination> =
-            config.destinations_for(&name).into_iter().filter(|d| scope.wants(d)).collect();
-        if wanted.is_empty() {
-            continue;
-        }
-        let images = registry.repository_images(&name).await?;
-        // Platform manifests travel with their index.
-        let children: HashSet<_> = images.iter().flat_map(|i| i.children.iter().cloned()).collect();
-        for image in images.iter().filter(|i| !children.contains(&i.digest)) {
-            let done = registry.replication_status(&name, &image.digest).await?;
-            let pending: Vec<ReplicationDestination> = wanted
-                .iter()
-                .filter(|d| {
-                    !done.iter().any(|s| {
-                        s.registry_id == d.registry_id && s.region == d.region && s.status == ReplicationState::Complete
-                    })
-                })
-                .cloned()
-                .collect();
-            if pending.is_empty() {
-                report.images_already_replicated = report.images_already_replicated.saturating_add(1);
-                continue;
-            }
-            let id = registry.enqueue_replication(&name, &image.digest, image.tags.clone(), &pending).await?;
-            queued.push((name.clone(), image.digest.clone(), pending, id));
-        }
+    let (pending, already) = pending_images(&registry, &config, scope).await?;
+    report.images_already_replicated = already;
+    let mut queued = Vec::new();
+    for image in pending {
+        let id = registry
+            .enqueue_replication(&image.name, &image.digest, image.tags.clone(), &image.destinations, None)
+            .await?;
+        queued.push((image.name, image.digest, image.destinations, id));
     }
     report.images_queued = queued.len();
     tracing::info!(images = queued.len(), already = report.images_already_replicated, "backfill queued");
@@ -145,4 +184,149 @@ pub async fn backfill(
         }
     }
     Ok(report)
+}
+
+/// One round over the backfills started through the ECR API (`StartReplicationBackfill`),
+/// under the `leases/replication-backfills` lease so one replica at a time moves them on:
+/// a `PREPARING` one queues its images and turns `IN_PROGRESS`; an `IN_PROGRESS` one ends
+/// `COMPLETE` once none of its events is left (judged from a view of the events that began
+/// after it was prepared); a `STOPPING` one withdraws its queued events (copies under way
+/// finish) and ends `STOPPED`. Terminal backfills are forgotten after 90 days.
+pub async fn advance(worker: &ReplicationWorker) -> Result<(), crate::worker::WorkerError> {
+    let registry = &worker.registry;
+    let now = registry.clock().now_ms();
+    let all = registry.backfills().await?;
+    for b in all.iter().filter(|b| b.ended_at_ms.is_some_and(|e| now.saturating_sub(e) > RETAINED_FOR_MS)) {
+        registry.forget_backfill(b).await?;
+    }
+    let open: Vec<Backfill> = all.into_iter().filter(|b| !b.status.is_terminal()).collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    let storage = registry.storage_handle();
+    let clock = registry.clock().clone();
+    let key = crate::storage::Key::lease("replication-backfills");
+    let lease = match Lease::acquire(storage.as_ref(), clock.as_ref(), key, &worker.owner, worker.pace.lease_ttl).await
+    {
+        Ok(l) => l,
+        Err(LeaseError::Held { .. } | LeaseError::Lost) => return Ok(()),
+        Err(LeaseError::Storage(e)) => return Err(e.into()),
+    };
+    for mut b in open {
+        lease.check(storage.as_ref(), clock.as_ref()).await?;
+        match b.status {
+            BackfillStatus::Preparing => prepare(registry, &mut b).await?,
+            BackfillStatus::InProgress => finish_if_done(worker, &mut b).await?,
+            BackfillStatus::Stopping => stop(worker, &mut b).await?,
+            _ => {}
+        }
+    }
+    lease.release(storage.as_ref()).await?;
+    Ok(())
+}
+
+async fn prepare(registry: &Registry, b: &mut Backfill) -> Result<(), crate::registry::Error> {
+    let config = registry.replication_configuration().await?;
+    let configured = config.rules.iter().any(|r| r.destinations.contains(&b.destination));
+    if !configured {
+        b.failure_code = Some("DESTINATION_NOT_CONFIGURED: the replication configuration no longer names it".into());
+        return registry.end_backfill(b, BackfillStatus::Failed).await;
+    }
+    let scope = BackfillScope {
+        repository_prefix: None,
+        destination: Some(format!("{}/{}", b.destination.registry_id, b.destination.region)),
+    };
+    let (pending, _) = pending_images(registry, &config, &scope).await?;
+    for image in pending {
+        registry
+            .enqueue_replication(&image.name, &image.digest, image.tags.clone(), &image.destinations, Some(&b.id))
+            .await?;
+        b.targets.push(BackfillTarget { repository: image.name.to_string(), digest: image.digest, tags: image.tags });
+    }
+    b.prepared_at_ms = Some(registry.clock().now_ms());
+    if b.targets.is_empty() {
+        return registry.end_backfill(b, BackfillStatus::Complete).await;
+    }
+    b.status = BackfillStatus::InProgress;
+    registry.put_backfill(b).await?;
+    registry.wake_replication();
+    Ok(())
+}
+
+/// Its events still waiting, by this worker's view.
+fn waiting(worker: &ReplicationWorker, id: &str) -> Vec<EventId> {
+    let view = worker.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    view.iter().filter(|(_, seen)| seen.backfill.as_deref() == Some(id)).map(|(e, _)| e.clone()).collect()
+}
+
+async fn finish_if_done(worker: &ReplicationWorker, b: &mut Backfill) -> Result<(), crate::registry::Error> {
+    let whole_since = worker.whole_view_since_ms.load(std::sync::atomic::Ordering::SeqCst);
+    if b.prepared_at_ms.is_none_or(|at| whole_since <= at) || !waiting(worker, &b.id).is_empty() {
+        return Ok(());
+    }
+    b.results = results(&worker.registry, b).await?;
+    worker.registry.end_backfill(b, BackfillStatus::Complete).await
+}
+
+async fn stop(worker: &ReplicationWorker, b: &mut Backfill) -> Result<(), crate::registry::Error> {
+    let registry = &worker.registry;
+    for id in waiting(worker, &b.id) {
+        if let Some((event, _)) = registry.replication_event(&id).await? {
+            if event.backfill.as_deref() == Some(b.id.as_str()) {
+                registry.delete_replication_event(&id).await?;
+                // Withdrawn before it reached the destination: no longer in progress there.
+                if let Ok(name) = crate::oci::RepositoryName::parse(&event.repository) {
+                    let status = registry.replication_status(&name, &event.digest).await?;
+                    let withdrawn: Vec<_> = status
+                        .into_iter()
+                        .filter(|s| {
+                            s.registry_id == b.destination.registry_id
+                                && s.region == b.destination.region
+                                && s.status == ReplicationState::InProgress
+                        })
+                        .map(|mut s| {
+                            s.status = ReplicationState::Failed;
+                            s.failure_code = Some(format!("BACKFILL_STOPPED: backfill {} was stopped", b.id));
+                            s
+                        })
+                        .collect();
+                    registry.set_replication_status(&name, &event.digest, &withdrawn).await?;
+                }
+            }
+        }
+    }
+    b.results = results(registry, b).await?;
+    registry.end_backfill(b, BackfillStatus::Stopped).await
+}
+
+/// Each queued image's outcome at the backfill's destination (one per image and tag, as ECR
+/// counts them; an untagged image once).
+pub async fn results(registry: &Registry, b: &Backfill) -> Result<Vec<BackfillResult>, crate::registry::Error> {
+    let mut out = Vec::new();
+    for t in &b.targets {
+        let Ok(name) = crate::oci::RepositoryName::parse(&t.repository) else { continue };
+        let status = registry.replication_status(&name, &t.digest).await?;
+        let Some(s) =
+            status.into_iter().find(|s| s.registry_id == b.destination.registry_id && s.region == b.destination.region)
+        else {
+            continue;
+        };
+        if s.status == ReplicationState::InProgress {
+            continue;
+        }
+        let tags: Vec<Option<String>> =
+            if t.tags.is_empty() { vec![None] } else { t.tags.iter().cloned().map(Some).collect() };
+        for tag in tags {
+            out.push(BackfillResult {
+                target: BackfillTarget {
+                    repository: t.repository.clone(),
+                    digest: t.digest.clone(),
+                    tags: tag.into_iter().collect(),
+                },
+                status: s.status,
+                failure_code: s.failure_code.clone(),
+            });
+        }
+    }
+    Ok(out)
 }

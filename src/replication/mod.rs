@@ -34,6 +34,8 @@ const EVENTS_PER_ROUND: usize = 1000;
 const READS_AT_ONCE: usize = 16;
 /// First retry delay; doubles per failed attempt up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// How often a worker moves API backfills on.
+const BACKFILL_EVERY_MS: u64 = 1000;
 /// Longest delay between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -88,6 +90,10 @@ pub struct ReplicationWorker {
     last: String,
     /// What this worker last read of each event.
     view: std::sync::Mutex<HashMap<EventId, SeenEvent>>,
+    /// The view holds every event recorded before this time (ms since the epoch).
+    whole_view_since_ms: std::sync::atomic::AtomicU64,
+    /// When API backfills were last moved on.
+    backfills_advanced_at_ms: u64,
 }
 
 /// What a worker remembers of an event between passes.
@@ -99,6 +105,8 @@ struct SeenEvent {
     pending: Vec<String>,
     /// The image it copies (`None`: a record naming no valid repository).
     image: Option<(RepositoryName, crate::oci::Digest)>,
+    /// The API backfill that queued it.
+    backfill: Option<String>,
 }
 
 /// What one event's round did.
@@ -152,6 +160,8 @@ impl ReplicationWorker {
             wake,
             last: "not run yet".into(),
             view: Default::default(),
+            whole_view_since_ms: Default::default(),
+            backfills_advanced_at_ms: 0,
         }
     }
 
@@ -163,13 +173,16 @@ impl ReplicationWorker {
     /// idle pass costs one listing, however many events wait for a destination that is down.
     /// Returns how many events were worked on and how many exist.
     pub async fn pass(&self) -> Result<(usize, usize), crate::registry::Error> {
+        let listing_started_ms = self.registry.clock().now_ms();
         let ids = self.registry.replication_events().await?;
         let remaining = ids.len();
-        let unseen: Vec<EventId> = {
+        let (unseen, whole): (Vec<EventId>, bool) = {
             let mut view = self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let listed: std::collections::HashSet<&EventId> = ids.iter().collect();
             view.retain(|id, _| listed.contains(id));
-            ids.iter().filter(|id| !view.contains_key(*id)).take(EVENTS_PER_ROUND).cloned().collect()
+            let unseen: Vec<EventId> = ids.iter().filter(|id| !view.contains_key(*id)).cloned().collect();
+            let whole = unseen.len() <= EVENTS_PER_ROUND;
+            (unseen.into_iter().take(EVENTS_PER_ROUND).collect(), whole)
         };
         let registry = self.registry.clone();
         let read: Vec<(EventId, Option<ReplicationEvent>)> = futures_util::stream::iter(unseen)
@@ -184,6 +197,10 @@ impl ReplicationWorker {
             .collect::<Result<_, _>>()?;
         for (id, event) in read {
             self.remember(&id, event.as_ref());
+        }
+        if whole {
+            // The view now holds every event that existed when this listing began.
+            self.whole_view_since_ms.store(listing_started_ms, std::sync::atomic::Ordering::SeqCst);
         }
         let now = self.registry.clock().now_ms();
         let due: Vec<EventId> = {
@@ -224,6 +241,7 @@ impl ReplicationWorker {
                     due_at_ms: waiting.iter().map(|d| d.next_attempt_at_ms).min(),
                     pending: waiting.iter().map(|d| d.status.label()).collect(),
                     image: RepositoryName::parse(&e.repository).ok().map(|n| (n, e.digest.clone())),
+                    backfill: e.backfill.clone(),
                 };
                 view.insert(id.clone(), seen);
             }
@@ -341,6 +359,8 @@ impl ReplicationWorker {
             self.settle(id, d, outcome, now);
             changed.push(d.status.clone());
         }
+        let replicated: Vec<String> =
+            changed.iter().filter(|s| s.status == ReplicationState::Complete).map(DestinationStatus::label).collect();
         // Committed only by the lease's holder: one that lost it leaves the event to the taker.
         lease.check(storage.as_ref(), clock.as_ref()).await?;
         self.registry.set_replication_status(name, &event.digest, &changed).await?;
@@ -353,6 +373,10 @@ impl ReplicationWorker {
                 tracing::warn!(event = %id, "a replication event changed under its lease; left for the next round");
             }
             lease.release(storage.as_ref()).await?;
+        }
+        // Counted once committed: a copy whose holder lost the lease is redone by the taker.
+        for label in replicated {
+            self.metrics.replication.images.with_label_values(&[&label]).inc();
         }
         Ok(Claimed::Worked)
     }
@@ -392,7 +416,6 @@ impl ReplicationWorker {
         let m = &self.metrics.replication;
         match outcome {
             Ok(()) => {
-                m.images.with_label_values(&[&label]).inc();
                 d.status.status = ReplicationState::Complete;
                 d.status.failure_code = None;
                 tracing::info!(event = %id, destination = %label, "image replicated");
@@ -449,6 +472,12 @@ impl Worker for ReplicationWorker {
     }
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
+        // API backfills move on every few seconds (each look lists and reads their records).
+        let now = self.registry.clock().now_ms();
+        if now.saturating_sub(self.backfills_advanced_at_ms) >= BACKFILL_EVERY_MS {
+            backfill::advance(self).await?;
+            self.backfills_advanced_at_ms = now;
+        }
         let (worked, remaining) = self.pass().await?;
         self.last = format!("worked on {worked} of {remaining} events");
         Ok(if worked > 0 { WorkerState::Busy } else { WorkerState::Idle })

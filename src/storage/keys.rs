@@ -81,6 +81,27 @@ impl Key {
         Self(format!("repos/{name}/_replication/{}/{}", digest.algorithm().as_str(), digest.hex()))
     }
 
+    /// `replication/backfills`: the replication backfills kept.
+    pub fn replication_backfills() -> Self {
+        Self("replication/backfills".into())
+    }
+
+    /// `replication/backfills/<uuid>`: one backfill.
+    pub fn replication_backfill(id: &uuid::Uuid) -> Self {
+        Self(format!("replication/backfills/{}", id.as_hyphenated()))
+    }
+
+    /// `replication/backfill-active/<region>`: the backfill in progress to that region. A
+    /// region is `[0-9a-z-]{2,25}` wherever it comes from; anything else is replaced, so no
+    /// string becomes a path.
+    pub fn replication_backfill_active(region: &str) -> Self {
+        let safe: String = region
+            .chars()
+            .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' { c } else { '_' })
+            .collect();
+        Self(format!("replication/backfill-active/{safe}"))
+    }
+
     /// `templates`: the repository creation templates.
     pub fn creation_templates() -> Self {
         Self("templates".into())

@@ -383,10 +383,15 @@ print(json.dumps([r['imageId'], sorted((s['registryId'], s['region'], s['status'
     // What a destination created for the source is a repository like any other there.
     let (status, body) = b.ecr("DescribeRepositories", json!({ "repositoryNames": ["team/multi"] })).await;
     assert_eq!(status, 200, "{body}");
-    let replicated = metric_sum(&a1.metrics().await, "ferry_replication_images_total", &[])
-        + metric_sum(&a2.metrics().await, "ferry_replication_images_total", &[]);
+    // Counted once each copy is committed (just after its status is), so read until it settles.
     let pushes = 1 + multi.platforms.len() + 1 + 1; // skopeo pushes each platform manifest, then the index
-    assert_eq!(replicated, (pushes * 2) as f64, "each push reaches each region once");
+    let replicated = || async {
+        metric_sum(&a1.metrics().await, "ferry_replication_images_total", &[])
+            + metric_sum(&a2.metrics().await, "ferry_replication_images_total", &[])
+    };
+    eventually("each push reaches each region once", WITHIN, || async { replicated().await >= (pushes * 2) as f64 })
+        .await;
+    assert_eq!(replicated().await, (pushes * 2) as f64, "each push reaches each region once");
     // Finished events leave nothing behind (the status is written before the event and its
     // image lease are removed, so this may trail it briefly): no event, no image lease.
     let s3 = moto.client();
@@ -685,4 +690,127 @@ async fn backfill_copies_what_was_there_before_once_even_when_run_twice() {
     assert_eq!(second["images_queued"], 0, "{second}");
     assert_eq!(second["images_already_replicated"], 2, "{second}");
     assert_eq!(puts(&b.f.metrics().await), before, "nothing was copied twice");
+}
+
+/// Waits until the backfill's status is `want`; returns its description.
+async fn wait_backfill(f: &TestFerry, id: &str, want: &str) -> Value {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let (status, body) = ecr(f, "DescribeReplicationBackfillResults", json!({ "replicationBackfillId": id })).await;
+        assert_eq!(status, 200, "{body}");
+        if body["status"] == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "backfill {id} never became {want}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// ECR's backfill API (in this botocore model): a backfill to a region that is down is stopped
+/// (its queued copies withdrawn, results `FAILED`); one started when the region is back
+/// replicates the tagged and the untagged image and reports both; a third finds nothing to
+/// copy. One backfill per region at a time, the destination must be configured, and a
+/// finished one cannot be stopped. boto3 reads the answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ecr_backfill_api_starts_stops_and_reports_backfills() {
+    let moto = crate::s3::Moto::start();
+    moto.bucket("source").await;
+    let mut b = Region::start("222222222222", "eu-west-1", true).await;
+    let a = source_replica(&moto, "source", vec![b.target(b.port)]).await;
+    let (_, tagged) = a.push_image("team/one", "v1", &random_bytes(3000, 1)).await;
+    let (untagged_bytes, untagged) = {
+        let (bytes, d) = a.push_image("team/two", "tmp", &random_bytes(3000, 2)).await;
+        let resp = a.client.delete(a.url("/v2/team/two/manifests/tmp")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        (bytes, d)
+    };
+    assert!(!untagged_bytes.is_empty());
+    configure(&a, vec![rule(&[&b], &[])]).await;
+    let destination = json!({ "destination": { "region": b.region, "registryId": b.id } });
+
+    let (status, body) =
+        ecr(&a, "StartReplicationBackfill", json!({ "destination": { "region": "us-west-2", "registryId": b.id } }))
+            .await;
+    assert_eq!((status, body["__type"].as_str()), (400, Some("InvalidParameterException")), "{body}");
+
+    // The region is down: the backfill queues both images, then is stopped.
+    b.stop().await;
+    let (status, first) = ecr(&a, "StartReplicationBackfill", destination.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["status"], "PREPARING");
+    let id1 = first["replicationBackfillId"].as_str().unwrap().to_owned();
+    let (status, body) = ecr(&a, "StartReplicationBackfill", destination.clone()).await;
+    assert_eq!((status, body["__type"].as_str()), (400, Some("ReplicationBackfillInProgressException")), "{body}");
+    wait_backfill(&a, &id1, "IN_PROGRESS").await;
+    assert_eq!(wait_status(&a.base, "team/one", &tagged, &b, "IN_PROGRESS").await, "");
+    let (status, body) = ecr(&a, "StopReplicationBackfill", json!({ "replicationBackfillId": id1 })).await;
+    assert_eq!(status, 200, "{body}");
+    let stopped = wait_backfill(&a, &id1, "STOPPED").await;
+    assert_eq!(stopped["progress"]["totalReplicationCount"], 2, "{stopped}");
+    assert_eq!(stopped["progress"]["failedReplicationCount"], 2, "{stopped}");
+    let code = wait_status(&a.base, "team/two", &untagged, &b, "FAILED").await;
+    assert!(code.starts_with("BACKFILL_STOPPED"), "{code}");
+
+    // Back up: a new backfill copies both, and says so per image.
+    b.restart().await;
+    let (status, second) = ecr(&a, "StartReplicationBackfill", destination.clone()).await;
+    assert_eq!(status, 200, "{second}");
+    let id2 = second["replicationBackfillId"].as_str().unwrap().to_owned();
+    let done = wait_backfill(&a, &id2, "COMPLETE").await;
+    assert_eq!(done["progress"]["completedReplicationCount"], 2, "{done}");
+    let mut results: Vec<(String, String, String)> = done["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["repositoryName"].as_str().unwrap().to_owned(),
+                r["imageId"]["imageTag"].as_str().unwrap_or("").to_owned(),
+                r["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    results.sort();
+    assert_eq!(
+        results,
+        [("team/one".into(), "v1".into(), "COMPLETE".into()), ("team/two".into(), String::new(), "COMPLETE".into())]
+    );
+    assert_same_image(&a.base, &b, "team/one", "v1").await;
+    assert_same_image(&a.base, &b, "team/two", &untagged).await;
+    let (status, body) = ecr(&a, "StopReplicationBackfill", json!({ "replicationBackfillId": id2 })).await;
+    assert_eq!((status, body["__type"].as_str()), (400, Some("ReplicationBackfillInvalidStatusException")), "{body}");
+
+    // Nothing left to copy: the third one ends at once, empty.
+    let (_, third) = ecr(&a, "StartReplicationBackfill", destination).await;
+    let id3 = third["replicationBackfillId"].as_str().unwrap().to_owned();
+    let empty = wait_backfill(&a, &id3, "COMPLETE").await;
+    assert_eq!(empty["progress"]["totalReplicationCount"], 0, "{empty}");
+
+    let v = crate::ecr_api::python_json(&format!(
+        r#"
+import boto3, json
+ecr = boto3.client('ecr', endpoint_url='{base}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')
+listed = ecr.list_replication_backfills()['backfills']
+r = ecr.describe_replication_backfill_results(replicationBackfillId='{id2}', resultStatusFilter='COMPLETE', maxResults=1)
+more = ecr.describe_replication_backfill_results(replicationBackfillId='{id2}', nextToken=r['nextToken'], maxResults=1)
+try:
+    ecr.describe_replication_backfill_results(replicationBackfillId='00000000-0000-0000-0000-000000000000')
+    missing = None
+except ecr.exceptions.ReplicationBackfillNotFoundException as e:
+    missing = e.response['Error']['Code']
+print(json.dumps({{
+    'listed': [(b['replicationBackfillId'], b['status'], b['progress']['totalReplicationCount'], b['startedAt'].timestamp() > 0) for b in listed],
+    'pages': [len(r['results']), len(more['results']), 'nextToken' in more],
+    'missing': missing,
+}}))
+"#,
+        base = a.base
+    ));
+    assert_eq!(
+        v["listed"],
+        json!([[id3, "COMPLETE", 0, true], [id2, "COMPLETE", 2, true], [id1, "STOPPED", 2, true]]),
+        "{v}"
+    );
+    assert_eq!(v["pages"], json!([1, 1, false]));
+    assert_eq!(v["missing"], "ReplicationBackfillNotFoundException");
 }

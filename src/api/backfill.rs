@@ -1,0 +1,231 @@
+//! ECR's replication backfill API: `StartReplicationBackfill` (one destination of the
+//! replication configuration; one in progress per destination region, ten in a registry),
+//! `StopReplicationBackfill`, `DescribeReplicationBackfillResults` (progress always, per-image
+//! results once it has ended) and `ListReplicationBackfills`. The records are
+//! [`crate::registry::backfills`]'; the replication workers do the work.
+
+use super::{ApiContext, ApiError, Input, Operation, Page};
+use crate::registry::backfills::{Backfill, BackfillRefusal, BackfillResult};
+use crate::registry::replication::{ReplicationDestination, ReplicationState};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+/// A `replicationBackfillId`.
+fn backfill_id(input: &Input) -> Result<uuid::Uuid, ApiError> {
+    let id = input.required_str("replicationBackfillId")?;
+    uuid::Uuid::try_parse(id).ok().filter(|_| id.len() == 36).ok_or_else(|| {
+        ApiError::invalid(
+            "replicationBackfillId",
+            "Member must satisfy regular expression pattern: [0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+        )
+    })
+}
+
+/// Parses one of the backfill operations.
+pub fn parse_operation(op: &str, input: &Input) -> Result<Operation, ApiError> {
+    Ok(match op {
+        "StartReplicationBackfill" => {
+            let d =
+                input.get("destination").ok_or_else(|| ApiError::invalid("destination", "Member must not be null"))?;
+            let field = |k: &str| {
+                d.get(k)
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| ApiError::invalid(k, "Member must not be null"))
+            };
+            Operation::StartReplicationBackfill(ReplicationDestination {
+                region: field("region")?,
+                registry_id: field("registryId")?,
+            })
+        }
+        "StopReplicationBackfill" => Operation::StopReplicationBackfill(backfill_id(input)?),
+        "DescribeReplicationBackfillResults" => {
+            let filter = match input.str("resultStatusFilter")? {
+                None => None,
+                Some("COMPLETE") => Some(ReplicationState::Complete),
+                Some("FAILED") => Some(ReplicationState::Failed),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "resultStatusFilter",
+                        "Member must satisfy enum value set: [COMPLETE, FAILED]",
+                    ))
+                }
+            };
+            Operation::DescribeReplicationBackfillResults(backfill_id(input)?, filter, input.page(1000)?)
+        }
+        _ => Operation::ListReplicationBackfills(input.page(50)?),
+    })
+}
+
+/// Runs one of them.
+pub async fn run(ctx: &ApiContext<'_>, op: Operation) -> Result<Value, ApiError> {
+    match op {
+        Operation::StartReplicationBackfill(d) => start(ctx, d).await,
+        Operation::StopReplicationBackfill(id) => stop(ctx, id).await,
+        Operation::DescribeReplicationBackfillResults(id, filter, page) => describe(ctx, id, filter, &page).await,
+        Operation::ListReplicationBackfills(page) => list(ctx, &page).await,
+        other => Err(ApiError::server(format!("{} is not a backfill operation", other.name()))),
+    }
+}
+
+fn seconds(ms: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)] // ms since the epoch are far below 2^52
+    let s = ms as f64 / 1000.0;
+    s
+}
+
+fn refused(ctx: &ApiContext<'_>, r: BackfillRefusal, region: &str) -> ApiError {
+    match r {
+        BackfillRefusal::InProgress(id) => ApiError::new(
+            "ReplicationBackfillInProgressException",
+            format!("A replication backfill ({id}) is already in progress for the destination Region '{region}' in the registry with id '{}'", ctx.registry_id),
+        ),
+        BackfillRefusal::Limit => ApiError::new(
+            "LimitExceededException",
+            format!("The registry with id '{}' already has {} replication backfills in progress", ctx.registry_id, crate::registry::backfills::MAX_IN_PROGRESS),
+        ),
+        BackfillRefusal::NotFound => not_found(ctx),
+        BackfillRefusal::Ended(status) => ApiError::new(
+            "ReplicationBackfillInvalidStatusException",
+            format!("The replication backfill is {} and cannot be stopped", json!(status).as_str().unwrap_or("")),
+        ),
+    }
+}
+
+fn not_found(ctx: &ApiContext<'_>) -> ApiError {
+    ApiError::new(
+        "ReplicationBackfillNotFoundException",
+        format!("The replication backfill does not exist in the registry with id '{}'", ctx.registry_id),
+    )
+}
+
+fn head(ctx: &ApiContext<'_>, b: &Backfill) -> Value {
+    json!({
+        "registryId": ctx.registry_id,
+        "replicationBackfillId": b.id,
+        "destination": b.destination,
+        "status": b.status,
+        "startedAt": seconds(b.started_at_ms),
+    })
+}
+
+/// `StartReplicationBackfill`.
+async fn start(ctx: &ApiContext<'_>, destination: ReplicationDestination) -> Result<Value, ApiError> {
+    let config = ctx.registry.replication_configuration().await?;
+    if !config.rules.iter().any(|r| r.destinations.contains(&destination)) {
+        return Err(ApiError::new(
+            "InvalidParameterException",
+            format!(
+                "The destination (registryId '{}', region '{}') is not in the replication configuration of the registry with id '{}'",
+                destination.registry_id, destination.region, ctx.registry_id
+            ),
+        ));
+    }
+    let region = destination.region.clone();
+    match ctx.registry.start_backfill(destination).await? {
+        Ok(b) => Ok(head(ctx, &b)),
+        Err(r) => Err(refused(ctx, r, &region)),
+    }
+}
+
+/// `StopReplicationBackfill`.
+async fn stop(ctx: &ApiContext<'_>, id: uuid::Uuid) -> Result<Value, ApiError> {
+    match ctx.registry.stop_backfill(&id).await? {
+        Ok(b) => Ok(head(ctx, &b)),
+        Err(r) => Err(refused(ctx, r, "")),
+    }
+}
+
+/// Totals over every image and tag combination: (total, completed, failed, failure codes).
+async fn progress(ctx: &ApiContext<'_>, b: &Backfill) -> Result<Value, ApiError> {
+    let results: Vec<BackfillResult> = if b.status.is_terminal() {
+        b.results.clone()
+    } else {
+        crate::replication::backfill::results(ctx.registry, b).await?
+    };
+    let total: usize = b.targets.iter().map(|t| t.tags.len().max(1)).sum();
+    let completed = results.iter().filter(|r| r.status == ReplicationState::Complete).count();
+    let failed = results.iter().filter(|r| r.status == ReplicationState::Failed).count();
+    let mut codes: Vec<&str> = results.iter().filter_map(|r| r.failure_code.as_deref()).collect();
+    codes.sort_unstable();
+    codes.dedup();
+    Ok(json!({
+        "totalReplicationCount": total,
+        "completedReplicationCount": completed,
+        "failedReplicationCount": failed,
+        "failureCodes": codes,
+    }))
+}
+
+fn summary(ctx: &ApiContext<'_>, b: &Backfill, progress: Value) -> Value {
+    let mut out = head(ctx, b);
+    out["progress"] = progress;
+    if let Some(end) = b.ended_at_ms {
+        out["endedAt"] = json!(seconds(end));
+    }
+    if let Some(code) = &b.failure_code {
+        out["failureCode"] = json!(code);
+    }
+    out
+}
+
+fn offset(page: &Page) -> Result<usize, ApiError> {
+    match &page.after {
+        None => Ok(0),
+        Some(t) => t.parse().map_err(|_| ApiError::invalid("nextToken", "Member is not a token this registry issued")),
+    }
+}
+
+/// `DescribeReplicationBackfillResults`.
+async fn describe(
+    ctx: &ApiContext<'_>,
+    id: uuid::Uuid,
+    filter: Option<ReplicationState>,
+    page: &Page,
+) -> Result<Value, ApiError> {
+    let b = ctx.registry.backfill(&id).await?.ok_or_else(|| not_found(ctx))?;
+    let mut out = summary(ctx, &b, progress(ctx, &b).await?);
+    if b.status.is_terminal() {
+        let all: Vec<&BackfillResult> = b.results.iter().filter(|r| filter.is_none_or(|f| r.status == f)).collect();
+        let start = offset(page)?.min(all.len());
+        let end = start.saturating_add(page.max).min(all.len());
+        let results: Vec<Value> = all
+            .get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                let mut image = json!({ "imageDigest": r.target.digest });
+                if let Some(tag) = r.target.tags.first() {
+                    image["imageTag"] = json!(tag);
+                }
+                let mut v = json!({ "repositoryName": r.target.repository, "imageId": image, "status": r.status });
+                if let Some(code) = &r.failure_code {
+                    v["failureCode"] = json!(code);
+                }
+                v
+            })
+            .collect();
+        out["results"] = json!(results);
+        if end < all.len() {
+            out["nextToken"] = json!(STANDARD.encode(end.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// `ListReplicationBackfills`: newest first.
+async fn list(ctx: &ApiContext<'_>, page: &Page) -> Result<Value, ApiError> {
+    let all = ctx.registry.backfills().await?;
+    let start = offset(page)?.min(all.len());
+    let end = start.saturating_add(page.max).min(all.len());
+    let mut out = Vec::new();
+    for b in all.get(start..end).unwrap_or_default() {
+        out.push(summary(ctx, b, progress(ctx, b).await?));
+    }
+    let mut resp = json!({ "registryId": ctx.registry_id, "backfills": out });
+    if end < all.len() {
+        resp["nextToken"] = json!(STANDARD.encode(end.to_string()));
+    }
+    Ok(resp)
+}
