@@ -7,6 +7,7 @@
 
 mod backfill;
 mod error;
+mod images;
 mod lifecycle;
 mod registry_policy;
 mod replication;
@@ -115,6 +116,8 @@ pub enum Operation {
     DescribeReplicationBackfillResults(uuid::Uuid, Option<crate::registry::replication::ReplicationState>, Page),
     /// `ListReplicationBackfills`.
     ListReplicationBackfills(Page),
+    /// `ListImages`, `DescribeImages`, `BatchGetImage`, `BatchDeleteImage`, `PutImage`.
+    Images(images::ImagesOp),
 }
 
 /// `maxResults` and `nextToken`.
@@ -226,6 +229,7 @@ impl Operation {
             Self::StopReplicationBackfill(..) => "StopReplicationBackfill",
             Self::DescribeReplicationBackfillResults(..) => "DescribeReplicationBackfillResults",
             Self::ListReplicationBackfills(..) => "ListReplicationBackfills",
+            Self::Images(op) => op.name(),
         }
     }
 
@@ -259,6 +263,7 @@ impl Operation {
             }
             "DescribeRegistry" => Ok(Self::DescribeRegistry),
             op if replication::OPERATIONS.contains(&op) => replication::parse_operation(op, &input),
+            op if images::OPERATIONS.contains(&op) => images::parse_operation(op, &input).map(Self::Images),
             "CreateRepository" => {
                 let (name, settings) = repositories::parse_create(&input)?;
                 Ok(Self::CreateRepository(name, settings))
@@ -373,6 +378,7 @@ impl Operation {
                 vec![Access::registry(Action::DescribeReplicationBackfillResults)]
             }
             Self::ListReplicationBackfills(_) => vec![Access::registry(Action::ListReplicationBackfills)],
+            Self::Images(op) => op.accesses(),
         }
     }
 
@@ -395,6 +401,7 @@ impl Operation {
             | Self::StopReplicationBackfill(_)
             | Self::DescribeReplicationBackfillResults(..)
             | Self::ListReplicationBackfills(_)) => backfill::run(ctx, op).await,
+            Self::Images(op) => images::run(ctx, op).await,
             Self::CreateRepository(name, settings) => {
                 let created = reg.create_repository(&name, settings).await?;
                 Ok(json!({ "repository": repositories::describe(ctx, &name, &created) }))

@@ -36,6 +36,8 @@ pub enum Action {
     BatchDeleteImage,
     /// Listing a repository's tags.
     ListImages,
+    /// Describing a repository's images.
+    DescribeImages,
     /// Listing repositories (the catalog).
     DescribeRepositories,
     /// Fetching from a pull-through rule's upstream into the cache.
@@ -116,6 +118,7 @@ impl Action {
             Self::PutImage => "ecr:PutImage",
             Self::BatchDeleteImage => "ecr:BatchDeleteImage",
             Self::ListImages => "ecr:ListImages",
+            Self::DescribeImages => "ecr:DescribeImages",
             Self::DescribeRepositories => "ecr:DescribeRepositories",
             Self::BatchImportUpstreamImage => "ecr:BatchImportUpstreamImage",
             Self::CreateRepository => "ecr:CreateRepository",

@@ -795,3 +795,116 @@ print(json.dumps(out))
     );
     assert_eq!(v, serde_json::json!([{"filter": "team-a/", "filterType": "PREFIX_MATCH"}]));
 }
+
+/// The image operations through boto3, as CI scripts use them: list (per tag, untagged by
+/// digest, filtered, paged), describe (sizes, tags, times; an index sized by its largest
+/// child), batch-get (a pull, with ECR's failure codes), put-image to retag without moving
+/// data (and its exceptions), batch-delete (a tag; the last tag takes the image; a child an
+/// index lists is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_lists_describes_gets_retags_and_deletes_images() {
+    let f = TestFerry::start().await;
+    let (a_manifest, a) = f.push_image("team/app", "v1", &random_bytes(4000, 1)).await;
+    let resp = f.put_manifest("team/app", "latest", OCI_MANIFEST, &a_manifest).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+    let (_, b) = f.push_image("team/app", "v2", &random_bytes(5000, 2)).await;
+    let (_, c) = f.push_image("team/app", "scratch", &random_bytes(6000, 3)).await;
+    let resp = f.client.delete(f.url("/v2/team/app/manifests/scratch")).send().await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED);
+    let dir = tempfile::tempdir().unwrap();
+    let multi = build_layout(&dir.path().join("multi"), "v1", &["linux/amd64", "linux/arm64"], 20_000, false, 4);
+    crate::replication::skopeo_push(dir.path(), &multi.source, &f.base, "team/multi:v1");
+    let missing_layer = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(b"{}"), "size": 2},
+        "layers": []
+    })
+    .to_string();
+
+    let v = python_json(&format!(
+        r#"
+import boto3, json
+from botocore.exceptions import ClientError
+ecr = boto3.client('ecr', endpoint_url='{base}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')
+def error(f):
+    try:
+        f()
+        return None
+    except ClientError as e:
+        return e.response['Error']['Code']
+ids = lambda r: sorted((i['imageDigest'], i.get('imageTag', '')) for i in r['imageIds'])
+out = {{}}
+out['all'] = ids(ecr.list_images(repositoryName='team/app'))
+out['tagged'] = len(ecr.list_images(repositoryName='team/app', filter={{'tagStatus': 'TAGGED'}})['imageIds'])
+out['untagged'] = ids(ecr.list_images(repositoryName='team/app', filter={{'tagStatus': 'UNTAGGED'}}))
+p1 = ecr.list_images(repositoryName='team/app', maxResults=3)
+p2 = ecr.list_images(repositoryName='team/app', maxResults=3, nextToken=p1['nextToken'])
+out['pages'] = [len(p1['imageIds']), len(p2['imageIds']), 'nextToken' in p2]
+out['no_repo'] = error(lambda: ecr.list_images(repositoryName='team/none'))
+
+got = ecr.batch_get_image(repositoryName='team/app', imageIds=[{{'imageTag': 'v1'}}, {{'imageTag': 'nope'}}, {{'imageDigest': '{a}', 'imageTag': 'v2'}}])
+out['got'] = [(i['imageId']['imageDigest'], i['imageManifest'], i['imageManifestMediaType']) for i in got['images']]
+out['get_failures'] = sorted(x['failureCode'] for x in got['failures'])
+
+d = {{x['imageDigest']: x for x in ecr.describe_images(repositoryName='team/app')['imageDetails']}}
+out['described'] = sorted((k, sorted(x.get('imageTags', [])), x['imageSizeInBytes'] > 0, x['imagePushedAt'].timestamp() > 0) for k, x in d.items())
+out['pulled'] = 'lastRecordedPullTime' in d['{a}']
+out['missing'] = error(lambda: ecr.describe_images(repositoryName='team/app', imageIds=[{{'imageTag': 'nope'}}]))
+m = {{x['imageDigest']: x for x in ecr.describe_images(repositoryName='team/multi')['imageDetails']}}
+out['index_size'] = [m['{top}']['imageSizeInBytes'], max(m[c]['imageSizeInBytes'] for c in {children})]
+
+manifest = got['images'][0]['imageManifest']
+r = ecr.put_image(repositoryName='team/app', imageManifest=manifest, imageTag='release')
+out['retag'] = [r['image']['imageId'], r['image']['imageManifest'] == manifest]
+out['again'] = error(lambda: ecr.put_image(repositoryName='team/app', imageManifest=manifest, imageTag='release'))
+out['wrong_digest'] = error(lambda: ecr.put_image(repositoryName='team/app', imageManifest=manifest, imageTag='x', imageDigest='{b}'))
+out['no_layers'] = error(lambda: ecr.put_image(repositoryName='team/app', imageManifest='{missing_layer}', imageTag='y'))
+out['put_no_repo'] = error(lambda: ecr.put_image(repositoryName='team/none', imageManifest=manifest))
+
+gone = ecr.batch_delete_image(repositoryName='team/app', imageIds=[{{'imageTag': 'latest'}}, {{'imageTag': 'v2'}}, {{'imageTag': 'nope'}}])
+out['deleted'] = sorted((i['imageDigest'], i['imageTag']) for i in gone['imageIds'])
+out['delete_failures'] = [x['failureCode'] for x in gone['failures']]
+out['after'] = ids(ecr.list_images(repositoryName='team/app'))
+child = ecr.batch_delete_image(repositoryName='team/multi', imageIds=[{{'imageDigest': '{child0}'}}])
+out['child'] = [x['failureCode'] for x in child['failures']]
+print(json.dumps(out))
+"#,
+        base = f.base,
+        top = multi.top,
+        children = serde_json::to_string(&multi.platforms).unwrap(),
+        child0 = multi.platforms[0],
+    ));
+    let mut all = vec![(a.clone(), "latest"), (a.clone(), "v1"), (b.clone(), "v2"), (c.clone(), "")];
+    all.sort();
+    assert_eq!(v["all"], serde_json::json!(all), "{v}");
+    assert_eq!(v["tagged"], 3);
+    assert_eq!(v["untagged"], serde_json::json!([[c, ""]]));
+    assert_eq!(v["pages"], serde_json::json!([3, 1, false]));
+    assert_eq!(v["no_repo"], "RepositoryNotFoundException");
+    assert_eq!(v["got"], serde_json::json!([[a, String::from_utf8(a_manifest.clone()).unwrap(), OCI_MANIFEST]]));
+    assert_eq!(v["get_failures"], serde_json::json!(["ImageNotFound", "ImageTagDoesNotMatchDigest"]));
+    let mut described = vec![
+        serde_json::json!([a, ["latest", "v1"], true, true]),
+        serde_json::json!([b, ["v2"], true, true]),
+        serde_json::json!([c, [], true, true]),
+    ];
+    described.sort_by_key(|x| x[0].as_str().unwrap().to_owned());
+    assert_eq!(v["described"], serde_json::json!(described));
+    assert_eq!(v["pulled"], true, "BatchGetImage is a pull");
+    assert_eq!(v["missing"], "ImageNotFoundException");
+    assert_eq!(v["index_size"][0], v["index_size"][1], "an index is as large as its largest child");
+    assert_eq!(v["retag"], serde_json::json!([{"imageDigest": a, "imageTag": "release"}, true]));
+    assert_eq!(v["again"], "ImageAlreadyExistsException");
+    assert_eq!(v["wrong_digest"], "ImageDigestDoesNotMatchException");
+    assert_eq!(v["no_layers"], "LayersNotFoundException");
+    assert_eq!(v["put_no_repo"], "RepositoryNotFoundException");
+    let mut deleted = vec![(a.clone(), "latest"), (b.clone(), "v2")];
+    deleted.sort();
+    assert_eq!(v["deleted"], serde_json::json!(deleted));
+    assert_eq!(v["delete_failures"], serde_json::json!(["ImageNotFound"]));
+    // v2 was B's last tag, so B went with it; A keeps v1 and release.
+    let mut after = vec![(a.clone(), "release"), (a.clone(), "v1"), (c.clone(), "")];
+    after.sort();
+    assert_eq!(v["after"], serde_json::json!(after));
+    assert_eq!(v["child"], serde_json::json!(["ImageReferencedByManifestList"]));
+}

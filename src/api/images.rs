@@ -1,0 +1,507 @@
+//! ECR's image operations: `ListImages` (one entry per tag, a digest-only one for an untagged
+//! image), `DescribeImages` (one detail per digest), `BatchGetImage` (a pull: it counts for
+//! `lastRecordedPullTime`), `BatchDeleteImage` (by tag removes that tag, and the image with its
+//! last tag; by digest removes the image and its tags; a child an index still lists is refused)
+//! and `PutImage` (a push, or a retag of a manifest the repository holds), with ECR's failure
+//! codes and exceptions. The registry does the work; this module speaks ECR.
+
+use super::{ApiContext, ApiError, Input, Page};
+use crate::auth::{Access, Action};
+use crate::oci::{Digest, Manifest, Reference, RepositoryName, Tag};
+use crate::registry::images::StoredImage;
+use crate::registry::{PushOrigin, Repo};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+
+/// The operations this module parses.
+pub const OPERATIONS: [&str; 5] = ["ListImages", "DescribeImages", "BatchGetImage", "BatchDeleteImage", "PutImage"];
+
+/// `imageManifest` at most (ECR's limit).
+const MAX_MANIFEST_CHARS: usize = 4_194_304;
+
+/// An `ImageIdentifier`: a digest, a tag, or both, as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImageIdentifier {
+    /// `imageDigest`.
+    pub digest: Option<String>,
+    /// `imageTag`.
+    pub tag: Option<String>,
+}
+
+impl ImageIdentifier {
+    fn from_json(v: &Value) -> Self {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        Self { digest: s("imageDigest"), tag: s("imageTag") }
+    }
+
+    fn json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        if let Some(d) = &self.digest {
+            out.insert("imageDigest".into(), json!(d));
+        }
+        if let Some(t) = &self.tag {
+            out.insert("imageTag".into(), json!(t));
+        }
+        Value::Object(out)
+    }
+}
+
+/// One parsed image operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImagesOp {
+    /// `ListImages`: the tag status filter and a page.
+    List(RepositoryName, Option<String>, Page),
+    /// `DescribeImages`: these images, or a filtered page of all.
+    Describe(RepositoryName, Vec<ImageIdentifier>, Option<String>, Page),
+    /// `BatchGetImage`.
+    BatchGet(RepositoryName, Vec<ImageIdentifier>),
+    /// `BatchDeleteImage`.
+    BatchDelete(RepositoryName, Vec<ImageIdentifier>),
+    /// `PutImage`: manifest, media type, tag, digest.
+    Put(RepositoryName, String, Option<String>, Option<String>, Option<String>),
+}
+
+impl ImagesOp {
+    /// Its operation name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::List(..) => "ListImages",
+            Self::Describe(..) => "DescribeImages",
+            Self::BatchGet(..) => "BatchGetImage",
+            Self::BatchDelete(..) => "BatchDeleteImage",
+            Self::Put(..) => "PutImage",
+        }
+    }
+
+    /// What it needs.
+    pub fn accesses(&self) -> Vec<Access> {
+        match self {
+            Self::List(n, ..) => vec![Access::on(Action::ListImages, n)],
+            Self::Describe(n, ..) => vec![Access::on(Action::DescribeImages, n)],
+            Self::BatchGet(n, _) => vec![Access::on(Action::BatchGetImage, n)],
+            Self::BatchDelete(n, _) => vec![Access::on(Action::BatchDeleteImage, n)],
+            Self::Put(n, ..) => vec![Access::on(Action::PutImage, n)],
+        }
+    }
+}
+
+fn image_ids(input: &Input, required: bool) -> Result<Vec<ImageIdentifier>, ApiError> {
+    let Some(list) = input.list("imageIds")? else {
+        return if required { Err(ApiError::invalid("imageIds", "Member must not be null")) } else { Ok(Vec::new()) };
+    };
+    if list.is_empty() || list.len() > 100 {
+        return Err(ApiError::invalid("imageIds", "Member must have length between 1 and 100"));
+    }
+    Ok(list.iter().map(ImageIdentifier::from_json).collect())
+}
+
+fn tag_status(input: &Input) -> Result<Option<String>, ApiError> {
+    match input.get("filter").and_then(|f| f.get("tagStatus")) {
+        None => Ok(None),
+        Some(v) => match v.as_str() {
+            Some(s @ ("TAGGED" | "UNTAGGED" | "ANY")) => Ok(Some(s.to_owned())),
+            _ => Err(ApiError::invalid("tagStatus", "Member must satisfy enum value set: [TAGGED, UNTAGGED, ANY]")),
+        },
+    }
+}
+
+/// Parses one of the image operations.
+pub fn parse_operation(op: &str, input: &Input) -> Result<ImagesOp, ApiError> {
+    let name = super::repositories::repository_name(input, "repositoryName")?;
+    Ok(match op {
+        "ListImages" => ImagesOp::List(name, tag_status(input)?, input.page(1000)?),
+        "DescribeImages" => {
+            let ids = image_ids(input, false)?;
+            if !ids.is_empty() && (input.get("nextToken").is_some() || input.get("maxResults").is_some()) {
+                return Err(ApiError::invalid("imageIds", "imageIds cannot be combined with maxResults or nextToken"));
+            }
+            ImagesOp::Describe(name, ids, tag_status(input)?, input.page(1000)?)
+        }
+        "BatchGetImage" => ImagesOp::BatchGet(name, image_ids(input, true)?),
+        "BatchDeleteImage" => ImagesOp::BatchDelete(name, image_ids(input, true)?),
+        _ => {
+            let manifest = input.required_str("imageManifest")?;
+            if manifest.is_empty() || manifest.chars().count() > MAX_MANIFEST_CHARS {
+                return Err(ApiError::invalid("imageManifest", "Member must have length between 1 and 4194304"));
+            }
+            let opt = |k: &str| input.str(k).map(|v| v.map(str::to_owned));
+            ImagesOp::Put(
+                name,
+                manifest.to_owned(),
+                opt("imageManifestMediaType")?,
+                opt("imageTag")?,
+                opt("imageDigest")?,
+            )
+        }
+    })
+}
+
+/// Runs one.
+pub async fn run(ctx: &ApiContext<'_>, op: ImagesOp) -> Result<Value, ApiError> {
+    match op {
+        ImagesOp::List(name, status, page) => list(ctx, &name, status.as_deref(), &page).await,
+        ImagesOp::Describe(name, ids, status, page) => describe(ctx, &name, &ids, status.as_deref(), &page).await,
+        ImagesOp::BatchGet(name, ids) => batch_get(ctx, &name, &ids).await,
+        ImagesOp::BatchDelete(name, ids) => batch_delete(ctx, &name, &ids).await,
+        ImagesOp::Put(name, manifest, media_type, tag, digest) => {
+            put(ctx, &name, manifest, media_type.as_deref(), tag.as_deref(), digest.as_deref()).await
+        }
+    }
+}
+
+/// The repository's images; `RepositoryNotFoundException` when it does not exist.
+async fn images(ctx: &ApiContext<'_>, name: &RepositoryName) -> Result<Vec<StoredImage>, ApiError> {
+    if ctx.registry.repository_settings(name).await?.is_none() {
+        return Err(super::repositories::not_found(ctx, name));
+    }
+    let mut images = ctx.registry.repository_images(name).await?;
+    images.sort_by(|a, b| a.digest.cmp(&b.digest));
+    Ok(images)
+}
+
+fn wanted(status: Option<&str>, tagged: bool) -> bool {
+    match status {
+        Some("TAGGED") => tagged,
+        Some("UNTAGGED") => !tagged,
+        _ => true,
+    }
+}
+
+/// A page of `items` after the offset in the token, and the next token.
+fn paged<T: Clone>(items: &[T], page: &Page) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let start = match &page.after {
+        None => 0,
+        Some(t) => {
+            t.parse().map_err(|_| ApiError::invalid("nextToken", "Member is not a token this registry issued"))?
+        }
+    };
+    let start: usize = start.min(items.len());
+    let end = start.saturating_add(page.max).min(items.len());
+    let next = (end < items.len()).then(|| STANDARD.encode(end.to_string()));
+    Ok((items.get(start..end).unwrap_or_default().to_vec(), next))
+}
+
+fn with_next(mut out: Value, next: Option<String>) -> Value {
+    if let Some(t) = next {
+        out["nextToken"] = json!(t);
+    }
+    out
+}
+
+async fn list(
+    ctx: &ApiContext<'_>,
+    name: &RepositoryName,
+    status: Option<&str>,
+    page: &Page,
+) -> Result<Value, ApiError> {
+    let mut ids = Vec::new();
+    for image in images(ctx, name).await? {
+        if image.tags.is_empty() {
+            if wanted(status, false) {
+                ids.push(json!({ "imageDigest": image.digest }));
+            }
+        } else if wanted(status, true) {
+            ids.extend(image.tags.iter().map(|t| json!({ "imageDigest": image.digest, "imageTag": t })));
+        }
+    }
+    let (ids, next) = paged(&ids, page)?;
+    Ok(with_next(json!({ "imageIds": ids }), next))
+}
+
+fn seconds(ms: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)] // ms since the epoch are far below 2^52
+    let s = ms as f64 / 1000.0;
+    s
+}
+
+/// The image's size as ECR reports it: its blobs' stored (compressed) sizes; for an index,
+/// its largest child's.
+async fn image_size(
+    ctx: &ApiContext<'_>,
+    name: &RepositoryName,
+    image: &StoredImage,
+    all: &[StoredImage],
+) -> Result<u64, ApiError> {
+    let mut size = 0u64;
+    for d in &image.blobs {
+        size = size.saturating_add(ctx.registry.linked_blob_size(name, d).await?);
+    }
+    for child in image.children.iter().filter_map(|c| all.iter().find(|i| &i.digest == c)) {
+        let mut child_size = 0u64;
+        for d in &child.blobs {
+            child_size = child_size.saturating_add(ctx.registry.linked_blob_size(name, d).await?);
+        }
+        size = size.max(child_size);
+    }
+    Ok(size)
+}
+
+async fn detail(
+    ctx: &ApiContext<'_>,
+    name: &RepositoryName,
+    image: &StoredImage,
+    all: &[StoredImage],
+) -> Result<Value, ApiError> {
+    let mut d = json!({
+        "registryId": ctx.registry_id,
+        "repositoryName": name.as_str(),
+        "imageDigest": image.digest,
+        "imageSizeInBytes": image_size(ctx, name, image, all).await?,
+        "imageManifestMediaType": image.media_type,
+        "imageStatus": "ACTIVE",
+    });
+    if !image.tags.is_empty() {
+        d["imageTags"] = json!(image.tags);
+    }
+    if let Some(at) = image.pushed_at_ms {
+        d["imagePushedAt"] = json!(seconds(at));
+    }
+    if let Some(at) = image.last_pulled_ms {
+        d["lastRecordedPullTime"] = json!(seconds(at));
+    }
+    if let Some(subject) = &image.subject {
+        d["subjectManifestDigest"] = json!(subject);
+    }
+    Ok(d)
+}
+
+/// Resolves an image id in `images`: the image and the tag named, or ECR's failure code.
+fn resolve<'a>(
+    images: &'a [StoredImage],
+    id: &ImageIdentifier,
+) -> Result<(&'a StoredImage, Option<String>), (&'static str, String)> {
+    let digest = match &id.digest {
+        Some(d) => Some(Digest::parse(d).map_err(|_| {
+            ("InvalidImageDigest", format!("Invalid request parameters: image digest '{d}' is not valid"))
+        })?),
+        None => None,
+    };
+    if let Some(t) = &id.tag {
+        Tag::parse(t)
+            .map_err(|_| ("InvalidImageTag", format!("Invalid request parameters: image tag '{t}' is not valid")))?;
+    }
+    let found = match (&digest, &id.tag) {
+        (None, None) => {
+            return Err((
+                "MissingDigestAndTag",
+                "Invalid request parameters: both tag and digest cannot be null".into(),
+            ))
+        }
+        (_, Some(t)) => {
+            let image = images
+                .iter()
+                .find(|i| i.tags.contains(t))
+                .ok_or(("ImageNotFound", "Requested image not found".to_owned()))?;
+            if digest.as_ref().is_some_and(|d| d != &image.digest) {
+                return Err((
+                    "ImageTagDoesNotMatchDigest",
+                    "Invalid request parameters: given tag does not map to the given digest".into(),
+                ));
+            }
+            image
+        }
+        (Some(d), None) => {
+            images.iter().find(|i| &i.digest == d).ok_or(("ImageNotFound", "Requested image not found".to_owned()))?
+        }
+    };
+    Ok((found, id.tag.clone()))
+}
+
+fn failure(id: &ImageIdentifier, (code, reason): (&str, String)) -> Value {
+    json!({ "imageId": id.json(), "failureCode": code, "failureReason": reason })
+}
+
+async fn describe(
+    ctx: &ApiContext<'_>,
+    name: &RepositoryName,
+    ids: &[ImageIdentifier],
+    status: Option<&str>,
+    page: &Page,
+) -> Result<Value, ApiError> {
+    let all = images(ctx, name).await?;
+    if !ids.is_empty() {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for id in ids {
+            let (image, _) = resolve(&all, id).map_err(|_| {
+                ApiError::new(
+                    "ImageNotFoundException",
+                    format!(
+                        "The image with imageId {{imageDigest:'{}', imageTag:'{}'}} does not exist within the repository with name '{name}' in the registry with id '{}'",
+                        id.digest.as_deref().unwrap_or("null"),
+                        id.tag.as_deref().unwrap_or("null"),
+                        ctx.registry_id
+                    ),
+                )
+            })?;
+            if seen.insert(image.digest.clone()) {
+                out.push(detail(ctx, name, image, &all).await?);
+            }
+        }
+        return Ok(json!({ "imageDetails": out }));
+    }
+    let chosen: Vec<&StoredImage> = all.iter().filter(|i| wanted(status, !i.tags.is_empty())).collect();
+    let (chosen, next) = paged(&chosen, page)?;
+    let mut out = Vec::new();
+    for image in chosen {
+        out.push(detail(ctx, name, image, &all).await?);
+    }
+    Ok(with_next(json!({ "imageDetails": out }), next))
+}
+
+async fn batch_get(ctx: &ApiContext<'_>, name: &RepositoryName, ids: &[ImageIdentifier]) -> Result<Value, ApiError> {
+    let all = images(ctx, name).await?;
+    let (mut found, mut failures) = (Vec::new(), Vec::new());
+    for id in ids {
+        let (image, tag) = match resolve(&all, id) {
+            Ok(x) => x,
+            Err(f) => {
+                failures.push(failure(id, f));
+                continue;
+            }
+        };
+        // A pull: noted for lastRecordedPullTime, as every ECR pull's one BatchGetImage is.
+        let content =
+            ctx.registry.manifest_get(&Repo::Local(name.clone()), &Reference::Digest(image.digest.clone())).await?;
+        let mut image_id = json!({ "imageDigest": image.digest });
+        if let Some(t) = tag {
+            image_id["imageTag"] = json!(t);
+        }
+        found.push(json!({
+            "registryId": ctx.registry_id,
+            "repositoryName": name.as_str(),
+            "imageId": image_id,
+            "imageManifest": String::from_utf8_lossy(&content.bytes),
+            "imageManifestMediaType": content.record.media_type,
+        }));
+    }
+    Ok(json!({ "images": found, "failures": failures }))
+}
+
+async fn batch_delete(ctx: &ApiContext<'_>, name: &RepositoryName, ids: &[ImageIdentifier]) -> Result<Value, ApiError> {
+    let (mut deleted, mut failures) = (Vec::new(), Vec::new());
+    for id in ids {
+        // Read afresh: an earlier entry may have removed a tag or an image.
+        let all = images(ctx, name).await?;
+        let (image, tag) = match resolve(&all, id) {
+            Ok(x) => x,
+            Err(f) => {
+                failures.push(failure(id, f));
+                continue;
+            }
+        };
+        let listed_by_index = all.iter().any(|i| i.children.contains(&image.digest));
+        let last_tag = tag.is_some() && image.tags.len() == 1;
+        if listed_by_index && (tag.is_none() || last_tag) {
+            failures.push(failure(
+                id,
+                ("ImageReferencedByManifestList", "Requested image is referenced by a manifest list".into()),
+            ));
+            continue;
+        }
+        let reference = match (&tag, last_tag) {
+            (Some(t), false) => Reference::Tag(Tag::parse(t).map_err(|e| ApiError::server(e.to_string()))?),
+            _ => Reference::Digest(image.digest.clone()),
+        };
+        ctx.registry.manifest_delete(name, &reference).await?;
+        let mut out = json!({ "imageDigest": image.digest });
+        if let Some(t) = tag {
+            out["imageTag"] = json!(t);
+        }
+        deleted.push(out);
+    }
+    Ok(json!({ "imageIds": deleted, "failures": failures }))
+}
+
+async fn put(
+    ctx: &ApiContext<'_>,
+    name: &RepositoryName,
+    manifest: String,
+    media_type: Option<&str>,
+    tag: Option<&str>,
+    digest: Option<&str>,
+) -> Result<Value, ApiError> {
+    if ctx.registry.repository_settings(name).await?.is_none() {
+        return Err(super::repositories::not_found(ctx, name));
+    }
+    let tag = tag
+        .map(|t| {
+            Tag::parse(t).map_err(|_| {
+                ApiError::invalid(
+                    "imageTag",
+                    "Member must satisfy regular expression pattern: [a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}",
+                )
+            })
+        })
+        .transpose()?;
+    let actual = {
+        let mut h = crate::oci::Hasher::new(crate::oci::DigestAlgorithm::Sha256);
+        h.update(manifest.as_bytes());
+        h.finish()
+    };
+    if let Some(d) = digest {
+        if Digest::parse(d).ok().as_ref() != Some(&actual) {
+            return Err(ApiError::new(
+                "ImageDigestDoesNotMatchException",
+                format!("Provided digest {d} does not match the digest of the image manifest: {actual}"),
+            ));
+        }
+    }
+    let local = Repo::Local(name.clone());
+    let already = match &tag {
+        Some(t) => ctx
+            .registry
+            .manifest_record(&local, &Reference::Tag(t.clone()))
+            .await
+            .ok()
+            .is_some_and(|r| r.digest == actual),
+        None => ctx.registry.holds_manifest(name, &actual).await?,
+    };
+    if already {
+        return Err(ApiError::new(
+            "ImageAlreadyExistsException",
+            format!(
+                "Image with digest '{actual}' and tag '{}' already exists in the repository with name '{name}' in registry with id '{}'",
+                tag.as_ref().map_or("null".to_owned(), ToString::to_string),
+                ctx.registry_id
+            ),
+        ));
+    }
+    let reference = match &tag {
+        Some(t) => Reference::Tag(t.clone()),
+        None => Reference::Digest(actual.clone()),
+    };
+    let bytes = bytes::Bytes::from(manifest.clone().into_bytes());
+    match ctx.registry.manifest_put(name, &reference, media_type, bytes, PushOrigin::Client).await {
+        Ok(_) => {}
+        Err(crate::registry::Error::ManifestBlobUnknown(missing)) => {
+            let children = Manifest::parse(manifest.as_bytes(), media_type).map(|m| m.children).unwrap_or_default();
+            return Err(if children.contains(&missing) {
+                ApiError::new(
+                    "ReferencedImagesNotFoundException",
+                    format!("Some of the images referenced by the manifest list are not in the repository: {missing}"),
+                )
+            } else {
+                ApiError::new(
+                    "LayersNotFoundException",
+                    format!("Layers with digests '[{missing}]' required for pushing image into repository with name '{name}' in the registry with id '{}' do not exist", ctx.registry_id),
+                )
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let record = ctx.registry.manifest_record(&local, &Reference::Digest(actual.clone())).await?;
+    let mut image_id = json!({ "imageDigest": actual });
+    if let Some(t) = &tag {
+        image_id["imageTag"] = json!(t.to_string());
+    }
+    Ok(json!({ "image": {
+        "registryId": ctx.registry_id,
+        "repositoryName": name.as_str(),
+        "imageId": image_id,
+        "imageManifest": manifest,
+        "imageManifestMediaType": record.media_type,
+    }}))
+}
