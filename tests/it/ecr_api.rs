@@ -861,6 +861,12 @@ out['wrong_digest'] = error(lambda: ecr.put_image(repositoryName='team/app', ima
 out['no_layers'] = error(lambda: ecr.put_image(repositoryName='team/app', imageManifest='{missing_layer}', imageTag='y'))
 out['put_no_repo'] = error(lambda: ecr.put_image(repositoryName='team/none', imageManifest=manifest))
 
+lay = ecr.batch_check_layer_availability(repositoryName='team/app', layerDigests=['{layer}', 'sha256:' + '0' * 64, 'nope'])
+out['layers'] = [(l['layerDigest'], l['layerAvailability'], l.get('layerSize')) for l in lay['layers']]
+out['layer_failures'] = [x['failureCode'] for x in lay['failures']]
+out['url'] = ecr.get_download_url_for_layer(repositoryName='team/app', layerDigest='{layer}')['downloadUrl']
+out['no_layer'] = error(lambda: ecr.get_download_url_for_layer(repositoryName='team/app', layerDigest='sha256:' + '0' * 64))
+
 gone = ecr.batch_delete_image(repositoryName='team/app', imageIds=[{{'imageTag': 'latest'}}, {{'imageTag': 'v2'}}, {{'imageTag': 'nope'}}])
 out['deleted'] = sorted((i['imageDigest'], i['imageTag']) for i in gone['imageIds'])
 out['delete_failures'] = [x['failureCode'] for x in gone['failures']]
@@ -873,6 +879,7 @@ print(json.dumps(out))
         top = multi.top,
         children = serde_json::to_string(&multi.platforms).unwrap(),
         child0 = multi.platforms[0],
+        layer = digest(&random_bytes(4000, 1)),
     ));
     let mut all = vec![(a.clone(), "latest"), (a.clone(), "v1"), (b.clone(), "v2"), (c.clone(), "")];
     all.sort();
@@ -907,4 +914,16 @@ print(json.dumps(out))
     after.sort();
     assert_eq!(v["after"], serde_json::json!(after));
     assert_eq!(v["child"], serde_json::json!(["ImageReferencedByManifestList"]));
+    let layer = random_bytes(4000, 1);
+    let zero = format!("sha256:{}", "0".repeat(64));
+    assert_eq!(
+        v["layers"],
+        serde_json::json!([[digest(&layer), "AVAILABLE", layer.len()], [zero, "UNAVAILABLE", null]])
+    );
+    assert_eq!(v["layer_failures"], serde_json::json!(["InvalidLayerDigest"]));
+    assert_eq!(v["no_layer"], "LayersNotFoundException");
+    // Without S3 redirects the URL is the registry's own, and it serves the layer.
+    let url = v["url"].as_str().unwrap();
+    assert_eq!(url, f.url(&format!("/v2/team/app/blobs/{}", digest(&layer))));
+    assert_eq!(f.client.get(url).send().await.unwrap().bytes().await.unwrap().as_ref(), &layer[..]);
 }
