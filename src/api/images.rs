@@ -419,12 +419,12 @@ async fn batch_get(ctx: &ApiContext<'_>, name: &RepositoryName, ids: &[ImageIden
 }
 
 async fn batch_delete(ctx: &ApiContext<'_>, name: &RepositoryName, ids: &[ImageIdentifier]) -> Result<Value, ApiError> {
+    // Read once and kept current below, so a hundred ids cost one pass over the repository.
+    let mut all = images(ctx, name).await?;
     let (mut deleted, mut failures) = (Vec::new(), Vec::new());
     for id in ids {
-        // Read afresh: an earlier entry may have removed a tag or an image.
-        let all = images(ctx, name).await?;
         let (image, tag) = match resolve(&all, id) {
-            Ok(x) => x,
+            Ok((image, tag)) => (image.clone(), tag),
             Err(f) => {
                 failures.push(failure(id, f));
                 continue;
@@ -444,6 +444,14 @@ async fn batch_delete(ctx: &ApiContext<'_>, name: &RepositoryName, ids: &[ImageI
             _ => Reference::Digest(image.digest.clone()),
         };
         ctx.registry.manifest_delete(name, &reference).await?;
+        match &reference {
+            Reference::Tag(t) => {
+                if let Some(i) = all.iter_mut().find(|i| i.digest == image.digest) {
+                    i.tags.retain(|x| x != t.as_str());
+                }
+            }
+            Reference::Digest(d) => all.retain(|i| &i.digest != d),
+        }
         let mut out = json!({ "imageDigest": image.digest });
         if let Some(t) = tag {
             out["imageTag"] = json!(t);
