@@ -107,9 +107,10 @@ impl Registry {
         // References are checked, touched (so no collector removes them from now on), and
         // checked again: one a collector removed between the first check and the touch is
         // caught by the second. The first check keeps a manifest naming blobs that do not exist
-        // from writing a use record for each.
-        self.check_references(name, &manifest).await?;
-        self.touch_references(&manifest).await?;
+        // from writing a use record (or a replication event) for each. Everything else that
+        // must happen before the commit (the immutability check, the replication event) comes
+        // before the touch, so the touch is as young as it can be when the manifest lands: a
+        // collection that starts a grace period after the touch no longer respects it.
         self.check_references(name, &manifest).await?;
         // An immutable tag that exists refuses the push before anything is stored (an identical
         // re-push too, as in ECR); racing pushes are settled by the conditional write below.
@@ -129,7 +130,6 @@ impl Registry {
             (PushOrigin::Client, Reference::Tag(t)) => self.record_push_event(name, &digest, Some(t)).await?,
             (PushOrigin::Client, Reference::Digest(_)) => self.record_push_event(name, &digest, None).await?,
         };
-
         let record = ManifestRecord {
             digest: digest.clone(),
             media_type: manifest.media_type.as_str().to_owned(),
@@ -137,6 +137,8 @@ impl Registry {
             fetched_at_ms: None,
             pushed_at_ms: Some(self.first_pushed_at(name, &digest).await?),
         };
+        self.touch_references(&manifest).await?;
+        self.check_references(name, &manifest).await?;
         let record_bytes = encode(&record)?;
         self.uses.touch(&digest).await?;
         self.storage.blob_put_small(&digest, bytes).await?;
