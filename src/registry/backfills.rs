@@ -110,6 +110,17 @@ pub enum BackfillRefusal {
 }
 
 impl Registry {
+    /// Wakes this replica's replication worker to look at backfills at once.
+    pub fn poke_backfills(&self) {
+        self.backfill_poke.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake_replication();
+    }
+
+    /// Whether backfills were poked since the last call.
+    pub fn take_backfill_poke(&self) -> bool {
+        self.backfill_poke.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Every backfill kept, newest first.
     pub async fn backfills(&self) -> Result<Vec<Backfill>> {
         let mut out = Vec::new();
@@ -174,7 +185,7 @@ impl Registry {
             results: Vec::new(),
         };
         self.put_backfill(&backfill).await?;
-        self.wake_replication();
+        self.poke_backfills();
         Ok(Ok(backfill))
     }
 
@@ -186,7 +197,7 @@ impl Registry {
         }
         backfill.status = BackfillStatus::Stopping;
         self.put_backfill(&backfill).await?;
-        self.wake_replication();
+        self.poke_backfills();
         Ok(Ok(backfill))
     }
 

@@ -134,6 +134,8 @@ pub struct Registry {
     policies: moka::future::Cache<RepositoryName, Option<Arc<crate::auth::policy::Policy>>>,
     /// Woken when a push records a replication event, so this replica's workers start at once.
     replication_wake: Arc<tokio::sync::Notify>,
+    /// Set when this replica starts or stops a backfill, so its worker looks at backfills now.
+    backfill_poke: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
@@ -162,6 +164,7 @@ impl Registry {
             metrics,
             upload_hashes: Mutex::new(HashMap::new()),
             replication_wake: Arc::default(),
+            backfill_poke: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -192,7 +192,8 @@ pub async fn backfill(
 /// `COMPLETE` once none of its events is left (judged from a view of the events that began
 /// after it was prepared); a `STOPPING` one withdraws its queued events (copies under way
 /// finish) and ends `STOPPED`. Terminal backfills are forgotten after 90 days.
-pub async fn advance(worker: &ReplicationWorker) -> Result<(), crate::worker::WorkerError> {
+/// Returns whether any backfill is still open.
+pub async fn advance(worker: &ReplicationWorker) -> Result<bool, crate::worker::WorkerError> {
     let registry = &worker.registry;
     let now = registry.clock().now_ms();
     let all = registry.backfills().await?;
@@ -201,7 +202,7 @@ pub async fn advance(worker: &ReplicationWorker) -> Result<(), crate::worker::Wo
     }
     let open: Vec<Backfill> = all.into_iter().filter(|b| !b.status.is_terminal()).collect();
     if open.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let storage = registry.storage_handle();
     let clock = registry.clock().clone();
@@ -209,7 +210,7 @@ pub async fn advance(worker: &ReplicationWorker) -> Result<(), crate::worker::Wo
     let lease = match Lease::acquire(storage.as_ref(), clock.as_ref(), key, &worker.owner, worker.pace.lease_ttl).await
     {
         Ok(l) => l,
-        Err(LeaseError::Held { .. } | LeaseError::Lost) => return Ok(()),
+        Err(LeaseError::Held { .. } | LeaseError::Lost) => return Ok(true),
         Err(LeaseError::Storage(e)) => return Err(e.into()),
     };
     for mut b in open {
@@ -222,7 +223,7 @@ pub async fn advance(worker: &ReplicationWorker) -> Result<(), crate::worker::Wo
         }
     }
     lease.release(storage.as_ref()).await?;
-    Ok(())
+    Ok(true)
 }
 
 async fn prepare(registry: &Registry, b: &mut Backfill) -> Result<(), crate::registry::Error> {

@@ -34,8 +34,10 @@ const EVENTS_PER_ROUND: usize = 1000;
 const READS_AT_ONCE: usize = 16;
 /// First retry delay; doubles per failed attempt up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// How often a worker moves API backfills on.
+/// How often a worker moves open API backfills on.
 const BACKFILL_EVERY_MS: u64 = 1000;
+/// How often a worker looks for API backfills when none was open.
+const BACKFILL_IDLE_EVERY_MS: u64 = 10_000;
 /// Longest delay between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -94,6 +96,8 @@ pub struct ReplicationWorker {
     whole_view_since_ms: std::sync::atomic::AtomicU64,
     /// When API backfills were last moved on.
     backfills_advanced_at_ms: u64,
+    /// Whether one was open then.
+    backfills_open: bool,
 }
 
 /// What a worker remembers of an event between passes.
@@ -162,6 +166,7 @@ impl ReplicationWorker {
             view: Default::default(),
             whole_view_since_ms: Default::default(),
             backfills_advanced_at_ms: 0,
+            backfills_open: false,
         }
     }
 
@@ -472,10 +477,13 @@ impl Worker for ReplicationWorker {
     }
 
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
-        // API backfills move on every few seconds (each look lists and reads their records).
+        // API backfills move on every second while one is open, at once when this replica
+        // starts or stops one, and otherwise are looked for every ten seconds (each look lists
+        // their records: an idle registry should not pay for that every second).
         let now = self.registry.clock().now_ms();
-        if now.saturating_sub(self.backfills_advanced_at_ms) >= BACKFILL_EVERY_MS {
-            backfill::advance(self).await?;
+        let every = if self.backfills_open { BACKFILL_EVERY_MS } else { BACKFILL_IDLE_EVERY_MS };
+        if self.registry.take_backfill_poke() || now.saturating_sub(self.backfills_advanced_at_ms) >= every {
+            self.backfills_open = backfill::advance(self).await?;
             self.backfills_advanced_at_ms = now;
         }
         let (worked, remaining) = self.pass().await?;
