@@ -14,10 +14,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../tests/support/data.rs"]
+mod data;
 #[path = "../tests/support/relay.rs"]
 mod relay;
 
 use common::{digest, report, start_ferry_with, Server};
+use data::random_bytes;
 use relay::{Relay, RelaySettings};
 use serde_json::json;
 use std::process::Command;
@@ -28,20 +31,6 @@ const LATENCY: Duration = Duration::from_millis(50);
 
 fn count(var: &str, default: usize) -> usize {
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Deterministic incompressible bytes.
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 async fn push_blob(client: &reqwest::Client, base: &str, repo: &str, blob: Vec<u8>) -> String {
@@ -197,16 +186,21 @@ async fn main() {
     let s = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let size = count("FERRY_BENCH_REPLICATION_BYTES", 1 << 30);
-    compare(&s, "single_layer", || vec![bytes(size, 1)], dir.path()).await;
+    compare(&s, "single_layer", || vec![random_bytes(size, 1)], dir.path()).await;
     let n = count("FERRY_BENCH_REPLICATION_LAYERS", 200);
-    compare(&s, &format!("{n}_layers"), || (0..n).map(|i| bytes(64 << 10, 1000 + i as u64)).collect(), dir.path())
-        .await;
+    compare(
+        &s,
+        &format!("{n}_layers"),
+        || (0..n).map(|i| random_bytes(64 << 10, 1000 + i as u64)).collect(),
+        dir.path(),
+    )
+    .await;
 
     let pushes = count("FERRY_BENCH_REPLICATION_PUSHES", 50);
     let mut lags = Vec::new();
     for i in 0..pushes {
         let repo = format!("repl/lag{i}");
-        let manifest = push_layers(&s.client, &s.source.base, &repo, vec![bytes(4096, 5000 + i as u64)]).await;
+        let manifest = push_layers(&s.client, &s.source.base, &repo, vec![random_bytes(4096, 5000 + i as u64)]).await;
         lags.push(replicate(&s.client, &s.source.base, &repo, &manifest).await);
     }
     lags.sort();

@@ -4,11 +4,9 @@
 //! results once it has ended) and `ListReplicationBackfills`. The records are
 //! [`crate::registry::backfills`]'; the replication workers do the work.
 
-use super::{ApiContext, ApiError, Input, Operation, Page};
+use super::{epoch_seconds, paged, ApiContext, ApiError, Input, Operation, Page};
 use crate::registry::backfills::{Backfill, BackfillRefusal, BackfillResult};
 use crate::registry::replication::{ReplicationDestination, ReplicationState};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use serde_json::{json, Value};
 
 /// A `replicationBackfillId`.
@@ -69,12 +67,6 @@ pub async fn run(ctx: &ApiContext<'_>, op: Operation) -> Result<Value, ApiError>
     }
 }
 
-fn seconds(ms: u64) -> f64 {
-    #[allow(clippy::cast_precision_loss)] // ms since the epoch are far below 2^52
-    let s = ms as f64 / 1000.0;
-    s
-}
-
 fn refused(ctx: &ApiContext<'_>, r: BackfillRefusal, region: &str) -> ApiError {
     match r {
         BackfillRefusal::InProgress(id) => ApiError::new(
@@ -106,7 +98,7 @@ fn head(ctx: &ApiContext<'_>, b: &Backfill) -> Value {
         "replicationBackfillId": b.id,
         "destination": b.destination,
         "status": b.status,
-        "startedAt": seconds(b.started_at_ms),
+        "startedAt": epoch_seconds(b.started_at_ms),
     })
 }
 
@@ -162,19 +154,12 @@ fn summary(ctx: &ApiContext<'_>, b: &Backfill, progress: Value) -> Value {
     let mut out = head(ctx, b);
     out["progress"] = progress;
     if let Some(end) = b.ended_at_ms {
-        out["endedAt"] = json!(seconds(end));
+        out["endedAt"] = json!(epoch_seconds(end));
     }
     if let Some(code) = &b.failure_code {
         out["failureCode"] = json!(code);
     }
     out
-}
-
-fn offset(page: &Page) -> Result<usize, ApiError> {
-    match &page.after {
-        None => Ok(0),
-        Some(t) => t.parse().map_err(|_| ApiError::invalid("nextToken", "Member is not a token this registry issued")),
-    }
 }
 
 /// `DescribeReplicationBackfillResults`.
@@ -188,11 +173,8 @@ async fn describe(
     let mut out = summary(ctx, &b, progress(ctx, &b).await?);
     if b.status.is_terminal() {
         let all: Vec<&BackfillResult> = b.results.iter().filter(|r| filter.is_none_or(|f| r.status == f)).collect();
-        let start = offset(page)?.min(all.len());
-        let end = start.saturating_add(page.max).min(all.len());
-        let results: Vec<Value> = all
-            .get(start..end)
-            .unwrap_or_default()
+        let (chosen, next) = paged(&all, page)?;
+        let results: Vec<Value> = chosen
             .iter()
             .map(|r| {
                 let mut image = json!({ "imageDigest": r.target.digest });
@@ -207,8 +189,8 @@ async fn describe(
             })
             .collect();
         out["results"] = json!(results);
-        if end < all.len() {
-            out["nextToken"] = json!(STANDARD.encode(end.to_string()));
+        if let Some(t) = next {
+            out["nextToken"] = json!(t);
         }
     }
     Ok(out)
@@ -217,15 +199,14 @@ async fn describe(
 /// `ListReplicationBackfills`: newest first.
 async fn list(ctx: &ApiContext<'_>, page: &Page) -> Result<Value, ApiError> {
     let all = ctx.registry.backfills().await?;
-    let start = offset(page)?.min(all.len());
-    let end = start.saturating_add(page.max).min(all.len());
+    let (chosen, next) = paged(&all, page)?;
     let mut out = Vec::new();
-    for b in all.get(start..end).unwrap_or_default() {
+    for b in &chosen {
         out.push(summary(ctx, b, progress(ctx, b).await?));
     }
     let mut resp = json!({ "registryId": ctx.registry_id, "backfills": out });
-    if end < all.len() {
-        resp["nextToken"] = json!(STANDARD.encode(end.to_string()));
+    if let Some(t) = next {
+        resp["nextToken"] = json!(t);
     }
     Ok(resp)
 }

@@ -5,13 +5,11 @@
 //! and `PutImage` (a push, or a retag of a manifest the repository holds), with ECR's failure
 //! codes and exceptions. The registry does the work; this module speaks ECR.
 
-use super::{ApiContext, ApiError, Input, Page};
+use super::{epoch_seconds, paged, ApiContext, ApiError, Input, Page};
 use crate::auth::{Access, Action};
 use crate::oci::{Digest, Manifest, Reference, RepositoryName, Tag};
 use crate::registry::images::StoredImage;
 use crate::registry::{PushOrigin, Repo};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -39,12 +37,14 @@ pub struct ImageIdentifier {
 }
 
 impl ImageIdentifier {
-    fn from_json(v: &Value) -> Self {
+    /// Reads one from its JSON object (members of the wrong type count as absent).
+    pub(super) fn from_json(v: &Value) -> Self {
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         Self { digest: s("imageDigest"), tag: s("imageTag") }
     }
 
-    fn json(&self) -> Value {
+    /// As ECR writes it back.
+    pub(super) fn json(&self) -> Value {
         let mut out = serde_json::Map::new();
         if let Some(d) = &self.digest {
             out.insert("imageDigest".into(), json!(d));
@@ -207,20 +207,6 @@ fn wanted(status: Option<&str>, tagged: bool) -> bool {
     }
 }
 
-/// A page of `items` after the offset in the token, and the next token.
-fn paged<T: Clone>(items: &[T], page: &Page) -> Result<(Vec<T>, Option<String>), ApiError> {
-    let start = match &page.after {
-        None => 0,
-        Some(t) => {
-            t.parse().map_err(|_| ApiError::invalid("nextToken", "Member is not a token this registry issued"))?
-        }
-    };
-    let start: usize = start.min(items.len());
-    let end = start.saturating_add(page.max).min(items.len());
-    let next = (end < items.len()).then(|| STANDARD.encode(end.to_string()));
-    Ok((items.get(start..end).unwrap_or_default().to_vec(), next))
-}
-
 fn with_next(mut out: Value, next: Option<String>) -> Value {
     if let Some(t) = next {
         out["nextToken"] = json!(t);
@@ -246,12 +232,6 @@ async fn list(
     }
     let (ids, next) = paged(&ids, page)?;
     Ok(with_next(json!({ "imageIds": ids }), next))
-}
-
-fn seconds(ms: u64) -> f64 {
-    #[allow(clippy::cast_precision_loss)] // ms since the epoch are far below 2^52
-    let s = ms as f64 / 1000.0;
-    s
 }
 
 /// The image's size as ECR reports it: its blobs' stored (compressed) sizes; for an index,
@@ -294,10 +274,10 @@ async fn detail(
         d["imageTags"] = json!(image.tags);
     }
     if let Some(at) = image.pushed_at_ms {
-        d["imagePushedAt"] = json!(seconds(at));
+        d["imagePushedAt"] = json!(epoch_seconds(at));
     }
     if let Some(at) = image.last_pulled_ms {
-        d["lastRecordedPullTime"] = json!(seconds(at));
+        d["lastRecordedPullTime"] = json!(epoch_seconds(at));
     }
     if let Some(subject) = &image.subject {
         d["subjectManifestDigest"] = json!(subject);

@@ -107,7 +107,7 @@ pub enum Operation {
     /// `DeleteRegistryPolicy`.
     DeleteRegistryPolicy,
     /// `DescribeImageReplicationStatus`: a repository and an image's digest or tag.
-    DescribeImageReplicationStatus(RepositoryName, replication::ImageId),
+    DescribeImageReplicationStatus(RepositoryName, images::ImageIdentifier),
     /// `StartReplicationBackfill` to a destination.
     StartReplicationBackfill(crate::registry::replication::ReplicationDestination),
     /// `StopReplicationBackfill`.
@@ -127,6 +127,28 @@ pub struct Page {
     pub max: usize,
     /// Where the previous page ended.
     pub after: Option<String>,
+}
+
+/// Milliseconds since the epoch as ECR's JSON timestamps carry them (seconds, fractional).
+pub(crate) fn epoch_seconds(ms: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)] // ms since the epoch are far below 2^52
+    let s = ms as f64 / 1000.0;
+    s
+}
+
+/// One page of `items` from the offset a previous page's token names, and the token of the
+/// next page when there is one.
+pub(crate) fn paged<T: Clone>(items: &[T], page: &Page) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let start: usize = match &page.after {
+        None => 0,
+        Some(t) => {
+            t.parse().map_err(|_| ApiError::invalid("nextToken", "Member is not a token this registry issued"))?
+        }
+    };
+    let start = start.min(items.len());
+    let end = start.saturating_add(page.max).min(items.len());
+    let next = (end < items.len()).then(|| STANDARD.encode(end.to_string()));
+    Ok((items.get(start..end).unwrap_or_default().to_vec(), next))
 }
 
 /// A request body's members, read with ECR's types and limits.

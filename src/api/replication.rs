@@ -3,6 +3,7 @@
 //! rule when given, regions `[0-9a-z-]{2,25}`, registry ids of 12 digits. Ferry never
 //! replicates deletes, so `deleteReplication: {enabled: true}` is refused rather than ignored.
 
+use super::images::ImageIdentifier;
 use super::{registry_policy, ApiContext, ApiError, Input, Operation};
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::registry::replication::{
@@ -52,7 +53,7 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<Operation, ApiError> {
         | "ListReplicationBackfills" => super::backfill::parse_operation(op, input)?,
         "DescribeImageReplicationStatus" => {
             let name = super::repositories::repository_name(input, "repositoryName")?;
-            Operation::DescribeImageReplicationStatus(name, ImageId::parse(input)?)
+            Operation::DescribeImageReplicationStatus(name, image_id(input)?)
         }
         _ => Operation::DeleteRegistryPolicy,
     })
@@ -70,44 +71,22 @@ pub async fn run(ctx: &ApiContext<'_>, op: Operation) -> Result<Value, ApiError>
     }
 }
 
-/// An `imageId`: a digest, a tag, or both.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageId {
-    /// `imageDigest`.
-    pub digest: Option<String>,
-    /// `imageTag`.
-    pub tag: Option<String>,
-}
-
-impl ImageId {
-    fn parse(input: &Input) -> Result<Self, ApiError> {
-        let id = input.get("imageId").ok_or_else(|| invalid("imageId", "Member must not be null"))?;
-        let digest = id.get("imageDigest").and_then(Value::as_str).map(str::to_owned);
-        let tag = id.get("imageTag").and_then(Value::as_str).map(str::to_owned);
-        if digest.is_none() && tag.is_none() {
-            return Err(invalid("imageId", "an image id needs an imageDigest or an imageTag"));
-        }
-        if tag.as_ref().is_some_and(|t| t.is_empty() || t.len() > 300) {
-            return Err(invalid("imageTag", "Member must have length between 1 and 300"));
-        }
-        Ok(Self { digest, tag })
+/// Reads `imageId` for `DescribeImageReplicationStatus`: a digest, a tag, or both.
+fn image_id(input: &Input) -> Result<ImageIdentifier, ApiError> {
+    let id = input.get("imageId").ok_or_else(|| invalid("imageId", "Member must not be null"))?;
+    let id = ImageIdentifier::from_json(id);
+    if id.digest.is_none() && id.tag.is_none() {
+        return Err(invalid("imageId", "an image id needs an imageDigest or an imageTag"));
     }
-
-    fn json(&self) -> Value {
-        let mut out = serde_json::Map::new();
-        if let Some(d) = &self.digest {
-            out.insert("imageDigest".into(), json!(d));
-        }
-        if let Some(t) = &self.tag {
-            out.insert("imageTag".into(), json!(t));
-        }
-        Value::Object(out)
+    if id.tag.as_ref().is_some_and(|t| t.is_empty() || t.len() > 300) {
+        return Err(invalid("imageTag", "Member must have length between 1 and 300"));
     }
+    Ok(id)
 }
 
 /// `DescribeImageReplicationStatus`: the image's status at each destination it was recorded
 /// for (none when it was pushed before replication was configured).
-async fn image_status(ctx: &ApiContext<'_>, name: &RepositoryName, image: &ImageId) -> Result<Value, ApiError> {
+async fn image_status(ctx: &ApiContext<'_>, name: &RepositoryName, image: &ImageIdentifier) -> Result<Value, ApiError> {
     let registry = ctx.registry;
     if registry.repository_settings(name).await?.is_none() {
         return Err(super::repositories::not_found(ctx, name));

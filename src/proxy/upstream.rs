@@ -94,6 +94,25 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
 }
 
+/// A token service's answer to a Bearer challenge (Docker Hub style); replication reads
+/// destinations' answers with it too.
+#[derive(serde::Deserialize)]
+pub(crate) struct TokenAnswer {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+impl TokenAnswer {
+    /// The token and when to stop using it: a little before it expires, so it never expires in
+    /// flight; the service's number is capped at a day, so no answer can overflow the clock.
+    pub(crate) fn into_token(self) -> Option<(String, Instant)> {
+        let token = self.token.or(self.access_token)?;
+        let ttl = Duration::from_secs(self.expires_in.unwrap_or(60).clamp(10, 86_400).saturating_sub(5));
+        Some((token, Instant::now().checked_add(ttl).unwrap_or_else(Instant::now)))
+    }
+}
+
 /// Parses `Bearer realm="...",service="...",scope="..."` into its scheme (lower case) and parameters
 /// (replication reads destinations' challenges with it too).
 pub(crate) fn parse_challenge(value: &str) -> Option<(String, HashMap<String, String>)> {
@@ -187,22 +206,12 @@ impl Upstream {
                 if !resp.status().is_success() {
                     return Err(Error::Failed(realm.clone(), resp.status().as_u16()));
                 }
-                #[derive(serde::Deserialize)]
-                struct TokenResponse {
-                    token: Option<String>,
-                    access_token: Option<String>,
-                    expires_in: Option<u64>,
-                }
-                let body: TokenResponse =
+                let body: TokenAnswer =
                     resp.json().await.map_err(|e| Error::Invalid(realm.clone(), format!("token response: {e}")))?;
-                let token = body
-                    .token
-                    .or(body.access_token)
+                let (token, until) = body
+                    .into_token()
                     .ok_or_else(|| Error::Invalid(realm.clone(), "token response without a token".into()))?;
-                // Renew a little early so a token never expires in flight; the upstream's number
-                // is capped at a day, so no answer can overflow the clock.
-                let ttl = Duration::from_secs(body.expires_in.unwrap_or(60).clamp(10, 86_400).saturating_sub(5));
-                Auth::Bearer(token, Instant::now().checked_add(ttl).unwrap_or_else(Instant::now))
+                Auth::Bearer(token, until)
             }
             Some((scheme, _)) if scheme == "basic" && self.credentials.is_some() => Auth::Basic,
             _ => {

@@ -225,21 +225,14 @@ impl Destination {
         if !resp.status().is_success() {
             return Err(refusal(resp).await);
         }
-        #[derive(serde::Deserialize)]
-        struct TokenResponse {
-            token: Option<String>,
-            access_token: Option<String>,
-            expires_in: Option<u64>,
-        }
-        let body: TokenResponse =
+        let body: crate::proxy::upstream::TokenAnswer =
             serde_json::from_slice(&bounded_body(resp).await).map_err(|e| CopyError::Permanent {
                 code: "REJECTED",
                 message: format!("the token service at {realm} answered no token: {e}"),
             })?;
-        let Some(token) = body.token.or(body.access_token) else { return Ok(false) };
-        let ttl = Duration::from_secs(body.expires_in.unwrap_or(60).clamp(10, 86_400).saturating_sub(5));
+        let Some(token) = body.into_token() else { return Ok(false) };
         if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.insert(repo.to_owned(), (token, Instant::now().checked_add(ttl).unwrap_or_else(Instant::now)));
+            tokens.insert(repo.to_owned(), token);
         }
         Ok(true)
     }
