@@ -239,6 +239,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         ready: ready_rx,
         auth,
         tls: config.tls.enabled(),
+        layer_parts: Arc::new(tokio::sync::Semaphore::new(api::LAYER_PARTS_AT_ONCE)),
     });
     let settings = http::ListenerSettings {
         header_read_timeout: server.header_read_timeout.0,

@@ -12,12 +12,22 @@ pub struct ApiError {
     pub kind: &'static str,
     /// What went wrong.
     pub message: String,
+    /// The exception's other modelled members (`lastValidByteReceived`, ...), which botocore
+    /// hands to the caller beside the code.
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
     /// An error of `kind` saying `message`.
     pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), fields: serde_json::Map::new() }
+    }
+
+    /// The same error with one more modelled member.
+    #[must_use]
+    pub fn with(mut self, member: &str, value: serde_json::Value) -> Self {
+        self.fields.insert(member.to_owned(), value);
+        self
     }
 
     /// `InvalidParameterException` in AWS's wording.
@@ -44,7 +54,10 @@ impl ApiError {
 
     /// The body.
     pub fn to_body(&self) -> Vec<u8> {
-        serde_json::to_vec(&json!({ "__type": self.kind, "message": self.message })).unwrap_or_default()
+        let mut body = self.fields.clone();
+        body.insert("__type".into(), json!(self.kind));
+        body.insert("message".into(), json!(self.message));
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 }
 

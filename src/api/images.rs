@@ -1,6 +1,6 @@
 //! ECR's image operations: `ListImages` (one entry per tag, a digest-only one for an untagged
 //! image), `DescribeImages` (one detail per digest), `BatchGetImage` (a pull: it counts for
-//! `lastRecordedPullTime`), `BatchCheckLayerAvailability`, `GetDownloadUrlForLayer`, `BatchDeleteImage` (by tag removes that tag, and the image with its
+//! `lastRecordedPullTime`), `BatchDeleteImage` (by tag removes that tag, and the image with its
 //! last tag; by digest removes the image and its tags; a child an index still lists is refused)
 //! and `PutImage` (a push, or a retag of a manifest the repository holds), with ECR's failure
 //! codes and exceptions. The registry does the work; this module speaks ECR.
@@ -14,15 +14,7 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 
 /// The operations this module parses.
-pub const OPERATIONS: [&str; 7] = [
-    "ListImages",
-    "DescribeImages",
-    "BatchGetImage",
-    "BatchDeleteImage",
-    "PutImage",
-    "BatchCheckLayerAvailability",
-    "GetDownloadUrlForLayer",
-];
+pub const OPERATIONS: [&str; 5] = ["ListImages", "DescribeImages", "BatchGetImage", "BatchDeleteImage", "PutImage"];
 
 /// `imageManifest` at most (ECR's limit).
 const MAX_MANIFEST_CHARS: usize = 4_194_304;
@@ -69,10 +61,6 @@ pub enum ImagesOp {
     BatchDelete(RepositoryName, Vec<ImageIdentifier>),
     /// `PutImage`: manifest, media type, tag, digest.
     Put(RepositoryName, String, Option<String>, Option<String>, Option<String>),
-    /// `BatchCheckLayerAvailability`: the digests as sent.
-    CheckLayers(RepositoryName, Vec<String>),
-    /// `GetDownloadUrlForLayer`.
-    DownloadUrl(RepositoryName, Digest),
 }
 
 impl ImagesOp {
@@ -84,8 +72,6 @@ impl ImagesOp {
             Self::BatchGet(..) => "BatchGetImage",
             Self::BatchDelete(..) => "BatchDeleteImage",
             Self::Put(..) => "PutImage",
-            Self::CheckLayers(..) => "BatchCheckLayerAvailability",
-            Self::DownloadUrl(..) => "GetDownloadUrlForLayer",
         }
     }
 
@@ -97,8 +83,6 @@ impl ImagesOp {
             Self::BatchGet(n, _) => vec![Access::on(Action::BatchGetImage, n)],
             Self::BatchDelete(n, _) => vec![Access::on(Action::BatchDeleteImage, n)],
             Self::Put(n, ..) => vec![Access::on(Action::PutImage, n)],
-            Self::CheckLayers(n, _) => vec![Access::on(Action::BatchCheckLayerAvailability, n)],
-            Self::DownloadUrl(n, _) => vec![Access::on(Action::GetDownloadUrlForLayer, n)],
         }
     }
 }
@@ -137,26 +121,6 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<ImagesOp, ApiError> {
         }
         "BatchGetImage" => ImagesOp::BatchGet(name, image_ids(input, true)?),
         "BatchDeleteImage" => ImagesOp::BatchDelete(name, image_ids(input, true)?),
-        "BatchCheckLayerAvailability" => {
-            let list = input
-                .list("layerDigests")?
-                .ok_or_else(|| ApiError::invalid("layerDigests", "Member must not be null"))?;
-            if list.is_empty() || list.len() > 100 {
-                return Err(ApiError::invalid("layerDigests", "Member must have length between 1 and 100"));
-            }
-            let digests = list.iter().map(|v| v.as_str().unwrap_or_default().chars().take(1000).collect()).collect();
-            ImagesOp::CheckLayers(name, digests)
-        }
-        "GetDownloadUrlForLayer" => {
-            let d = input.required_str("layerDigest")?;
-            let digest = Digest::parse(d).map_err(|_| {
-                ApiError::invalid(
-                    "layerDigest",
-                    "Member must satisfy regular expression pattern: [a-zA-Z0-9-_+.]+:[a-fA-F0-9]+",
-                )
-            })?;
-            ImagesOp::DownloadUrl(name, digest)
-        }
         _ => {
             let manifest = input.required_str("imageManifest")?;
             if manifest.is_empty() || manifest.chars().count() > MAX_MANIFEST_CHARS {
@@ -184,8 +148,6 @@ pub async fn run(ctx: &ApiContext<'_>, op: ImagesOp) -> Result<Value, ApiError> 
         ImagesOp::Put(name, manifest, media_type, tag, digest) => {
             put(ctx, &name, manifest, media_type.as_deref(), tag.as_deref(), digest.as_deref()).await
         }
-        ImagesOp::CheckLayers(name, digests) => check_layers(ctx, &name, &digests).await,
-        ImagesOp::DownloadUrl(name, digest) => download_url(ctx, &name, &digest).await,
     }
 }
 
@@ -530,55 +492,4 @@ async fn put(
         "imageManifest": manifest,
         "imageManifestMediaType": record.media_type,
     }}))
-}
-
-/// `BatchCheckLayerAvailability`: each digest `AVAILABLE` with its size when the repository
-/// links it, else `UNAVAILABLE`; a malformed one is a failure.
-async fn check_layers(ctx: &ApiContext<'_>, name: &RepositoryName, digests: &[String]) -> Result<Value, ApiError> {
-    if ctx.registry.repository_settings(name).await?.is_none() {
-        return Err(super::repositories::not_found(ctx, name));
-    }
-    let (mut layers, mut failures) = (Vec::new(), Vec::new());
-    let local = Repo::Local(name.clone());
-    for d in digests {
-        if d.is_empty() {
-            failures.push(json!({ "layerDigest": d, "failureCode": "MissingLayerDigest", "failureReason": "Missing layer digest" }));
-            continue;
-        }
-        let Ok(digest) = Digest::parse(d) else {
-            failures.push(json!({ "layerDigest": d, "failureCode": "InvalidLayerDigest", "failureReason": "Invalid layer digest" }));
-            continue;
-        };
-        match ctx.registry.blob_size(&local, &digest).await {
-            Ok(size) => layers.push(json!({ "layerDigest": d, "layerAvailability": "AVAILABLE", "layerSize": size })),
-            Err(crate::registry::Error::BlobUnknown(_) | crate::registry::Error::NameUnknown(_)) => {
-                layers.push(json!({ "layerDigest": d, "layerAvailability": "UNAVAILABLE" }));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(json!({ "layers": layers, "failures": failures }))
-}
-
-/// `GetDownloadUrlForLayer`: a presigned URL straight to the bucket when S3 redirects are on,
-/// else the registry API's own blob URL (which takes the same credentials as any pull).
-async fn download_url(ctx: &ApiContext<'_>, name: &RepositoryName, digest: &Digest) -> Result<Value, ApiError> {
-    if ctx.registry.repository_settings(name).await?.is_none() {
-        return Err(super::repositories::not_found(ctx, name));
-    }
-    match ctx.registry.blob_size(&Repo::Local(name.clone()), digest).await {
-        Ok(_) => {}
-        Err(crate::registry::Error::BlobUnknown(_) | crate::registry::Error::NameUnknown(_)) => {
-            return Err(ApiError::new(
-                "LayersNotFoundException",
-                format!("The layer with digest '{digest}' does not exist in the repository with name '{name}' in the registry with id '{}'", ctx.registry_id),
-            ))
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let url = match ctx.registry.storage_handle().blob_url(digest).await.map_err(crate::registry::Error::from)? {
-        Some(url) => url,
-        None => format!("{}/v2/{name}/blobs/{digest}", ctx.proxy_endpoint.trim_end_matches('/')),
-    };
-    Ok(json!({ "downloadUrl": url, "layerDigest": digest }))
 }

@@ -8,11 +8,14 @@
 mod backfill;
 mod error;
 mod images;
+mod layers;
 mod lifecycle;
 mod registry_policy;
 mod replication;
 mod repositories;
 mod templates;
+
+pub use layers::{LAYER_PARTS_AT_ONCE, MAX_PART_BODY};
 
 pub use error::ApiError;
 
@@ -118,6 +121,9 @@ pub enum Operation {
     ListReplicationBackfills(Page),
     /// `ListImages`, `DescribeImages`, `BatchGetImage`, `BatchDeleteImage`, `PutImage`.
     Images(images::ImagesOp),
+    /// `BatchCheckLayerAvailability`, `GetDownloadUrlForLayer`, `InitiateLayerUpload`,
+    /// `UploadLayerPart`, `CompleteLayerUpload`.
+    Layers(layers::LayersOp),
 }
 
 /// `maxResults` and `nextToken`.
@@ -252,6 +258,7 @@ impl Operation {
             Self::DescribeReplicationBackfillResults(..) => "DescribeReplicationBackfillResults",
             Self::ListReplicationBackfills(..) => "ListReplicationBackfills",
             Self::Images(op) => op.name(),
+            Self::Layers(op) => op.name(),
         }
     }
 
@@ -286,6 +293,7 @@ impl Operation {
             "DescribeRegistry" => Ok(Self::DescribeRegistry),
             op if replication::OPERATIONS.contains(&op) => replication::parse_operation(op, &input),
             op if images::OPERATIONS.contains(&op) => images::parse_operation(op, &input).map(Self::Images),
+            op if layers::OPERATIONS.contains(&op) => layers::parse_operation(op, &input).map(Self::Layers),
             "CreateRepository" => {
                 let (name, settings) = repositories::parse_create(&input)?;
                 Ok(Self::CreateRepository(name, settings))
@@ -401,6 +409,7 @@ impl Operation {
             }
             Self::ListReplicationBackfills(_) => vec![Access::registry(Action::ListReplicationBackfills)],
             Self::Images(op) => op.accesses(),
+            Self::Layers(op) => op.accesses(),
         }
     }
 
@@ -424,6 +433,7 @@ impl Operation {
             | Self::DescribeReplicationBackfillResults(..)
             | Self::ListReplicationBackfills(_)) => backfill::run(ctx, op).await,
             Self::Images(op) => images::run(ctx, op).await,
+            Self::Layers(op) => layers::run(ctx, op).await,
             Self::CreateRepository(name, settings) => {
                 let created = reg.create_repository(&name, settings).await?;
                 Ok(json!({ "repository": repositories::describe(ctx, &name, &created) }))
@@ -443,21 +453,7 @@ impl Operation {
             }
             Self::PutImageTagMutability(name, m, filters) => {
                 existing(&name).await?;
-                let f = filters.clone();
-                reg.update_repository(&name, move |s| {
-                    s.image_tag_mutability = m;
-                    s.mutability_exclusions = f.clone();
-                    Ok(())
-                })
-                .await?;
-                let mut resp = json!({
-                    "registryId": ctx.registry_id, "repositoryName": name.as_str(), "imageTagMutability": m.as_str(),
-                });
-                if !filters.is_empty() {
-                    resp["imageTagMutabilityExclusionFilters"] =
-                        filters.iter().map(|f| json!({ "filterType": "WILDCARD", "filter": f })).collect();
-                }
-                Ok(resp)
+                repositories::put_tag_mutability(ctx, &name, m, filters).await
             }
             Self::SetRepositoryPolicy(name, text, force) => {
                 existing(&name).await?;

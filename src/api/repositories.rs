@@ -273,3 +273,28 @@ pub async fn tag(ctx: &ApiContext<'_>, name: &RepositoryName, new: Vec<ResourceT
     result?;
     Ok(json!({}))
 }
+
+/// `PutImageTagMutability`: the setting and its exclusion filters, echoed as ECR does.
+pub async fn put_tag_mutability(
+    ctx: &ApiContext<'_>,
+    name: &RepositoryName,
+    m: TagMutability,
+    filters: Vec<String>,
+) -> Result<Value, ApiError> {
+    let f = filters.clone();
+    ctx.registry
+        .update_repository(name, move |s| {
+            s.image_tag_mutability = m;
+            s.mutability_exclusions = f.clone();
+            Ok(())
+        })
+        .await?;
+    let mut resp = json!({
+        "registryId": ctx.registry_id, "repositoryName": name.as_str(), "imageTagMutability": m.as_str(),
+    });
+    if !filters.is_empty() {
+        resp["imageTagMutabilityExclusionFilters"] =
+            filters.iter().map(|f| json!({ "filterType": "WILDCARD", "filter": f })).collect();
+    }
+    Ok(resp)
+}

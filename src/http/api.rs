@@ -11,8 +11,35 @@ use futures_util::StreamExt;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-/// The largest request body the API reads (its largest inputs are policy documents).
+/// The largest request body the API reads, but for a layer part (its largest other inputs are
+/// policy documents and manifests).
 const MAX_BODY: usize = 1 << 20;
+
+/// `PutImage`'s: a 4 MiB manifest, escaped.
+const MAX_PUT_IMAGE_BODY: usize = 9 << 20;
+
+/// How long a whole request body may take (a stalled one is cut sooner by the server's
+/// `body_read_timeout`).
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long a layer part's body may take: 14 MiB at 120 KB/s. It holds one of a few permits.
+const PART_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// With access control on, a layer part is read only when it is signed with a known access
+/// key (checked fully once the body is there).
+fn known_key(app: &App, parts: &http::request::Parts) -> Result<(), ApiError> {
+    let Some(auth) = &app.auth else { return Ok(()) };
+    let header = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(header) = header else {
+        return Err(ApiError::new("MissingAuthenticationTokenException", SigV4Error::Missing.to_string()));
+    };
+    let v4 =
+        sigv4::AuthorizationV4::parse(header).map_err(|e| ApiError::new("InvalidSignatureException", e.to_string()))?;
+    if auth.authenticator.identities().by_access_key(&v4.access_key_id).is_none() {
+        return Err(ApiError::new("UnrecognizedClientException", SigV4Error::UnknownKey.to_string()));
+    }
+    Ok(())
+}
 
 /// Whether a request is for the ECR API rather than the registry API.
 pub fn is_api<B>(req: &Request<B>) -> bool {
@@ -61,11 +88,39 @@ async fn run(
     client: std::net::IpAddr,
 ) -> (&'static str, Result<serde_json::Value, ApiError>) {
     let (parts, body) = req.into_parts();
-    let body = match read_body(body).await {
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let op = target.strip_prefix(crate::api::TARGET_PREFIX).unwrap_or("");
+    let (_permit, limit, deadline) = match op {
+        // A layer part is the one large input: only a few are read at once, each only for a
+        // known access key and within a deadline, so nobody can hold the permits for long.
+        "UploadLayerPart" => {
+            if let Err(e) = known_key(app, &parts) {
+                return ("UploadLayerPart", Err(e));
+            }
+            match app.layer_parts.clone().try_acquire_owned() {
+                Ok(p) => (Some(p), crate::api::MAX_PART_BODY, PART_BODY_DEADLINE),
+                Err(_) => {
+                    let e =
+                        ApiError::new("ThrottlingException", "Too many layer parts are being uploaded: retry shortly");
+                    return ("UploadLayerPart", Err(e));
+                }
+            }
+        }
+        // `imageManifest` may be 4 MiB of characters, each escaped in JSON.
+        "PutImage" => (None, MAX_PUT_IMAGE_BODY, BODY_DEADLINE),
+        _ => (None, MAX_BODY, BODY_DEADLINE),
+    };
+    let body = match tokio::time::timeout(deadline, read_body(body, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError::new(
+            "SerializationException",
+            format!("the request body did not arrive within {} s", deadline.as_secs()),
+        )),
+    };
+    let body = match body {
         Ok(b) => b,
         Err(e) => return ("api", Err(e)),
     };
-    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
     let auth = app.auth.as_ref();
     let registry_id = auth.map_or("000000000000", |a| a.registry_id.as_str());
     let region = auth.map_or("us-east-1", |a| a.region.as_str());
@@ -114,13 +169,13 @@ async fn run(
     (name, op.run(&ctx).await)
 }
 
-async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
     let mut stream = http_body_util::BodyDataStream::new(body);
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::new("SerializationException", format!("the request body failed: {e}")))?;
-        if buf.len().saturating_add(chunk.len()) > MAX_BODY {
+        if buf.len().saturating_add(chunk.len()) > limit {
             return Err(ApiError::new("SerializationException", "the request body is too large"));
         }
         buf.extend_from_slice(&chunk);

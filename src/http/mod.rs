@@ -56,6 +56,9 @@ pub struct App {
     pub auth: Option<AuthState>,
     /// Whether the registry listener speaks TLS (`aws:SecureTransport`).
     pub tls: bool,
+    /// `UploadLayerPart` bodies read at once: each is held whole (its signature covers it), so
+    /// these bound the API's memory; a request past them is throttled, and clients retry.
+    pub layer_parts: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the edge needs when access control is on.

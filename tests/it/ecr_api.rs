@@ -927,3 +927,227 @@ print(json.dumps(out))
     assert_eq!(url, f.url(&format!("/v2/team/app/blobs/{}", digest(&layer))));
     assert_eq!(f.client.get(url).send().await.unwrap().bytes().await.unwrap().as_ref(), &layer[..]);
 }
+
+/// An image pushed entirely through the ECR API with the aws CLI (`initiate-layer-upload`, a
+/// 23 MiB layer in three `upload-layer-part`s, `complete-layer-upload`, `put-image`) is pulled
+/// byte for byte by skopeo from the registry API; then boto3 provokes every way the layer
+/// upload can go wrong, and nothing wrong is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_pushes_through_the_layer_api_and_skopeo_pulls_it() {
+    let api = start().await;
+    let addr = api.f.server.as_ref().unwrap().addr;
+    let work = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| -> serde_json::Value {
+        let out = run(&mut aws(CI_KEY, &api.ci_secret, &api.f.base, args));
+        if out.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&out).unwrap()
+        }
+    };
+    cli(&["ecr", "create-repository", "--repository-name", "team/layers"]);
+    let push_blob = |blob: &[u8], name: &str| -> String {
+        let started = cli(&["ecr", "initiate-layer-upload", "--repository-name", "team/layers"]);
+        let part_size = started["partSize"].as_u64().unwrap() as usize;
+        assert_eq!(part_size, 10 << 20, "ECR's part size quota");
+        let id = started["uploadId"].as_str().unwrap().to_owned();
+        for (i, part) in blob.chunks(part_size).enumerate() {
+            let file = work.path().join(format!("{name}.{i}"));
+            std::fs::write(&file, part).unwrap();
+            let (first, last) = (i * part_size, i * part_size + part.len() - 1);
+            let r = cli(&[
+                "ecr",
+                "upload-layer-part",
+                "--repository-name",
+                "team/layers",
+                "--upload-id",
+                &id,
+                "--part-first-byte",
+                &first.to_string(),
+                "--part-last-byte",
+                &last.to_string(),
+                "--layer-part-blob",
+                &format!("fileb://{}", file.display()),
+            ]);
+            assert_eq!(r["lastByteReceived"], last as u64);
+        }
+        let d = digest(blob);
+        let done = cli(&[
+            "ecr",
+            "complete-layer-upload",
+            "--repository-name",
+            "team/layers",
+            "--upload-id",
+            &id,
+            "--layer-digests",
+            &d,
+        ]);
+        assert_eq!(done["layerDigest"], d.as_str());
+        d
+    };
+    let layer = random_bytes(23 << 20, 90);
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+    let layer_digest = push_blob(&layer, "layer");
+    let config_digest = push_blob(&config, "config");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}]
+    })
+    .to_string();
+    let manifest_file = work.path().join("manifest.json");
+    std::fs::write(&manifest_file, &manifest).unwrap();
+    let put = cli(&[
+        "ecr",
+        "put-image",
+        "--repository-name",
+        "team/layers",
+        "--image-tag",
+        "v1",
+        "--image-manifest",
+        &format!("file://{}", manifest_file.display()),
+    ]);
+    assert_eq!(put["image"]["imageId"]["imageDigest"], digest(manifest.as_bytes()).as_str());
+
+    let password = run(&mut aws(CI_KEY, &api.ci_secret, &api.f.base, &["ecr", "get-login-password"]));
+    let creds = format!("AWS:{}", password.trim());
+    let out = work.path().join("pulled");
+    let policy = policy(work.path());
+    run(skopeo(&policy).args([
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &creds,
+        &format!("docker://{addr}/team/layers:v1"),
+        // `dir:` keeps layers as they are (an OCI layout would compress this uncompressed one).
+        &format!("dir:{}", out.display()),
+    ]));
+    let pulled = std::fs::read(out.join(layer_digest.trim_start_matches("sha256:"))).unwrap();
+    assert!(pulled == layer, "the layer skopeo pulled is the one the aws CLI pushed");
+
+    let v = boto3(
+        &api,
+        &format!(
+            r#"
+out = {{}}
+def err(call):
+    try:
+        call()
+        return None
+    except botocore.exceptions.ClientError as e:
+        return [e.response['Error']['Code'], e.response.get('lastValidByteReceived')]
+repo = 'team/layers'
+ci.create_repository(repositoryName='team/other')
+u = ci.initiate_layer_upload(repositoryName=repo)['uploadId']
+part = lambda first, data, upload=u, last=None, name=repo: ci.upload_layer_part(repositoryName=name, uploadId=upload,
+    partFirstByte=first, partLastByte=first + len(data) - 1 if last is None else last, layerPartBlob=data)
+out['gap_first'] = err(lambda: part(5, b'x' * 10))
+out['first'] = part(0, b'a' * 10)['lastByteReceived']
+out['overlap'] = err(lambda: part(5, b'b' * 10))
+out['lengths'] = err(lambda: part(10, b'c' * 10, last=30))
+out['too_big'] = err(lambda: part(10, b'd' * (10 * 1024 * 1024 + 1)))
+out['other_repo'] = err(lambda: part(10, b'e' * 10, name='team/other'))
+out['wrong_digest'] = err(lambda: ci.complete_layer_upload(repositoryName=repo, uploadId=u, layerDigests=['sha256:' + '0' * 64]))
+out['after_wrong'] = err(lambda: part(10, b'f' * 10))
+empty = ci.initiate_layer_upload(repositoryName=repo)['uploadId']
+out['empty'] = err(lambda: ci.complete_layer_upload(repositoryName=repo, uploadId=empty, layerDigests=['sha256:' + '0' * 64]))
+again = ci.initiate_layer_upload(repositoryName=repo)['uploadId']
+ci.upload_layer_part(repositoryName=repo, uploadId=again, partFirstByte=0, partLastByte={config_len} - 1, layerPartBlob=bytes.fromhex('{config_hex}'))
+out['exists'] = err(lambda: ci.complete_layer_upload(repositoryName=repo, uploadId=again, layerDigests=['{config_digest}']))
+out['exists_then'] = err(lambda: ci.upload_layer_part(repositoryName=repo, uploadId=again, partFirstByte={config_len}, partLastByte={config_len}, layerPartBlob=b'z'))
+out['unknown'] = err(lambda: ci.complete_layer_upload(repositoryName=repo, uploadId='{unknown}', layerDigests=['{config_digest}']))
+out['no_repo'] = err(lambda: ci.initiate_layer_upload(repositoryName='team/none'))
+out['denied'] = err(lambda: nobody.initiate_layer_upload(repositoryName=repo))
+out['wrong_available'] = ci.batch_check_layer_availability(repositoryName=repo, layerDigests=['sha256:' + '0' * 64])['layers'][0]['layerAvailability']
+out['layer_available'] = ci.batch_check_layer_availability(repositoryName=repo, layerDigests=['{layer_digest}'])['layers'][0]['layerSize']
+print(json.dumps(out))
+"#,
+            config_hex = config.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            config_len = config.len(),
+            config_digest = config_digest,
+            layer_digest = layer_digest,
+            unknown = "0f0e0d0c-0b0a-4908-8706-050403020100",
+        ),
+    );
+    assert_eq!(v["gap_first"], serde_json::json!(["InvalidLayerPartException", null]), "{v}");
+    assert_eq!(v["first"], 9);
+    assert_eq!(v["overlap"], serde_json::json!(["InvalidLayerPartException", 9]), "the caller learns where to resume");
+    assert_eq!(v["lengths"][0], "InvalidLayerPartException");
+    assert_eq!(v["too_big"][0], "InvalidLayerPartException", "a part is at most 10 MiB");
+    assert_eq!(v["other_repo"][0], "UploadNotFoundException", "an upload belongs to its repository");
+    assert_eq!(v["wrong_digest"][0], "InvalidLayerException");
+    assert_eq!(v["after_wrong"][0], "UploadNotFoundException", "a failed completion ends the upload");
+    assert_eq!(v["empty"][0], "EmptyUploadException");
+    assert_eq!(v["exists"][0], "LayerAlreadyExistsException");
+    assert_eq!(v["exists_then"][0], "UploadNotFoundException");
+    assert_eq!(v["unknown"][0], "UploadNotFoundException");
+    assert_eq!(v["no_repo"][0], "RepositoryNotFoundException");
+    assert_eq!(v["denied"][0], "AccessDeniedException");
+    assert_eq!(v["wrong_available"], "UNAVAILABLE", "nothing is stored under a digest the bytes do not have");
+    assert_eq!(v["layer_available"], layer.len() as u64);
+}
+
+/// Sends the head of an `UploadLayerPart` signed (in form only) with `key`, announcing
+/// `announced` body bytes, then `body`; returns the open connection.
+async fn layer_part_head(
+    server: std::net::SocketAddr,
+    key: &str,
+    announced: usize,
+    body: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\nX-Amz-Target: AmazonEC2ContainerRegistry_V20150921.UploadLayerPart\r\n\
+         Content-Type: application/x-amz-json-1.1\r\nX-Amz-Date: 20261130T000000Z\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential={key}/20261130/us-east-1/ecr/aws4_request, \
+         SignedHeaders=host;x-amz-date, Signature={sig}\r\nContent-Length: {announced}\r\n\r\n",
+        sig = "0".repeat(64)
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    s
+}
+
+/// The response's ECR error type, read to the end of the connection.
+async fn error_type(mut s: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    text.lines()
+        .find_map(|l| l.strip_prefix("x-amzn-errortype: ").or_else(|| l.strip_prefix("X-Amzn-ErrorType: ")))
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+/// A layer part is the API's one large body, held whole until its signature is checked: one
+/// with an unknown key is refused before its body is read; only four are read at once, and a
+/// fifth is throttled (clients retry) while the rest of the API goes on; the permits come
+/// back when the stalled clients go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_parts_are_read_a_few_at_a_time_and_only_for_known_keys() {
+    let api = start().await;
+    let addr = api.f.server.as_ref().unwrap().addr;
+    let unknown = layer_part_head(addr, "AKIAUNKNOWN000000000", 10_000_000, b"").await;
+    assert_eq!(error_type(unknown).await, "UnrecognizedClientException");
+
+    let small = br#"{"repositoryName":"team/x","uploadId":"0f0e0d0c-0b0a-4908-8706-050403020100","partFirstByte":0,"partLastByte":0,"layerPartBlob":"eA=="}"#;
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(layer_part_head(addr, CI_KEY, 10_000_000, b"{\"layerPartBlob\":\"").await);
+    }
+    eventually("the four stalled parts hold the four permits", std::time::Duration::from_secs(10), || async {
+        error_type(layer_part_head(addr, CI_KEY, small.len(), small).await).await == "ThrottlingException"
+    })
+    .await;
+    let v = boto3(&api, "print(json.dumps(len(ci.describe_repositories()['repositories'])))");
+    assert_eq!(v, 0, "the rest of the API is served meanwhile");
+    drop(stalled);
+    eventually("the permits come back", std::time::Duration::from_secs(10), || async {
+        // Read now, and refused for its (made-up) signature.
+        error_type(layer_part_head(addr, CI_KEY, small.len(), small).await).await == "InvalidSignatureException"
+    })
+    .await;
+}
