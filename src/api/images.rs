@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 
 /// The operations this module parses.
-pub const OPERATIONS: [&str; 5] = ["ListImages", "DescribeImages", "BatchGetImage", "BatchDeleteImage", "PutImage"];
+pub const OPERATIONS: [&str; 6] =
+    ["ListImages", "DescribeImages", "BatchGetImage", "BatchDeleteImage", "PutImage", "ListImageReferrers"];
 
 /// `imageManifest` at most (ECR's limit).
 const MAX_MANIFEST_CHARS: usize = 4_194_304;
@@ -61,6 +62,9 @@ pub enum ImagesOp {
     BatchDelete(RepositoryName, Vec<ImageIdentifier>),
     /// `PutImage`: manifest, media type, tag, digest.
     Put(RepositoryName, String, Option<String>, Option<String>, Option<String>),
+    /// `ListImageReferrers`: the subject, the artifact types wanted (any when empty), whether
+    /// only archived ones are, and a page.
+    Referrers(RepositoryName, Digest, Vec<String>, bool, Page),
 }
 
 impl ImagesOp {
@@ -72,6 +76,7 @@ impl ImagesOp {
             Self::BatchGet(..) => "BatchGetImage",
             Self::BatchDelete(..) => "BatchDeleteImage",
             Self::Put(..) => "PutImage",
+            Self::Referrers(..) => "ListImageReferrers",
         }
     }
 
@@ -83,6 +88,8 @@ impl ImagesOp {
             Self::BatchGet(n, _) => vec![Access::on(Action::BatchGetImage, n)],
             Self::BatchDelete(n, _) => vec![Access::on(Action::BatchDeleteImage, n)],
             Self::Put(n, ..) => vec![Access::on(Action::PutImage, n)],
+            // ECR's documentation: listing referrers needs `ecr:BatchGetImage`.
+            Self::Referrers(n, ..) => vec![Access::on(Action::BatchGetImage, n)],
         }
     }
 }
@@ -121,6 +128,7 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<ImagesOp, ApiError> {
         }
         "BatchGetImage" => ImagesOp::BatchGet(name, image_ids(input, true)?),
         "BatchDeleteImage" => ImagesOp::BatchDelete(name, image_ids(input, true)?),
+        "ListImageReferrers" => parse_referrers(name, input)?,
         _ => {
             let manifest = input.required_str("imageManifest")?;
             if manifest.is_empty() || manifest.chars().count() > MAX_MANIFEST_CHARS {
@@ -138,6 +146,52 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<ImagesOp, ApiError> {
     })
 }
 
+fn parse_referrers(name: RepositoryName, input: &Input) -> Result<ImagesOp, ApiError> {
+    let subject = input
+        .get("subjectId")
+        .and_then(|s| s.get("imageDigest"))
+        .ok_or_else(|| ApiError::invalid("subjectId.imageDigest", "Member must not be null"))?;
+    let subject = subject.as_str().and_then(|d| Digest::parse(d).ok()).ok_or_else(|| {
+        ApiError::invalid(
+            "subjectId.imageDigest",
+            "Member must satisfy regular expression pattern: [a-zA-Z0-9-_+.]+:[a-fA-F0-9]+",
+        )
+    })?;
+    let filter = input.get("filter");
+    let mut types = Vec::new();
+    if let Some(list) = filter.and_then(|f| f.get("artifactTypes")).filter(|v| !v.is_null()) {
+        let list = list.as_array().ok_or_else(|| ApiError::invalid("filter.artifactTypes", "Member must be a list"))?;
+        if list.len() > 5 {
+            return Err(ApiError::invalid("filter.artifactTypes", "Member must have length less than or equal to 5"));
+        }
+        for t in list {
+            match t.as_str() {
+                Some(t) if (1..=255).contains(&t.len()) => types.push(t.to_owned()),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "filter.artifactTypes.member",
+                        "Member must have length between 1 and 255",
+                    ))
+                }
+            }
+        }
+    }
+    let archived = match filter.and_then(|f| f.get("artifactStatus")).filter(|v| !v.is_null()) {
+        None => false,
+        Some(v) => match v.as_str() {
+            Some("ACTIVE" | "ANY") => false,
+            Some("ARCHIVED") => true,
+            _ => {
+                return Err(ApiError::invalid(
+                    "filter.artifactStatus",
+                    "Member must satisfy enum value set: [ACTIVE, ARCHIVED, ANY]",
+                ))
+            }
+        },
+    };
+    Ok(ImagesOp::Referrers(name, subject, types, archived, input.page(50)?))
+}
+
 /// Runs one.
 pub async fn run(ctx: &ApiContext<'_>, op: ImagesOp) -> Result<Value, ApiError> {
     match op {
@@ -145,6 +199,9 @@ pub async fn run(ctx: &ApiContext<'_>, op: ImagesOp) -> Result<Value, ApiError> 
         ImagesOp::Describe(name, ids, status, page) => describe(ctx, &name, &ids, status.as_deref(), &page).await,
         ImagesOp::BatchGet(name, ids) => batch_get(ctx, &name, &ids).await,
         ImagesOp::BatchDelete(name, ids) => batch_delete(ctx, &name, &ids).await,
+        ImagesOp::Referrers(name, subject, types, archived, page) => {
+            referrers(ctx, &name, &subject, &types, archived, &page).await
+        }
         ImagesOp::Put(name, manifest, media_type, tag, digest) => {
             put(ctx, &name, manifest, media_type.as_deref(), tag.as_deref(), digest.as_deref()).await
         }
@@ -492,4 +549,41 @@ async fn put(
         "imageManifest": manifest,
         "imageManifestMediaType": record.media_type,
     }}))
+}
+
+/// `ListImageReferrers`: the manifests in the repository whose `subject` is the image, as the
+/// registry API's referrers list has them, by digest. Ferry never archives, so every referrer
+/// is `ACTIVE` and an `ARCHIVED` filter finds none.
+async fn referrers(
+    ctx: &ApiContext<'_>,
+    name: &RepositoryName,
+    subject: &Digest,
+    types: &[String],
+    archived: bool,
+    page: &Page,
+) -> Result<Value, ApiError> {
+    if ctx.registry.repository_settings(name).await?.is_none() {
+        return Err(super::repositories::not_found(ctx, name));
+    }
+    let mut found =
+        if archived { Vec::new() } else { ctx.registry.referrers(&Repo::Local(name.clone()), subject, None).await? };
+    found.retain(|d| types.is_empty() || d.artifact_type.as_ref().is_some_and(|t| types.contains(t)));
+    found.sort_by(|a, b| a.digest.cmp(&b.digest));
+    let all: Vec<Value> = found
+        .iter()
+        .map(|d| {
+            let mut r = json!({
+                "digest": d.digest, "mediaType": d.media_type, "size": d.size, "artifactStatus": "ACTIVE",
+            });
+            if let Some(t) = &d.artifact_type {
+                r["artifactType"] = json!(t);
+            }
+            if let Some(a) = &d.annotations {
+                r["annotations"] = json!(a);
+            }
+            r
+        })
+        .collect();
+    let (referrers, next) = paged(&all, page)?;
+    Ok(with_next(json!({ "referrers": referrers }), next))
 }

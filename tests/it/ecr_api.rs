@@ -1151,3 +1151,90 @@ async fn layer_parts_are_read_a_few_at_a_time_and_only_for_known_keys() {
     })
     .await;
 }
+
+/// `ListImageReferrers` through boto3 lists what the registry API's referrers endpoint lists
+/// for the same subject: filtered by artifact type, paged, none archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_lists_image_referrers_as_the_registry_api_does() {
+    let f = TestFerry::start().await;
+    let (subject_manifest, subject) = f.push_image("team/signed", "v1", &random_bytes(3000, 5)).await;
+    let empty = f.push_blob("team/signed", b"{}").await;
+    let mut pushed = Vec::new();
+    for (artifact_type, note) in
+        [("application/vnd.example.signature", "sig"), ("application/vnd.example.sbom", "sbom")]
+    {
+        let m = serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_manifest.len()},
+            "annotations": {"org.example.note": note},
+        })
+        .to_string();
+        let d = digest(m.as_bytes());
+        let resp = f.put_manifest("team/signed", &d, OCI_MANIFEST, m.as_bytes()).await;
+        assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+        pushed.push((d, artifact_type));
+    }
+    let index: serde_json::Value = f
+        .client
+        .get(f.url(&format!("/v2/team/signed/referrers/{subject}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut from_registry: Vec<String> =
+        index["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap().to_owned()).collect();
+    from_registry.sort();
+
+    let v = python_json(&format!(
+        r#"
+import boto3, json
+from botocore.exceptions import ClientError
+ecr = boto3.client('ecr', endpoint_url='{base}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')
+def error(f):
+    try:
+        f()
+        return None
+    except ClientError as e:
+        return e.response['Error']['Code']
+subject = {{'imageDigest': '{subject}'}}
+out = {{}}
+r = ecr.list_image_referrers(repositoryName='team/signed', subjectId=subject)['referrers']
+out['all'] = sorted(x['digest'] for x in r)
+out['fields'] = sorted([x['artifactType'], x['annotations']['org.example.note'], x['artifactStatus'], x['size'] > 0] for x in r)
+out['sbom'] = [x['digest'] for x in ecr.list_image_referrers(repositoryName='team/signed', subjectId=subject,
+    filter={{'artifactTypes': ['application/vnd.example.sbom']}})['referrers']]
+p1 = ecr.list_image_referrers(repositoryName='team/signed', subjectId=subject, maxResults=1)
+p2 = ecr.list_image_referrers(repositoryName='team/signed', subjectId=subject, maxResults=1, nextToken=p1['nextToken'])
+out['pages'] = [x['digest'] for x in p1['referrers'] + p2['referrers']] + ['nextToken' in p2]
+out['archived'] = len(ecr.list_image_referrers(repositoryName='team/signed', subjectId=subject,
+    filter={{'artifactStatus': 'ARCHIVED'}})['referrers'])
+out['none'] = len(ecr.list_image_referrers(repositoryName='team/signed', subjectId={{'imageDigest': 'sha256:' + '1' * 64}})['referrers'])
+out['no_repo'] = error(lambda: ecr.list_image_referrers(repositoryName='team/none', subjectId=subject))
+out['bad_digest'] = error(lambda: ecr.list_image_referrers(repositoryName='team/signed', subjectId={{'imageDigest': 'nope'}}))
+print(json.dumps(out))
+"#,
+        base = f.base,
+    ));
+    assert_eq!(v["all"], serde_json::json!(from_registry), "{v}");
+    assert_eq!(v["all"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        v["fields"],
+        serde_json::json!([
+            ["application/vnd.example.sbom", "sbom", "ACTIVE", true],
+            ["application/vnd.example.signature", "sig", "ACTIVE", true]
+        ])
+    );
+    let sbom = &pushed.iter().find(|(_, t)| t.ends_with("sbom")).unwrap().0;
+    assert_eq!(v["sbom"], serde_json::json!([sbom]));
+    let mut pages = from_registry.iter().map(|d| serde_json::json!(d)).collect::<Vec<_>>();
+    pages.push(serde_json::json!(false));
+    assert_eq!(v["pages"], serde_json::json!(pages));
+    assert_eq!(v["archived"], 0);
+    assert_eq!(v["none"], 0);
+    assert_eq!(v["no_repo"], "RepositoryNotFoundException");
+    assert_eq!(v["bad_digest"], "InvalidParameterException");
+}
