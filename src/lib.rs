@@ -196,8 +196,10 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         backend
     };
     let settings = registry_settings(&config);
-    let proxy =
-        Arc::new(proxy::Proxy::new(&config.pull_through, &metrics).map_err(|e| std::io::Error::other(e.to_string()))?);
+    let proxy = Arc::new(
+        proxy::Proxy::new(&config.pull_through, &config.pull_through_secrets, &metrics)
+            .map_err(|e| std::io::Error::other(e.to_string()))?,
+    );
     let auth = match config.auth.enabled {
         true => {
             let key = auth::token::TokenKey::load_or_create(store.as_ref())
@@ -215,6 +217,8 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     };
     let authenticator = auth.as_ref().map(|a| a.authenticator.clone());
     let registry = Arc::new(registry::Registry::new(store, proxy, settings, metrics.clone(), clock.clone()));
+    // Rules created through the ECR API are in force before the first request.
+    registry.refresh_pull_through_rules().await.map_err(|e| std::io::Error::other(e.to_string()))?;
     let tls = if config.tls.enabled() { Some(http::tls_acceptor(&config.tls.cert, &config.tls.key)?) } else { None };
     let (listener, addr) = http::bind(&config.server.listen).await?;
     check_exposure(&config, addr)?;
@@ -287,6 +291,8 @@ fn spawn_workers(
     let edge = app.clone();
     let flush = registry::pulls::PullFlush::new(registry.pull_times(), clock.clone());
     tasks.push(tokio::spawn(worker::run(Box::new(flush), metrics.clone(), shutdown_rx.clone())));
+    let rules = registry::pull_through_rules::RuleRefresh::new(registry.clone());
+    tasks.push(tokio::spawn(worker::run(Box::new(rules), metrics.clone(), shutdown_rx.clone())));
     if config.gc.enabled {
         let collector = gc::Collector::new(
             registry.storage_handle(),
@@ -356,9 +362,13 @@ async fn offline_registry(config: &Config, clock: clock::SharedClock) -> Result<
     config.validate()?;
     let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
     let storage = open_storage(config, None, true).await?;
-    let proxy =
-        Arc::new(proxy::Proxy::new(&config.pull_through, &metrics).map_err(|e| std::io::Error::other(e.to_string()))?);
-    Ok(Arc::new(registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock)))
+    let proxy = Arc::new(
+        proxy::Proxy::new(&config.pull_through, &config.pull_through_secrets, &metrics)
+            .map_err(|e| std::io::Error::other(e.to_string()))?,
+    );
+    let registry = Arc::new(registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock));
+    registry.refresh_pull_through_rules().await.map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(registry)
 }
 
 /// The registry's settings from the configuration.

@@ -10,6 +10,7 @@ mod error;
 mod images;
 mod layers;
 mod lifecycle;
+mod pull_through;
 mod registry_policy;
 mod replication;
 mod repositories;
@@ -124,6 +125,8 @@ pub enum Operation {
     /// `BatchCheckLayerAvailability`, `GetDownloadUrlForLayer`, `InitiateLayerUpload`,
     /// `UploadLayerPart`, `CompleteLayerUpload`.
     Layers(layers::LayersOp),
+    /// The pull-through cache rule operations.
+    PullThrough(pull_through::PullThroughOp),
 }
 
 /// `maxResults` and `nextToken`.
@@ -259,6 +262,7 @@ impl Operation {
             Self::ListReplicationBackfills(..) => "ListReplicationBackfills",
             Self::Images(op) => op.name(),
             Self::Layers(op) => op.name(),
+            Self::PullThrough(op) => op.name(),
         }
     }
 
@@ -294,6 +298,9 @@ impl Operation {
             op if replication::OPERATIONS.contains(&op) => replication::parse_operation(op, &input),
             op if images::OPERATIONS.contains(&op) => images::parse_operation(op, &input).map(Self::Images),
             op if layers::OPERATIONS.contains(&op) => layers::parse_operation(op, &input).map(Self::Layers),
+            op if pull_through::OPERATIONS.contains(&op) => {
+                pull_through::parse_operation(op, &input).map(Self::PullThrough)
+            }
             "CreateRepository" => {
                 let (name, settings) = repositories::parse_create(&input)?;
                 Ok(Self::CreateRepository(name, settings))
@@ -410,6 +417,7 @@ impl Operation {
             Self::ListReplicationBackfills(_) => vec![Access::registry(Action::ListReplicationBackfills)],
             Self::Images(op) => op.accesses(),
             Self::Layers(op) => op.accesses(),
+            Self::PullThrough(op) => op.accesses(),
         }
     }
 
@@ -434,6 +442,7 @@ impl Operation {
             | Self::ListReplicationBackfills(_)) => backfill::run(ctx, op).await,
             Self::Images(op) => images::run(ctx, op).await,
             Self::Layers(op) => layers::run(ctx, op).await,
+            Self::PullThrough(op) => pull_through::run(ctx, op).await,
             Self::CreateRepository(name, settings) => {
                 let created = reg.create_repository(&name, settings).await?;
                 Ok(json!({ "repository": repositories::describe(ctx, &name, &created) }))

@@ -100,6 +100,16 @@ pub enum Action {
     DescribeReplicationBackfillResults,
     /// Listing replication backfills.
     ListReplicationBackfills,
+    /// Creating a pull-through cache rule.
+    CreatePullThroughCacheRule,
+    /// Listing pull-through cache rules.
+    DescribePullThroughCacheRules,
+    /// Changing a pull-through cache rule's credentials.
+    UpdatePullThroughCacheRule,
+    /// Removing a pull-through cache rule.
+    DeletePullThroughCacheRule,
+    /// Checking that a pull-through cache rule reaches its upstream.
+    ValidatePullThroughCacheRule,
     /// Pushing an image as another registry's replication (a permission, not an operation):
     /// what a replicating registry needs at its destination, in place of the push actions.
     ReplicateImage,
@@ -150,6 +160,11 @@ impl Action {
             Self::StopReplicationBackfill => "ecr:StopReplicationBackfill",
             Self::DescribeReplicationBackfillResults => "ecr:DescribeReplicationBackfillResults",
             Self::ListReplicationBackfills => "ecr:ListReplicationBackfills",
+            Self::CreatePullThroughCacheRule => "ecr:CreatePullThroughCacheRule",
+            Self::DescribePullThroughCacheRules => "ecr:DescribePullThroughCacheRules",
+            Self::UpdatePullThroughCacheRule => "ecr:UpdatePullThroughCacheRule",
+            Self::DeletePullThroughCacheRule => "ecr:DeletePullThroughCacheRule",
+            Self::ValidatePullThroughCacheRule => "ecr:ValidatePullThroughCacheRule",
             Self::ReplicateImage => "ecr:ReplicateImage",
         }
     }

@@ -19,7 +19,7 @@ pub use auth::{policy_text, AnonymousConfig, AuthConfig, PrincipalConfig, Secret
 pub use gc::GcConfig;
 pub use lifecycle::LifecycleConfig;
 pub use log::{log_filter_is_valid, LogConfig, LogFormat};
-pub use pull_through::PullThroughRule;
+pub use pull_through::{PullThroughRule, UpstreamSecret};
 pub use registry::RegistryConfig;
 pub use replication::{ReplicationConfig, ReplicationTarget};
 pub use secret::{resolve as resolve_secret, Secret};
@@ -72,6 +72,8 @@ pub struct Config {
     pub hot_tier: HotTierConfig,
     /// Pull-through cache rules, `[[pull_through]]`, one per upstream registry.
     pub pull_through: Vec<PullThroughRule>,
+    /// Upstream credentials for rules created through the ECR API, `[[pull_through_secrets]]`.
+    pub pull_through_secrets: Vec<UpstreamSecret>,
     /// Identities, tokens and policies.
     pub auth: AuthConfig,
     /// The garbage collector.
@@ -119,6 +121,7 @@ impl Config {
         self.storage.validate()?;
         self.registry.validate()?;
         pull_through::validate(&self.pull_through)?;
+        pull_through::validate_secrets(&self.pull_through_secrets)?;
         self.auth.validate()?;
         self.gc.validate()?;
         self.lifecycle.validate()?;

@@ -80,6 +80,57 @@ impl PullThroughRule {
     }
 }
 
+/// `[[pull_through_secrets]]`: upstream credentials that pull-through rules created through
+/// the ECR API name by `credentialArn`, as ECR names a Secrets Manager secret
+/// (`arn:aws:secretsmanager:<region>:<account>:secret:ecr-pullthroughcache/<name>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSecret {
+    /// The secret's name, e.g. `"ecr-pullthroughcache/docker-hub"`. Required.
+    pub name: String,
+    /// The upstream user name. Required.
+    pub username: String,
+    /// The upstream password or access token (Secrets Manager's `accessToken`), or set
+    /// `access_token_file`. Default `""`.
+    pub access_token: Secret,
+    /// File holding the access token. Default `""`.
+    pub access_token_file: String,
+}
+
+impl UpstreamSecret {
+    /// The user name and access token.
+    pub fn credentials(&self) -> Result<(String, String), ConfigError> {
+        let token = super::secret::resolve(
+            &self.access_token,
+            &self.access_token_file,
+            "pull_through_secrets.access_token_file",
+        )?;
+        Ok((self.username.clone(), token.unwrap_or_default()))
+    }
+}
+
+/// Checks each secret: a name under `ecr-pullthroughcache/` (as ECR requires), used once, with
+/// a user name and a token.
+pub fn validate_secrets(secrets: &[UpstreamSecret]) -> Result<(), ConfigError> {
+    let invalid = |message: String| Err(ConfigError::Invalid { key: "pull_through_secrets", message });
+    let mut names = std::collections::HashSet::new();
+    for s in secrets {
+        let valid_name = s.name.strip_prefix("ecr-pullthroughcache/").is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c))
+        });
+        if !valid_name {
+            return invalid(format!("name {:?} must be \"ecr-pullthroughcache/<name>\", as ECR requires", s.name));
+        }
+        if !names.insert(s.name.as_str()) {
+            return invalid(format!("name {:?} is used twice", s.name));
+        }
+        if s.username.is_empty() || s.credentials()?.1.is_empty() {
+            return invalid(format!("secret {:?} needs a username and an access_token or access_token_file", s.name));
+        }
+    }
+    Ok(())
+}
+
 /// Checks every rule, and that prefixes and namespaces are unique and one rule at most is the
 /// mirror default.
 pub fn validate(rules: &[PullThroughRule]) -> Result<(), ConfigError> {

@@ -635,7 +635,7 @@ mod tests {
             create_on_push: true,
             gc_grace: grace,
         };
-        let proxy = Arc::new(crate::proxy::Proxy::new(&[], &metrics).unwrap());
+        let proxy = Arc::new(crate::proxy::Proxy::new(&[], &[], &metrics).unwrap());
         let registry = Arc::new(Registry::new(storage.clone(), proxy, settings, metrics, shared.clone()));
         let collector = Collector::new(storage.clone(), registry.content_uses(), shared, None, vec![]);
 

@@ -1,15 +1,49 @@
-//! Pull-through caching: the rules that map repository names to upstream registries, the
-//! upstream client, and single-flight fills that stream a blob to every waiting client and
-//! into storage at once. Knows nothing of how storage is laid out.
+//! Pull-through caching: the rules that map repository names to upstream registries (those of
+//! the config file, and those created through the ECR API, which the registry stores and hands
+//! over as [`RuleRecord`]s), the upstream client, and single-flight fills that stream a blob
+//! to every waiting client and into storage at once. Knows nothing of how storage is laid out.
 
 pub mod fill;
 pub mod upstream;
 
-use crate::config::PullThroughRule;
+use crate::config::{PullThroughRule, UpstreamSecret};
 use crate::metrics::Metrics;
 use crate::oci::RepositoryName;
-use std::sync::Arc;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, RwLock};
 pub use upstream::Upstream;
+
+/// A pull-through rule created through the ECR API, as stored (ECR's members).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleRecord {
+    /// `ecrRepositoryPrefix`, without a trailing `/`.
+    pub ecr_repository_prefix: String,
+    /// `upstreamRegistryUrl`, as given.
+    pub upstream_registry_url: String,
+    /// The upstream's base URL (`https://` unless the URL named `http://`).
+    pub upstream: String,
+    /// `upstreamRegistry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_registry: Option<String>,
+    /// `credentialArn`: names one of `[[pull_through_secrets]]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_arn: Option<String>,
+    /// `customRoleArn`, kept and shown (Ferry assumes no roles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_role_arn: Option<String>,
+    /// When it was created, in ms since the epoch.
+    pub created_at_ms: u64,
+    /// When it last changed, in ms since the epoch.
+    pub updated_at_ms: u64,
+}
+
+impl RuleRecord {
+    /// The secret `credentialArn` names (`ecr-pullthroughcache/...`).
+    pub fn secret_name(&self) -> Option<&str> {
+        self.credential_arn.as_deref().and_then(|a| a.split_once(":secret:")).map(|(_, name)| name)
+    }
+}
 
 /// One configured rule with its upstream client.
 pub struct Rule {
@@ -43,9 +77,13 @@ pub struct Route {
     pub may_import: bool,
 }
 
-/// The configured rules.
+/// The rules: the config file's, then those created through the API.
 pub struct Proxy {
-    rules: Vec<Arc<Rule>>,
+    configured: Vec<Arc<Rule>>,
+    /// Replaced whole when the stored rules change; readers take a snapshot.
+    stored: RwLock<Arc<Vec<Arc<Rule>>>>,
+    secrets: Vec<UpstreamSecret>,
+    metrics: Arc<Metrics>,
 }
 
 /// Why the rules could not be set up.
@@ -57,24 +95,87 @@ pub struct RuleError {
 }
 
 impl Proxy {
-    /// Builds the rules and their upstream clients.
-    pub fn new(rules: &[PullThroughRule], metrics: &Arc<Metrics>) -> Result<Self, RuleError> {
-        let mut out = Vec::new();
-        for r in rules {
-            let err = |message: String| RuleError { prefix: r.prefix.clone(), message };
-            let prefix = RepositoryName::parse(&r.prefix).map_err(|e| err(e.to_string()))?;
-            let password = r.resolved_password().map_err(|e| err(e.to_string()))?;
-            let credentials = (!r.username.is_empty()).then(|| (r.username.clone(), password.unwrap_or_default()));
-            let upstream = Upstream::new(prefix.as_str(), &r.upstream, credentials, metrics.clone())
-                .map_err(|e| err(e.to_string()))?;
-            out.push(Arc::new(Rule { config: r.clone(), prefix, upstream }));
-        }
-        Ok(Self { rules: out })
+    /// Builds the config file's rules and their upstream clients; `secrets` are what rules
+    /// created through the API may name.
+    pub fn new(
+        rules: &[PullThroughRule],
+        secrets: &[UpstreamSecret],
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, RuleError> {
+        let configured = rules.iter().map(|r| Self::build(r, metrics)).collect::<Result<_, _>>()?;
+        Ok(Self { configured, stored: RwLock::default(), secrets: secrets.to_vec(), metrics: metrics.clone() })
     }
 
-    /// Whether any rules are configured.
+    fn build(r: &PullThroughRule, metrics: &Arc<Metrics>) -> Result<Arc<Rule>, RuleError> {
+        let err = |message: String| RuleError { prefix: r.prefix.clone(), message };
+        let prefix = RepositoryName::parse(&r.prefix).map_err(|e| err(e.to_string()))?;
+        let password = r.resolved_password().map_err(|e| err(e.to_string()))?;
+        let credentials = (!r.username.is_empty()).then(|| (r.username.clone(), password.unwrap_or_default()));
+        let upstream = Upstream::new(prefix.as_str(), &r.upstream, credentials, metrics.clone())
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Arc::new(Rule { config: r.clone(), prefix, upstream }))
+    }
+
+    /// The credentials of the secret `name`, when `[[pull_through_secrets]]` has it.
+    pub fn secret(&self, name: &str) -> Option<(String, String)> {
+        self.secrets.iter().find(|s| s.name == name).and_then(|s| s.credentials().ok())
+    }
+
+    /// The rule a stored record stands for (its credentials from the secret it names).
+    pub fn rule_config(&self, record: &RuleRecord) -> Result<PullThroughRule, RuleError> {
+        let mut rule = PullThroughRule {
+            prefix: record.ecr_repository_prefix.clone(),
+            upstream: record.upstream.clone(),
+            ..PullThroughRule::default()
+        };
+        if let Some(name) = record.secret_name() {
+            let (username, token) = self.secret(name).ok_or_else(|| RuleError {
+                prefix: record.ecr_repository_prefix.clone(),
+                message: format!("its secret {name} is not in [[pull_through_secrets]]"),
+            })?;
+            rule.username = username;
+            rule.password = crate::config::Secret(token);
+        }
+        Ok(rule)
+    }
+
+    /// Takes the stored rules (all of them, as stored now). Unchanged rules keep their
+    /// upstream clients (and cached tokens); one that cannot be built is logged and left out.
+    pub fn set_stored(&self, records: &[RuleRecord]) {
+        let current = self.stored_rules();
+        let mut next = Vec::new();
+        for record in records {
+            let built = self.rule_config(record).and_then(|config| match current.iter().find(|r| r.config == config) {
+                Some(same) => Ok(same.clone()),
+                None => Self::build(&config, &self.metrics),
+            });
+            match built {
+                Ok(rule) => next.push(rule),
+                Err(e) => tracing::warn!(error = %e, "pull-through rule from the ECR API not in force"),
+            }
+        }
+        if let Ok(mut stored) = self.stored.write() {
+            *stored = Arc::new(next);
+        }
+    }
+
+    fn stored_rules(&self) -> Arc<Vec<Arc<Rule>>> {
+        self.stored.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Every rule in force: the config file's first, then the API's.
+    pub fn rules(&self) -> Vec<Arc<Rule>> {
+        self.configured.iter().chain(self.stored_rules().iter()).cloned().collect()
+    }
+
+    /// The config file's rules.
+    pub fn configured(&self) -> &[Arc<Rule>] {
+        &self.configured
+    }
+
+    /// Whether any rules are in force.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.configured.is_empty() && self.stored_rules().is_empty()
     }
 
     fn route(rule: &Arc<Rule>, upstream_name: &str) -> Option<Route> {
@@ -89,19 +190,21 @@ impl Proxy {
 
     /// The rule a name selects by its prefix, or by containerd's `ns` query parameter.
     pub fn route_explicit(&self, name: &RepositoryName, ns: Option<&str>) -> Option<Route> {
-        for rule in &self.rules {
+        // A snapshot, so a request sees one set of rules; no allocation on this hot path.
+        let stored = self.stored_rules();
+        for rule in self.configured.iter().chain(stored.iter()) {
             if let Some(rest) = name.as_str().strip_prefix(rule.prefix.as_str()).and_then(|r| r.strip_prefix('/')) {
                 return Self::route(rule, rest);
             }
         }
         let ns = ns.filter(|n| !n.is_empty())?;
-        let rule = self.rules.iter().find(|r| r.config.namespace == ns)?;
+        let rule = self.configured.iter().chain(stored.iter()).find(|r| r.config.namespace == ns)?;
         Self::route(rule, name.as_str())
     }
 
     /// The mirror-default rule's route for a name that matched nothing else.
     pub fn route_mirror(&self, name: &RepositoryName) -> Option<Route> {
-        let rule = self.rules.iter().find(|r| r.config.mirror_default)?;
+        let rule = self.configured.iter().find(|r| r.config.mirror_default)?;
         Self::route(rule, name.as_str())
     }
 }
@@ -127,7 +230,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        Proxy::new(&rules, &metrics).unwrap()
+        Proxy::new(&rules, &[], &metrics).unwrap()
     }
 
     fn name(s: &str) -> RepositoryName {

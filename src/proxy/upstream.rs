@@ -227,6 +227,35 @@ impl Upstream {
         Ok(())
     }
 
+    /// Checks that the upstream answers the registry API with these credentials: `/v2/`
+    /// succeeds, or it challenges and the credentials get a token (or Basic is accepted).
+    pub async fn check(&self) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        let resp =
+            self.client.get(&url).send().await.map_err(|e| Error::Unreachable(self.base.clone(), e.to_string()))?;
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::UNAUTHORIZED => {
+                let challenge = resp.headers().clone();
+                self.authenticate("", &challenge).await?;
+                match self.cached_auth("") {
+                    Some(Auth::Basic) => {
+                        let again = self.apply(self.client.get(&url), &Some(Auth::Basic)).send().await;
+                        match again {
+                            Ok(r) if r.status().is_success() => Ok(()),
+                            Ok(r) => {
+                                Err(Error::Unauthorized(self.base.clone(), format!("/v2/ answered {}", r.status())))
+                            }
+                            Err(e) => Err(Error::Unreachable(self.base.clone(), e.to_string())),
+                        }
+                    }
+                    _ => Ok(()),
+                }
+            }
+            s => Err(Error::Failed(self.base.clone(), s.as_u16())),
+        }
+    }
+
     /// Sends a request with authentication and bounded retries; 404 becomes `NotFound`.
     async fn send(&self, method: Method, path: &str, repo: &str, accept: Option<&str>) -> Result<reqwest::Response> {
         let url = format!("{}/v2/{repo}/{path}", self.base);

@@ -7,6 +7,7 @@ mod error;
 pub mod images;
 mod manifests;
 mod pull_through;
+pub mod pull_through_rules;
 pub mod pulls;
 pub mod purge;
 pub mod replication;
@@ -203,6 +204,11 @@ impl Registry {
     /// Now, by the registry's clock.
     pub fn now(&self) -> std::time::SystemTime {
         self.clock.now()
+    }
+
+    /// Now in milliseconds since the epoch, by the registry's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// Now in seconds since the epoch, by the registry's clock.

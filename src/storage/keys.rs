@@ -53,6 +53,12 @@ impl Key {
         Self("replication/config".into())
     }
 
+    /// `pull-through/rules`: the pull-through cache rules created through the ECR API, all in
+    /// one record so that one conditional write decides between racing changes.
+    pub fn pull_through_rules() -> Self {
+        Self("pull-through/rules".into())
+    }
+
     /// `replication/registry-policy`: the registry policy's text.
     pub fn registry_policy() -> Self {
         Self("replication/registry-policy".into())

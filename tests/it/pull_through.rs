@@ -481,3 +481,124 @@ async fn nobody_can_poison_the_mirror_and_local_namespaces_stay_local() {
     assert!(log.contains("upimg"), "the mirror was asked about upimg");
     assert!(!log.contains("team-a"), "a local namespace reached the upstream:\n{log}");
 }
+
+/// Pull-through cache rules created through boto3 (ECR's operations and exceptions) are in
+/// force at once on the replica that stored them and, within the refresh interval, on another
+/// replica of the same storage: skopeo pulls through both from a real upstream, the cache is
+/// read-only; the config file's rule is listed beside them but cannot be changed; a deleted
+/// rule's name is an ordinary repository again, its cache kept (as in ECR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_creates_pull_through_rules_that_every_replica_follows() {
+    let upstream = RealUpstream::start();
+    let work = tempfile::tempdir().unwrap();
+    let built = build_layout(&work.path().join("src"), "v1", &["amd64"], 30_000, false, 77);
+    crate::replication::skopeo_push(work.path(), &built.source, &upstream.base, "team/app:v1");
+    let secret_file = work.path().join("token");
+    std::fs::write(&secret_file, "upstream-token\n").unwrap();
+    let base = upstream.base.clone();
+    let secret_path = secret_file.to_str().unwrap().to_owned();
+    let f = TestFerry::start_with(move |c| {
+        c.pull_through = vec![rule("cfg", &base)];
+        c.pull_through_secrets = vec![ferry::config::UpstreamSecret {
+            name: "ecr-pullthroughcache/upstream".into(),
+            username: "bot".into(),
+            access_token_file: secret_path,
+            ..Default::default()
+        }];
+    })
+    .await;
+    let other = ferry::start(f.config.clone()).await.unwrap();
+    let other_base = format!("http://{}", other.addr);
+
+    let v = crate::ecr_api::python_json(&format!(
+        r#"
+import boto3, json
+from botocore.exceptions import ClientError
+ecr = boto3.client('ecr', endpoint_url='{base}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')
+def error(f):
+    try:
+        f()
+        return None
+    except ClientError as e:
+        return e.response['Error']['Code']
+arn = 'arn:aws:secretsmanager:us-east-1:000000000000:secret:ecr-pullthroughcache/upstream'
+out = {{}}
+r = ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='hub/', upstreamRegistryUrl='{upstream}', credentialArn=arn)
+out['created'] = [r['ecrRepositoryPrefix'], r['upstreamRegistryUrl'], r['credentialArn'] == arn, r['createdAt'].timestamp() > 0]
+out['again'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='hub', upstreamRegistryUrl='{upstream}'))
+out['config_taken'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='cfg', upstreamRegistryUrl='{upstream}'))
+out['overlap'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='hub/team', upstreamRegistryUrl='{upstream}'))
+out['no_secret'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='other', upstreamRegistryUrl='{upstream}',
+    credentialArn='arn:aws:secretsmanager:us-east-1:000000000000:secret:ecr-pullthroughcache/missing'))
+out['bad_prefix'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='Not/Valid', upstreamRegistryUrl='{upstream}'))
+out['root'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='ROOT', upstreamRegistryUrl='{upstream}'))
+out['unsupported'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='other', upstreamRegistryUrl='{upstream}', upstreamRegistry='nope'))
+ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='dead', upstreamRegistryUrl='http://127.0.0.1:1')
+out['all'] = sorted(r['ecrRepositoryPrefix'] for r in ecr.describe_pull_through_cache_rules()['pullThroughCacheRules'])
+out['one'] = [r['upstreamRegistryUrl'] for r in ecr.describe_pull_through_cache_rules(ecrRepositoryPrefixes=['hub'])['pullThroughCacheRules']]
+out['missing'] = error(lambda: ecr.describe_pull_through_cache_rules(ecrRepositoryPrefixes=['none']))
+out['valid'] = ecr.validate_pull_through_cache_rule(ecrRepositoryPrefix='hub')['isValid']
+dead = ecr.validate_pull_through_cache_rule(ecrRepositoryPrefix='dead')
+out['dead'] = [dead['isValid'], len(dead.get('failure', '')) > 0]
+u = ecr.update_pull_through_cache_rule(ecrRepositoryPrefix='hub', customRoleArn='arn:aws:iam::000000000000:role/ptc')
+out['updated'] = [u['customRoleArn'], u['updatedAt'].timestamp() > 0]
+out['update_config'] = error(lambda: ecr.update_pull_through_cache_rule(ecrRepositoryPrefix='cfg', customRoleArn='x'))
+out['delete_config'] = error(lambda: ecr.delete_pull_through_cache_rule(ecrRepositoryPrefix='cfg'))
+out['deleted'] = ecr.delete_pull_through_cache_rule(ecrRepositoryPrefix='dead')['ecrRepositoryPrefix']
+out['deleted_again'] = error(lambda: ecr.delete_pull_through_cache_rule(ecrRepositoryPrefix='dead'))
+print(json.dumps(out))
+"#,
+        base = f.base,
+        upstream = upstream.base,
+    ));
+    assert_eq!(v["created"], serde_json::json!(["hub", upstream.base, true, true]), "{v}");
+    assert_eq!(v["again"], "PullThroughCacheRuleAlreadyExistsException");
+    assert_eq!(v["config_taken"], "PullThroughCacheRuleAlreadyExistsException");
+    assert_eq!(v["overlap"], "InvalidParameterException");
+    assert_eq!(v["no_secret"], "SecretNotFoundException");
+    assert_eq!(v["bad_prefix"], "InvalidParameterException");
+    assert_eq!(v["root"], "InvalidParameterException");
+    assert_eq!(v["unsupported"], "UnsupportedUpstreamRegistryException");
+    assert_eq!(v["all"], serde_json::json!(["cfg", "dead", "hub"]));
+    assert_eq!(v["one"], serde_json::json!([upstream.base]));
+    assert_eq!(v["missing"], "PullThroughCacheRuleNotFoundException");
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["dead"], serde_json::json!([false, true]));
+    assert_eq!(v["updated"], serde_json::json!(["arn:aws:iam::000000000000:role/ptc", true]));
+    assert_eq!(v["update_config"], "InvalidParameterException");
+    assert_eq!(v["delete_config"], "InvalidParameterException");
+    assert_eq!(v["deleted"], "dead");
+    assert_eq!(v["deleted_again"], "PullThroughCacheRuleNotFoundException");
+
+    // skopeo pulls through the rule at once here, and through the other replica once its
+    // refresh has read the rule.
+    let policy = policy(work.path());
+    let inspect = |base: &str| {
+        let image = format!("docker://{}/hub/team/app:v1", base.trim_start_matches("http://"));
+        let raw = run(skopeo(&policy).args(["inspect", "--raw", "--tls-verify=false", &image]));
+        digest(raw.as_bytes())
+    };
+    assert_eq!(inspect(&f.base), built.top);
+    eventually("the other replica follows the stored rule", Duration::from_secs(10), || async {
+        reqwest::Client::new()
+            .get(format!("{other_base}/v2/hub/team/app/tags/list"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    assert_eq!(inspect(&other_base), built.top);
+    // The cache is read-only while the rule stands.
+    let refused = f.client.post(f.url("/v2/hub/team/mine/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(refused).await, "DENIED");
+
+    crate::ecr_api::python_json(&format!(
+        "import boto3, json\necr = boto3.client('ecr', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')\nprint(json.dumps(ecr.delete_pull_through_cache_rule(ecrRepositoryPrefix='hub')['ecrRepositoryPrefix']))",
+        f.base
+    ));
+    let opened = f.client.post(f.url("/v2/hub/team/mine/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(opened.status(), StatusCode::ACCEPTED, "a deleted rule's names are ordinary repositories");
+    assert_eq!(inspect(&f.base), built.top, "its cache stays");
+    other.shutdown().await;
+}
