@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod events;
 pub mod gc;
 pub mod http;
 pub mod lifecycle;
@@ -216,7 +217,10 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         false => None,
     };
     let authenticator = auth.as_ref().map(|a| a.authenticator.clone());
-    let registry = Arc::new(registry::Registry::new(store, proxy, settings, metrics.clone(), clock.clone()));
+    let audit = events::Audit::open(&config.audit, metrics.clone())
+        .map_err(|e| std::io::Error::other(format!("audit.path {:?}: {e}", config.audit.path)))?;
+    let registry =
+        Arc::new(registry::Registry::new(store, proxy, settings, metrics.clone(), clock.clone()).with_audit(audit));
     // Rules created through the ECR API are in force before the first request.
     registry.refresh_pull_through_rules().await.map_err(|e| std::io::Error::other(e.to_string()))?;
     let tls = if config.tls.enabled() { Some(http::tls_acceptor(&config.tls.cert, &config.tls.key)?) } else { None };

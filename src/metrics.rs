@@ -444,6 +444,28 @@ impl GcMetrics {
     }
 }
 
+/// The audit trail.
+pub struct AuditMetrics {
+    /// `ferry_audit_events_total{outcome}`: events recorded (success, failure, denied).
+    pub events: IntCounterVec,
+    /// `ferry_audit_events_dropped_total`: events lost because the audit file's writer fell a
+    /// whole queue behind (a stalled disk).
+    pub dropped: IntCounter,
+}
+
+impl AuditMetrics {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            events: counters(r, "ferry_audit_events_total", "Audit events recorded, by outcome", &["outcome"])?,
+            dropped: counter(
+                r,
+                "ferry_audit_events_dropped_total",
+                "Audit events lost because the audit file's writer fell a whole queue behind",
+            )?,
+        })
+    }
+}
+
 /// Ferry's metrics, by area.
 pub struct Metrics {
     /// The registry they are registered in, for `/metrics`.
@@ -468,6 +490,8 @@ pub struct Metrics {
     pub lifecycle: LifecycleMetrics,
     /// Replication.
     pub replication: ReplicationMetrics,
+    /// The audit trail.
+    pub audit: AuditMetrics,
 }
 
 impl Metrics {
@@ -484,6 +508,7 @@ impl Metrics {
             gc: GcMetrics::register(&registry)?,
             lifecycle: LifecycleMetrics::register(&registry)?,
             replication: ReplicationMetrics::register(&registry)?,
+            audit: AuditMetrics::register(&registry)?,
             registry,
         })
     }

@@ -266,6 +266,14 @@ impl Operation {
         }
     }
 
+    /// Whether the audit trail records it when allowed: every change, and
+    /// `GetAuthorizationToken` (it hands out credentials); not reads. Refusals are always recorded.
+    pub fn audited(&self) -> bool {
+        let name = self.name();
+        name == "GetAuthorizationToken"
+            || !["Describe", "Get", "List", "BatchGet", "BatchCheck", "Validate"].iter().any(|p| name.starts_with(p))
+    }
+
     /// Parses `X-Amz-Target` and the JSON body into an operation, checking every member.
     pub fn parse(target: &str, body: &[u8], registry_id: &str, region: &str) -> Result<Self, ApiError> {
         let Some(op) = target.strip_prefix(TARGET_PREFIX) else {

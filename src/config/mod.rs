@@ -3,6 +3,7 @@
 //! section with messages that say what to fix. Every key has a default, so an empty file is a
 //! complete config. Secrets go through one resolver (`secret.rs`).
 
+mod audit;
 mod auth;
 mod gc;
 mod lifecycle;
@@ -15,6 +16,7 @@ mod server;
 mod storage;
 mod units;
 
+pub use audit::AuditConfig;
 pub use auth::{policy_text, AnonymousConfig, AuthConfig, PrincipalConfig, SecretKnown};
 pub use gc::GcConfig;
 pub use lifecycle::LifecycleConfig;
@@ -82,6 +84,8 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// Where replication destinations are, and the workers' pace.
     pub replication: ReplicationConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
 }
 
 impl Config {
@@ -126,6 +130,7 @@ impl Config {
         self.gc.validate()?;
         self.lifecycle.validate()?;
         self.replication.validate()?;
+        self.audit.validate()?;
         self.log.validate()
     }
 

@@ -89,36 +89,10 @@ async fn run(
 ) -> (&'static str, Result<serde_json::Value, ApiError>) {
     let (parts, body) = req.into_parts();
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let op = target.strip_prefix(crate::api::TARGET_PREFIX).unwrap_or("");
-    let (_permit, limit, deadline) = match op {
-        // A layer part is the one large input: only a few are read at once, each only for a
-        // known access key and within a deadline, so nobody can hold the permits for long.
-        "UploadLayerPart" => {
-            if let Err(e) = known_key(app, &parts) {
-                return ("UploadLayerPart", Err(e));
-            }
-            match app.layer_parts.clone().try_acquire_owned() {
-                Ok(p) => (Some(p), crate::api::MAX_PART_BODY, PART_BODY_DEADLINE),
-                Err(_) => {
-                    let e =
-                        ApiError::new("ThrottlingException", "Too many layer parts are being uploaded: retry shortly");
-                    return ("UploadLayerPart", Err(e));
-                }
-            }
-        }
-        // `imageManifest` may be 4 MiB of characters, each escaped in JSON.
-        "PutImage" => (None, MAX_PUT_IMAGE_BODY, BODY_DEADLINE),
-        _ => (None, MAX_BODY, BODY_DEADLINE),
-    };
-    let body = match tokio::time::timeout(deadline, read_body(body, limit)).await {
+    // A layer part's permit is held until the request is done: its body is decoded and
+    // stored after it is read.
+    let (body, _permit) = match read_request_body(app, &parts, body, target).await {
         Ok(read) => read,
-        Err(_) => Err(ApiError::new(
-            "SerializationException",
-            format!("the request body did not arrive within {} s", deadline.as_secs()),
-        )),
-    };
-    let body = match body {
-        Ok(b) => b,
         Err(e) => return ("api", Err(e)),
     };
     let auth = app.auth.as_ref();
@@ -129,16 +103,37 @@ async fn run(
         Err(e) => return ("api", Err(e)),
     };
     let name = op.name();
+    let first = op.accesses().into_iter().next();
+    let audit = |who: String, outcome, result: &Result<serde_json::Value, ApiError>| {
+        let first = first.clone();
+        app.registry.audit().record(crate::events::AuditEvent {
+            principal: who,
+            client: Some(client.to_string()),
+            api: "ecr",
+            operation: name,
+            action: first.as_ref().map_or("", |a| a.action.as_str()),
+            repository: first.and_then(|a| a.repository).map(|r| r.to_string()),
+            status: Some(result.as_ref().map_or_else(ApiError::status, |_| 200)),
+            detail: result.as_ref().err().map(ToString::to_string),
+            ..crate::events::AuditEvent::new(outcome)
+        });
+    };
     let principal = match authenticate(app, &parts, &body) {
         Ok(p) => p,
         Err(e) => {
             app.metrics.auth.failures.with_label_values(&["invalid"]).inc();
-            return (name, Err(e));
+            let refused = Err(e);
+            audit("unauthenticated".into(), crate::events::Outcome::Denied, &refused);
+            return (name, refused);
         }
     };
     if let Err(e) = authorize(app, &principal, &op, client).await {
-        return (name, Err(e));
+        let refused = Err(e);
+        audit(super::principal_arn(&principal), crate::events::Outcome::Denied, &refused);
+        return (name, refused);
     }
+    let audited = op.audited();
+    let who = super::principal_arn(&principal);
     let host = parts.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
     let proxy_endpoint = match auth.map(|a| a.public_url.as_str()) {
         Some(url) if !url.is_empty() => url.to_owned(),
@@ -166,7 +161,42 @@ async fn run(
             super::decide(app, &principal, &access, client, &|_| None, &policies).is_ok()
         },
     };
-    (name, op.run(&ctx).await)
+    let result = op.run(&ctx).await;
+    if audited {
+        let outcome = if result.is_ok() { crate::events::Outcome::Success } else { crate::events::Outcome::Failure };
+        audit(who, outcome, &result);
+    }
+    (name, result)
+}
+
+/// Reads the body within the operation's size limit and deadline. A layer part is the one
+/// large input: only a few are read at once, each only for a known access key and within a
+/// deadline, so nobody can hold the permits for long.
+async fn read_request_body(
+    app: &App,
+    parts: &http::request::Parts,
+    body: Incoming,
+    target: &str,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
+    let (permit, limit, deadline) = match target.strip_prefix(crate::api::TARGET_PREFIX).unwrap_or("") {
+        "UploadLayerPart" => {
+            known_key(app, parts)?;
+            let permit = app.layer_parts.clone().try_acquire_owned().map_err(|_| {
+                ApiError::new("ThrottlingException", "Too many layer parts are being uploaded: retry shortly")
+            })?;
+            (Some(permit), crate::api::MAX_PART_BODY, PART_BODY_DEADLINE)
+        }
+        // `imageManifest` may be 4 MiB of characters, each escaped in JSON.
+        "PutImage" => (None, MAX_PUT_IMAGE_BODY, BODY_DEADLINE),
+        _ => (None, MAX_BODY, BODY_DEADLINE),
+    };
+    match tokio::time::timeout(deadline, read_body(body, limit)).await {
+        Ok(read) => read.map(|b| (b, permit)),
+        Err(_) => Err(ApiError::new(
+            "SerializationException",
+            format!("the request body did not arrive within {} s", deadline.as_secs()),
+        )),
+    }
 }
 
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {

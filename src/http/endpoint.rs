@@ -306,6 +306,45 @@ fn one_method(method: &Method, allowed: &[Method]) -> Result<(), OciError> {
     }
 }
 
+/// What the audit trail says of a request to the registry API.
+pub struct Audited {
+    /// The ECR action it is (for a push of a blob, `ecr:CompleteLayerUpload`).
+    pub action: &'static str,
+    /// The repository.
+    pub repository: Option<String>,
+    /// The tag or digest.
+    pub reference: Option<String>,
+    /// Whether it changes what the registry holds (else it is a read).
+    pub mutates: bool,
+}
+
+impl Endpoint {
+    /// How the audit trail names this request.
+    pub fn audited(&self, query: &Query) -> Audited {
+        let (action, mutates, reference) = match self {
+            Self::ManifestPut(_, r) => (Action::PutImage, true, Some(r.to_string())),
+            Self::ManifestDelete(_, r) => (Action::BatchDeleteImage, true, Some(r.to_string())),
+            Self::BlobDelete(_, d) => (Action::BatchDeleteImage, true, Some(d.to_string())),
+            Self::UploadFinish(..) => (Action::CompleteLayerUpload, true, query.get("digest").map(str::to_owned)),
+            Self::UploadStart(_, UploadStart::Monolithic(d) | UploadStart::Mount(d, _)) => {
+                (Action::CompleteLayerUpload, true, Some(d.to_string()))
+            }
+            Self::ManifestGet(_, r) | Self::ManifestHead(_, r) => (Action::BatchGetImage, false, Some(r.to_string())),
+            Self::BlobGet(_, d) | Self::BlobHead(_, d) | Self::Referrers(_, d) => {
+                let action = self.accesses().first().map_or(Action::BatchGetImage, |a| a.action);
+                (action, false, Some(d.to_string()))
+            }
+            _ => (self.accesses().first().map_or(Action::BatchGetImage, |a| a.action), false, None),
+        };
+        Audited {
+            action: action.as_str(),
+            repository: self.accesses().first().and_then(|a| a.repository.as_ref()).map(ToString::to_string),
+            reference,
+            mutates,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,16 +159,28 @@ pub async fn serve_request(
     let query = endpoint::Query::parse(req.uri().query());
     let http1 = req.version() < http::Version::HTTP_2;
     let body_read = Arc::new(std::sync::atomic::AtomicBool::new(req.body().is_end_stream()));
+    let mut audit = None;
     let (endpoint_name, result) = match Endpoint::parse(&method, &path, &query) {
         Ok(ep) => {
             let name = ep.name();
+            let audited = ep.audited(&query);
+            let mut who = "unauthenticated".to_owned();
             let admitted = match authenticate(&app, &req, client).await {
-                Ok(principal) => match authorize(&app, &principal, &ep, &query, client, &req).await {
-                    Ok(()) => create_on_push(&app, &principal, &ep, client, &req).await.map(|()| principal),
-                    Err(e) => Err(e),
-                },
+                Ok(principal) => {
+                    who = principal_arn(&principal);
+                    match authorize(&app, &principal, &ep, &query, client, &req).await {
+                        Ok(()) => create_on_push(&app, &principal, &ep, client, &req).await.map(|()| principal),
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             };
+            let denied = admitted.is_err();
+            // The ping a client makes before it logs in is refused by design: not worth a line.
+            let pull = matches!(ep, Endpoint::ManifestGet(..)) && app.registry.audit().records_pulls();
+            if audited.mutates || pull || (denied && !matches!(ep, Endpoint::Base)) {
+                audit = Some((audited, who, denied, name));
+            }
             match admitted {
                 Ok(principal) => {
                     let input = handlers::Input::new(&app, client, &ep, query, req, body_read.clone(), principal);
@@ -179,6 +191,29 @@ pub async fn serve_request(
         }
         Err(e) => ("invalid", Err(e)),
     };
+    if let Some((audited, principal, denied, operation)) = audit {
+        let (status, detail) = match &result {
+            Ok(r) => (r.status().as_u16(), None),
+            Err(e) => (e.status, Some(e.message.clone())),
+        };
+        let outcome = match (denied, status < 400) {
+            (true, _) => crate::events::Outcome::Denied,
+            (false, true) => crate::events::Outcome::Success,
+            (false, false) => crate::events::Outcome::Failure,
+        };
+        app.registry.audit().record(crate::events::AuditEvent {
+            principal,
+            client: Some(client.to_string()),
+            api: "registry",
+            operation,
+            action: audited.action,
+            repository: audited.repository,
+            reference: audited.reference,
+            status: Some(status),
+            detail,
+            ..crate::events::AuditEvent::new(outcome)
+        });
+    }
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -201,6 +236,14 @@ pub async fn serve_request(
         resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(finish(&app, endpoint_name, &method, &path, started, resp, guard))
+}
+
+/// Who a principal is in the audit trail: its ARN, or `anonymous`.
+pub(crate) fn principal_arn(principal: &Principal) -> String {
+    match principal {
+        Principal::User(id) => id.arn.clone(),
+        Principal::Anonymous => "anonymous".into(),
+    }
 }
 
 /// Counts and logs a response, and ties the request's permits to its body.

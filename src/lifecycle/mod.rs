@@ -166,7 +166,8 @@ impl Reason {
 }
 
 /// Expires the planned images in order (owners before what goes with them), each re-checked
-/// just before; logs each as an event by the principal `lifecycle`. Returns those expired.
+/// just before; records each in the audit trail as done by `ferry:lifecycle`. Returns those
+/// expired.
 pub async fn apply(
     registry: &Registry,
     name: &RepositoryName,
@@ -177,17 +178,21 @@ pub async fn apply(
     for e in planned {
         if registry.expire_image(name, &e.digest, &e.tags).await? {
             registry.metrics().lifecycle.expired.with_label_values(&[reason.as_str()]).inc();
-            tracing::info!(
-                target: "ferry::events",
-                principal = "lifecycle",
-                action = "ecr:BatchDeleteImage",
-                repository = %name,
-                digest = %e.digest,
-                tags = ?e.tags,
-                rule_priority = e.rule_priority,
-                reason = reason.as_str(),
-                "image expired"
-            );
+            registry.audit().record(crate::events::AuditEvent {
+                principal: "ferry:lifecycle".into(),
+                api: "worker",
+                operation: "lifecycle",
+                action: "ecr:BatchDeleteImage",
+                repository: Some(name.to_string()),
+                reference: Some(e.digest.to_string()),
+                detail: Some(format!(
+                    "expired ({}, rule priority {}), tags {:?}",
+                    reason.as_str(),
+                    e.rule_priority,
+                    e.tags
+                )),
+                ..crate::events::AuditEvent::new(crate::events::Outcome::Success)
+            });
             done.push(e.clone());
         } else {
             tracing::info!(repository = %name, digest = %e.digest, "image changed since it was judged; left for the next run");

@@ -137,6 +137,8 @@ pub struct Registry {
     replication_wake: Arc<tokio::sync::Notify>,
     /// Set when this replica starts or stops a backfill, so its worker looks at backfills now.
     backfill_poke: std::sync::atomic::AtomicBool,
+    /// The audit trail.
+    audit: crate::events::Audit,
 }
 
 impl Registry {
@@ -166,7 +168,20 @@ impl Registry {
             upload_hashes: Mutex::new(HashMap::new()),
             replication_wake: Arc::default(),
             backfill_poke: std::sync::atomic::AtomicBool::new(false),
+            audit: crate::events::Audit::to_log(),
         }
+    }
+
+    /// The same registry recording its audit trail in `audit`.
+    #[must_use]
+    pub fn with_audit(mut self, audit: crate::events::Audit) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &crate::events::Audit {
+        &self.audit
     }
 
     /// A repository's policy, parsed (cached for a few seconds: replicas agree within that;

@@ -1238,3 +1238,92 @@ print(json.dumps(out))
     assert_eq!(v["no_repo"], "RepositoryNotFoundException");
     assert_eq!(v["bad_digest"], "InvalidParameterException");
 }
+
+/// The audit trail, in a file: a skopeo push (each blob's `ecr:CompleteLayerUpload` and the
+/// manifest's `ecr:PutImage`, by the principal whose password it used), an ECR API change and
+/// a refused one, a pull (recorded because `audit.pulls` is on); nothing for reads of the API
+/// or for the ping a client makes before it logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_records_who_changed_what_and_who_was_refused() {
+    let trail_dir = tempfile::tempdir().unwrap();
+    let trail = trail_dir.path().join("audit.jsonl");
+    let path = trail.to_str().unwrap().to_owned();
+    let api = start_with(move |c| {
+        c.audit.path = path;
+        c.audit.pulls = true;
+    })
+    .await;
+    let addr = api.f.server.as_ref().unwrap().addr;
+    let password = run(&mut aws(CI_KEY, &api.ci_secret, &api.f.base, &["ecr", "get-login-password"]));
+    let creds = format!("AWS:{}", password.trim());
+    let work = tempfile::tempdir().unwrap();
+    let built = build_layout(&work.path().join("src"), "v1", &["amd64"], 20_000, false, 33);
+    run(skopeo(&policy(work.path())).args([
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        &built.source,
+        &format!("docker://{addr}/team/audited:v1"),
+    ]));
+    let resp = api.f.client.get(api.f.url("/v2/")).send().await.unwrap();
+    assert_eq!(resp.status(), 401, "the anonymous ping is refused, and not recorded");
+    let resp = api
+        .f
+        .client
+        .get(api.f.url("/v2/team/audited/manifests/v1"))
+        .header("Accept", OCI_MANIFEST)
+        .basic_auth("AWS", Some(password.trim()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v = boto3(
+        &api,
+        r#"
+ci.describe_repositories()
+ci.put_image_tag_mutability(repositoryName='team/audited', imageTagMutability='IMMUTABLE')
+print(json.dumps(error(lambda: nobody.create_repository(repositoryName='team/nope'))))
+"#,
+    );
+    assert_eq!(v, "AccessDeniedException");
+
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&trail).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    eventually("the refusal reaches the file", std::time::Duration::from_secs(10), || async {
+        read().iter().any(|e| e["outcome"] == "denied")
+    })
+    .await;
+    let events = read();
+    let ci = format!("arn:aws:iam::{ACCOUNT}:user/ci");
+    let find = |op: &str| events.iter().filter(|e| e["operation"] == op).collect::<Vec<_>>();
+    let put = find("manifest_put");
+    assert_eq!(put.len(), 1, "{events:?}");
+    assert_eq!(put[0]["principal"], ci.as_str());
+    assert_eq!(put[0]["action"], "ecr:PutImage");
+    assert_eq!(put[0]["repository"], "team/audited");
+    assert_eq!(put[0]["reference"], "v1");
+    assert_eq!(put[0]["outcome"], "success");
+    assert_eq!(put[0]["client"], "127.0.0.1");
+    assert!(put[0]["time"].as_str().unwrap().ends_with('Z'));
+    let blobs = find("upload_finish").len() + find("upload_start").len();
+    assert!(blobs >= 2, "the layer and the config: {events:?}");
+    assert!(events.iter().all(|e| e["operation"] != "base"), "the ping is not recorded");
+    let pulls = find("manifest_get");
+    assert_eq!(pulls.len(), 1);
+    assert_eq!(pulls[0]["action"], "ecr:BatchGetImage");
+    assert!(find("DescribeRepositories").is_empty(), "reads of the API are not recorded");
+    let changed = find("PutImageTagMutability");
+    assert_eq!(changed.len(), 1);
+    assert_eq!((changed[0]["api"].as_str(), changed[0]["outcome"].as_str()), (Some("ecr"), Some("success")));
+    let token = find("GetAuthorizationToken");
+    assert_eq!(token.len(), 1, "handing out a password is recorded");
+    let refused = find("CreateRepository");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["principal"], format!("arn:aws:iam::{ACCOUNT}:user/nobody"));
+    assert_eq!(refused[0]["outcome"], "denied");
+    assert!(refused[0]["detail"].as_str().unwrap().contains("ecr:CreateRepository"));
+    let m = api.f.metrics().await;
+    assert!(metric_sum(&m, "ferry_audit_events_total", &["outcome=\"denied\""]) >= 1.0);
+}
