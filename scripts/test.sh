@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # certificates and the test token issuer's signatures), docker-registry (the CNCF reference
 # registry: upstream in the tests, peer in the benchmark), wrk (the benchmark's load generator),
 # apache2-utils (htpasswd: the bcrypt file of the peer's basic auth in the auth benchmark),
-# time (/usr/bin/time: peak RSS in the GC benchmark), curl, iproute2 and util-linux (nsenter).
+# time (/usr/bin/time: peak RSS in the GC benchmark), curl, iproute2, util-linux (nsenter) and
+# systemd (systemd-analyze verifies deploy/systemd's unit).
 packages=()
 command -v skopeo >/dev/null || packages+=(skopeo)
 command -v podman >/dev/null || packages+=(podman)
@@ -22,12 +23,31 @@ command -v curl >/dev/null || packages+=(curl)
 [ -x /usr/bin/time ] || packages+=(time)
 command -v ip >/dev/null || packages+=(iproute2)
 command -v nsenter >/dev/null || packages+=(util-linux)
-if [ ${#packages[@]} -gt 0 ]; then
-  echo "== installing ${packages[*]}"
+command -v systemd-analyze >/dev/null || packages+=(systemd)
+# promtool (deploy/prometheus's rules and their unit tests) comes with Debian's prometheus; its
+# recommends (the node exporter and more) are not needed.
+lean=()
+command -v promtool >/dev/null || lean+=(prometheus)
+if [ ${#packages[@]} -gt 0 ] || [ ${#lean[@]} -gt 0 ]; then
+  echo "== installing ${packages[*]} ${lean[*]}"
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${packages[@]}" >/dev/null
+  if [ ${#packages[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${packages[@]}" >/dev/null
+  fi
+  if [ ${#lean[@]} -gt 0 ]; then
+    # policy-rc.d refusing every start keeps the package's server from starting (it would
+    # listen on every interface) on machines where systemd runs.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee /usr/sbin/policy-rc.d >/dev/null
+      $sudo_cmd chmod +x /usr/sbin/policy-rc.d
+      DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
+      $sudo_cmd rm -f /usr/sbin/policy-rc.d
+    else
+      DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
+    fi
+  fi
 fi
 
 # PyPI: moto, the S3-compatible server the S3 tests run against, boto3 and the aws CLI (the

@@ -231,3 +231,45 @@ async fn uploads_are_purged_by_the_clock_not_by_waiting() {
     })
     .await;
 }
+
+/// `deploy/`: the Prometheus rules pass `promtool check rules` and their unit tests and name
+/// only metrics Ferry defines; the systemd unit (pointed at this build's binary) passes
+/// `systemd-analyze verify` without a complaint, and the config check it runs before start
+/// accepts a config it could be given.
+#[test]
+fn deploy_files_pass_their_tools_and_name_only_what_ferry_has() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let prometheus = root.join("deploy/prometheus");
+    let tool = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    tool(Command::new("promtool").args(["check", "rules", "ferry-alerts.yml"]).current_dir(&prometheus));
+    tool(Command::new("promtool").args(["test", "rules", "ferry-alerts.test.yml"]).current_dir(&prometheus));
+    let rules = std::fs::read_to_string(prometheus.join("ferry-alerts.yml")).unwrap();
+    let defined = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
+    let named: std::collections::BTreeSet<&str> =
+        rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("ferry_")).collect();
+    assert!(named.len() >= 8, "{named:?}");
+    for name in named {
+        assert!(defined.contains(&format!("\"{name}\"")), "the rules name {name}, which Ferry does not define");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(root.join("deploy/systemd/ferry.service"))
+        .unwrap()
+        .replace("/usr/local/bin/ferry", env!("CARGO_BIN_EXE_ferry"));
+    let path = dir.path().join("ferry.service");
+    std::fs::write(&path, unit).unwrap();
+    let complaints = tool(Command::new("systemd-analyze").arg("verify").arg(&path));
+    assert!(complaints.trim().is_empty(), "systemd-analyze verify: {complaints}");
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[storage]\ndata_dir = \"/var/lib/ferry\"\n").unwrap();
+    tool(Command::new(env!("CARGO_BIN_EXE_ferry")).args(["config", "check"]).arg(&config));
+}
