@@ -295,6 +295,18 @@ fn spawn_workers(
     let edge = app.clone();
     let flush = registry::pulls::PullFlush::new(registry.pull_times(), clock.clone());
     tasks.push(tokio::spawn(worker::run(Box::new(flush), metrics.clone(), shutdown_rx.clone())));
+    if !config.webhooks.is_empty() {
+        match events::webhooks::WebhookWorker::new(
+            registry.clone(),
+            &config.webhooks,
+            metrics.clone(),
+            &config.auth.registry_id,
+            &config.auth.region,
+        ) {
+            Ok(worker) => tasks.push(tokio::spawn(worker::run(Box::new(worker), metrics.clone(), shutdown_rx.clone()))),
+            Err(e) => tracing::error!(error = %e, "webhook deliveries not started"),
+        }
+    }
     let rules = registry::pull_through_rules::RuleRefresh::new(registry.clone());
     tasks.push(tokio::spawn(worker::run(Box::new(rules), metrics.clone(), shutdown_rx.clone())));
     if config.gc.enabled {
@@ -383,6 +395,7 @@ fn registry_settings(config: &Config) -> registry::Settings {
         local_namespaces: config.registry.local_namespaces.clone(),
         create_on_push: config.registry.create_on_push,
         gc_grace: config.gc.grace.0,
+        webhooks: config.webhooks.clone(),
     }
 }
 

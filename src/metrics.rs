@@ -466,6 +466,35 @@ impl AuditMetrics {
     }
 }
 
+/// Webhook delivery.
+pub struct WebhookMetrics {
+    /// `ferry_webhook_deliveries_total{webhook,result}`: delivered, retried (an attempt
+    /// failed), failed (dropped after `give_up_after`).
+    pub deliveries: IntCounterVec,
+    /// `ferry_webhook_events_pending{webhook}`: events waiting, as this replica last counted.
+    pub pending: IntGaugeVec,
+}
+
+impl WebhookMetrics {
+    fn register(r: &Registry) -> prometheus::Result<Self> {
+        Ok(Self {
+            deliveries: counters(
+                r,
+                "ferry_webhook_deliveries_total",
+                "Webhook delivery attempts by receiver and result",
+                &["webhook", "result"],
+            )?,
+            pending: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("ferry_webhook_events_pending", "Webhook events waiting, by receiver"),
+                    &["webhook"],
+                )?,
+            )?,
+        })
+    }
+}
+
 /// Ferry's metrics, by area.
 pub struct Metrics {
     /// The registry they are registered in, for `/metrics`.
@@ -492,6 +521,8 @@ pub struct Metrics {
     pub replication: ReplicationMetrics,
     /// The audit trail.
     pub audit: AuditMetrics,
+    /// Webhook delivery.
+    pub webhooks: WebhookMetrics,
 }
 
 impl Metrics {
@@ -509,6 +540,7 @@ impl Metrics {
             lifecycle: LifecycleMetrics::register(&registry)?,
             replication: ReplicationMetrics::register(&registry)?,
             audit: AuditMetrics::register(&registry)?,
+            webhooks: WebhookMetrics::register(&registry)?,
             registry,
         })
     }

@@ -15,6 +15,7 @@ mod secret;
 mod server;
 mod storage;
 mod units;
+mod webhooks;
 
 pub use audit::AuditConfig;
 pub use auth::{policy_text, AnonymousConfig, AuthConfig, PrincipalConfig, SecretKnown};
@@ -28,6 +29,7 @@ pub use secret::{resolve as resolve_secret, Secret};
 pub use server::{ServerConfig, TlsConfig};
 pub use storage::{Backend, HotTierConfig, S3Config, StorageConfig};
 pub use units::{ByteSize, HumanDuration};
+pub use webhooks::WebhookConfig;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -86,6 +88,8 @@ pub struct Config {
     pub replication: ReplicationConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// Receivers of push and delete events, `[[webhooks]]`.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl Config {
@@ -131,6 +135,7 @@ impl Config {
         self.lifecycle.validate()?;
         self.replication.validate()?;
         self.audit.validate()?;
+        webhooks::validate(&self.webhooks)?;
         self.log.validate()
     }
 

@@ -5,3 +5,4 @@
 pub mod audit;
 
 pub use audit::{Audit, AuditEvent, Outcome};
+pub mod webhooks;

@@ -634,6 +634,7 @@ mod tests {
             local_namespaces: vec![],
             create_on_push: true,
             gc_grace: grace,
+            webhooks: Vec::new(),
         };
         let proxy = Arc::new(crate::proxy::Proxy::new(&[], &[], &metrics).unwrap());
         let registry = Arc::new(Registry::new(storage.clone(), proxy, settings, metrics, shared.clone()));

@@ -125,6 +125,12 @@ impl Registry {
             }
             Reference::Digest(_) => false,
         };
+        // Told to webhook receivers (a replicated push too: it is news at this registry).
+        let tag_pushed = match reference {
+            Reference::Tag(t) => Some(t.to_string()),
+            Reference::Digest(_) => None,
+        };
+        let notify = self.record_webhook_events("PUSH", name, &digest, tag_pushed.as_deref()).await?;
         let replicate = match (origin, reference) {
             (PushOrigin::Replication, _) => false,
             (PushOrigin::Client, Reference::Tag(t)) => self.record_push_event(name, &digest, Some(t)).await?,
@@ -173,6 +179,9 @@ impl Registry {
         }
         if replicate {
             self.wake_replication();
+        }
+        if notify {
+            self.wake_webhooks();
         }
         Ok(StoredManifest { digest, subject: manifest.subject.map(|s| s.digest) })
     }
@@ -286,16 +295,36 @@ impl Registry {
         }
         let digest = match reference {
             Reference::Tag(tag) => {
-                return if self.storage.record_delete(&Key::tag(name, tag)).await? {
-                    Ok(())
-                } else {
-                    Err(self.unknown(name, Error::ManifestUnknown(tag.to_string())).await)
+                // What the tag named, for the receivers told of the delete.
+                let tagged = match self.webhooks_want("DELETE", name) {
+                    true => self
+                        .storage
+                        .record_get(&Key::tag(name, tag))
+                        .await?
+                        .and_then(|v| decode::<ManifestRecord>(&v).ok()),
+                    false => None,
                 };
+                if !self.storage.record_delete(&Key::tag(name, tag)).await? {
+                    return Err(self.unknown(name, Error::ManifestUnknown(tag.to_string())).await);
+                }
+                if let Some(record) = tagged {
+                    self.notify_delete(name, &record.digest, Some(tag.as_str())).await?;
+                }
+                return Ok(());
             }
             Reference::Digest(d) => d,
         };
         self.local_manifest_record(name, reference).await?;
-        self.remove_manifest(name, digest).await
+        self.remove_manifest(name, digest).await?;
+        self.notify_delete(name, digest, None).await
+    }
+
+    /// Tells the webhook receivers that want it of a delete that is done.
+    pub(super) async fn notify_delete(&self, name: &RepositoryName, digest: &Digest, tag: Option<&str>) -> Result<()> {
+        if self.record_webhook_events("DELETE", name, digest, tag).await? {
+            self.wake_webhooks();
+        }
+        Ok(())
     }
 
     /// Removes a manifest from a repository: its referrer entry, the tags on it, its pull

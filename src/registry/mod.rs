@@ -15,6 +15,7 @@ pub mod repositories;
 pub mod templates;
 mod uploads;
 pub mod usage;
+pub mod webhooks;
 
 pub use error::{Error, Result};
 pub use manifests::{ManifestContent, ManifestRecord, PushOrigin, StoredManifest};
@@ -49,6 +50,8 @@ pub struct Settings {
     pub create_on_push: bool,
     /// Content and links used within this long are never collected.
     pub gc_grace: Duration,
+    /// Webhook receivers: which pushes and deletes each is told of.
+    pub webhooks: Vec<crate::config::WebhookConfig>,
 }
 
 /// One page of a sorted listing.
@@ -139,6 +142,8 @@ pub struct Registry {
     backfill_poke: std::sync::atomic::AtomicBool,
     /// The audit trail.
     audit: crate::events::Audit,
+    /// Woken when a webhook event is recorded, so this replica delivers it at once.
+    webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Registry {
@@ -169,6 +174,7 @@ impl Registry {
             replication_wake: Arc::default(),
             backfill_poke: std::sync::atomic::AtomicBool::new(false),
             audit: crate::events::Audit::to_log(),
+            webhook_wake: Arc::default(),
         }
     }
 

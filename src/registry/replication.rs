@@ -7,7 +7,7 @@
 
 use super::{Registry, Result};
 use crate::oci::{Digest, RepositoryName, Tag};
-use crate::storage::{EventId, Key, PutMode, Version};
+use crate::storage::{EventId, Key, Version};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -266,38 +266,22 @@ impl Registry {
 
     /// The events waiting, oldest first (ids that are not events' are skipped).
     pub async fn replication_events(&self) -> Result<Vec<EventId>> {
-        let mut ids: Vec<EventId> = self
-            .storage
-            .record_list(&Key::replication_events())
-            .await?
-            .iter()
-            .filter_map(|s| EventId::parse(s))
-            .collect();
-        ids.sort_unstable();
-        Ok(ids)
+        self.queued_ids(&Key::replication_events()).await
     }
 
     /// One event and its version, if it is still there.
     pub async fn replication_event(&self, id: &EventId) -> Result<Option<(ReplicationEvent, Version)>> {
-        match self.storage.record_get_versioned(&Key::replication_event(id)).await? {
-            Some((bytes, version)) => Ok(Some((super::manifests::decode(&bytes)?, version))),
-            None => Ok(None),
-        }
+        self.queued_get(&Key::replication_event(id)).await
     }
 
-    /// Stores an event's progress if it has not changed since `version` (`false` when it has).
+    /// Stores an event's progress if it has not changed since `version` (`None` when it has).
     pub async fn update_replication_event(
         &self,
         id: &EventId,
         event: &ReplicationEvent,
         version: Version,
     ) -> Result<Option<Version>> {
-        let bytes = super::manifests::encode(event)?;
-        match self.storage.record_put_if(&Key::replication_event(id), bytes, PutMode::Update(version)).await {
-            Ok(v) => Ok(Some(v)),
-            Err(crate::storage::Error::Conflict) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.queued_update(&Key::replication_event(id), event, version).await
     }
 
     /// Removes a finished event.

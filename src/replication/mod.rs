@@ -126,19 +126,7 @@ enum Claimed {
 /// half of it random (so replicas retrying one destination spread out), and never sooner
 /// than the destination's `Retry-After`.
 fn backoff(attempts: u32, retry_after: Option<Duration>) -> Duration {
-    let doubled = FIRST_BACKOFF.saturating_mul(1u32.checked_shl(attempts.min(16)).unwrap_or(u32::MAX)).min(MAX_BACKOFF);
-    let half = doubled.checked_div(2).unwrap_or_default();
-    half.saturating_add(random_below(half)).max(retry_after.unwrap_or(Duration::ZERO))
-}
-
-fn random_below(limit: Duration) -> Duration {
-    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-    match ms {
-        0 => Duration::ZERO,
-        m => Duration::from_millis(
-            u64::try_from(uuid::Uuid::new_v4().as_u128().checked_rem(u128::from(m)).unwrap_or(0)).unwrap_or(0),
-        ),
-    }
+    crate::worker::retry_backoff(attempts, FIRST_BACKOFF, MAX_BACKOFF).max(retry_after.unwrap_or(Duration::ZERO))
 }
 
 fn millis(d: Duration) -> u64 {

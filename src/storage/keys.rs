@@ -69,6 +69,16 @@ impl Key {
         Self("replication/events".into())
     }
 
+    /// `webhooks/<receiver>`: the events waiting to be delivered to one webhook receiver.
+    pub fn webhook_events(receiver: &str) -> Self {
+        Self(format!("webhooks/{receiver}"))
+    }
+
+    /// `webhooks/<receiver>/<id>`: one event and its delivery attempts.
+    pub fn webhook_event(receiver: &str, id: &EventId) -> Self {
+        Self(format!("webhooks/{receiver}/{id}"))
+    }
+
     /// `replication/events/<id>`: one push event and each destination's progress.
     pub fn replication_event(id: &EventId) -> Self {
         Self(format!("replication/events/{id}"))

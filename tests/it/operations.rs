@@ -273,3 +273,151 @@ fn deploy_files_pass_their_tools_and_name_only_what_ferry_has() {
     std::fs::write(&config, "[storage]\ndata_dir = \"/var/lib/ferry\"\n").unwrap();
     tool(Command::new(env!("CARGO_BIN_EXE_ferry")).args(["config", "check"]).arg(&config));
 }
+
+/// A webhook receiver on a loopback port: what a team's own endpoint would be. Written here
+/// because no packaged program receives webhooks and fails on purpose: it answers 500 while
+/// `failing` is above zero (counting it down), then 200, and keeps every request it answered
+/// 200 with its headers and body.
+#[derive(Clone)]
+struct WebhookReceiver {
+    url: String,
+    failing: Arc<std::sync::atomic::AtomicUsize>,
+    received: Arc<std::sync::Mutex<Vec<(http::HeaderMap, bytes::Bytes)>>>,
+}
+
+use std::sync::Arc;
+
+impl WebhookReceiver {
+    async fn start(failing: usize) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let r = Self {
+            url: format!("http://{}/hook", listener.local_addr().unwrap()),
+            failing: Arc::new(std::sync::atomic::AtomicUsize::new(failing)),
+            received: Arc::default(),
+        };
+        let me = r.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let me = me.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body =
+                                http_body_util::BodyExt::collect(body).await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let fail = me
+                                .failing
+                                .fetch_update(
+                                    std::sync::atomic::Ordering::SeqCst,
+                                    std::sync::atomic::Ordering::SeqCst,
+                                    |n| n.checked_sub(1),
+                                )
+                                .is_ok();
+                            let status = if fail { 500 } else { 200 };
+                            if !fail {
+                                me.received.lock().unwrap().push((parts.headers, body));
+                            }
+                            let resp = http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                                .unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        r
+    }
+
+    /// The bodies received, parsed.
+    fn events(&self) -> Vec<serde_json::Value> {
+        self.received.lock().unwrap().iter().map(|(_, b)| serde_json::from_slice(b).unwrap()).collect()
+    }
+}
+
+/// Webhooks: a skopeo push and a tag delete reach a receiver as ECR's EventBridge events,
+/// signed with the receiver's secret, after the receiver's failures (retried with backoff);
+/// a second receiver gets only the deletes in the repositories it asked for; an event queued
+/// while its receiver fails survives a restart of Ferry and is delivered afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_deliver_pushes_and_deletes_signed_retried_and_across_a_restart() {
+    let all = WebhookReceiver::start(2).await;
+    let deletes = WebhookReceiver::start(0).await;
+    let (all_url, deletes_url) = (all.url.clone(), deletes.url.clone());
+    let mut f = TestFerry::start_with(move |c| {
+        c.webhooks = vec![
+            ferry::config::WebhookConfig {
+                name: "all".into(),
+                url: all_url,
+                secret: ferry::config::Secret("hook-secret".into()),
+                ..Default::default()
+            },
+            ferry::config::WebhookConfig {
+                name: "team-deletes".into(),
+                url: deletes_url,
+                events: vec!["DELETE".into()],
+                repositories: vec!["team/*".into()],
+                ..Default::default()
+            },
+        ];
+    })
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let built = crate::images::build_layout(&work.path().join("src"), "v1", &["amd64"], 10_000, false, 5);
+    crate::replication::skopeo_push(work.path(), &built.source, &f.base, "team/app:v1");
+    eventually("the push reaches the receiver after its two failures", Duration::from_secs(20), || async {
+        !all.events().is_empty()
+    })
+    .await;
+    let (headers, body) = all.received.lock().unwrap()[0].clone();
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["detail-type"], "ECR Image Action");
+    assert_eq!(event["source"], "aws.ecr");
+    assert_eq!(
+        event["detail"],
+        serde_json::json!({"result": "SUCCESS", "repository-name": "team/app", "image-digest": built.top,
+                           "action-type": "PUSH", "image-tag": "v1"})
+    );
+    assert_eq!(headers["ferry-event-id"].to_str().unwrap(), event["id"].as_str().unwrap());
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(b"hook-secret").unwrap();
+    hmac::Mac::update(&mut mac, &body);
+    let expected = format!("sha256={}", hex::encode(hmac::Mac::finalize(mac).into_bytes()));
+    assert_eq!(headers["ferry-signature"].to_str().unwrap(), expected, "signed with the receiver's secret");
+    assert!(deletes.events().is_empty(), "the second receiver asked for deletes only");
+    let m = f.metrics().await;
+    assert!(metric_sum(&m, "ferry_webhook_deliveries_total", &["webhook=\"all\"", "result=\"retried\""]) >= 2.0);
+
+    let resp = f.client.delete(f.url("/v2/team/app/manifests/v1")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    eventually("the delete reaches both receivers", Duration::from_secs(10), || async {
+        all.events().len() == 2 && deletes.events().len() == 1
+    })
+    .await;
+    for e in [&all.events()[1], &deletes.events()[0]] {
+        assert_eq!(e["detail"]["action-type"], "DELETE");
+        assert_eq!(e["detail"]["image-tag"], "v1");
+        assert_eq!(e["detail"]["image-digest"], built.top.as_str());
+    }
+
+    // Queued while the receiver fails, kept across a restart, delivered once it recovers.
+    all.failing.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let (_, digest) = f.push_image("other/app", "v2", b"layer of other").await;
+    eventually("the receiver has refused the push at least once", Duration::from_secs(10), || async {
+        metric_sum(&f.metrics().await, "ferry_webhook_deliveries_total", &["webhook=\"all\"", "result=\"retried\""])
+            >= 3.0
+    })
+    .await;
+    f.restart().await;
+    all.failing.store(0, std::sync::atomic::Ordering::SeqCst);
+    eventually("the queued push is delivered after the restart", Duration::from_secs(30), || async {
+        all.events().iter().any(|e| e["detail"]["image-digest"] == digest.as_str())
+    })
+    .await;
+    assert_eq!(deletes.events().len(), 1, "other/app is not the second receiver's");
+}

@@ -1,0 +1,226 @@
+//! Webhook delivery: workers on every replica POST each queued event (see
+//! [`crate::registry::webhooks`]) to its receiver, in ECR's EventBridge shape (`detail-type:
+//! "ECR Image Action"`), signed with HMAC-SHA256 when the receiver has a secret. An event is
+//! claimed by a conditional write before it is sent, so one replica sends it at a time; it is
+//! removed once the receiver answers 2xx, retried with backoff otherwise, and dropped (logged
+//! and counted) after `give_up_after`. Delivery is at least once: a receiver may see an event
+//! twice (a replica that dies after sending, before removing it), and should use `id`.
+
+use crate::config::WebhookConfig;
+use crate::metrics::Metrics;
+use crate::registry::webhooks::WebhookEvent;
+use crate::registry::Registry;
+use crate::storage::EventId;
+use crate::worker::{Worker, WorkerError, WorkerState};
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha2::Sha256;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often each replica looks for events other replicas recorded (its own wake it at once).
+const POLL: Duration = Duration::from_secs(1);
+/// Retries start after this and double up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A push's event whose manifest has not appeared after this is dropped: the push failed.
+const UNCOMMITTED_TTL_MS: u64 = 10 * 60 * 1000;
+/// Events looked at per receiver per round.
+const BATCH: usize = 64;
+
+/// One receiver, ready to send to.
+struct Receiver {
+    config: WebhookConfig,
+    secret: Option<String>,
+}
+
+/// Delivers every receiver's queue.
+pub struct WebhookWorker {
+    registry: Arc<Registry>,
+    receivers: Vec<Receiver>,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    registry_id: String,
+    region: String,
+    last: String,
+}
+
+impl WebhookWorker {
+    /// A deliverer for `hooks`; events name `registry_id` and `region` as ECR's do.
+    pub fn new(
+        registry: Arc<Registry>,
+        hooks: &[WebhookConfig],
+        metrics: Arc<Metrics>,
+        registry_id: &str,
+        region: &str,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let receivers = hooks
+            .iter()
+            .map(|h| Ok(Receiver { config: h.clone(), secret: h.resolved_secret()? }))
+            .collect::<Result<_, crate::config::ConfigError>>()?;
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default();
+        Ok(Self {
+            registry,
+            receivers,
+            client,
+            metrics,
+            registry_id: registry_id.to_owned(),
+            region: region.to_owned(),
+            last: String::new(),
+        })
+    }
+
+    /// The body a receiver gets: ECR's EventBridge event for an image action.
+    fn body(&self, id: &EventId, event: &WebhookEvent) -> Vec<u8> {
+        let time = std::time::UNIX_EPOCH
+            .checked_add(Duration::from_millis(event.recorded_at_ms))
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut detail = json!({
+            "result": "SUCCESS",
+            "repository-name": event.repository,
+            "image-digest": event.digest,
+            "action-type": event.action,
+        });
+        if let Some(tag) = &event.tag {
+            detail["image-tag"] = json!(tag);
+        }
+        serde_json::to_vec(&json!({
+            "version": "0",
+            "id": id.to_string(),
+            "detail-type": "ECR Image Action",
+            "source": "aws.ecr",
+            "account": self.registry_id,
+            "time": humantime::format_rfc3339_seconds(time).to_string(),
+            "region": self.region,
+            "resources": [],
+            "detail": detail,
+        }))
+        .unwrap_or_default()
+    }
+
+    /// Sends one event; `Ok` when the receiver took it.
+    async fn send(&self, receiver: &Receiver, id: &EventId, event: &WebhookEvent) -> Result<(), String> {
+        let body = self.body(id, event);
+        let mut req = self
+            .client
+            .post(&receiver.config.url)
+            .timeout(receiver.config.timeout.0)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("Ferry-Event-Id", id.to_string());
+        if let Some(secret) = &receiver.secret {
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
+            mac.update(&body);
+            req = req.header("Ferry-Signature", format!("sha256={}", hex::encode(mac.finalize().into_bytes())));
+        }
+        match req.body(body).send().await {
+            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) => Err(format!("answered {}", resp.status())),
+            Err(e) => Err(format!("unreachable: {e}")),
+        }
+    }
+
+    /// Looks at one event: sends it if it is due and unclaimed; returns whether it did work.
+    async fn deliver(&self, receiver: &Receiver, id: &EventId) -> Result<bool, crate::registry::Error> {
+        let name = receiver.config.name.as_str();
+        let Some((mut event, version)) = self.registry.webhook_event(name, id).await? else { return Ok(false) };
+        let now = self.registry.now_ms();
+        if event.next_attempt_at_ms > now || event.claimed_until_ms > now {
+            return Ok(false);
+        }
+        if event.action == "PUSH" {
+            let repository = crate::oci::RepositoryName::parse(&event.repository).ok();
+            let committed = match &repository {
+                Some(r) => self.registry.holds_manifest(r, &event.digest).await?,
+                None => false,
+            };
+            if !committed {
+                if now.saturating_sub(event.recorded_at_ms) > UNCOMMITTED_TTL_MS {
+                    self.registry.delete_webhook_event(name, id).await?;
+                }
+                return Ok(false);
+            }
+        }
+        let claim = millis(receiver.config.timeout.0).saturating_add(5_000);
+        event.claimed_until_ms = now.saturating_add(claim);
+        let Some(version) = self.registry.update_webhook_event(name, id, &event, version).await? else {
+            return Ok(false);
+        };
+        let outcome = self.send(receiver, id, &event).await;
+        let deliveries = &self.metrics.webhooks.deliveries;
+        match outcome {
+            Ok(()) => {
+                self.registry.delete_webhook_event(name, id).await?;
+                deliveries.with_label_values(&[name, "delivered"]).inc();
+            }
+            Err(why) if now.saturating_sub(event.recorded_at_ms) >= millis(receiver.config.give_up_after.0) => {
+                tracing::warn!(webhook = name, event = %id, error = %why, attempts = event.attempts, "webhook event dropped: its receiver did not take it in time");
+                self.registry.delete_webhook_event(name, id).await?;
+                deliveries.with_label_values(&[name, "failed"]).inc();
+            }
+            Err(why) => {
+                tracing::info!(webhook = name, event = %id, error = %why, "webhook delivery failed; will retry");
+                event.attempts = event.attempts.saturating_add(1);
+                let wait = crate::worker::retry_backoff(event.attempts, FIRST_BACKOFF, MAX_BACKOFF);
+                event.next_attempt_at_ms = self.registry.now_ms().saturating_add(millis(wait));
+                event.claimed_until_ms = 0;
+                let _ = self.registry.update_webhook_event(name, id, &event, version).await?;
+                deliveries.with_label_values(&[name, "retried"]).inc();
+            }
+        }
+        Ok(true)
+    }
+
+    async fn deliver_all(&self, receiver: &Receiver) -> Result<(usize, usize), crate::registry::Error> {
+        let ids = self.registry.webhook_events(&receiver.config.name).await?;
+        self.metrics
+            .webhooks
+            .pending
+            .with_label_values(&[&receiver.config.name])
+            .set(i64::try_from(ids.len()).unwrap_or(i64::MAX));
+        let mut worked = 0usize;
+        for id in ids.iter().take(BATCH) {
+            if self.deliver(receiver, id).await? {
+                worked = worked.saturating_add(1);
+            }
+        }
+        Ok((ids.len(), worked))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[async_trait]
+impl Worker for WebhookWorker {
+    fn name(&self) -> &'static str {
+        "webhooks"
+    }
+
+    fn status(&self) -> String {
+        self.last.clone()
+    }
+
+    async fn work(&mut self) -> Result<WorkerState, WorkerError> {
+        // Receivers are served side by side: a slow one does not hold up the others.
+        let rounds = futures_util::future::join_all(self.receivers.iter().map(|r| self.deliver_all(r))).await;
+        let (mut pending, mut worked) = (0usize, 0usize);
+        for round in rounds {
+            let (p, w) = round?;
+            pending = pending.saturating_add(p);
+            worked = worked.saturating_add(w);
+        }
+        self.last = format!("{pending} webhook events pending");
+        Ok(if worked > 0 && pending > worked { WorkerState::Busy } else { WorkerState::Idle })
+    }
+
+    async fn wait_for_work(&mut self) {
+        let wake = self.registry.webhook_wake();
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(crate::worker::jittered(POLL)) => {}
+        }
+    }
+}
