@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz` (the process is up) and `/readyz` (it serves).
+//! The admin listener: `/metrics`, `/healthz` (the process is up) and `/readyz` (it serves);
+//! `/console` is [`super::console`]'s.
 
 use super::{full, App, Body};
 use bytes::Bytes;

@@ -4,6 +4,7 @@
 
 mod admin;
 mod api;
+mod console;
 pub mod endpoint;
 mod error;
 mod handlers;
@@ -569,7 +570,20 @@ pub async fn serve_admin(
     _peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    Ok(admin::handle(&app, req.uri().path()))
+    let path = req.uri().path();
+    if path == "/console" || path.starts_with("/console/") {
+        let page = console::page(&app.registry, path, req.uri().query()).await;
+        let resp = Response::builder()
+            .status(StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK))
+            .header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")
+            // Nothing on these pages may be framed or run: they show stored names.
+            .header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+            .header("X-Content-Type-Options", "nosniff")
+            .body(full(Bytes::from(page.html)))
+            .unwrap_or_default();
+        return Ok(resp);
+    }
+    Ok(admin::handle(&app, path))
 }
 
 /// Binds a listener, with a message that names the address on failure.

@@ -238,6 +238,11 @@ impl Registry {
         Ok(settings)
     }
 
+    /// How many tags the repository has.
+    pub async fn tag_count(&self, name: &RepositoryName) -> Result<usize> {
+        Ok(self.storage.record_list(&Key::tags(name)).await?.len())
+    }
+
     /// Every repository, sorted.
     pub async fn repository_names(&self) -> Result<Vec<RepositoryName>> {
         let mut names: Vec<RepositoryName> = self

@@ -421,3 +421,59 @@ async fn webhooks_deliver_pushes_and_deletes_signed_retried_and_across_a_restart
     .await;
     assert_eq!(deletes.events().len(), 1, "other/app is not the second receiver's");
 }
+
+/// The web console on the admin listener: the index lists repositories (50 a page, with a
+/// link to the next), pull-through rules and replication; a repository's page lists its images
+/// with tags and kinds; an unknown repository is 404; every page forbids scripts and framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_repositories_images_and_rules() {
+    let f = TestFerry::start_with(|c| {
+        c.pull_through = vec![crate::pull_through::rule("hub", "http://127.0.0.1:1")];
+    })
+    .await;
+    let (manifest, v1) = f.push_image("team/app", "v1", b"first layer").await;
+    let resp = f.put_manifest("team/app", "latest", OCI_MANIFEST, &manifest).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let (_, v2) = f.push_image("team/app", "v2", b"second layer").await;
+    for i in 0..51 {
+        f.push_image(&format!("many/r{i:02}"), "v1", format!("layer {i}").as_bytes()).await;
+    }
+    let get = |path: String| {
+        let client = f.client.clone();
+        let url = format!("{}{path}", f.admin);
+        async move {
+            let resp = client.get(url).send().await.unwrap();
+            let status = resp.status();
+            assert_eq!(resp.headers()["content-type"], "text/html; charset=utf-8");
+            assert!(resp.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+            (status, resp.text().await.unwrap())
+        }
+    };
+    let (status, index) = get("/console".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(index.contains("Repositories (52)"), "{index}");
+    assert!(index.contains("<a href=\"/console/repositories/many/r00\">many/r00</a>"));
+    assert!(!index.contains("team/app"), "the first page holds 50 repositories, in name order");
+    assert!(index.contains("<td>hub</td><td>http://127.0.0.1:1</td><td>config file</td>"), "{index}");
+    assert!(index.contains("No replication rules."));
+    assert!(!index.contains("<script"));
+    let next = index.split("href=\"/console?after=").nth(1).and_then(|s| s.split('"').next()).unwrap().to_owned();
+    let (_, second) = get(format!("/console?after={next}")).await;
+    assert!(
+        second.contains("<a href=\"/console/repositories/team/app\">team/app</a></td><td>3</td><td>MUTABLE</td>"),
+        "{second}"
+    );
+    assert!(!second.contains("Next page"));
+
+    let (status, repo) = get("/console/repositories/team/app".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(repo.contains("2 images"), "{repo}");
+    assert!(
+        repo.contains(&format!("<code title=\"{v1}\">{}</code></td><td>latest, v1</td><td>image</td>", &v1[..19])),
+        "{repo}"
+    );
+    assert!(repo.contains(&format!("<code title=\"{v2}\">")));
+    let (status, missing) = get("/console/repositories/team/none".into()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(missing.contains("There is no repository team/none."));
+}
