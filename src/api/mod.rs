@@ -5,6 +5,7 @@
 //! engine as the registry API) and runs as a thin call into the registry. Errors are
 //! `{"__type","message"}` ([`ApiError`]). Knows nothing of HTTP framing or storage layout.
 
+mod account;
 mod backfill;
 mod error;
 mod images;
@@ -127,6 +128,8 @@ pub enum Operation {
     Layers(layers::LayersOp),
     /// The pull-through cache rule operations.
     PullThrough(pull_through::PullThroughOp),
+    /// Scanning configuration and account settings.
+    Settings(account::SettingsOp),
 }
 
 /// `maxResults` and `nextToken`.
@@ -263,6 +266,7 @@ impl Operation {
             Self::Images(op) => op.name(),
             Self::Layers(op) => op.name(),
             Self::PullThrough(op) => op.name(),
+            Self::Settings(op) => op.name(),
         }
     }
 
@@ -309,6 +313,7 @@ impl Operation {
             op if pull_through::OPERATIONS.contains(&op) => {
                 pull_through::parse_operation(op, &input).map(Self::PullThrough)
             }
+            op if account::OPERATIONS.contains(&op) => account::parse_operation(op, &input).map(Self::Settings),
             "CreateRepository" => {
                 let (name, settings) = repositories::parse_create(&input)?;
                 Ok(Self::CreateRepository(name, settings))
@@ -426,6 +431,7 @@ impl Operation {
             Self::Images(op) => op.accesses(),
             Self::Layers(op) => op.accesses(),
             Self::PullThrough(op) => op.accesses(),
+            Self::Settings(op) => op.accesses(),
         }
     }
 
@@ -451,6 +457,7 @@ impl Operation {
             Self::Images(op) => images::run(ctx, op).await,
             Self::Layers(op) => layers::run(ctx, op).await,
             Self::PullThrough(op) => pull_through::run(ctx, op).await,
+            Self::Settings(op) => account::run(ctx, op).await,
             Self::CreateRepository(name, settings) => {
                 let created = reg.create_repository(&name, settings).await?;
                 Ok(json!({ "repository": repositories::describe(ctx, &name, &created) }))

@@ -110,6 +110,18 @@ pub enum Action {
     DeletePullThroughCacheRule,
     /// Checking that a pull-through cache rule reaches its upstream.
     ValidatePullThroughCacheRule,
+    /// Setting the registry's scanning configuration.
+    PutRegistryScanningConfiguration,
+    /// Reading the registry's scanning configuration.
+    GetRegistryScanningConfiguration,
+    /// Setting a repository's scan on push.
+    PutImageScanningConfiguration,
+    /// Reading repositories' scanning configuration.
+    BatchGetRepositoryScanningConfiguration,
+    /// Setting an account setting.
+    PutAccountSetting,
+    /// Reading an account setting.
+    GetAccountSetting,
     /// Pushing an image as another registry's replication (a permission, not an operation):
     /// what a replicating registry needs at its destination, in place of the push actions.
     ReplicateImage,
@@ -165,6 +177,12 @@ impl Action {
             Self::UpdatePullThroughCacheRule => "ecr:UpdatePullThroughCacheRule",
             Self::DeletePullThroughCacheRule => "ecr:DeletePullThroughCacheRule",
             Self::ValidatePullThroughCacheRule => "ecr:ValidatePullThroughCacheRule",
+            Self::PutRegistryScanningConfiguration => "ecr:PutRegistryScanningConfiguration",
+            Self::GetRegistryScanningConfiguration => "ecr:GetRegistryScanningConfiguration",
+            Self::PutImageScanningConfiguration => "ecr:PutImageScanningConfiguration",
+            Self::BatchGetRepositoryScanningConfiguration => "ecr:BatchGetRepositoryScanningConfiguration",
+            Self::PutAccountSetting => "ecr:PutAccountSetting",
+            Self::GetAccountSetting => "ecr:GetAccountSetting",
             Self::ReplicateImage => "ecr:ReplicateImage",
         }
     }

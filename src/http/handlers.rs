@@ -209,7 +209,9 @@ async fn upload_start(app: &App, name: &RepositoryName, start: UploadStart, inpu
             reg.upload_monolithic(name, &digest, input.body()).await?;
             return Ok(blob_created(name, &digest));
         }
-        UploadStart::Mount(digest, from) => {
+        // With `BLOB_MOUNTING` set to DISABLED (ECR's account setting), a mount is answered
+        // with a session, the spec's fallback, and the client uploads the blob.
+        UploadStart::Mount(digest, from) if reg.blob_mounting().await? => {
             let mounted = match from {
                 Some(from) => reg.upload_mount(name, &digest, &from).await?,
                 // No source named: mount when the registry holds the blob (the spec lets a
@@ -223,7 +225,7 @@ async fn upload_start(app: &App, name: &RepositoryName, start: UploadStart, inpu
                 return Ok(blob_created(name, &digest));
             }
         }
-        UploadStart::Session => {}
+        UploadStart::Session | UploadStart::Mount(..) => {}
     }
     if !app.uploads.may_open(input.client) {
         return Err(OciError::new(

@@ -12,6 +12,7 @@ pub mod pulls;
 pub mod purge;
 pub mod replication;
 pub mod repositories;
+pub mod settings;
 pub mod templates;
 mod uploads;
 pub mod usage;
@@ -183,6 +184,33 @@ impl Registry {
     pub fn with_audit(mut self, audit: crate::events::Audit) -> Self {
         self.audit = audit;
         self
+    }
+
+    /// Changes the record at `key` (its default when absent) with `change` by a conditional
+    /// write, retried when another writer got there first (so `change` must only look at what
+    /// it is given); returns the record as written and what `change` returned.
+    pub(crate) async fn update_record<T, R, E>(
+        &self,
+        key: &Key,
+        change: impl Fn(&mut T) -> std::result::Result<R, E>,
+    ) -> std::result::Result<(T, R), E>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Default,
+        E: From<Error>,
+    {
+        for _ in 0..16 {
+            let (mut value, mode) = match self.storage.record_get_versioned(key).await.map_err(Error::from)? {
+                Some((bytes, version)) => (manifests::decode::<T>(&bytes)?, storage::PutMode::Update(version)),
+                None => (T::default(), storage::PutMode::Create),
+            };
+            let out = change(&mut value)?;
+            match self.storage.record_put_if(key, manifests::encode(&value)?, mode).await {
+                Ok(_) => return Ok((value, out)),
+                Err(storage::Error::Conflict) => continue,
+                Err(e) => return Err(Error::from(e).into()),
+            }
+        }
+        Err(Error::Storage(storage::Error::Conflict).into())
     }
 
     /// The audit trail.

@@ -6,7 +6,7 @@
 
 use super::{Error, Registry, Result};
 use crate::proxy::RuleRecord;
-use crate::storage::{Key, PutMode};
+use crate::storage::Key;
 use crate::worker::{Worker, WorkerError, WorkerState};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -22,9 +22,7 @@ struct StoredRules {
 }
 
 fn decode_rules(bytes: &[u8]) -> Result<Vec<RuleRecord>> {
-    serde_json::from_slice::<StoredRules>(bytes)
-        .map(|s| s.rules)
-        .map_err(|e| Error::Storage(crate::storage::Error::Corrupt(format!("pull-through rules: {e}"))))
+    super::manifests::decode::<StoredRules>(bytes).map(|s| s.rules)
 }
 
 impl Registry {
@@ -42,24 +40,11 @@ impl Registry {
         &self,
         change: impl Fn(&mut Vec<RuleRecord>) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        let key = Key::pull_through_rules();
-        for _ in 0..16 {
-            let (mut rules, mode) = match self.storage.record_get_versioned(&key).await.map_err(Error::from)? {
-                Some((bytes, version)) => (decode_rules(&bytes)?, PutMode::Update(version)),
-                None => (Vec::new(), PutMode::Create),
-            };
-            let out = change(&mut rules)?;
-            let bytes = serde_json::to_vec(&StoredRules { rules: rules.clone() }).unwrap_or_default();
-            match self.storage.record_put_if(&key, bytes.into(), mode).await {
-                Ok(_) => {
-                    self.proxy.set_stored(&rules);
-                    return Ok(out);
-                }
-                Err(crate::storage::Error::Conflict) => continue,
-                Err(e) => return Err(Error::from(e).into()),
-            }
-        }
-        Err(Error::Storage(crate::storage::Error::Conflict).into())
+        let (stored, out) = self
+            .update_record(&Key::pull_through_rules(), |stored: &mut StoredRules| change(&mut stored.rules))
+            .await?;
+        self.proxy.set_stored(&stored.rules);
+        Ok(out)
     }
 
     /// Reads the stored rules into the proxy.

@@ -59,6 +59,16 @@ impl Key {
         Self("pull-through/rules".into())
     }
 
+    /// `registry/scanning`: the registry's scanning configuration.
+    pub fn scanning_configuration() -> Self {
+        Self("registry/scanning".into())
+    }
+
+    /// `registry/account-settings`: ECR's account settings that were set.
+    pub fn account_settings() -> Self {
+        Self("registry/account-settings".into())
+    }
+
     /// `replication/registry-policy`: the registry policy's text.
     pub fn registry_policy() -> Self {
         Self("replication/registry-policy".into())

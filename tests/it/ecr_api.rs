@@ -1327,3 +1327,82 @@ print(json.dumps(error(lambda: nobody.create_repository(repositoryName='team/nop
     let m = api.f.metrics().await;
     assert!(metric_sum(&m, "ferry_audit_events_total", &["outcome=\"denied\""]) >= 1.0);
 }
+
+/// Scanning configuration and account settings through boto3, as Terraform's
+/// `aws_ecr_registry_scanning_configuration` and `aws_ecr_account_setting` drive them: kept,
+/// shown, validated; a registry rule decides a repository's frequency; `BLOB_MOUNTING` set to
+/// `DISABLED` turns a cross-repository mount into an upload session (the spec's fallback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_keeps_scanning_configuration_and_account_settings() {
+    let f = TestFerry::start().await;
+    let layer = b"a layer to mount";
+    f.push_image("team/source", "v1", layer).await;
+    let mount = |to: &'static str| {
+        let url = f.url(&format!("/v2/{to}/blobs/uploads/?mount={}&from=team/source", digest(layer)));
+        let client = f.client.clone();
+        async move { client.post(url).send().await.unwrap().status() }
+    };
+    assert_eq!(mount("team/first").await, reqwest::StatusCode::CREATED, "mounts are on by default");
+
+    let v = python_json(&format!(
+        r#"
+import boto3, json
+from botocore.exceptions import ClientError
+ecr = boto3.client('ecr', endpoint_url='{base}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')
+def error(f):
+    try:
+        f()
+        return None
+    except ClientError as e:
+        return e.response['Error']['Code']
+out = {{}}
+out['default'] = ecr.get_registry_scanning_configuration()['scanningConfiguration']
+ecr.create_repository(repositoryName='team/scanned')
+ecr.create_repository(repositoryName='other/plain')
+r = ecr.put_image_scanning_configuration(repositoryName='other/plain', imageScanningConfiguration={{'scanOnPush': True}})
+out['repo_put'] = r['imageScanningConfiguration']
+out['repo_missing'] = error(lambda: ecr.put_image_scanning_configuration(repositoryName='team/none', imageScanningConfiguration={{'scanOnPush': True}}))
+put = ecr.put_registry_scanning_configuration(scanType='BASIC', rules=[{{'scanFrequency': 'SCAN_ON_PUSH',
+    'repositoryFilters': [{{'filter': 'team/*', 'filterType': 'WILDCARD'}}]}}])
+out['put'] = put['registryScanningConfiguration']
+out['got'] = ecr.get_registry_scanning_configuration()['scanningConfiguration']
+out['bad_frequency'] = error(lambda: ecr.put_registry_scanning_configuration(scanType='BASIC', rules=[{{'scanFrequency': 'HOURLY', 'repositoryFilters': []}}]))
+out['too_many'] = error(lambda: ecr.put_registry_scanning_configuration(scanType='BASIC', rules=[{{'scanFrequency': 'MANUAL', 'repositoryFilters': []}}] * 3))
+b = ecr.batch_get_repository_scanning_configuration(repositoryNames=['team/scanned', 'other/plain', 'team/none'])
+out['repos'] = sorted([c['repositoryName'], c['scanFrequency'], c['scanOnPush'], [x['filter'] for x in c['appliedScanFilters']]] for c in b['scanningConfigurations'])
+out['repo_failures'] = [(x['repositoryName'], x['failureCode']) for x in b['failures']]
+out['setting_default'] = ecr.get_account_setting(name='BLOB_MOUNTING')['value']
+r = ecr.put_account_setting(name='BLOB_MOUNTING', value='DISABLED')
+out['setting_put'] = {{'name': r['name'], 'value': r['value']}}
+ecr.put_account_setting(name='REGISTRY_POLICY_SCOPE', value='V1')
+out['settings'] = [ecr.get_account_setting(name=n)['value'] for n in ['BLOB_MOUNTING', 'REGISTRY_POLICY_SCOPE', 'BASIC_SCAN_TYPE_VERSION']]
+out['bad_name'] = error(lambda: ecr.get_account_setting(name='NOPE'))
+out['bad_value'] = error(lambda: ecr.put_account_setting(name='BLOB_MOUNTING', value='MAYBE'))
+print(json.dumps(out))
+"#,
+        base = f.base
+    ));
+    assert_eq!(v["default"], serde_json::json!({"scanType": "BASIC", "rules": []}), "{v}");
+    assert_eq!(v["repo_put"], serde_json::json!({"scanOnPush": true}));
+    assert_eq!(v["repo_missing"], "RepositoryNotFoundException");
+    let rules = serde_json::json!({"scanType": "BASIC", "rules": [{"scanFrequency": "SCAN_ON_PUSH",
+        "repositoryFilters": [{"filter": "team/*", "filterType": "WILDCARD"}]}]});
+    assert_eq!(v["put"], rules);
+    assert_eq!(v["got"], rules);
+    assert_eq!(v["bad_frequency"], "InvalidParameterException");
+    assert_eq!(v["too_many"], "InvalidParameterException");
+    assert_eq!(
+        v["repos"],
+        serde_json::json!([
+            ["other/plain", "SCAN_ON_PUSH", true, []],
+            ["team/scanned", "SCAN_ON_PUSH", true, ["team/*"]]
+        ])
+    );
+    assert_eq!(v["repo_failures"], serde_json::json!([["team/none", "REPOSITORY_NOT_FOUND"]]));
+    assert_eq!(v["setting_default"], "ENABLED");
+    assert_eq!(v["setting_put"], serde_json::json!({"name": "BLOB_MOUNTING", "value": "DISABLED"}));
+    assert_eq!(v["settings"], serde_json::json!(["DISABLED", "V1", "AWS_NATIVE"]));
+    assert_eq!(v["bad_name"], "ValidationException");
+    assert_eq!(v["bad_value"], "ValidationException");
+    assert_eq!(mount("team/second").await, reqwest::StatusCode::ACCEPTED, "with mounting off, a session instead");
+}
