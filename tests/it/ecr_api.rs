@@ -301,6 +301,25 @@ nobody = client('{nobody_key}', '{nobody_secret}')
     python_json(&script)
 }
 
+/// Runs `body` with boto3 against a Ferry without access control at `base`: `ecr` is the
+/// client and `error(f)` returns the error code `f` raises (or None); returns what it prints.
+pub fn boto3_open(base: &str, body: &str) -> serde_json::Value {
+    python_json(&format!(
+        r#"
+import boto3, json
+from botocore.exceptions import ClientError
+ecr = boto3.client('ecr', endpoint_url='{base}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')
+def error(f):
+    try:
+        f()
+        return None
+    except ClientError as e:
+        return e.response['Error']['Code']
+{body}
+"#
+    ))
+}
+
 /// Runs a Python script in the test venv with no AWS profile or CA bundle from the machine,
 /// returning the JSON it prints.
 pub fn python_json(script: &str) -> serde_json::Value {
@@ -821,17 +840,10 @@ async fn boto3_lists_describes_gets_retags_and_deletes_images() {
     })
     .to_string();
 
-    let v = python_json(&format!(
-        r#"
-import boto3, json
-from botocore.exceptions import ClientError
-ecr = boto3.client('ecr', endpoint_url='{base}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')
-def error(f):
-    try:
-        f()
-        return None
-    except ClientError as e:
-        return e.response['Error']['Code']
+    let v = boto3_open(
+        &f.base,
+        &format!(
+            r#"
 ids = lambda r: sorted((i['imageDigest'], i.get('imageTag', '')) for i in r['imageIds'])
 out = {{}}
 out['all'] = ids(ecr.list_images(repositoryName='team/app'))
@@ -875,12 +887,12 @@ child = ecr.batch_delete_image(repositoryName='team/multi', imageIds=[{{'imageDi
 out['child'] = [x['failureCode'] for x in child['failures']]
 print(json.dumps(out))
 "#,
-        base = f.base,
-        top = multi.top,
-        children = serde_json::to_string(&multi.platforms).unwrap(),
-        child0 = multi.platforms[0],
-        layer = digest(&random_bytes(4000, 1)),
-    ));
+            top = multi.top,
+            children = serde_json::to_string(&multi.platforms).unwrap(),
+            child0 = multi.platforms[0],
+            layer = digest(&random_bytes(4000, 1)),
+        ),
+    );
     let mut all = vec![(a.clone(), "latest"), (a.clone(), "v1"), (b.clone(), "v2"), (c.clone(), "")];
     all.sort();
     assert_eq!(v["all"], serde_json::json!(all), "{v}");
@@ -1189,17 +1201,10 @@ async fn boto3_lists_image_referrers_as_the_registry_api_does() {
         index["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap().to_owned()).collect();
     from_registry.sort();
 
-    let v = python_json(&format!(
-        r#"
-import boto3, json
-from botocore.exceptions import ClientError
-ecr = boto3.client('ecr', endpoint_url='{base}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')
-def error(f):
-    try:
-        f()
-        return None
-    except ClientError as e:
-        return e.response['Error']['Code']
+    let v = boto3_open(
+        &f.base,
+        &format!(
+            r#"
 subject = {{'imageDigest': '{subject}'}}
 out = {{}}
 r = ecr.list_image_referrers(repositoryName='team/signed', subjectId=subject)['referrers']
@@ -1217,8 +1222,8 @@ out['no_repo'] = error(lambda: ecr.list_image_referrers(repositoryName='team/non
 out['bad_digest'] = error(lambda: ecr.list_image_referrers(repositoryName='team/signed', subjectId={{'imageDigest': 'nope'}}))
 print(json.dumps(out))
 "#,
-        base = f.base,
-    ));
+        ),
+    );
     assert_eq!(v["all"], serde_json::json!(from_registry), "{v}");
     assert_eq!(v["all"].as_array().unwrap().len(), 2);
     assert_eq!(
@@ -1344,17 +1349,10 @@ async fn boto3_keeps_scanning_configuration_and_account_settings() {
     };
     assert_eq!(mount("team/first").await, reqwest::StatusCode::CREATED, "mounts are on by default");
 
-    let v = python_json(&format!(
-        r#"
-import boto3, json
-from botocore.exceptions import ClientError
-ecr = boto3.client('ecr', endpoint_url='{base}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')
-def error(f):
-    try:
-        f()
-        return None
-    except ClientError as e:
-        return e.response['Error']['Code']
+    let v = boto3_open(
+        &f.base,
+        &format!(
+            r#"
 out = {{}}
 out['default'] = ecr.get_registry_scanning_configuration()['scanningConfiguration']
 ecr.create_repository(repositoryName='team/scanned')
@@ -1380,8 +1378,8 @@ out['bad_name'] = error(lambda: ecr.get_account_setting(name='NOPE'))
 out['bad_value'] = error(lambda: ecr.put_account_setting(name='BLOB_MOUNTING', value='MAYBE'))
 print(json.dumps(out))
 "#,
-        base = f.base
-    ));
+        ),
+    );
     assert_eq!(v["default"], serde_json::json!({"scanType": "BASIC", "rules": []}), "{v}");
     assert_eq!(v["repo_put"], serde_json::json!({"scanOnPush": true}));
     assert_eq!(v["repo_missing"], "RepositoryNotFoundException");

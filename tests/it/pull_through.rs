@@ -510,17 +510,10 @@ async fn boto3_creates_pull_through_rules_that_every_replica_follows() {
     let other = ferry::start(f.config.clone()).await.unwrap();
     let other_base = format!("http://{}", other.addr);
 
-    let v = crate::ecr_api::python_json(&format!(
-        r#"
-import boto3, json
-from botocore.exceptions import ClientError
-ecr = boto3.client('ecr', endpoint_url='{base}', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='y')
-def error(f):
-    try:
-        f()
-        return None
-    except ClientError as e:
-        return e.response['Error']['Code']
+    let v = crate::ecr_api::boto3_open(
+        &f.base,
+        &format!(
+            r#"
 arn = 'arn:aws:secretsmanager:us-east-1:000000000000:secret:ecr-pullthroughcache/upstream'
 out = {{}}
 r = ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='hub/', upstreamRegistryUrl='{upstream}', credentialArn=arn)
@@ -548,9 +541,9 @@ out['deleted'] = ecr.delete_pull_through_cache_rule(ecrRepositoryPrefix='dead')[
 out['deleted_again'] = error(lambda: ecr.delete_pull_through_cache_rule(ecrRepositoryPrefix='dead'))
 print(json.dumps(out))
 "#,
-        base = f.base,
-        upstream = upstream.base,
-    ));
+            upstream = upstream.base,
+        ),
+    );
     assert_eq!(v["created"], serde_json::json!(["hub", upstream.base, true, true]), "{v}");
     assert_eq!(v["again"], "PullThroughCacheRuleAlreadyExistsException");
     assert_eq!(v["config_taken"], "PullThroughCacheRuleAlreadyExistsException");
