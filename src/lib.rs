@@ -198,7 +198,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     };
     let settings = registry_settings(&config);
     let proxy = Arc::new(
-        proxy::Proxy::new(&config.pull_through, &config.pull_through_secrets, &metrics)
+        proxy::Proxy::new(&config.pull_through, &config.pull_through_secrets, &config.pull_through_api, &metrics)
             .map_err(|e| std::io::Error::other(e.to_string()))?,
     );
     let auth = match config.auth.enabled {
@@ -379,7 +379,7 @@ async fn offline_registry(config: &Config, clock: clock::SharedClock) -> Result<
     let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
     let storage = open_storage(config, None, true).await?;
     let proxy = Arc::new(
-        proxy::Proxy::new(&config.pull_through, &config.pull_through_secrets, &metrics)
+        proxy::Proxy::new(&config.pull_through, &config.pull_through_secrets, &config.pull_through_api, &metrics)
             .map_err(|e| std::io::Error::other(e.to_string()))?,
     );
     let registry = Arc::new(registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock));

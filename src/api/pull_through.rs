@@ -133,7 +133,13 @@ fn upstream_base(url: &str) -> Result<String, ApiError> {
     } else {
         format!("https://{}", url.trim_end_matches('/'))
     };
-    let host_ok = base.parse::<http::Uri>().ok().is_some_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+    // A registry's base: a host (and port), nothing else (no credentials, path or query).
+    let host_ok = base.parse::<http::Uri>().ok().is_some_and(|u| {
+        u.host().is_some_and(|h| !h.is_empty())
+            && u.authority().is_some_and(|a| !a.as_str().contains('@'))
+            && matches!(u.path(), "" | "/")
+            && u.query().is_none()
+    });
     if !host_ok || url.len() > 2048 {
         return Err(ApiError::invalid(
             "upstreamRegistryUrl",
@@ -308,6 +314,15 @@ async fn all_rules(ctx: &ApiContext<'_>) -> Result<Vec<RuleRecord>, ApiError> {
 }
 
 async fn create(ctx: &ApiContext<'_>, mut record: RuleRecord) -> Result<Value, ApiError> {
+    if !ctx.registry.proxy().allows_upstream(&record.upstream) {
+        return Err(ApiError::new(
+            "UnsupportedUpstreamRegistryException",
+            format!(
+                "The upstream registry {} is not allowed here: add its host to pull_through_api.allowed_upstreams in Ferry's config",
+                record.upstream_registry_url
+            ),
+        ));
+    }
     check_secret(ctx, &record)?;
     let now = ctx.registry.now_ms();
     record.created_at_ms = now;

@@ -22,7 +22,7 @@ pub use auth::{policy_text, AnonymousConfig, AuthConfig, PrincipalConfig, Secret
 pub use gc::GcConfig;
 pub use lifecycle::LifecycleConfig;
 pub use log::{log_filter_is_valid, LogConfig, LogFormat};
-pub use pull_through::{PullThroughRule, UpstreamSecret};
+pub use pull_through::{PullThroughApiConfig, PullThroughRule, UpstreamSecret};
 pub use registry::RegistryConfig;
 pub use replication::{ReplicationConfig, ReplicationTarget};
 pub use secret::{resolve as resolve_secret, Secret};
@@ -78,6 +78,8 @@ pub struct Config {
     pub pull_through: Vec<PullThroughRule>,
     /// Upstream credentials for rules created through the ECR API, `[[pull_through_secrets]]`.
     pub pull_through_secrets: Vec<UpstreamSecret>,
+    /// What rules created through the ECR API may reach.
+    pub pull_through_api: PullThroughApiConfig,
     /// Identities, tokens and policies.
     pub auth: AuthConfig,
     /// The garbage collector.

@@ -80,6 +80,41 @@ impl PullThroughRule {
     }
 }
 
+/// `[pull_through_api]`: what pull-through rules created through the ECR API may reach.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullThroughApiConfig {
+    /// Upstream hosts (`host` or `host:port`, `*` wildcards) a rule created through the API may
+    /// name: anyone allowed `ecr:CreatePullThroughCacheRule` could otherwise make Ferry fetch
+    /// from any address it can reach. Default: the public registries ECR supports.
+    pub allowed_upstreams: Vec<String>,
+}
+
+impl Default for PullThroughApiConfig {
+    fn default() -> Self {
+        let hosts = [
+            "registry-1.docker.io",
+            "public.ecr.aws",
+            "*.dkr.ecr.*.amazonaws.com",
+            "quay.io",
+            "registry.k8s.io",
+            "ghcr.io",
+            "registry.gitlab.com",
+            "*.azurecr.io",
+            "cgr.dev",
+        ];
+        Self { allowed_upstreams: hosts.iter().map(|h| (*h).to_owned()).collect() }
+    }
+}
+
+impl PullThroughApiConfig {
+    /// Whether a rule may name `authority` (`host` or `host:port`, as in the URL).
+    pub fn allows(&self, authority: &str) -> bool {
+        let authority = authority.to_ascii_lowercase();
+        self.allowed_upstreams.iter().any(|g| wildmatch::WildMatch::new(&g.to_ascii_lowercase()).matches(&authority))
+    }
+}
+
 /// `[[pull_through_secrets]]`: upstream credentials that pull-through rules created through
 /// the ECR API name by `credentialArn`, as ECR names a Secrets Manager secret
 /// (`arn:aws:secretsmanager:<region>:<account>:secret:ecr-pullthroughcache/<name>`).
@@ -179,4 +214,21 @@ pub fn validate(rules: &[PullThroughRule]) -> Result<(), ConfigError> {
         return invalid("pull_through.mirror_default", "only one rule can be the mirror default".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod api_tests {
+    use super::PullThroughApiConfig;
+
+    #[test]
+    fn api_rules_reach_only_allowed_upstreams() {
+        let c = PullThroughApiConfig::default();
+        for ok in ["registry-1.docker.io", "123456789012.dkr.ecr.eu-west-1.amazonaws.com", "team.azurecr.io", "GHCR.IO"]
+        {
+            assert!(c.allows(ok), "{ok}");
+        }
+        for refused in ["169.254.169.254", "127.0.0.1:5000", "registry-1.docker.io.evil.example", "evil.example", ""] {
+            assert!(!c.allows(refused), "{refused}");
+        }
+    }
 }

@@ -636,7 +636,9 @@ mod tests {
             gc_grace: grace,
             webhooks: Vec::new(),
         };
-        let proxy = Arc::new(crate::proxy::Proxy::new(&[], &[], &metrics).unwrap());
+        let proxy = Arc::new(
+            crate::proxy::Proxy::new(&[], &[], &crate::config::PullThroughApiConfig::default(), &metrics).unwrap(),
+        );
         let registry = Arc::new(Registry::new(storage.clone(), proxy, settings, metrics, shared.clone()));
         let collector = Collector::new(storage.clone(), registry.content_uses(), shared, None, vec![]);
 

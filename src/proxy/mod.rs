@@ -6,7 +6,7 @@
 pub mod fill;
 pub mod upstream;
 
-use crate::config::{PullThroughRule, UpstreamSecret};
+use crate::config::{PullThroughApiConfig, PullThroughRule, UpstreamSecret};
 use crate::metrics::Metrics;
 use crate::oci::RepositoryName;
 use serde::{Deserialize, Serialize};
@@ -83,6 +83,7 @@ pub struct Proxy {
     /// Replaced whole when the stored rules change; readers take a snapshot.
     stored: RwLock<Arc<Vec<Arc<Rule>>>>,
     secrets: Vec<UpstreamSecret>,
+    api: PullThroughApiConfig,
     metrics: Arc<Metrics>,
 }
 
@@ -96,14 +97,26 @@ pub struct RuleError {
 
 impl Proxy {
     /// Builds the config file's rules and their upstream clients; `secrets` are what rules
-    /// created through the API may name.
+    /// created through the API may name, and `api` which upstreams they may reach.
     pub fn new(
         rules: &[PullThroughRule],
         secrets: &[UpstreamSecret],
+        api: &PullThroughApiConfig,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, RuleError> {
         let configured = rules.iter().map(|r| Self::build(r, metrics)).collect::<Result<_, _>>()?;
-        Ok(Self { configured, stored: RwLock::default(), secrets: secrets.to_vec(), metrics: metrics.clone() })
+        Ok(Self {
+            configured,
+            stored: RwLock::default(),
+            secrets: secrets.to_vec(),
+            api: api.clone(),
+            metrics: metrics.clone(),
+        })
+    }
+
+    /// Whether a rule created through the API may name this upstream base URL.
+    pub fn allows_upstream(&self, base: &str) -> bool {
+        base.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| self.api.allows(a.as_str()))).unwrap_or(false)
     }
 
     fn build(r: &PullThroughRule, metrics: &Arc<Metrics>) -> Result<Arc<Rule>, RuleError> {
@@ -123,6 +136,12 @@ impl Proxy {
 
     /// The rule a stored record stands for (its credentials from the secret it names).
     pub fn rule_config(&self, record: &RuleRecord) -> Result<PullThroughRule, RuleError> {
+        if !self.allows_upstream(&record.upstream) {
+            return Err(RuleError {
+                prefix: record.ecr_repository_prefix.clone(),
+                message: format!("its upstream {} is not in pull_through_api.allowed_upstreams", record.upstream),
+            });
+        }
         let mut rule = PullThroughRule {
             prefix: record.ecr_repository_prefix.clone(),
             upstream: record.upstream.clone(),
@@ -230,7 +249,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        Proxy::new(&rules, &[], &metrics).unwrap()
+        Proxy::new(&rules, &[], &PullThroughApiConfig::default(), &metrics).unwrap()
     }
 
     fn name(s: &str) -> RepositoryName {

@@ -1351,34 +1351,32 @@ async fn boto3_keeps_scanning_configuration_and_account_settings() {
 
     let v = boto3_open(
         &f.base,
-        &format!(
-            r#"
-out = {{}}
+        r#"
+out = {}
 out['default'] = ecr.get_registry_scanning_configuration()['scanningConfiguration']
 ecr.create_repository(repositoryName='team/scanned')
 ecr.create_repository(repositoryName='other/plain')
-r = ecr.put_image_scanning_configuration(repositoryName='other/plain', imageScanningConfiguration={{'scanOnPush': True}})
+r = ecr.put_image_scanning_configuration(repositoryName='other/plain', imageScanningConfiguration={'scanOnPush': True})
 out['repo_put'] = r['imageScanningConfiguration']
-out['repo_missing'] = error(lambda: ecr.put_image_scanning_configuration(repositoryName='team/none', imageScanningConfiguration={{'scanOnPush': True}}))
-put = ecr.put_registry_scanning_configuration(scanType='BASIC', rules=[{{'scanFrequency': 'SCAN_ON_PUSH',
-    'repositoryFilters': [{{'filter': 'team/*', 'filterType': 'WILDCARD'}}]}}])
+out['repo_missing'] = error(lambda: ecr.put_image_scanning_configuration(repositoryName='team/none', imageScanningConfiguration={'scanOnPush': True}))
+put = ecr.put_registry_scanning_configuration(scanType='BASIC', rules=[{'scanFrequency': 'SCAN_ON_PUSH',
+    'repositoryFilters': [{'filter': 'team/*', 'filterType': 'WILDCARD'}]}])
 out['put'] = put['registryScanningConfiguration']
 out['got'] = ecr.get_registry_scanning_configuration()['scanningConfiguration']
-out['bad_frequency'] = error(lambda: ecr.put_registry_scanning_configuration(scanType='BASIC', rules=[{{'scanFrequency': 'HOURLY', 'repositoryFilters': []}}]))
-out['too_many'] = error(lambda: ecr.put_registry_scanning_configuration(scanType='BASIC', rules=[{{'scanFrequency': 'MANUAL', 'repositoryFilters': []}}] * 3))
+out['bad_frequency'] = error(lambda: ecr.put_registry_scanning_configuration(scanType='BASIC', rules=[{'scanFrequency': 'HOURLY', 'repositoryFilters': []}]))
+out['too_many'] = error(lambda: ecr.put_registry_scanning_configuration(scanType='BASIC', rules=[{'scanFrequency': 'MANUAL', 'repositoryFilters': []}] * 3))
 b = ecr.batch_get_repository_scanning_configuration(repositoryNames=['team/scanned', 'other/plain', 'team/none'])
 out['repos'] = sorted([c['repositoryName'], c['scanFrequency'], c['scanOnPush'], [x['filter'] for x in c['appliedScanFilters']]] for c in b['scanningConfigurations'])
 out['repo_failures'] = [(x['repositoryName'], x['failureCode']) for x in b['failures']]
 out['setting_default'] = ecr.get_account_setting(name='BLOB_MOUNTING')['value']
 r = ecr.put_account_setting(name='BLOB_MOUNTING', value='DISABLED')
-out['setting_put'] = {{'name': r['name'], 'value': r['value']}}
+out['setting_put'] = {'name': r['name'], 'value': r['value']}
 ecr.put_account_setting(name='REGISTRY_POLICY_SCOPE', value='V1')
 out['settings'] = [ecr.get_account_setting(name=n)['value'] for n in ['BLOB_MOUNTING', 'REGISTRY_POLICY_SCOPE', 'BASIC_SCAN_TYPE_VERSION']]
 out['bad_name'] = error(lambda: ecr.get_account_setting(name='NOPE'))
 out['bad_value'] = error(lambda: ecr.put_account_setting(name='BLOB_MOUNTING', value='MAYBE'))
 print(json.dumps(out))
 "#,
-        ),
     );
     assert_eq!(v["default"], serde_json::json!({"scanType": "BASIC", "rules": []}), "{v}");
     assert_eq!(v["repo_put"], serde_json::json!({"scanOnPush": true}));

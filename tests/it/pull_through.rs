@@ -499,6 +499,8 @@ async fn boto3_creates_pull_through_rules_that_every_replica_follows() {
     let secret_path = secret_file.to_str().unwrap().to_owned();
     let f = TestFerry::start_with(move |c| {
         c.pull_through = vec![rule("cfg", &base)];
+        // Loopback upstreams are not among the defaults (the public registries ECR supports).
+        c.pull_through_api.allowed_upstreams.push("127.0.0.1:*".into());
         c.pull_through_secrets = vec![ferry::config::UpstreamSecret {
             name: "ecr-pullthroughcache/upstream".into(),
             username: "bot".into(),
@@ -525,6 +527,9 @@ out['no_secret'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositor
     credentialArn='arn:aws:secretsmanager:us-east-1:000000000000:secret:ecr-pullthroughcache/missing'))
 out['bad_prefix'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='Not/Valid', upstreamRegistryUrl='{upstream}'))
 out['root'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='ROOT', upstreamRegistryUrl='{upstream}'))
+out['not_allowed'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='meta', upstreamRegistryUrl='http://169.254.169.254'))
+out['with_path'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='other', upstreamRegistryUrl='{upstream}/v2/x'))
+out['with_credentials'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='other', upstreamRegistryUrl='http://u:p@127.0.0.1:1'))
 out['unsupported'] = error(lambda: ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='other', upstreamRegistryUrl='{upstream}', upstreamRegistry='nope'))
 ecr.create_pull_through_cache_rule(ecrRepositoryPrefix='dead', upstreamRegistryUrl='http://127.0.0.1:1')
 out['all'] = sorted(r['ecrRepositoryPrefix'] for r in ecr.describe_pull_through_cache_rules()['pullThroughCacheRules'])
@@ -552,6 +557,12 @@ print(json.dumps(out))
     assert_eq!(v["bad_prefix"], "InvalidParameterException");
     assert_eq!(v["root"], "InvalidParameterException");
     assert_eq!(v["unsupported"], "UnsupportedUpstreamRegistryException");
+    assert_eq!(
+        v["not_allowed"], "UnsupportedUpstreamRegistryException",
+        "only allowed upstreams: no fetching from any address"
+    );
+    assert_eq!(v["with_path"], "InvalidParameterException");
+    assert_eq!(v["with_credentials"], "InvalidParameterException");
     assert_eq!(v["all"], serde_json::json!(["cfg", "dead", "hub"]));
     assert_eq!(v["one"], serde_json::json!([upstream.base]));
     assert_eq!(v["missing"], "PullThroughCacheRuleNotFoundException");
