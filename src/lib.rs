@@ -382,7 +382,11 @@ async fn offline_registry(config: &Config, clock: clock::SharedClock) -> Result<
         proxy::Proxy::new(&config.pull_through, &config.pull_through_secrets, &config.pull_through_api, &metrics)
             .map_err(|e| std::io::Error::other(e.to_string()))?,
     );
-    let registry = Arc::new(registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock));
+    // What a command changes (lifecycle expiries) goes to the same audit trail as the server's.
+    let audit = events::Audit::open(&config.audit, metrics.clone())
+        .map_err(|e| std::io::Error::other(format!("audit.path {:?}: {e}", config.audit.path)))?;
+    let registry =
+        Arc::new(registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock).with_audit(audit));
     registry.refresh_pull_through_rules().await.map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(registry)
 }

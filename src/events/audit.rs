@@ -92,33 +92,47 @@ enum Sink {
     File(SyncSender<String>),
 }
 
-/// Where audit events go.
+/// Where audit events go. Dropping it waits for the file writer to write what was queued, so
+/// a command that exits right after its work (`ferry lifecycle run`) loses no line.
 pub struct Audit {
     sink: Sink,
     pulls: bool,
     metrics: Option<Arc<Metrics>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer once it has written everything queued.
+        self.sink = Sink::Off;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl Audit {
     /// Events to the log, pulls not recorded (the default before start-up reads the config).
     pub fn to_log() -> Self {
-        Self { sink: Sink::Log, pulls: false, metrics: None }
+        Self { sink: Sink::Log, pulls: false, metrics: None, writer: None }
     }
 
     /// As `config` says: off, to the log, or appended to a file (opened now, so a path that
     /// cannot be written fails start-up).
     pub fn open(config: &AuditConfig, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let mut writer = None;
         let sink = match (config.enabled, config.path.as_str()) {
             (false, _) => Sink::Off,
             (true, "") => Sink::Log,
             (true, path) => {
                 let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
                 let (tx, rx) = sync_channel::<String>(QUEUE);
-                std::thread::Builder::new().name("ferry-audit".into()).spawn(move || write_lines(file, &rx))?;
+                writer =
+                    Some(std::thread::Builder::new().name("ferry-audit".into()).spawn(move || write_lines(file, &rx))?);
                 Sink::File(tx)
             }
         };
-        Ok(Self { sink, pulls: config.pulls, metrics: Some(metrics) })
+        Ok(Self { sink, pulls: config.pulls, metrics: Some(metrics), writer })
     }
 
     /// Whether manifest pulls are recorded.

@@ -106,7 +106,10 @@ const POLICY: &str = r#"{"rules":[
 async fn a_policy_previewed_through_boto3_expires_exactly_what_the_preview_said() {
     let manual = ManualClock::new();
     let clock: SharedClock = Arc::new(manual.clone());
-    let f = TestFerry::start_with_clock(clock.clone(), |_| {}).await;
+    let trail_dir = tempfile::tempdir().unwrap();
+    let trail = trail_dir.path().join("audit.jsonl");
+    let trail_path = trail.to_str().unwrap().to_owned();
+    let f = TestFerry::start_with_clock(clock.clone(), move |c| c.audit.path = trail_path).await;
     let repo = "team/app";
     let prod = image(&f, repo, Some("prod-1"), "prod", None).await; // day 0
     let v1 = image(&f, repo, Some("v1"), "v1", None).await; // day 0
@@ -206,6 +209,19 @@ print(json.dumps(out))
         .collect();
     let previewed: BTreeSet<(String, u64)> = expected.iter().map(|(d, p, _)| (d.clone(), *p)).collect();
     assert_eq!(run, previewed);
+    // Each expiry is in the audit trail, by the lifecycle worker.
+    let expired_digests: BTreeSet<String> = run.iter().map(|(d, _)| d.clone()).collect();
+    eventually("the expiries reach the audit file", std::time::Duration::from_secs(10), || async {
+        let audited: BTreeSet<String> = std::fs::read_to_string(&trail)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["principal"] == "ferry:lifecycle" && e["action"] == "ecr:BatchDeleteImage")
+            .filter_map(|e| e["reference"].as_str().map(str::to_owned))
+            .collect();
+        audited == expired_digests
+    })
+    .await;
     for gone in [&untagged, &v2, &v1, &signature] {
         assert_eq!(manifest_status(&f, repo, gone).await, StatusCode::NOT_FOUND, "{gone} expired");
     }
