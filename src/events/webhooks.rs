@@ -19,8 +19,13 @@ use sha2::Sha256;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often each replica looks for events other replicas recorded (its own wake it at once).
-const POLL: Duration = Duration::from_secs(1);
+/// How often an idle replica looks at the queues: for events another replica recorded and
+/// could not deliver (it died, or its retries are due). A replica's own events wake it at
+/// once, and a retry it scheduled wakes it when due, so this only bounds takeovers; it keeps
+/// an idle registry on S3 to one LIST per receiver per replica every 10 s.
+const IDLE_POLL: Duration = Duration::from_secs(10);
+/// How soon to look again at a push whose manifest is not there yet (its push is in flight).
+const UNCOMMITTED_RECHECK_MS: u64 = 1_000;
 /// Retries start after this and double up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts.
@@ -45,6 +50,8 @@ pub struct WebhookWorker {
     registry_id: String,
     region: String,
     last: String,
+    /// When the soonest event this replica saw waiting becomes due (ms since the epoch).
+    next_due_ms: Option<u64>,
 }
 
 impl WebhookWorker {
@@ -69,6 +76,7 @@ impl WebhookWorker {
             registry_id: registry_id.to_owned(),
             region: region.to_owned(),
             last: String::new(),
+            next_due_ms: None,
         })
     }
 
@@ -122,11 +130,19 @@ impl WebhookWorker {
     }
 
     /// Looks at one event: sends it if it is due and unclaimed; returns whether it did work.
-    async fn deliver(&self, receiver: &Receiver, id: &EventId) -> Result<bool, crate::registry::Error> {
+    /// An event left for later lowers `due` to when it should be looked at again.
+    async fn deliver(
+        &self,
+        receiver: &Receiver,
+        id: &EventId,
+        due: &mut Option<u64>,
+    ) -> Result<bool, crate::registry::Error> {
         let name = receiver.config.name.as_str();
         let Some((mut event, version)) = self.registry.webhook_event(name, id).await? else { return Ok(false) };
         let now = self.registry.now_ms();
-        if event.next_attempt_at_ms > now || event.claimed_until_ms > now {
+        let later = event.next_attempt_at_ms.max(event.claimed_until_ms);
+        if later > now {
+            *due = Some(due.map_or(later, |d| d.min(later)));
             return Ok(false);
         }
         if event.action == "PUSH" {
@@ -138,6 +154,9 @@ impl WebhookWorker {
             if !committed {
                 if now.saturating_sub(event.recorded_at_ms) > UNCOMMITTED_TTL_MS {
                     self.registry.delete_webhook_event(name, id).await?;
+                } else {
+                    let again = now.saturating_add(UNCOMMITTED_RECHECK_MS);
+                    *due = Some(due.map_or(again, |d| d.min(again)));
                 }
                 return Ok(false);
             }
@@ -166,26 +185,27 @@ impl WebhookWorker {
                 event.next_attempt_at_ms = self.registry.now_ms().saturating_add(millis(wait));
                 event.claimed_until_ms = 0;
                 let _ = self.registry.update_webhook_event(name, id, &event, version).await?;
+                *due = Some(due.map_or(event.next_attempt_at_ms, |d| d.min(event.next_attempt_at_ms)));
                 deliveries.with_label_values(&[name, "retried"]).inc();
             }
         }
         Ok(true)
     }
 
-    async fn deliver_all(&self, receiver: &Receiver) -> Result<(usize, usize), crate::registry::Error> {
+    async fn deliver_all(&self, receiver: &Receiver) -> Result<(usize, usize, Option<u64>), crate::registry::Error> {
         let ids = self.registry.webhook_events(&receiver.config.name).await?;
         self.metrics
             .webhooks
             .pending
             .with_label_values(&[&receiver.config.name])
             .set(i64::try_from(ids.len()).unwrap_or(i64::MAX));
-        let mut worked = 0usize;
+        let (mut worked, mut due) = (0usize, None);
         for id in ids.iter().take(BATCH) {
-            if self.deliver(receiver, id).await? {
+            if self.deliver(receiver, id, &mut due).await? {
                 worked = worked.saturating_add(1);
             }
         }
-        Ok((ids.len(), worked))
+        Ok((ids.len(), worked, due))
     }
 }
 
@@ -206,21 +226,31 @@ impl Worker for WebhookWorker {
     async fn work(&mut self) -> Result<WorkerState, WorkerError> {
         // Receivers are served side by side: a slow one does not hold up the others.
         let rounds = futures_util::future::join_all(self.receivers.iter().map(|r| self.deliver_all(r))).await;
-        let (mut pending, mut worked) = (0usize, 0usize);
+        let (mut pending, mut worked, mut due) = (0usize, 0usize, None::<u64>);
         for round in rounds {
-            let (p, w) = round?;
+            let (p, w, d) = round?;
             pending = pending.saturating_add(p);
             worked = worked.saturating_add(w);
+            due = match (due, d) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
+        self.next_due_ms = due;
         self.last = format!("{pending} webhook events pending");
         Ok(if worked > 0 && pending > worked { WorkerState::Busy } else { WorkerState::Idle })
     }
 
     async fn wait_for_work(&mut self) {
         let wake = self.registry.webhook_wake();
+        let idle = crate::worker::jittered(IDLE_POLL);
+        let until_due = self.next_due_ms.map(|due| {
+            Duration::from_millis(due.saturating_sub(self.registry.now_ms())).max(Duration::from_millis(50))
+        });
+        let wait = until_due.map_or(idle, |d| d.min(idle));
         tokio::select! {
             () = wake.notified() => {}
-            () = tokio::time::sleep(crate::worker::jittered(POLL)) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }
