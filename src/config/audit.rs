@@ -24,18 +24,28 @@ impl Default for AuditConfig {
 }
 
 impl AuditConfig {
-    /// Checks that the file's directory exists.
+    /// Checks that the path names a file (its directory is created at start if missing).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.path.is_empty() {
-            return Ok(());
-        }
-        let dir = std::path::Path::new(&self.path).parent().filter(|d| !d.as_os_str().is_empty());
-        if dir.is_some_and(|d| !d.is_dir()) {
+        if !self.path.is_empty() && (self.path.ends_with('/') || std::path::Path::new(&self.path).is_dir()) {
             return Err(ConfigError::Invalid {
                 key: "audit.path",
-                message: format!("{:?}: its directory does not exist", self.path),
+                message: format!("{:?} is a directory: name the file to append to", self.path),
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuditConfig;
+
+    #[test]
+    fn the_path_names_a_file() {
+        let with = |path: &str| AuditConfig { path: path.into(), ..AuditConfig::default() };
+        assert!(with("").validate().is_ok());
+        assert!(with("not/there/yet.jsonl").validate().is_ok(), "created at start");
+        assert!(with("logs/").validate().is_err());
+        assert!(with("/").validate().is_err());
     }
 }

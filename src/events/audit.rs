@@ -125,6 +125,9 @@ impl Audit {
             (false, _) => Sink::Off,
             (true, "") => Sink::Log,
             (true, path) => {
+                if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
                 let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
                 let (tx, rx) = sync_channel::<String>(QUEUE);
                 writer =

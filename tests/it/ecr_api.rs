@@ -1251,7 +1251,8 @@ print(json.dumps(out))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_trail_records_who_changed_what_and_who_was_refused() {
     let trail_dir = tempfile::tempdir().unwrap();
-    let trail = trail_dir.path().join("audit.jsonl");
+    // A directory that does not exist yet: Ferry creates it.
+    let trail = trail_dir.path().join("audit").join("ferry.jsonl");
     let path = trail.to_str().unwrap().to_owned();
     let api = start_with(move |c| {
         c.audit.path = path;
