@@ -419,16 +419,9 @@ pub async fn run_lifecycle(
         return lifecycle::worker::run_round(&registry, &limits, repository, true, None).await.map_err(failed);
     }
     let storage = registry.storage_handle();
-    let owner = format!("ferry-lifecycle-cli-{}", uuid::Uuid::new_v4());
-    let mut lease = storage::lease::Lease::acquire(
-        storage.as_ref(),
-        clock.as_ref(),
-        storage::Key::lease("lifecycle"),
-        &owner,
-        lifecycle::LEASE_TTL,
-    )
-    .await
-    .map_err(|e| StartError::Lifecycle(format!("cannot take the lifecycle lease: {e}")))?;
+    let mut lease = command_lease(storage.as_ref(), clock.as_ref(), "lifecycle", lifecycle::LEASE_TTL)
+        .await
+        .map_err(StartError::Lifecycle)?;
     let result = lifecycle::worker::run_round(&registry, &limits, repository, false, Some(&mut lease)).await;
     let _ = lease.release(storage.as_ref()).await;
     result.map_err(failed)
@@ -495,21 +488,27 @@ pub async fn collect_garbage_with_clock(
         report.s3_requests = s3_requests();
         return Ok(report);
     }
-    let owner = format!("ferry-gc-cli-{}", uuid::Uuid::new_v4());
-    let mut lease = storage::lease::Lease::acquire(
-        storage.as_ref(),
-        clock.as_ref(),
-        storage::Key::lease("gc"),
-        &owner,
-        gc::LEASE_TTL,
-    )
-    .await
-    .map_err(|e| StartError::Gc(format!("cannot take the gc lease: {e}")))?;
+    let mut lease =
+        command_lease(storage.as_ref(), clock.as_ref(), "gc", gc::LEASE_TTL).await.map_err(StartError::Gc)?;
     let result = collector.collect(false, Some(&mut lease), progress).await;
     let _ = lease.release(storage.as_ref()).await;
     let mut report = result.map_err(failed)?;
     report.s3_requests = s3_requests();
     Ok(report)
+}
+
+/// Takes the lease `leases/<job>` for a command run beside servers (which take the same lease
+/// for their schedule), as an owner of its own; the caller releases it when done.
+async fn command_lease(
+    storage: &dyn storage::Storage,
+    clock: &dyn clock::Clock,
+    job: &'static str,
+    ttl: std::time::Duration,
+) -> Result<storage::lease::Lease, String> {
+    let owner = format!("ferry-{job}-cli-{}", uuid::Uuid::new_v4());
+    storage::lease::Lease::acquire(storage, clock, storage::Key::lease(job), &owner, ttl)
+        .await
+        .map_err(|e| format!("cannot take the {job} lease: {e}"))
 }
 
 /// S3 requests counted in `metrics`.
