@@ -20,8 +20,9 @@ pub struct ReplicationConfig {
     /// Blobs of one image copied at once: over a slow link each costs a few round trips, so
     /// many small layers go much faster side by side. Default `16`.
     pub blobs_at_once: usize,
-    /// How often a replica looks for events another replica recorded (its own pushes wake it at
-    /// once). Default `"1s"`.
+    /// How often an idle replica looks for events another replica recorded or left (its own
+    /// pushes wake it at once, and a retry it knows of wakes it when due; a dead replica's
+    /// events wait for its lease to expire anyway). Default `"10s"`.
     pub poll_interval: HumanDuration,
     /// A destination still failing with retryable errors after this long is marked `FAILED`.
     /// Default `"24h"`.
@@ -39,7 +40,7 @@ impl Default for ReplicationConfig {
             enabled: true,
             images_at_once: 4,
             blobs_at_once: 16,
-            poll_interval: HumanDuration(Duration::from_secs(1)),
+            poll_interval: HumanDuration(Duration::from_secs(10)),
             give_up_after: HumanDuration(Duration::from_secs(24 * 3600)),
             lease_ttl: HumanDuration(Duration::from_secs(30)),
             destinations: Vec::new(),

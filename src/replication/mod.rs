@@ -94,6 +94,9 @@ pub struct ReplicationWorker {
     view: std::sync::Mutex<HashMap<EventId, SeenEvent>>,
     /// The view holds every event recorded before this time (ms since the epoch).
     whole_view_since_ms: std::sync::atomic::AtomicU64,
+    /// When the soonest event in the view waiting for a retry is due (ms since the epoch; 0:
+    /// none), so an idle worker sleeps until then rather than polling.
+    next_due_ms: std::sync::atomic::AtomicU64,
     /// When API backfills were last moved on.
     backfills_advanced_at_ms: u64,
     /// Whether one was open then.
@@ -153,6 +156,7 @@ impl ReplicationWorker {
             last: "not run yet".into(),
             view: Default::default(),
             whole_view_since_ms: Default::default(),
+            next_due_ms: Default::default(),
             backfills_advanced_at_ms: 0,
             backfills_open: false,
         }
@@ -205,6 +209,8 @@ impl ReplicationWorker {
                 .map(|(id, _)| id.clone())
                 .collect();
             due.sort_unstable();
+            let next = view.values().filter_map(|e| e.due_at_ms).filter(|at| *at > now).min().unwrap_or(0);
+            self.next_due_ms.store(next, std::sync::atomic::Ordering::SeqCst);
             due
         };
         let worked = futures_util::stream::iter(due)
@@ -480,7 +486,17 @@ impl Worker for ReplicationWorker {
     }
 
     async fn wait_for_work(&mut self) {
-        let wait = crate::worker::jittered(self.pace.poll_interval);
+        // Until the poll (for what other replicas recorded or left), the soonest retry this
+        // view knows of, or the next backfill step, whichever comes first.
+        let mut wait = crate::worker::jittered(self.pace.poll_interval);
+        if self.backfills_open {
+            wait = wait.min(Duration::from_millis(BACKFILL_EVERY_MS));
+        }
+        let next = self.next_due_ms.load(std::sync::atomic::Ordering::SeqCst);
+        if next > 0 {
+            let until = next.saturating_sub(self.registry.clock().now_ms());
+            wait = wait.min(Duration::from_millis(until).max(Duration::from_millis(50)));
+        }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = self.wake.notified() => {}
