@@ -36,6 +36,19 @@ impl ImageIdentifier {
         Self { digest: s("imageDigest"), tag: s("imageTag") }
     }
 
+    /// `ImageNotFoundException` for this image in `name`, in ECR's words.
+    pub(super) fn not_found(&self, ctx: &ApiContext<'_>, name: &RepositoryName) -> ApiError {
+        ApiError::new(
+            "ImageNotFoundException",
+            format!(
+                "The image with imageId {{imageDigest:'{}', imageTag:'{}'}} does not exist within the repository with name '{name}' in the registry with id '{}'",
+                self.digest.as_deref().unwrap_or("null"),
+                self.tag.as_deref().unwrap_or("null"),
+                ctx.registry_id
+            ),
+        )
+    }
+
     /// As ECR writes it back.
     pub(super) fn json(&self) -> Value {
         let mut out = serde_json::Map::new();
@@ -362,17 +375,7 @@ async fn describe(
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         for id in ids {
-            let (image, _) = resolve(&all, id).map_err(|_| {
-                ApiError::new(
-                    "ImageNotFoundException",
-                    format!(
-                        "The image with imageId {{imageDigest:'{}', imageTag:'{}'}} does not exist within the repository with name '{name}' in the registry with id '{}'",
-                        id.digest.as_deref().unwrap_or("null"),
-                        id.tag.as_deref().unwrap_or("null"),
-                        ctx.registry_id
-                    ),
-                )
-            })?;
+            let (image, _) = resolve(&all, id).map_err(|_| id.not_found(ctx, name))?;
             if seen.insert(image.digest.clone()) {
                 out.push(detail(ctx, name, image, &all).await?);
             }

@@ -91,17 +91,7 @@ async fn image_status(ctx: &ApiContext<'_>, name: &RepositoryName, image: &Image
     if registry.repository_settings(name).await?.is_none() {
         return Err(super::repositories::not_found(ctx, name));
     }
-    let not_found = || {
-        ApiError::new(
-            "ImageNotFoundException",
-            format!(
-                "The image with imageId {{imageDigest:'{}', imageTag:'{}'}} does not exist within the repository with name '{name}' in the registry with id '{}'",
-                image.digest.as_deref().unwrap_or("null"),
-                image.tag.as_deref().unwrap_or("null"),
-                ctx.registry_id
-            ),
-        )
-    };
+    let not_found = || image.not_found(ctx, name);
     let local = Repo::Local(name.clone());
     let by_tag = match &image.tag {
         Some(t) => {
