@@ -314,33 +314,44 @@ pub struct Audited {
     pub repository: Option<String>,
     /// The tag or digest.
     pub reference: Option<String>,
-    /// Whether it changes what the registry holds (else it is a read).
-    pub mutates: bool,
 }
 
 impl Endpoint {
-    /// How the audit trail names this request.
+    /// Whether it changes what the registry holds (what the audit trail always records). A
+    /// match, no allocation: it is asked of every request.
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Self::ManifestPut(..)
+                | Self::ManifestDelete(..)
+                | Self::BlobDelete(..)
+                | Self::UploadFinish(..)
+                | Self::UploadStart(_, UploadStart::Monolithic(_) | UploadStart::Mount(..))
+        )
+    }
+
+    /// How the audit trail names this request (built only for requests it records).
     pub fn audited(&self, query: &Query) -> Audited {
-        let (action, mutates, reference) = match self {
-            Self::ManifestPut(_, r) => (Action::PutImage, true, Some(r.to_string())),
-            Self::ManifestDelete(_, r) => (Action::BatchDeleteImage, true, Some(r.to_string())),
-            Self::BlobDelete(_, d) => (Action::BatchDeleteImage, true, Some(d.to_string())),
-            Self::UploadFinish(..) => (Action::CompleteLayerUpload, true, query.get("digest").map(str::to_owned)),
+        let accesses = self.accesses();
+        let first = accesses.first();
+        let (action, reference) = match self {
+            Self::ManifestPut(_, r) => (Action::PutImage, Some(r.to_string())),
+            Self::ManifestDelete(_, r) => (Action::BatchDeleteImage, Some(r.to_string())),
+            Self::BlobDelete(_, d) => (Action::BatchDeleteImage, Some(d.to_string())),
+            Self::UploadFinish(..) => (Action::CompleteLayerUpload, query.get("digest").map(str::to_owned)),
             Self::UploadStart(_, UploadStart::Monolithic(d) | UploadStart::Mount(d, _)) => {
-                (Action::CompleteLayerUpload, true, Some(d.to_string()))
+                (Action::CompleteLayerUpload, Some(d.to_string()))
             }
-            Self::ManifestGet(_, r) | Self::ManifestHead(_, r) => (Action::BatchGetImage, false, Some(r.to_string())),
+            Self::ManifestGet(_, r) | Self::ManifestHead(_, r) => (Action::BatchGetImage, Some(r.to_string())),
             Self::BlobGet(_, d) | Self::BlobHead(_, d) | Self::Referrers(_, d) => {
-                let action = self.accesses().first().map_or(Action::BatchGetImage, |a| a.action);
-                (action, false, Some(d.to_string()))
+                (first.map_or(Action::BatchGetImage, |a| a.action), Some(d.to_string()))
             }
-            _ => (self.accesses().first().map_or(Action::BatchGetImage, |a| a.action), false, None),
+            _ => (first.map_or(Action::BatchGetImage, |a| a.action), None),
         };
         Audited {
             action: action.as_str(),
-            repository: self.accesses().first().and_then(|a| a.repository.as_ref()).map(ToString::to_string),
+            repository: first.and_then(|a| a.repository.as_ref()).map(ToString::to_string),
             reference,
-            mutates,
         }
     }
 }

@@ -164,23 +164,30 @@ pub async fn serve_request(
     let (endpoint_name, result) = match Endpoint::parse(&method, &path, &query) {
         Ok(ep) => {
             let name = ep.name();
-            let audited = ep.audited(&query);
-            let mut who = "unauthenticated".to_owned();
+            // Recorded whatever their outcome; anything else only when refused.
+            let recorded =
+                ep.mutates() || (matches!(ep, Endpoint::ManifestGet(..)) && app.registry.audit().records_pulls());
+            let mut who = String::new();
             let admitted = match authenticate(&app, &req, client).await {
                 Ok(principal) => {
-                    who = principal_arn(&principal);
-                    match authorize(&app, &principal, &ep, &query, client, &req).await {
-                        Ok(()) => create_on_push(&app, &principal, &ep, client, &req).await.map(|()| principal),
+                    let admitted = match authorize(&app, &principal, &ep, &query, client, &req).await {
+                        Ok(()) => create_on_push(&app, &principal, &ep, client, &req).await,
                         Err(e) => Err(e),
+                    };
+                    if recorded || admitted.is_err() {
+                        who = principal_arn(&principal);
                     }
+                    admitted.map(|()| principal)
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    who = "unauthenticated".into();
+                    Err(e)
+                }
             };
             let denied = admitted.is_err();
             // The ping a client makes before it logs in is refused by design: not worth a line.
-            let pull = matches!(ep, Endpoint::ManifestGet(..)) && app.registry.audit().records_pulls();
-            if audited.mutates || pull || (denied && !matches!(ep, Endpoint::Base)) {
-                audit = Some((audited, who, denied, name));
+            if recorded || (denied && !matches!(ep, Endpoint::Base)) {
+                audit = Some((ep.audited(&query), who, denied, name));
             }
             match admitted {
                 Ok(principal) => {
@@ -192,28 +199,8 @@ pub async fn serve_request(
         }
         Err(e) => ("invalid", Err(e)),
     };
-    if let Some((audited, principal, denied, operation)) = audit {
-        let (status, detail) = match &result {
-            Ok(r) => (r.status().as_u16(), None),
-            Err(e) => (e.status, Some(e.message.clone())),
-        };
-        let outcome = match (denied, status < 400) {
-            (true, _) => crate::events::Outcome::Denied,
-            (false, true) => crate::events::Outcome::Success,
-            (false, false) => crate::events::Outcome::Failure,
-        };
-        app.registry.audit().record(crate::events::AuditEvent {
-            principal,
-            client: Some(client.to_string()),
-            api: "registry",
-            operation,
-            action: audited.action,
-            repository: audited.repository,
-            reference: audited.reference,
-            status: Some(status),
-            detail,
-            ..crate::events::AuditEvent::new(outcome)
-        });
+    if let Some(audit) = audit {
+        record_audit(&app, client, audit, &result);
     }
     let mut resp = match result {
         Ok(r) => r,
@@ -237,6 +224,37 @@ pub async fn serve_request(
         resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     Ok(finish(&app, endpoint_name, &method, &path, started, resp, guard))
+}
+
+/// Records one registry API request in the audit trail: how it was named before its handler
+/// took it, who made it, whether admission refused it, and what it was answered.
+fn record_audit(
+    app: &App,
+    client: std::net::IpAddr,
+    (audited, principal, denied, operation): (endpoint::Audited, String, bool, &'static str),
+    result: &Result<Response<Body>, OciError>,
+) {
+    let (status, detail) = match result {
+        Ok(r) => (r.status().as_u16(), None),
+        Err(e) => (e.status, Some(e.message.clone())),
+    };
+    let outcome = match (denied, status < 400) {
+        (true, _) => crate::events::Outcome::Denied,
+        (false, true) => crate::events::Outcome::Success,
+        (false, false) => crate::events::Outcome::Failure,
+    };
+    app.registry.audit().record(crate::events::AuditEvent {
+        principal,
+        client: Some(client.to_string()),
+        api: "registry",
+        operation,
+        action: audited.action,
+        repository: audited.repository,
+        reference: audited.reference,
+        status: Some(status),
+        detail,
+        ..crate::events::AuditEvent::new(outcome)
+    });
 }
 
 /// Who a principal is in the audit trail: its ARN, or `anonymous`.
