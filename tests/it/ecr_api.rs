@@ -1150,10 +1150,15 @@ async fn layer_parts_are_read_a_few_at_a_time_and_only_for_known_keys() {
     for _ in 0..4 {
         stalled.push(layer_part_head(addr, CI_KEY, 10_000_000, b"{\"layerPartBlob\":\"").await);
     }
-    eventually("the four stalled parts hold the four permits", std::time::Duration::from_secs(10), || async {
-        error_type(layer_part_head(addr, CI_KEY, small.len(), small).await).await == "ThrottlingException"
+    // A part takes its permit as soon as it is admitted (nothing waits in between), so once the
+    // four are in flight they hold the four permits. Probing before that could let a probe take
+    // a permit first and turn a stalled part away.
+    eventually("the four stalled parts are admitted", std::time::Duration::from_secs(10), || async {
+        metric(&api.f.metrics().await, "ferry_http_requests_in_flight") == 4.0
     })
     .await;
+    let probe = error_type(layer_part_head(addr, CI_KEY, small.len(), small).await).await;
+    assert_eq!(probe, "ThrottlingException", "the four stalled parts hold the four permits");
     let v = boto3(&api, "print(json.dumps(len(ci.describe_repositories()['repositories'])))");
     assert_eq!(v, 0, "the rest of the API is served meanwhile");
     drop(stalled);
