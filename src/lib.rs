@@ -201,21 +201,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         proxy::Proxy::new(&config.pull_through, &config.pull_through_secrets, &config.pull_through_api, &metrics)
             .map_err(|e| std::io::Error::other(e.to_string()))?,
     );
-    let auth = match config.auth.enabled {
-        true => {
-            let key = auth::token::TokenKey::load_or_create(store.as_ref())
-                .await
-                .map_err(|e| StartError::Auth(format!("cannot read or create the token key in storage: {e}")))?;
-            let authenticator = Arc::new(auth::authenticator::Authenticator::new(&config.auth, key, clock.clone())?);
-            Some(http::AuthState {
-                authenticator,
-                registry_id: config.auth.registry_id.clone(),
-                region: config.auth.region.clone(),
-                public_url: config.auth.public_url.clone(),
-            })
-        }
-        false => None,
-    };
+    let auth = auth_state(&config, store.as_ref(), &clock).await?;
     let authenticator = auth.as_ref().map(|a| a.authenticator.clone());
     let audit = events::Audit::open(&config.audit, metrics.clone())
         .map_err(|e| std::io::Error::other(format!("audit.path {:?}: {e}", config.audit.path)))?;
@@ -248,6 +234,11 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         auth,
         tls: config.tls.enabled(),
         layer_parts: Arc::new(tokio::sync::Semaphore::new(api::LAYER_PARTS_AT_ONCE)),
+        unverified: http::limits::UnverifiedBodies::new(
+            server.unverified_body_bytes,
+            server.unverified_body_bytes_per_client,
+            metrics.http.unverified_body_bytes.clone(),
+        ),
     });
     let settings = http::ListenerSettings {
         header_read_timeout: server.header_read_timeout.0,
@@ -280,6 +271,29 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     tasks.extend(spawn_workers(&config, &app, registry, clock.clone(), &metrics, &shutdown_rx));
     tracing::info!(%addr, %admin_addr, tls = config.tls.enabled(), data_dir = %config.storage.data_dir.display(), "ferry started");
     Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks, authenticator, pulls, clock })
+}
+
+/// Access control's state at the edge, when `[auth] enabled`: the token key (from storage, made
+/// by the first replica) and the authenticator over the config's principals.
+async fn auth_state(
+    config: &Config,
+    store: &dyn storage::Storage,
+    clock: &clock::SharedClock,
+) -> Result<Option<http::AuthState>, StartError> {
+    if !config.auth.enabled {
+        return Ok(None);
+    }
+    let key = auth::token::TokenKey::load_or_create(store)
+        .await
+        .map_err(|e| StartError::Auth(format!("cannot read or create the token key in storage: {e}")))?;
+    let authenticator = Arc::new(auth::authenticator::Authenticator::new(&config.auth, key, clock.clone())?);
+    Ok(Some(http::AuthState {
+        authenticator,
+        registry_id: config.auth.registry_id.clone(),
+        region: config.auth.region.clone(),
+        public_url: config.auth.public_url.clone(),
+        challenge: config.auth.challenge,
+    }))
 }
 
 /// The background workers: the upload purge and, when on, the garbage collector.

@@ -48,6 +48,9 @@ pub struct HttpMetrics {
     pub received_bytes: IntCounterVec,
     /// `ferry_http_requests_in_flight`: permits held (from admission until the body ends).
     pub in_flight: IntGauge,
+    /// `ferry_http_unverified_body_bytes`: bytes reserved for ECR API bodies being read before
+    /// their signature can be checked.
+    pub unverified_body_bytes: IntGauge,
     /// `ferry_http_requests_rejected_total`: refused because too many were in flight.
     pub rejected: IntCounter,
     /// `ferry_http_errors_total{endpoint,source}`: error responses by where the failure came
@@ -86,6 +89,11 @@ impl HttpMetrics {
                 &["endpoint"],
             )?,
             in_flight: gauge(r, "ferry_http_requests_in_flight", "Requests being served")?,
+            unverified_body_bytes: gauge(
+                r,
+                "ferry_http_unverified_body_bytes",
+                "Bytes reserved for ECR API bodies read before their signature can be checked",
+            )?,
             rejected: counter(
                 r,
                 "ferry_http_requests_rejected_total",

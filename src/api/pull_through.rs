@@ -133,13 +133,9 @@ fn upstream_base(url: &str) -> Result<String, ApiError> {
     } else {
         format!("https://{}", url.trim_end_matches('/'))
     };
-    // A registry's base: a host (and port), nothing else (no credentials, path or query).
-    let host_ok = base.parse::<http::Uri>().ok().is_some_and(|u| {
-        u.host().is_some_and(|h| !h.is_empty())
-            && u.authority().is_some_and(|a| !a.as_str().contains('@'))
-            && matches!(u.path(), "" | "/")
-            && u.query().is_none()
-    });
+    // A registry's base: a host (and port), nothing else (no credentials, path or query),
+    // parsed as the HTTP client will parse it.
+    let host_ok = crate::config::UpstreamAddress::parse(&base).is_ok();
     if !host_ok || url.len() > 2048 {
         return Err(ApiError::invalid(
             "upstreamRegistryUrl",

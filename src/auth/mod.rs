@@ -187,19 +187,22 @@ impl Action {
         }
     }
 
-    /// What the action becomes when another registry replicates into this one: every action
-    /// of a push (and the reads a push makes to skip what is there) is `ecr:ReplicateImage`;
-    /// anything else stays itself (a registry policy cannot grant it, so a replicator cannot
-    /// delete or list).
-    pub fn as_replication(self) -> Self {
+    /// What the right to do this is when another registry replicates into this one, if a
+    /// replication may do it at all: every step of a push (and the HEADs a pusher makes on the
+    /// repository it pushes to, to skip what is there) is `ecr:ReplicateImage`; creating the
+    /// repository is `ecr:CreateRepository`. Nothing else (reads of content, listings,
+    /// deletes, a mount's source) is ever a replication's: the registry policy cannot grant it.
+    pub fn as_replication(self) -> Option<Self> {
         match self {
             Self::BatchGetImage
             | Self::BatchCheckLayerAvailability
             | Self::InitiateLayerUpload
             | Self::UploadLayerPart
             | Self::CompleteLayerUpload
-            | Self::PutImage => Self::ReplicateImage,
-            other => other,
+            | Self::PutImage
+            | Self::ReplicateImage => Some(Self::ReplicateImage),
+            Self::CreateRepository => Some(Self::CreateRepository),
+            _ => None,
         }
     }
 
@@ -263,6 +266,20 @@ pub struct Policies<'a> {
     pub anonymous: &'a [policy::Policy],
     /// A repository's own policy, if it has one.
     pub repository: &'a dyn Fn(&RepositoryName) -> Option<std::sync::Arc<policy::Policy>>,
+    /// The registry policy, read only for a request that claims to be a replication: it
+    /// answers `ecr:ReplicateImage` and `ecr:CreateRepository` on the repository replicated
+    /// into, and nothing else.
+    pub registry: Option<&'a policy::Policy>,
+}
+
+/// What the decision found a request to be, besides allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Verdict {
+    /// A replication from another registry: its principal may replicate into every repository
+    /// it writes (a registry, identity or repository policy allows it `ecr:ReplicateImage`).
+    /// What it pushes is not replicated on, and a repository it creates takes the
+    /// `REPLICATION` template.
+    pub replication: bool,
 }
 
 /// `arn:aws:ecr:<region>:<account>:repository/<name>`.
@@ -274,13 +291,24 @@ pub fn repository_arn(region: &str, account: &str, name: &RepositoryName) -> Str
 /// read-only repository are refused whatever the policies say. With `policies` (access control
 /// on), each access is decided by the caller's identity policies (or the anonymous ones) and
 /// the repository's policy: an explicit deny wins, else an allow in either is enough.
+///
+/// `claims_replication` says the request calls itself a replication (the `Ferry-Replication`
+/// header on a push step). The claim only ever narrows what the principal may do to what it
+/// could do anyway: it is honoured only when the principal may `ecr:ReplicateImage` into every
+/// repository the request writes (by the registry policy, or its identity or the repository's
+/// policy); then each push step is allowed by that right or by its own action, and an explicit
+/// deny of either, in an identity or repository policy, still refuses it. Anything else the
+/// request needs (a mount's source above all) is decided as for any request: the registry
+/// policy never answers it. A claim that is not honoured is ignored (the request is an
+/// ordinary push, replicated on as any other). With access control off, the claim stands.
 pub fn authorize(
     principal: &Principal,
     accesses: &[Access],
     read_only: &dyn Fn(&RepositoryName) -> Option<String>,
     policies: Option<&Policies<'_>>,
     context: &policy::Context,
-) -> Result<(), Refusal> {
+    claims_replication: bool,
+) -> Result<Verdict, Refusal> {
     for access in accesses {
         if let (true, Some(name)) = (access.action.writes(), &access.repository) {
             if let Some(reason) = read_only(name) {
@@ -288,28 +316,57 @@ pub fn authorize(
             }
         }
     }
-    let Some(policies) = policies else { return Ok(()) };
+    let Some(policies) = policies else { return Ok(Verdict { replication: claims_replication }) };
     let caller = principal.caller();
     let identity: Vec<&policy::Policy> = match principal {
         Principal::Anonymous => policies.anonymous.iter().collect(),
         Principal::User(id) => id.policies.iter().collect(),
     };
-    for access in accesses {
-        let resource = match &access.repository {
-            Some(name) => repository_arn(policies.region, policies.registry_id, name),
-            None => "*".to_owned(),
-        };
-        let repository_policy = access.repository.as_ref().and_then(|n| (policies.repository)(n));
+    let resource_of = |name: Option<&RepositoryName>| match name {
+        Some(name) => repository_arn(policies.region, policies.registry_id, name),
+        None => "*".to_owned(),
+    };
+    let evaluate = |action: Action, name: Option<&RepositoryName>, with_registry: bool| {
+        let resource = resource_of(name);
+        let repository_policy = name.and_then(|n| (policies.repository)(n));
         let mut applicable = identity.clone();
         if let Some(p) = &repository_policy {
             applicable.push(p);
         }
-        let request = policy::Request { caller: &caller, action: access.action.as_str(), resource: &resource, context };
-        if !policy::evaluate(&request, &applicable).allowed() {
-            return Err(Refusal::NotAuthorized { action: access.action, resource });
+        if let (true, Some(registry)) = (with_registry, policies.registry) {
+            applicable.push(registry);
+        }
+        let request = policy::Request { caller: &caller, action: action.as_str(), resource: &resource, context };
+        policy::evaluate(&request, &applicable)
+    };
+    let replicated: Vec<&Access> = accesses.iter().filter(|a| a.action.as_replication().is_some()).collect();
+    let replication = claims_replication
+        && !replicated.is_empty()
+        && replicated.iter().all(|a| evaluate(Action::ReplicateImage, a.repository.as_ref(), true).allowed());
+    for access in accesses {
+        let name = access.repository.as_ref();
+        let refuse = |action: Action| Err(Refusal::NotAuthorized { action, resource: resource_of(name) });
+        let own = evaluate(access.action, name, false);
+        match (replication, access.action.as_replication()) {
+            (true, Some(right)) => {
+                if matches!(own, policy::Decision::ExplicitDeny(_)) {
+                    return refuse(access.action);
+                }
+                match evaluate(right, name, true) {
+                    policy::Decision::Allow(_) => {}
+                    policy::Decision::ExplicitDeny(_) => return refuse(right),
+                    policy::Decision::ImplicitDeny if own.allowed() => {}
+                    policy::Decision::ImplicitDeny => return refuse(right),
+                }
+            }
+            _ => {
+                if !own.allowed() {
+                    return refuse(access.action);
+                }
+            }
         }
     }
-    Ok(())
+    Ok(Verdict { replication })
 }
 
 #[cfg(test)]
@@ -327,7 +384,7 @@ mod tests {
             secure_transport: false,
             current_time: std::time::SystemTime::now(),
         };
-        let check = |accesses: &[Access]| authorize(&who, accesses, &read_only, None, &ctx);
+        let check = |accesses: &[Access]| authorize(&who, accesses, &read_only, None, &ctx, false);
         assert!(check(&[Access::on(Action::BatchGetImage, &cache)]).is_ok());
         assert!(check(&[Access::on(Action::PutImage, &own)]).is_ok());
         let denied = check(&[Access::on(Action::PutImage, &cache)]).unwrap_err();
@@ -338,8 +395,15 @@ mod tests {
         assert!(check(&[Access::registry(Action::DescribeRepositories)]).is_ok());
         // With access control on and nothing granted, anonymous may do nothing.
         let none = |_: &RepositoryName| None;
-        let policies = Policies { registry_id: "123456789012", region: "us-east-1", anonymous: &[], repository: &none };
-        let refused = authorize(&who, &[Access::on(Action::BatchGetImage, &own)], &read_only, Some(&policies), &ctx);
+        let policies = Policies {
+            registry_id: "123456789012",
+            region: "us-east-1",
+            anonymous: &[],
+            repository: &none,
+            registry: None,
+        };
+        let refused =
+            authorize(&who, &[Access::on(Action::BatchGetImage, &own)], &read_only, Some(&policies), &ctx, false);
         assert_eq!(
             refused,
             Err(Refusal::NotAuthorized {
@@ -348,5 +412,106 @@ mod tests {
             })
         );
         assert_eq!(Action::BatchDeleteImage.as_str(), "ecr:BatchDeleteImage");
+    }
+
+    /// The seams where a replication meets access control: the claim narrows, never widens.
+    #[test]
+    fn a_replication_claim_only_ever_narrows() {
+        use policy::{Policy, PolicyKind};
+        let ctx = policy::Context {
+            source_ip: "127.0.0.1".parse().unwrap(),
+            secure_transport: false,
+            current_time: std::time::SystemTime::now(),
+        };
+        let identity = |text: &str| Policy::parse(text, PolicyKind::Identity).unwrap();
+        let user = |name: &str, account: &str, policies: Vec<Policy>| {
+            Principal::User(std::sync::Arc::new(Identity::for_tests(name, account, policies)))
+        };
+        let everything_but_put = user(
+            "ordinary",
+            "123456789012",
+            vec![identity(
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ecr:*","Resource":"*"},{"Effect":"Deny","Action":"ecr:PutImage","Resource":"*"}]}"#,
+            )],
+        );
+        let admin = user(
+            "admin",
+            "123456789012",
+            vec![identity(
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ecr:*","Resource":"*"}]}"#,
+            )],
+        );
+        let pusher = user(
+            "pusher",
+            "123456789012",
+            vec![identity(
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["ecr:PutImage","ecr:InitiateLayerUpload","ecr:UploadLayerPart","ecr:CompleteLayerUpload","ecr:BatchCheckLayerAvailability","ecr:BatchGetImage"],"Resource":"*"}]}"#,
+            )],
+        );
+        let replicator = user("replicator", "210987654321", vec![]);
+        let registry = Policy::parse(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::210987654321:root"},"Action":"ecr:*","Resource":"*"}]}"#,
+            PolicyKind::Resource,
+        )
+        .unwrap();
+        let prod_denies_everyone = std::sync::Arc::new(
+            Policy::parse(
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*","Action":"ecr:*"}]}"#,
+                PolicyKind::Resource,
+            )
+            .unwrap(),
+        );
+        let name = |s: &str| RepositoryName::parse(s).unwrap();
+        let repository = |n: &RepositoryName| (n.as_str() == "team-a/prod").then(|| prod_denies_everyone.clone());
+        let policies = Policies {
+            registry_id: "123456789012",
+            region: "us-east-1",
+            anonymous: &[],
+            repository: &repository,
+            registry: Some(&registry),
+        };
+        let decide = |who: &Principal, accesses: &[Access], claims: bool| {
+            authorize(who, accesses, &|_| None, Some(&policies), &ctx, claims)
+        };
+        let put = |repo: &str| [Access::on(Action::PutImage, &name(repo))];
+        let refused_action = |r: Result<Verdict, Refusal>| match r {
+            Err(Refusal::NotAuthorized { action, .. }) => Some(action),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+
+        // An identity Deny of PutImage holds whether or not the request claims replication.
+        assert_eq!(refused_action(decide(&everything_but_put, &put("team-a/app"), false)), Some(Action::PutImage));
+        assert_eq!(refused_action(decide(&everything_but_put, &put("team-a/app"), true)), Some(Action::PutImage));
+        // A repository policy's Deny holds against the claim too, for an admin and a replicator.
+        assert!(decide(&admin, &put("team-a/prod"), true).is_err());
+        assert!(decide(&replicator, &put("team-a/prod"), true).is_err());
+        // A principal that may not replicate gains nothing by claiming it, and is no replication:
+        // its push is allowed as a push and replicated on like any other.
+        assert_eq!(decide(&pusher, &put("team-a/app"), true), Ok(Verdict { replication: false }));
+        // The foreign replicator, under a registry policy granting ecr:*: its push steps are
+        // replications, and nothing else it does is decided by that policy.
+        assert_eq!(decide(&replicator, &put("team-a/app"), true), Ok(Verdict { replication: true }));
+        assert_eq!(refused_action(decide(&replicator, &put("team-a/app"), false)), Some(Action::PutImage));
+        let head = [Access::on(Action::BatchCheckLayerAvailability, &name("team-a/app"))];
+        assert!(decide(&replicator, &head, true).is_ok());
+        let mount = [
+            Access::on(Action::InitiateLayerUpload, &name("public/leak")),
+            Access::on(Action::CompleteLayerUpload, &name("public/leak")),
+            Access::on(Action::GetDownloadUrlForLayer, &name("private/secret")),
+        ];
+        assert_eq!(refused_action(decide(&replicator, &mount, true)), Some(Action::GetDownloadUrlForLayer));
+        for action in
+            [Action::GetDownloadUrlForLayer, Action::ListImages, Action::BatchDeleteImage, Action::DeleteRepository]
+        {
+            let access = [Access::on(action, &name("private/secret"))];
+            assert_eq!(refused_action(decide(&replicator, &access, true)), Some(action), "{action:?}");
+            assert_eq!(refused_action(decide(&replicator, &access, false)), Some(action), "{action:?}");
+        }
+        let create = [Access::on(Action::CreateRepository, &name("team-b/new"))];
+        assert_eq!(decide(&replicator, &create, true), Ok(Verdict { replication: true }));
+        assert!(decide(&replicator, &create, false).is_err());
+        // Without the registry policy, the replicator is nobody here.
+        let without = Policies { registry: None, ..policies };
+        assert!(authorize(&replicator, &put("team-a/app"), &|_| None, Some(&without), &ctx, true).is_err());
     }
 }

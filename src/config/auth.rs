@@ -22,9 +22,22 @@ pub struct AuthConfig {
     /// The registry's public URL, for `WWW-Authenticate` and `proxyEndpoint`. Default `""`
     /// (the address of the request).
     pub public_url: String,
-    /// Failed authentications one client address may make per minute before it gets 429.
-    /// Default `20`.
+    /// Wrong secrets one client address may send for one access key per minute before its
+    /// further attempts with that key get 429 (reserved before each check, so parallel guesses
+    /// count too). Other keys from the same address, credentials verified in the last five
+    /// minutes and registry tokens are not held back. Default `20`.
     pub max_failures_per_minute: u32,
+    /// argon2 password checks run at once; more wait in a queue. Default `0`: the number of
+    /// cores.
+    pub password_checks_at_once: usize,
+    /// Password checks that may wait for a run; past it, 429 with `Retry-After: 1`. Default `64`.
+    pub password_check_queue: usize,
+    /// The challenge a request without credentials gets: `"basic"` (ECR's), `"bearer"` (Docker
+    /// Hub's token flow, through `/v2/token`, which hands anonymous clients a token too), or
+    /// `"auto"`: bearer when `[auth.anonymous]` has policies (docker only pulls anonymously, and
+    /// a Docker daemon only uses a mirror without credentials, through the token flow), else
+    /// basic. Default `"auto"`.
+    pub challenge: Challenge,
     /// With auth disabled, Ferry refuses to listen on a non-loopback address unless this is
     /// `true` (anyone reaching it could push and delete). Default `false`.
     pub allow_anonymous_writes: bool,
@@ -43,11 +56,27 @@ impl Default for AuthConfig {
             token_ttl: HumanDuration(Duration::from_secs(12 * 3600)),
             public_url: String::new(),
             max_failures_per_minute: 20,
+            password_checks_at_once: 0,
+            password_check_queue: 64,
+            challenge: Challenge::Auto,
             allow_anonymous_writes: false,
             principals: Vec::new(),
             anonymous: AnonymousConfig::default(),
         }
     }
+}
+
+/// `auth.challenge`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Challenge {
+    /// Bearer when anonymous policies exist, else Basic.
+    #[default]
+    Auto,
+    /// `WWW-Authenticate: Basic`, as ECR answers.
+    Basic,
+    /// `WWW-Authenticate: Bearer` with Ferry's token endpoint as the realm.
+    Bearer,
 }
 
 /// `[[auth.principals]]`: one identity (an IAM user of the registry's account, or with
@@ -128,6 +157,9 @@ impl AuthConfig {
             || !self.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return invalid("auth.region", format!("{:?} is not a region such as \"us-east-1\"", self.region));
+        }
+        if self.password_check_queue == 0 {
+            return invalid("auth.password_check_queue", "must be at least 1".into());
         }
         if self.token_ttl.0.is_zero() {
             return invalid("auth.token_ttl", "must be more than 0s".into());

@@ -18,11 +18,11 @@ mod units;
 mod webhooks;
 
 pub use audit::AuditConfig;
-pub use auth::{policy_text, AnonymousConfig, AuthConfig, PrincipalConfig, SecretKnown};
+pub use auth::{policy_text, AnonymousConfig, AuthConfig, Challenge, PrincipalConfig, SecretKnown};
 pub use gc::GcConfig;
 pub use lifecycle::LifecycleConfig;
 pub use log::{log_filter_is_valid, LogConfig, LogFormat};
-pub use pull_through::{PullThroughApiConfig, PullThroughRule, UpstreamSecret};
+pub use pull_through::{PullThroughApiConfig, PullThroughRule, UpstreamAddress, UpstreamSecret};
 pub use registry::RegistryConfig;
 pub use replication::{ReplicationConfig, ReplicationTarget};
 pub use secret::{resolve as resolve_secret, Secret};

@@ -107,11 +107,95 @@ impl Default for PullThroughApiConfig {
     }
 }
 
+/// An upstream registry's base URL, parsed as a URL parser does (what the HTTP client will
+/// connect to): an `http` or `https` scheme, a host (a domain, lowercase, without a trailing
+/// dot; or an IP address in any notation, normalized) and a numeric port; no credentials,
+/// path, query or fragment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAddress {
+    /// The host.
+    pub host: url::Host<String>,
+    /// The port, the scheme's default when none is written.
+    pub port: u16,
+    /// Whether the port is the scheme's default.
+    pub default_port: bool,
+}
+
+impl UpstreamAddress {
+    /// Parses `url` (with its scheme), or says why it is not a registry's base URL.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("{url:?}: the scheme must be http or https"));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(format!("{url:?}: a registry's URL carries no credentials"));
+        }
+        if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(format!("{url:?}: a registry's URL is a host and port, with no path or query"));
+        }
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) => {
+                let d = d.strip_suffix('.').unwrap_or(d).to_ascii_lowercase();
+                if d.is_empty() || d.contains("..") {
+                    return Err(format!("{url:?}: no host"));
+                }
+                url::Host::Domain(d)
+            }
+            Some(url::Host::Ipv4(ip)) => url::Host::Ipv4(ip),
+            Some(url::Host::Ipv6(ip)) => url::Host::Ipv6(ip),
+            None => return Err(format!("{url:?}: no host")),
+        };
+        let port = parsed.port_or_known_default().ok_or_else(|| format!("{url:?}: no port"))?;
+        Ok(Self { host, port, default_port: parsed.port().is_none() })
+    }
+}
+
+/// One `allowed_upstreams` entry: a host pattern (`*` stands for one or more characters of one
+/// DNS label) or an IP address, and a port (`:*` any; none: the scheme's default only).
+fn entry_allows(entry: &str, address: &UpstreamAddress) -> bool {
+    let entry = entry.trim().to_ascii_lowercase();
+    let (host, port) = match entry.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((h, p)) => (h.to_owned(), p.strip_prefix(':').map(str::to_owned)),
+            None => return false,
+        },
+        None => match entry.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p.to_owned())),
+            None => (entry.clone(), None),
+        },
+    };
+    let port_ok = match port.as_deref() {
+        None => address.default_port,
+        Some("*") => true,
+        Some(p) => p.parse::<u16>().is_ok_and(|p| p == address.port),
+    };
+    if !port_ok {
+        return false;
+    }
+    match &address.host {
+        url::Host::Domain(d) => {
+            let host = host.strip_suffix('.').unwrap_or(&host);
+            let (pattern, labels): (Vec<&str>, Vec<&str>) = (host.split('.').collect(), d.split('.').collect());
+            pattern.len() == labels.len()
+                && pattern
+                    .iter()
+                    .zip(&labels)
+                    .all(|(p, l)| !l.is_empty() && wildmatch::WildMatchPattern::<'*', '\0'>::new(p).matches(l))
+        }
+        url::Host::Ipv4(ip) => host.parse::<std::net::Ipv4Addr>().is_ok_and(|h| h == *ip),
+        url::Host::Ipv6(ip) => host.parse::<std::net::Ipv6Addr>().is_ok_and(|h| h == *ip),
+    }
+}
+
 impl PullThroughApiConfig {
-    /// Whether a rule may name `authority` (`host` or `host:port`, as in the URL).
-    pub fn allows(&self, authority: &str) -> bool {
-        let authority = authority.to_ascii_lowercase();
-        self.allowed_upstreams.iter().any(|g| wildmatch::WildMatch::new(&g.to_ascii_lowercase()).matches(&authority))
+    /// Whether a rule may name the upstream at `url` (a base URL with its scheme): its host
+    /// and port, parsed as the HTTP client will read them, must match an entry.
+    pub fn allows(&self, url: &str) -> bool {
+        match UpstreamAddress::parse(url) {
+            Ok(address) => self.allowed_upstreams.iter().any(|e| entry_allows(e, &address)),
+            Err(_) => false,
+        }
     }
 }
 
@@ -223,12 +307,65 @@ mod api_tests {
     #[test]
     fn api_rules_reach_only_allowed_upstreams() {
         let c = PullThroughApiConfig::default();
-        for ok in ["registry-1.docker.io", "123456789012.dkr.ecr.eu-west-1.amazonaws.com", "team.azurecr.io", "GHCR.IO"]
-        {
+        for ok in [
+            "https://registry-1.docker.io",
+            "https://registry-1.docker.io/",
+            "https://registry-1.docker.io.",
+            "https://registry-1.docker.io:443",
+            "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+            "https://team.azurecr.io",
+            "https://GHCR.IO",
+        ] {
             assert!(c.allows(ok), "{ok}");
         }
-        for refused in ["169.254.169.254", "127.0.0.1:5000", "registry-1.docker.io.evil.example", "evil.example", ""] {
+        for refused in [
+            "https://169.254.169.254",
+            "https://127.0.0.1:5000",
+            "https://registry-1.docker.io.evil.example",
+            "https://evil.example",
+            "",
+            "registry-1.docker.io",
+            // A "port" that is not a number, wildcard-matched before: now not a URL at all.
+            "https://127.0.0.1:5000.azurecr.io",
+            "https://169.254.169.254:80.dkr.ecr.us-east-1.amazonaws.com",
+            // Another port on an allowed host, credentials, paths, queries, other schemes.
+            "https://registry-1.docker.io:8443",
+            "https://user:pw@registry-1.docker.io",
+            "https://registry-1.docker.io@169.254.169.254",
+            "https://registry-1.docker.io/v2/evil",
+            "https://registry-1.docker.io?x=1",
+            "file:///etc/passwd",
+            "ftp://registry-1.docker.io",
+            // A wildcard is one label, never several or none.
+            "https://a.b.dkr.ecr.eu-west-1.amazonaws.com",
+            "https://.azurecr.io",
+            "https://azurecr.io",
+            // IP literals in any notation are addresses, never a pattern's domain.
+            "http://2130706433",
+            "http://0x7f.0.0.1",
+            "http://[::1]",
+            "http://[::ffff:169.254.169.254]",
+        ] {
             assert!(!c.allows(refused), "{refused}");
+        }
+        // Explicit entries: an address (any notation reaches it), a port, any port, IPv6.
+        let own = PullThroughApiConfig {
+            allowed_upstreams: vec!["10.0.0.5:5000".into(), "mirror.internal:*".into(), "[fd00::5]:5000".into()],
+        };
+        for ok in [
+            "http://10.0.0.5:5000",
+            "http://167772165:5000",
+            "http://0xa.0.0.5:5000",
+            "https://mirror.internal:8443",
+            "https://mirror.internal",
+            "http://[fd00:0::5]:5000",
+        ] {
+            assert!(own.allows(ok), "{ok}");
+        }
+        for refused in
+            ["http://10.0.0.5", "http://10.0.0.5:5001", "http://mirror.internal.evil:80", "http://[fd00::6]:5000"]
+        {
+            assert!(!own.allows(refused), "{refused}");
         }
     }
 }

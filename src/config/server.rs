@@ -34,6 +34,13 @@ pub struct ServerConfig {
     pub client_address_header: String,
     /// On SIGTERM/SIGINT, how long in-flight requests may run before they are cut. Default `"30s"`.
     pub shutdown_grace: HumanDuration,
+    /// ECR API request bodies read before their signature could be checked (SigV4 covers the
+    /// body, so it must be read first), in bytes, across all clients; a request past it is
+    /// throttled before a byte of its body is read. Such requests hold no in-flight permit.
+    /// Default `134217728` (128 MiB).
+    pub unverified_body_bytes: u64,
+    /// The same, for one client address. Default `33554432` (32 MiB: two layer parts).
+    pub unverified_body_bytes_per_client: u64,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +56,8 @@ impl Default for ServerConfig {
             send_timeout: HumanDuration(Duration::from_secs(60)),
             client_address_header: String::new(),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            unverified_body_bytes: 128 << 20,
+            unverified_body_bytes_per_client: 32 << 20,
         }
     }
 }
@@ -85,6 +94,11 @@ impl ServerConfig {
             ("server.max_in_flight_requests", self.max_in_flight_requests),
             ("server.max_in_flight_per_client", self.max_in_flight_per_client),
             ("server.max_uploads_per_client", self.max_uploads_per_client),
+            ("server.unverified_body_bytes", usize::try_from(self.unverified_body_bytes).unwrap_or(usize::MAX)),
+            (
+                "server.unverified_body_bytes_per_client",
+                usize::try_from(self.unverified_body_bytes_per_client).unwrap_or(usize::MAX),
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid { key, message: "must be at least 1".into() });

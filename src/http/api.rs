@@ -4,12 +4,14 @@
 
 use super::{full, App, Body};
 use crate::api::{ApiContext, ApiError, Operation};
-use crate::auth::sigv4::{self, SigV4Error, SignedRequest};
+use crate::auth::sigv4::{self, SigV4Error};
 use crate::auth::Principal;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
+use sha2::Digest as _;
 
 /// The largest request body the API reads, but for a layer part (its largest other inputs are
 /// policy documents and manifests).
@@ -20,36 +22,37 @@ const MAX_PUT_IMAGE_BODY: usize = 9 << 20;
 
 /// How long a whole request body may take (a stalled one is cut sooner by the server's
 /// `body_read_timeout`).
-const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// How long a layer part's body may take: 14 MiB at 120 KB/s. It holds one of a few permits.
-const PART_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// With access control on, a layer part is read only when it is signed with a known access
-/// key (checked fully once the body is there).
-fn known_key(app: &App, parts: &http::request::Parts) -> Result<(), ApiError> {
-    let Some(auth) = &app.auth else { return Ok(()) };
-    let header = parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let Some(header) = header else {
-        return Err(ApiError::new("MissingAuthenticationTokenException", SigV4Error::Missing.to_string()));
-    };
-    let v4 =
-        sigv4::AuthorizationV4::parse(header).map_err(|e| ApiError::new("InvalidSignatureException", e.to_string()))?;
-    if auth.authenticator.identities().by_access_key(&v4.access_key_id).is_none() {
-        return Err(ApiError::new("UnrecognizedClientException", SigV4Error::UnknownKey.to_string()));
-    }
-    Ok(())
-}
+/// The headers the ECR API needs signed besides `host` and `x-amz-date`: what selects the
+/// operation and how its body is read.
+const SIGNED_HEADERS: [&str; 2] = ["x-amz-target", "content-type"];
 
 /// Whether a request is for the ECR API rather than the registry API.
 pub fn is_api<B>(req: &Request<B>) -> bool {
     req.method() == http::Method::POST && req.uri().path() == "/" && req.headers().contains_key("x-amz-target")
 }
 
-/// Serves one API request; returns the operation's name (for metrics and logs) and the response.
-pub async fn serve(app: &App, req: Request<Incoming>, client: std::net::IpAddr) -> (&'static str, Response<Body>) {
+/// Serves one API request; returns the operation's name (for metrics and logs), the response,
+/// the in-flight permit it was served under (none when it was refused before it had one), and
+/// whether its body was read to the end.
+///
+/// With access control on, the signature is checked from the headers first (scope, date, key,
+/// every required header signed), so a request that cannot be a principal's is refused before a
+/// byte of its body is read. SigV4 covers the body, so the rest of the check needs it: the body
+/// is read within `body_read_timeout` (idle) and a deadline, under a reservation of its bytes
+/// per client address and in total ([`super::limits::UnverifiedBodies`]), and only a request
+/// whose signature then verifies takes an in-flight permit (and a layer part one of the few
+/// layer-part permits). A client that signs `x-amz-content-sha256` is verified before its body
+/// is read, and its body checked against that hash.
+pub async fn serve(
+    app: &App,
+    req: Request<Incoming>,
+    client: std::net::IpAddr,
+) -> (&'static str, Response<Body>, Option<super::limits::InFlight>, bool) {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let (name, result) = run(app, req, client).await;
+    let mut served = Served { permit: None, body_read: false };
+    let (name, result) = run(app, req, client, &mut served).await;
     let resp = match result {
         Ok(value) => {
             let body = serde_json::to_vec(&value).unwrap_or_default();
@@ -79,26 +82,146 @@ pub async fn serve(app: &App, req: Request<Incoming>, client: std::net::IpAddr) 
             resp
         }
     };
-    (name, resp)
+    (name, resp, served.permit, served.body_read)
+}
+
+/// What a request was served under.
+struct Served {
+    permit: Option<super::limits::InFlight>,
+    body_read: bool,
+}
+
+/// `ThrottlingException` (which the SDKs retry) for a request refused for load.
+fn throttled(message: &str) -> ApiError {
+    ApiError::new("ThrottlingException", message)
+}
+
+/// The body's size limit for an operation.
+fn body_limit(target: &str) -> usize {
+    match target.strip_prefix(crate::api::TARGET_PREFIX).unwrap_or("") {
+        "UploadLayerPart" => crate::api::MAX_PART_BODY,
+        // `imageManifest` may be 4 MiB of characters, each escaped in JSON.
+        "PutImage" => MAX_PUT_IMAGE_BODY,
+        _ => MAX_BODY,
+    }
+}
+
+/// Who sent the request, and its body: read within its limits, and (access control on)
+/// checked against the signature as described on [`serve`]; the in-flight permit is taken into
+/// `served` once the sender is known.
+async fn authenticate_and_read(
+    app: &App,
+    parts: &http::request::Parts,
+    body: Incoming,
+    client: std::net::IpAddr,
+    served: &mut Served,
+    limit: usize,
+) -> Result<(Principal, Bytes), ApiError> {
+    let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large = || -> Result<(), ApiError> {
+        match declared.is_some_and(|n| n > limit as u64) {
+            true => Err(ApiError::new("SerializationException", "the request body is too large")),
+            false => Ok(()),
+        }
+    };
+    let admit = |served: &mut Served| match app.limits.admit(client) {
+        Ok(permit) => {
+            served.permit = Some(permit);
+            Ok(())
+        }
+        Err(why) => {
+            app.metrics.http.rejected.inc();
+            app.limits.log_refusal(client, why);
+            Err(throttled("Too many requests in flight: retry shortly"))
+        }
+    };
+    let read = |body, limit| read_body(body, limit, app.body_read_timeout);
+    let Some(auth) = app.auth.as_ref() else {
+        too_large()?;
+        admit(served)?;
+        return Ok((Principal::Anonymous, read(body, limit).await?));
+    };
+    let refused = |e: &SigV4Error| {
+        let e = signature_error(e);
+        app.metrics.auth.failures.with_label_values(&["invalid"]).inc();
+        app.registry.audit().record(crate::events::AuditEvent {
+            principal: "unauthenticated".into(),
+            client: Some(client.to_string()),
+            api: "ecr",
+            operation: "api",
+            action: "",
+            status: Some(e.status()),
+            detail: Some(e.to_string()),
+            ..crate::events::AuditEvent::new(crate::events::Outcome::Denied)
+        });
+        e
+    };
+    let headers = header_pairs(&parts.headers);
+    let identities = auth.authenticator.identities();
+    let now = app.registry.now();
+    let pre =
+        sigv4::precheck(&headers, &identities, &auth.region, "ecr", &SIGNED_HEADERS, now).map_err(|e| refused(&e))?;
+    too_large()?;
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let verify = |pre: sigv4::Prechecked, hash: &str| {
+        pre.verify(parts.method.as_str(), path_and_query, &headers, &auth.region, "ecr", hash)
+            .map(Principal::User)
+            .map_err(|e| refused(&e))
+    };
+    match pre.signed_payload_hash.clone() {
+        // The body's hash was signed: who sent it is known before the body is read.
+        Some(hash) => {
+            let principal = verify(pre, &hash)?;
+            admit(served)?;
+            let body = read(body, limit).await?;
+            if hex::encode(sha2::Sha256::digest(&body)) != hash {
+                return Err(refused(&SigV4Error::BodyMismatch));
+            }
+            Ok((principal, body))
+        }
+        None => {
+            let reserve = declared.unwrap_or(limit as u64).min(limit as u64);
+            let Some(reservation) = app.unverified.reserve(client, reserve) else {
+                app.metrics.http.rejected.inc();
+                return Err(throttled("Too many unverified request bodies from this client: retry shortly"));
+            };
+            let body = read(body, usize::try_from(reserve).unwrap_or(limit)).await?;
+            let principal = verify(pre, &hex::encode(sha2::Sha256::digest(&body)))?;
+            drop(reservation);
+            admit(served)?;
+            Ok((principal, body))
+        }
+    }
 }
 
 async fn run(
     app: &App,
     req: Request<Incoming>,
     client: std::net::IpAddr,
+    served: &mut Served,
 ) -> (&'static str, Result<serde_json::Value, ApiError>) {
     let (parts, body) = req.into_parts();
-    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-    // A layer part's permit is held until the request is done: its body is decoded and
-    // stored after it is read.
-    let (body, _permit) = match read_request_body(app, &parts, body, target).await {
+    served.body_read = body.is_end_stream();
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let (principal, body) = match authenticate_and_read(app, &parts, body, client, served, body_limit(&target)).await {
         Ok(read) => read,
         Err(e) => return ("api", Err(e)),
     };
     let auth = app.auth.as_ref();
+    served.body_read = true;
+    // A layer part's permit is held until the request is done: its body is decoded and stored
+    // after it is read. Only signed requests get one.
+    let _part_permit = if target.ends_with(".UploadLayerPart") {
+        match app.layer_parts.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => return ("api", Err(throttled("Too many layer parts are being uploaded: retry shortly"))),
+        }
+    } else {
+        None
+    };
     let registry_id = auth.map_or("000000000000", |a| a.registry_id.as_str());
     let region = auth.map_or("us-east-1", |a| a.region.as_str());
-    let op = match Operation::parse(target, &body, registry_id, region) {
+    let op = match Operation::parse(&target, &body, registry_id, region) {
         Ok(op) => op,
         Err(e) => return ("api", Err(e)),
     };
@@ -117,15 +240,6 @@ async fn run(
             detail: result.as_ref().err().map(ToString::to_string),
             ..crate::events::AuditEvent::new(outcome)
         });
-    };
-    let principal = match authenticate(app, &parts, &body) {
-        Ok(p) => p,
-        Err(e) => {
-            app.metrics.auth.failures.with_label_values(&["invalid"]).inc();
-            let refused = Err(e);
-            audit("unauthenticated".into(), crate::events::Outcome::Denied, &refused);
-            return (name, refused);
-        }
     };
     if let Err(e) = authorize(app, &principal, &op, client).await {
         let refused = Err(e);
@@ -169,71 +283,40 @@ async fn run(
     (name, result)
 }
 
-/// Reads the body within the operation's size limit and deadline. A layer part is the one
-/// large input: only a few are read at once, each only for a known access key and within a
-/// deadline, so nobody can hold the permits for long.
-async fn read_request_body(
-    app: &App,
-    parts: &http::request::Parts,
-    body: Incoming,
-    target: &str,
-) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
-    let (permit, limit, deadline) = match target.strip_prefix(crate::api::TARGET_PREFIX).unwrap_or("") {
-        "UploadLayerPart" => {
-            known_key(app, parts)?;
-            let permit = app.layer_parts.clone().try_acquire_owned().map_err(|_| {
-                ApiError::new("ThrottlingException", "Too many layer parts are being uploaded: retry shortly")
-            })?;
-            (Some(permit), crate::api::MAX_PART_BODY, PART_BODY_DEADLINE)
+/// The request's headers as text pairs, for SigV4.
+fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers.iter().filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned()))).collect()
+}
+
+/// A signature refusal as ECR answers it.
+fn signature_error(e: &SigV4Error) -> ApiError {
+    ApiError::new(e.exception(), e.to_string())
+}
+
+/// Reads a body of at most `limit` bytes, cut off when it delivers nothing for `idle` or is
+/// not all there within [`BODY_DEADLINE`].
+async fn read_body(body: Incoming, limit: usize, idle: std::time::Duration) -> Result<Bytes, ApiError> {
+    let stream = http_body_util::BodyDataStream::new(body).map(|r| r.map_err(std::io::Error::other)).boxed();
+    let mut stream = super::limits::body_idle_timeout(stream, idle);
+    let read = async {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::new("SerializationException", format!("the request body failed: {e}")))?;
+            if buf.len().saturating_add(chunk.len()) > limit {
+                return Err(ApiError::new("SerializationException", "the request body is too large"));
+            }
+            buf.extend_from_slice(&chunk);
         }
-        // `imageManifest` may be 4 MiB of characters, each escaped in JSON.
-        "PutImage" => (None, MAX_PUT_IMAGE_BODY, BODY_DEADLINE),
-        _ => (None, MAX_BODY, BODY_DEADLINE),
+        Ok(buf.freeze())
     };
-    match tokio::time::timeout(deadline, read_body(body, limit)).await {
-        Ok(read) => read.map(|b| (b, permit)),
+    match tokio::time::timeout(BODY_DEADLINE, read).await {
+        Ok(read) => read,
         Err(_) => Err(ApiError::new(
             "SerializationException",
-            format!("the request body did not arrive within {} s", deadline.as_secs()),
+            format!("the request body did not arrive within {} s", BODY_DEADLINE.as_secs()),
         )),
     }
-}
-
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    let mut stream = http_body_util::BodyDataStream::new(body);
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::new("SerializationException", format!("the request body failed: {e}")))?;
-        if buf.len().saturating_add(chunk.len()) > limit {
-            return Err(ApiError::new("SerializationException", "the request body is too large"));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
-}
-
-/// With access control on, every request must be SigV4-signed by a principal of the config.
-fn authenticate(app: &App, parts: &http::request::Parts, body: &[u8]) -> Result<Principal, ApiError> {
-    let Some(auth) = &app.auth else { return Ok(Principal::Anonymous) };
-    let headers: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
-        .collect();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let request = SignedRequest { method: parts.method.as_str(), path_and_query, headers: &headers, body };
-    let identities = auth.authenticator.identities();
-    let now = app.registry.now();
-    sigv4::verify(&request, &identities, &auth.region, "ecr", now).map(Principal::User).map_err(|e| {
-        let kind = match e {
-            SigV4Error::Missing => "MissingAuthenticationTokenException",
-            SigV4Error::UnknownKey => "UnrecognizedClientException",
-            SigV4Error::SecretNotKnown => "AccessDeniedException",
-            SigV4Error::Malformed(_) | SigV4Error::Expired(_) | SigV4Error::Mismatch => "InvalidSignatureException",
-        };
-        ApiError::new(kind, e.to_string())
-    })
 }
 
 async fn authorize(app: &App, principal: &Principal, op: &Operation, client: std::net::IpAddr) -> Result<(), ApiError> {

@@ -100,6 +100,20 @@ impl Endpoint {
         )
     }
 
+    /// The repository a read reads through (a pull-through name resolves to its cache): what
+    /// admission resolves before it decides, so the decision is on the repository served.
+    pub fn read_repository(&self) -> Option<&RepositoryName> {
+        match self {
+            Self::BlobGet(n, _)
+            | Self::BlobHead(n, _)
+            | Self::ManifestGet(n, _)
+            | Self::ManifestHead(n, _)
+            | Self::TagsList(n)
+            | Self::Referrers(n, _) => Some(n),
+            _ => None,
+        }
+    }
+
     /// A stable, low-cardinality name for metric labels and logs.
     pub fn name(&self) -> &'static str {
         match self {

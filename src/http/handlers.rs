@@ -35,6 +35,10 @@ pub struct Input {
     body_read: Arc<AtomicBool>,
     /// Who sent it.
     pub principal: crate::auth::Principal,
+    /// Whether admission found it to be another registry's replication.
+    replication: bool,
+    /// The repository a read reads, as admission resolved and authorized it.
+    repo: Option<crate::registry::Repo>,
 }
 
 impl Input {
@@ -46,7 +50,7 @@ impl Input {
         query: Query,
         req: Request<Incoming>,
         body_read: Arc<AtomicBool>,
-        principal: crate::auth::Principal,
+        admitted: super::admission::Admitted,
     ) -> Self {
         let (parts, body) = req.into_parts();
         body_read.store(body.is_end_stream(), Ordering::Relaxed);
@@ -58,7 +62,9 @@ impl Input {
             received: app.metrics.http.received_bytes.with_label_values(&[endpoint.name()]),
             body_timeout: app.body_read_timeout,
             body_read,
-            principal,
+            principal: admitted.principal,
+            replication: admitted.replication,
+            repo: admitted.repo,
         }
     }
 
@@ -78,10 +84,6 @@ impl Input {
             None => futures_util::stream::empty().boxed(),
         };
         super::limits::body_idle_timeout(body, self.body_timeout)
-    }
-
-    fn namespace(&self) -> Option<&str> {
-        self.query.namespace()
     }
 }
 
@@ -112,12 +114,12 @@ pub async fn handle(app: &App, endpoint: Endpoint, mut input: Input) -> Reply {
         }
         Endpoint::ManifestPut(name, reference) => manifest_put(app, &name, &reference, &mut input).await,
         Endpoint::ManifestHead(name, reference) => {
-            let repo = resolve(app, name, &input).await?;
+            let repo = resolve(name, &input)?;
             let record = app.registry.manifest_record(&repo, &reference).await?;
             Ok(manifest_headers(&record.media_type, &record.digest, record.size).body(empty()).unwrap_or_default())
         }
         Endpoint::ManifestGet(name, reference) => {
-            let repo = resolve(app, name, &input).await?;
+            let repo = resolve(name, &input)?;
             let m = app.registry.manifest_get(&repo, &reference).await?;
             let size = m.bytes.len() as u64;
             Ok(manifest_headers(&m.record.media_type, &m.record.digest, size).body(full(m.bytes)).unwrap_or_default())
@@ -130,16 +132,13 @@ pub async fn handle(app: &App, endpoint: Endpoint, mut input: Input) -> Reply {
     }
 }
 
-/// The repository a read addresses; for a pull-through one, whether this caller may make Ferry
-/// fetch from its upstream (`ecr:BatchImportUpstreamImage`; cache hits need no such right).
-async fn resolve(app: &App, name: RepositoryName, input: &Input) -> Result<crate::registry::Repo, OciError> {
-    let mut repo = app.registry.resolve(name, input.namespace()).await?;
-    if let (crate::registry::Repo::Proxied(route), Some(_)) = (&mut repo, &app.auth) {
-        let access = [crate::auth::Access::on(crate::auth::Action::BatchImportUpstreamImage, &route.local)];
-        let policies = super::repository_policies(app, &access).await?;
-        route.may_import = super::decide(app, &input.principal, &access, input.client, &|_| None, &policies).is_ok();
-    }
-    Ok(repo)
+/// The repository a read reads: the one admission resolved and authorized (never resolved
+/// again here, so what is served is what was decided).
+fn resolve(name: RepositoryName, input: &Input) -> Result<crate::registry::Repo, OciError> {
+    input.repo.clone().ok_or_else(|| {
+        OciError::new(ErrorCode::Unknown, format!("{name}: the repository this read addresses was not resolved"))
+            .with_status(500)
+    })
 }
 
 async fn catalog(app: &App, input: &Input) -> Reply {
@@ -157,7 +156,7 @@ async fn catalog(app: &App, input: &Input) -> Reply {
 
 async fn tags_list(app: &App, name: RepositoryName, input: &Input) -> Reply {
     let (n, last) = page_params(&input.query)?;
-    let repo = resolve(app, name.clone(), input).await?;
+    let repo = resolve(name.clone(), input)?;
     let page = app.registry.tags_list(&repo, n, last).await?;
     let link = next_link(&format!("/v2/{name}/tags/list"), n, &page);
     let mut resp = json_response(StatusCode::OK, &serde_json::json!({ "name": name.as_str(), "tags": page.items }));
@@ -166,7 +165,7 @@ async fn tags_list(app: &App, name: RepositoryName, input: &Input) -> Reply {
 }
 
 async fn blob_head(app: &App, name: RepositoryName, digest: &Digest, input: &Input) -> Reply {
-    let repo = resolve(app, name, input).await?;
+    let repo = resolve(name, input)?;
     let size = app.registry.blob_size(&repo, digest).await?;
     Ok(blob_headers(Response::builder().status(StatusCode::OK), digest)
         .header(CONTENT_LENGTH, size)
@@ -179,7 +178,7 @@ async fn blob_get(app: &App, name: RepositoryName, digest: &Digest, input: &Inpu
         Some(v) => parse_range(v)?,
         None => None,
     };
-    let repo = resolve(app, name, input).await?;
+    let repo = resolve(name, input)?;
     let blob = app.registry.blob_get(&repo, digest, range).await?;
     if let Some(url) = blob.redirect {
         return Ok(Response::builder()
@@ -275,11 +274,8 @@ async fn manifest_put(app: &App, name: &RepositoryName, reference: &Reference, i
     let content_type = input.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let declared = input.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let bytes = read_limited(input.body(), MAX_MANIFEST_BYTES, declared).await?;
-    let origin = if super::is_replication(&input.headers) {
-        crate::registry::PushOrigin::Replication
-    } else {
-        crate::registry::PushOrigin::Client
-    };
+    let origin =
+        if input.replication { crate::registry::PushOrigin::Replication } else { crate::registry::PushOrigin::Client };
     let stored = app.registry.manifest_put(name, reference, content_type.as_deref(), bytes, origin).await?;
     let mut b = Response::builder()
         .status(StatusCode::CREATED)
@@ -294,7 +290,7 @@ async fn manifest_put(app: &App, name: &RepositoryName, reference: &Reference, i
 
 async fn referrers(app: &App, name: RepositoryName, digest: &Digest, input: &Input) -> Reply {
     let artifact_type = input.query.get("artifactType");
-    let repo = resolve(app, name, input).await?;
+    let repo = resolve(name, input)?;
     let manifests = app.registry.referrers(&repo, digest, artifact_type).await?;
     let index = serde_json::json!({
         "schemaVersion": 2,

@@ -142,6 +142,65 @@ impl RequestLimits {
     }
 }
 
+/// Request bodies read before their sender is known (an ECR API body, which the signature
+/// covers): bytes reserved per client address and in total before a byte is read, so
+/// unauthenticated clients can hold only this much memory, and nothing else, between them.
+pub struct UnverifiedBodies {
+    /// In KiB, so a semaphore's permit count fits any configured total.
+    total: Arc<Semaphore>,
+    per_client_max: u64,
+    per_client: Mutex<HashMap<IpAddr, u64>>,
+    gauge: prometheus::IntGauge,
+}
+
+/// Bytes reserved for one unverified body, given back when dropped.
+pub struct UnverifiedReservation {
+    _permit: OwnedSemaphorePermit,
+    owner: Arc<UnverifiedBodies>,
+    client: IpAddr,
+    bytes: u64,
+}
+
+impl Drop for UnverifiedReservation {
+    fn drop(&mut self) {
+        self.owner.gauge.sub(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+        let mut counts = self.owner.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.client) {
+            *n = n.saturating_sub(self.bytes);
+            if *n == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl UnverifiedBodies {
+    /// At most `total` bytes in all, `per_client` from one address.
+    pub fn new(total: u64, per_client: u64, gauge: prometheus::IntGauge) -> Arc<Self> {
+        let kib = usize::try_from(total.div_ceil(1024)).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        Arc::new(Self {
+            total: Arc::new(Semaphore::new(kib)),
+            per_client_max: per_client,
+            per_client: Mutex::new(HashMap::new()),
+            gauge,
+        })
+    }
+
+    /// Reserves `bytes` for a body from `client`, or `None` when either budget is spent.
+    pub fn reserve(self: &Arc<Self>, client: IpAddr, bytes: u64) -> Option<UnverifiedReservation> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).ok()?;
+        let mut counts = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let held = counts.get(&client).copied().unwrap_or(0);
+        if held.checked_add(bytes)? > self.per_client_max {
+            return None;
+        }
+        let permit = self.total.clone().try_acquire_many_owned(kib).ok()?;
+        counts.insert(client, held.saturating_add(bytes));
+        self.gauge.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+        Some(UnverifiedReservation { _permit: permit, owner: self.clone(), client, bytes })
+    }
+}
+
 /// Open upload sessions per client address, so one client cannot open sessions without end.
 /// Sessions finished or cancelled elsewhere (another replica) are dropped at the next purge.
 pub struct UploadLimits {

@@ -3,6 +3,7 @@
 //! The only module that knows hyper.
 
 mod admin;
+mod admission;
 mod api;
 mod console;
 pub mod endpoint;
@@ -10,10 +11,9 @@ mod error;
 mod handlers;
 pub mod limits;
 
-use crate::auth::authenticator::AuthError;
 use crate::auth::{Principal, Refusal};
 use crate::metrics::Metrics;
-use crate::oci::{ErrorCode, OciError};
+use crate::oci::OciError;
 use crate::registry::Registry;
 use crate::storage::ByteStream;
 use bytes::Bytes;
@@ -57,9 +57,11 @@ pub struct App {
     pub auth: Option<AuthState>,
     /// Whether the registry listener speaks TLS (`aws:SecureTransport`).
     pub tls: bool,
-    /// `UploadLayerPart` bodies read at once: each is held whole (its signature covers it), so
-    /// these bound the API's memory; a request past them is throttled, and clients retry.
+    /// `UploadLayerPart` bodies decoded and stored at once (signed requests only); a request
+    /// past them is throttled, and clients retry.
     pub layer_parts: Arc<tokio::sync::Semaphore>,
+    /// ECR API bodies read before their signature could be checked, per client and in total.
+    pub unverified: Arc<limits::UnverifiedBodies>,
 }
 
 /// What the edge needs when access control is on.
@@ -72,6 +74,8 @@ pub struct AuthState {
     pub region: String,
     /// The public URL for `WWW-Authenticate`; empty: from the request's `Host`.
     pub public_url: String,
+    /// Which challenge clients without credentials get.
+    pub challenge: crate::config::Challenge,
 }
 
 impl App {
@@ -140,6 +144,15 @@ pub async fn serve_request(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let client = app.client_address(peer, &req);
+    // The ECR API takes its permit itself, once the request's signature checked out.
+    if api::is_api(&req) {
+        let http1 = req.version() < http::Version::HTTP_2;
+        let (name, mut resp, guard, body_read) = api::serve(&app, req, client).await;
+        if http1 && !body_read {
+            resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return Ok(finish(&app, name, &method, &path, started, resp, guard));
+    }
     let guard = match app.limits.admit(client) {
         Ok(g) => g,
         Err(why) => {
@@ -153,9 +166,9 @@ pub async fn serve_request(
             return Ok(error_response(&e));
         }
     };
-    if api::is_api(&req) {
-        let (name, resp) = api::serve(&app, req, client).await;
-        return Ok(finish(&app, name, &method, &path, started, resp, guard));
+    if path == admission::TOKEN_PATH {
+        let resp = admission::token_endpoint(&app, req, client).await;
+        return Ok(finish(&app, "token", &method, &path, started, resp, Some(guard)));
     }
     let query = endpoint::Query::parse(req.uri().query());
     let http1 = req.version() < http::Version::HTTP_2;
@@ -168,16 +181,14 @@ pub async fn serve_request(
             let recorded =
                 ep.mutates() || (matches!(ep, Endpoint::ManifestGet(..)) && app.registry.audit().records_pulls());
             let mut who = String::new();
-            let admitted = match authenticate(&app, &req, client).await {
-                Ok(principal) => {
-                    let admitted = match authorize(&app, &principal, &ep, &query, client, &req).await {
-                        Ok(()) => create_on_push(&app, &principal, &ep, client, &req).await,
-                        Err(e) => Err(e),
-                    };
+            let admitted = match admission::authenticate(&app, &req, client).await {
+                Ok(authenticated) => {
+                    let arn = principal_arn(&authenticated.principal);
+                    let admitted = admission::admit(&app, authenticated, &ep, &query, client, &req).await;
                     if recorded || admitted.is_err() {
-                        who = principal_arn(&principal);
+                        who = arn;
                     }
-                    admitted.map(|()| principal)
+                    admitted
                 }
                 Err(e) => {
                     who = "unauthenticated".into();
@@ -190,8 +201,8 @@ pub async fn serve_request(
                 audit = Some((ep.audited(&query), who, denied, name));
             }
             match admitted {
-                Ok(principal) => {
-                    let input = handlers::Input::new(&app, client, &ep, query, req, body_read.clone(), principal);
+                Ok(admitted) => {
+                    let input = handlers::Input::new(&app, client, &ep, query, req, body_read.clone(), admitted);
                     (name, handlers::handle(&app, ep, input).await)
                 }
                 Err(e) => (name, Err(e)),
@@ -223,7 +234,7 @@ pub async fn serve_request(
     if http1 && !body_read.load(std::sync::atomic::Ordering::Relaxed) {
         resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(finish(&app, endpoint_name, &method, &path, started, resp, guard))
+    Ok(finish(&app, endpoint_name, &method, &path, started, resp, Some(guard)))
 }
 
 /// Records one registry API request in the audit trail: how it was named before its handler
@@ -273,7 +284,7 @@ fn finish(
     path: &str,
     started: Instant,
     resp: Response<Body>,
-    guard: limits::InFlight,
+    guard: Option<limits::InFlight>,
 ) -> Response<Body> {
     let status = resp.status();
     let m = &app.metrics;
@@ -301,42 +312,6 @@ fn finish(
     })
 }
 
-/// Who the request is from: anonymous when access control is off or no credentials came;
-/// refused credentials answer 401 (or 403 for an expired token, 429 when throttled).
-async fn authenticate<B>(app: &App, req: &Request<B>, client: std::net::IpAddr) -> Result<Principal, OciError> {
-    let Some(auth) = &app.auth else { return Ok(Principal::Anonymous) };
-    let header = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    auth.authenticator.authenticate(header, client).await.map_err(|e| {
-        let reason = match &e {
-            AuthError::Invalid => "invalid",
-            AuthError::Expired => "expired",
-            AuthError::Throttled(_) => "throttled",
-        };
-        app.metrics.auth.failures.with_label_values(&[reason]).inc();
-        match e {
-            AuthError::Invalid => challenge(auth, req, "the credentials are not valid"),
-            AuthError::Expired => OciError::new(ErrorCode::Denied, e.to_string()),
-            AuthError::Throttled(retry) => {
-                OciError::new(ErrorCode::Toomanyrequests, e.to_string()).with_header("Retry-After", retry.to_string())
-            }
-        }
-    })
-}
-
-/// 401 with the Basic challenge docker, podman, containerd, skopeo and oras answer with
-/// credentials (ECR's form).
-fn challenge<B>(auth: &AuthState, req: &Request<B>, message: &str) -> OciError {
-    let realm = if auth.public_url.is_empty() {
-        let host = req.headers().get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-        format!("https://{host}")
-    } else {
-        auth.public_url.clone()
-    };
-    let realm: String = realm.chars().filter(|c| *c != '"' && !c.is_control()).collect();
-    OciError::new(ErrorCode::Unauthorized, message)
-        .with_header("WWW-Authenticate", format!("Basic realm=\"{realm}\",service=\"ferry\""))
-}
-
 /// Whether `principal` may do `accesses` by identity policies alone (listings such as the
 /// catalog, which would otherwise read every repository's policy).
 pub fn allowed(app: &App, principal: &Principal, accesses: &[crate::auth::Access], client: std::net::IpAddr) -> bool {
@@ -360,30 +335,6 @@ pub async fn repository_policies(
     Ok(out)
 }
 
-/// Whether a request is another registry's replication (it says `Ferry-Replication`): its push
-/// actions are decided as `ecr:ReplicateImage` by the registry policy (and the caller's identity
-/// policies), a repository it creates takes the `REPLICATION` template, and what it pushes is
-/// never replicated on. The header only ever narrows what is allowed to what the registry
-/// policy grants, so a client that sends it gains nothing.
-pub fn is_replication(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(crate::replication::destination::REPLICATION_HEADER)
-}
-
-/// The registry policy standing in for each repository's policy: what a replication is decided by.
-async fn registry_policy_for(
-    app: &App,
-    accesses: &[crate::auth::Access],
-) -> Result<RepositoryPolicies, crate::registry::Error> {
-    let mut out = std::collections::HashMap::new();
-    if app.auth.is_some() {
-        let policy = app.registry.registry_policy_parsed().await?;
-        for name in accesses.iter().filter_map(|a| a.repository.as_ref()) {
-            out.insert(name.clone(), policy.clone());
-        }
-    }
-    Ok(out)
-}
-
 /// Repository policies by repository, read before a decision.
 pub type RepositoryPolicies =
     std::collections::HashMap<crate::oci::RepositoryName, Option<Arc<crate::auth::policy::Policy>>>;
@@ -398,6 +349,22 @@ pub fn decide(
     read_only: &dyn Fn(&crate::oci::RepositoryName) -> Option<String>,
     repository_policies: &RepositoryPolicies,
 ) -> Result<(), Refusal> {
+    decide_with(app, principal, accesses, client, read_only, repository_policies, None, false).map(|_| ())
+}
+
+/// [`decide`] for a request that may claim to be a replication, with the registry policy
+/// that could honour the claim (see [`crate::auth::authorize`]).
+#[allow(clippy::too_many_arguments)]
+pub fn decide_with(
+    app: &App,
+    principal: &Principal,
+    accesses: &[crate::auth::Access],
+    client: std::net::IpAddr,
+    read_only: &dyn Fn(&crate::oci::RepositoryName) -> Option<String>,
+    repository_policies: &RepositoryPolicies,
+    registry_policy: Option<&crate::auth::policy::Policy>,
+    claims_replication: bool,
+) -> Result<crate::auth::Verdict, Refusal> {
     let context =
         crate::auth::policy::Context { source_ip: client, secure_transport: app.tls, current_time: app.registry.now() };
     let lookup = |name: &crate::oci::RepositoryName| repository_policies.get(name).cloned().flatten();
@@ -408,105 +375,11 @@ pub fn decide(
             region: &auth.region,
             anonymous: &identities.anonymous,
             repository: &lookup,
+            registry: registry_policy,
         }),
         _ => None,
     };
-    crate::auth::authorize(principal, accesses, read_only, policies.as_ref(), &context)
-}
-
-/// The one authorization decision, before any handler: every action the endpoint needs, on
-/// every repository it touches (a mount's source too).
-async fn authorize<B>(
-    app: &App,
-    principal: &Principal,
-    endpoint: &Endpoint,
-    query: &endpoint::Query,
-    client: std::net::IpAddr,
-    req: &Request<B>,
-) -> Result<(), OciError> {
-    if let (Some(auth), Endpoint::Base, Principal::Anonymous) = (&app.auth, endpoint, principal) {
-        // `GET /v2/` asks only who you are: docker login probes it, and needs the challenge.
-        return Err(challenge(auth, req, "authentication required"));
-    }
-    let replicating = is_replication(req.headers()) && endpoint.is_push_step();
-    let mut accesses = endpoint.accesses();
-    let repository_policies = if replicating {
-        for a in &mut accesses {
-            a.action = a.action.as_replication();
-        }
-        registry_policy_for(app, &accesses).await.map_err(OciError::from)?
-    } else {
-        repository_policies(app, &accesses).await.map_err(OciError::from)?
-    };
-    let ns = query.namespace();
-    let read_only = |name: &crate::oci::RepositoryName| app.registry.read_only_reason(name, ns);
-    decide(app, principal, &accesses, client, &read_only, &repository_policies)
-        .map_err(|r| refused(app, principal, req, r))
-}
-
-/// A refusal as the registry API answers it: 401 with the challenge for anonymous callers
-/// (so clients log in), else 403 `DENIED` naming the action and the resource.
-fn refused<B>(app: &App, principal: &Principal, req: &Request<B>, refusal: Refusal) -> OciError {
-    match refusal {
-        Refusal::ReadOnly(reason) => OciError::new(ErrorCode::Denied, reason),
-        Refusal::NotAuthorized { action, resource } => {
-            app.metrics.auth.denials.with_label_values(&[action.as_str()]).inc();
-            match (principal, &app.auth) {
-                (Principal::Anonymous, Some(auth)) => challenge(auth, req, "authentication required"),
-                (Principal::User(id), _) => OciError::new(
-                    ErrorCode::Denied,
-                    format!(
-                        "User: {} is not authorized to perform: {} on resource: {resource}",
-                        id.arn,
-                        action.as_str()
-                    ),
-                ),
-                (Principal::Anonymous, None) => OciError::new(ErrorCode::Denied, "access denied"),
-            }
-        }
-    }
-}
-
-/// A push to a repository that does not exist creates it, as ECR's `CREATE_ON_PUSH`
-/// templates do: only when a template matches (or `registry.create_on_push` stands in for a
-/// `ROOT` one) and the caller may `ecr:CreateRepository`; otherwise `NAME_UNKNOWN` in ECR's
-/// words. The repository starts with the template's settings and policy.
-async fn create_on_push<B>(
-    app: &App,
-    principal: &Principal,
-    endpoint: &Endpoint,
-    client: std::net::IpAddr,
-    req: &Request<B>,
-) -> Result<(), OciError> {
-    let (Endpoint::UploadStart(name, _) | Endpoint::ManifestPut(name, _)) = endpoint else { return Ok(()) };
-    let registry = &app.registry;
-    if registry.repository_exists(name).await? {
-        return Ok(());
-    }
-    let replicating = is_replication(req.headers());
-    let purpose = match replicating {
-        true => crate::registry::templates::AppliedFor::Replication,
-        false => crate::registry::templates::AppliedFor::CreateOnPush,
-    };
-    let Some(settings) = registry.settings_for_new_repository(name, purpose).await? else {
-        let registry_id = app.auth.as_ref().map_or("000000000000", |a| a.registry_id.as_str());
-        return Err(OciError::new(
-            ErrorCode::NameUnknown,
-            format!("The repository with name '{name}' does not exist in the registry with id '{registry_id}'"),
-        )
-        .with_detail(serde_json::json!({ "name": name.as_str() })));
-    };
-    let create = [crate::auth::Access::on(crate::auth::Action::CreateRepository, name)];
-    // A replication may create the repository when the registry policy allows it.
-    let policies = match replicating {
-        true => registry_policy_for(app, &create).await?,
-        false => RepositoryPolicies::new(),
-    };
-    decide(app, principal, &create, client, &|_| None, &policies).map_err(|r| refused(app, principal, req, r))?;
-    match registry.create_repository(name, settings).await {
-        Ok(_) | Err(crate::registry::Error::RepositoryAlreadyExists(_)) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    crate::auth::authorize(principal, accesses, read_only, policies.as_ref(), &context, claims_replication)
 }
 
 /// Connection settings for a listener.

@@ -116,7 +116,7 @@ impl Proxy {
 
     /// Whether a rule created through the API may name this upstream base URL.
     pub fn allows_upstream(&self, base: &str) -> bool {
-        base.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| self.api.allows(a.as_str()))).unwrap_or(false)
+        self.api.allows(base)
     }
 
     fn build(r: &PullThroughRule, metrics: &Arc<Metrics>) -> Result<Arc<Rule>, RuleError> {
@@ -204,7 +204,7 @@ impl Proxy {
             upstream_name.to_owned()
         };
         let local = RepositoryName::parse(&format!("{}/{upstream_repo}", rule.prefix)).ok()?;
-        Some(Route { rule: rule.clone(), upstream_repo, local, may_import: true })
+        Some(Route { rule: rule.clone(), upstream_repo, local, may_import: false })
     }
 
     /// The rule a name selects by its prefix, or by containerd's `ns` query parameter.

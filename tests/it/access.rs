@@ -103,12 +103,60 @@ async fn policies_decide_every_endpoint_for_every_principal() {
     let as_ci = |r: reqwest::RequestBuilder| r.basic_auth(&s.ci.0, Some(&s.ci.1));
     let as_reader = |r: reqwest::RequestBuilder| r.basic_auth(&s.reader.0, Some(&s.reader.1));
 
-    // The challenge docker, podman and skopeo answer with credentials.
+    // The challenge docker, podman and skopeo answer: with anonymous policies in force, Docker's
+    // Bearer flow (docker pulls nothing anonymously after a Basic challenge), whose token
+    // endpoint hands out a token to anyone; without credentials it names nobody.
     let resp = c.get(f.url("/v2/")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let challenge = header(&resp, "www-authenticate");
-    assert!(challenge.starts_with("Basic realm=\"") && challenge.contains("service=\"ferry\""), "{challenge}");
+    let realm = format!("Bearer realm=\"{}/v2/token\",service=\"ferry\"", f.base);
+    assert_eq!(challenge, realm);
     assert_eq!(error_code(resp).await, "UNAUTHORIZED");
+    let denied = c.get(f.url("/v2/team-a/app/manifests/v1")).send().await.unwrap();
+    assert_eq!(
+        header(&denied, "www-authenticate"),
+        format!("{realm},scope=\"repository:team-a/app:pull\""),
+        "the scope a Bearer client asks for"
+    );
+    let anonymous: serde_json::Value = c
+        .get(f.url("/v2/token?service=ferry&scope=repository:team-a/app:pull"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let anonymous = anonymous["token"].as_str().unwrap().to_owned();
+    let with_bearer = |t: &str| c.get(f.url("/v2/")).bearer_auth(t);
+    assert_eq!(with_bearer(&anonymous).send().await.unwrap().status(), StatusCode::OK, "the flow finished, as nobody");
+    let denied = c.get(f.url("/v2/team-a/app/manifests/v1")).bearer_auth(&anonymous).send().await.unwrap();
+    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED, "an anonymous token grants what anonymous may do, no more");
+    assert!(header(&denied, "www-authenticate").ends_with(",error=\"insufficient_scope\""));
+    let as_ci_token: serde_json::Value = c
+        .get(f.url("/v2/token?service=ferry&scope=repository:team-a/app:pull,push"))
+        .basic_auth(&s.ci.0, Some(&s.ci.1))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(as_ci_token["expires_in"].as_u64().unwrap() <= 3600, "{as_ci_token}");
+    let ci_bearer = as_ci_token["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(with_bearer(&ci_bearer).send().await.unwrap().status(), StatusCode::OK);
+    let wrong = c.get(f.url("/v2/token?service=ferry")).basic_auth(&s.ci.0, Some("wrong")).send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "the token endpoint checks credentials");
+    // containerd asks with a password grant.
+    let form = c
+        .post(f.url("/v2/token"))
+        .form(&[("grant_type", "password"), ("username", &s.ci.0), ("password", &s.ci.1), ("service", "ferry")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::OK);
+    let mut tampered = ci_bearer.clone();
+    tampered.insert(12, 'x');
+    assert_eq!(with_bearer(&tampered).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
     assert_eq!(as_ci(c.get(f.url("/v2/"))).send().await.unwrap().status(), StatusCode::OK);
     let wrong = c.get(f.url("/v2/")).basic_auth(&s.ci.0, Some("wrong secret")).send().await.unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
@@ -230,15 +278,32 @@ async fn tokens_expire_principals_can_be_removed_and_guessing_is_throttled() {
     f.server.as_ref().unwrap().reload_auth(&without_ci).unwrap();
     assert_eq!(as_ci().send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
 
-    // Guessing: after 5 failures in a minute from one address, 429 with Retry-After.
+    // The reader's credential verifies once before anyone guesses.
+    let as_reader = || c.get(f.url("/v2/")).basic_auth(&s.reader.0, Some(&s.reader.1));
+    assert_eq!(as_reader().send().await.unwrap().status(), StatusCode::OK);
+    // Guessing: after 5 wrong secrets for one key in a minute from one address, 429 with
+    // Retry-After; 20 parallel guesses get no more checks than that (each reserves its failure
+    // before its check).
     let guess = || c.get(f.url("/v2/")).basic_auth(&s.reader.0, Some("guess"));
-    for _ in 0..4 {
-        assert_eq!(guess().send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    }
+    let answers = futures_util::future::join_all((0..20).map(|_| guess().send())).await;
+    let statuses: Vec<u16> = answers.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 15, "{statuses:?}");
     let resp = guess().send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(!header(&resp, "retry-after").is_empty());
     assert!(metric_sum(&f.metrics().await, "ferry_auth_failures_total", &["reason=\"throttled\""]) >= 1.0);
+    // The key's owner, verified lately, is not held back by someone else's guesses; nor is a
+    // registry token, nor another key from the same address.
+    assert_eq!(as_reader().send().await.unwrap().status(), StatusCode::OK);
+    let mut with_ci = s.auth.clone();
+    with_ci.token_ttl = HumanDuration(Duration::from_secs(600));
+    f.server.as_ref().unwrap().reload_auth(&with_ci).unwrap();
+    let as_ci = || c.get(f.url("/v2/")).basic_auth(&s.ci.0, Some(&s.ci.1));
+    assert_eq!(as_ci().send().await.unwrap().status(), StatusCode::OK, "another key from the same address");
+    // After the minute, the budget is back.
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(guess().send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
 }
 
 /// skopeo and podman log in with the key pair and with `AWS` + a registry password.

@@ -1099,26 +1099,52 @@ print(json.dumps(out))
     assert_eq!(v["layer_available"], layer.len() as u64);
 }
 
-/// Sends the head of an `UploadLayerPart` signed (in form only) with `key`, announcing
-/// `announced` body bytes, then `body`; returns the open connection.
+/// Now as SigV4 writes it: `20261203T120000Z`.
+fn amz_date_now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(['-', ':'], "")
+}
+
+/// Sends the head of an ECR API request for `target`, signed (in form only, the signature is
+/// made up) with `key` over `signed_headers`, announcing `announced` body bytes, then `body`;
+/// returns the open connection. `key` `None` sends no `Authorization` at all.
+async fn api_request_head(
+    server: std::net::SocketAddr,
+    target: &str,
+    key: Option<&str>,
+    signed_headers: &str,
+    announced: usize,
+    body: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
+    let date = amz_date_now();
+    let authorization = key.map_or(String::new(), |key| {
+        format!(
+            "Authorization: AWS4-HMAC-SHA256 Credential={key}/{}/us-east-1/ecr/aws4_request, SignedHeaders={signed_headers}, Signature={}\r\n",
+            &date[..8],
+            "0".repeat(64)
+        )
+    });
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\nX-Amz-Target: AmazonEC2ContainerRegistry_V20150921.{target}\r\n\
+         Content-Type: application/x-amz-json-1.1\r\nX-Amz-Date: {date}\r\n{authorization}Content-Length: {announced}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    s
+}
+
+/// What SDKs sign on the ECR API.
+const SIGNED: &str = "content-type;host;x-amz-date;x-amz-target";
+
+/// The head of an `UploadLayerPart` signed in form by `key`.
 async fn layer_part_head(
     server: std::net::SocketAddr,
     key: &str,
     announced: usize,
     body: &[u8],
 ) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
-    let head = format!(
-        "POST / HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\nX-Amz-Target: AmazonEC2ContainerRegistry_V20150921.UploadLayerPart\r\n\
-         Content-Type: application/x-amz-json-1.1\r\nX-Amz-Date: 20261130T000000Z\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential={key}/20261130/us-east-1/ecr/aws4_request, \
-         SignedHeaders=host;x-amz-date, Signature={sig}\r\nContent-Length: {announced}\r\n\r\n",
-        sig = "0".repeat(64)
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    s
+    api_request_head(server, "UploadLayerPart", Some(key), SIGNED, announced, body).await
 }
 
 /// The response's ECR error type, read to the end of the connection.
@@ -1134,35 +1160,42 @@ async fn error_type(mut s: tokio::net::TcpStream) -> String {
         .to_owned()
 }
 
-/// A layer part is the API's one large body, held whole until its signature is checked: one
-/// with an unknown key is refused before its body is read; only four are read at once, and a
-/// fifth is throttled (clients retry) while the rest of the API goes on; the permits come
+/// Nothing unauthenticated holds the ECR API. A request that cannot be a principal's (no
+/// signature, an unknown key, a required header left out of the signature) is refused before a
+/// byte of its body is read. One signed in form with a known key id (key ids are not secrets)
+/// can only be checked against its body, so the body is read, under a budget of unverified
+/// bytes per client address (32 MiB: three 10 MB parts) and without an in-flight permit or a
+/// layer-part permit: a fourth is throttled while signed requests go on, and the budget comes
 /// back when the stalled clients go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn layer_parts_are_read_a_few_at_a_time_and_only_for_known_keys() {
+async fn unverified_bodies_hold_only_their_budget() {
     let api = start().await;
     let addr = api.f.server.as_ref().unwrap().addr;
+    let unsigned = api_request_head(addr, "UploadLayerPart", None, SIGNED, 10_000_000, b"").await;
+    assert_eq!(error_type(unsigned).await, "MissingAuthenticationTokenException");
     let unknown = layer_part_head(addr, "AKIAUNKNOWN000000000", 10_000_000, b"").await;
     assert_eq!(error_type(unknown).await, "UnrecognizedClientException");
+    for (signed, why) in [("host;x-amz-date", "X-Amz-Target"), ("content-type;x-amz-date;x-amz-target", "Host")] {
+        let s = api_request_head(addr, "DeleteRepository", Some(CI_KEY), signed, 10_000_000, b"").await;
+        assert_eq!(error_type(s).await, "InvalidSignatureException", "{why} left unsigned");
+    }
 
     let small = br#"{"repositoryName":"team/x","uploadId":"0f0e0d0c-0b0a-4908-8706-050403020100","partFirstByte":0,"partLastByte":0,"layerPartBlob":"eA=="}"#;
     let mut stalled = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         stalled.push(layer_part_head(addr, CI_KEY, 10_000_000, b"{\"layerPartBlob\":\"").await);
     }
-    // A part takes its permit as soon as it is admitted (nothing waits in between), so once the
-    // four are in flight they hold the four permits. Probing before that could let a probe take
-    // a permit first and turn a stalled part away.
-    eventually("the four stalled parts are admitted", std::time::Duration::from_secs(10), || async {
-        metric(&api.f.metrics().await, "ferry_http_requests_in_flight") == 4.0
+    // The three hold their budget (a fourth is refused before its body) but no permit.
+    eventually("the three are being read", std::time::Duration::from_secs(10), || async {
+        metric(&api.f.metrics().await, "ferry_http_unverified_body_bytes") == 30_000_000.0
     })
     .await;
-    let probe = error_type(layer_part_head(addr, CI_KEY, small.len(), small).await).await;
-    assert_eq!(probe, "ThrottlingException", "the four stalled parts hold the four permits");
+    assert_eq!(error_type(layer_part_head(addr, CI_KEY, 10_000_000, b"").await).await, "ThrottlingException");
+    assert_eq!(metric(&api.f.metrics().await, "ferry_http_requests_in_flight"), 0.0);
     let v = boto3(&api, "print(json.dumps(len(ci.describe_repositories()['repositories'])))");
-    assert_eq!(v, 0, "the rest of the API is served meanwhile");
+    assert_eq!(v, 0, "signed requests are served meanwhile");
     drop(stalled);
-    eventually("the permits come back", std::time::Duration::from_secs(10), || async {
+    eventually("the budget comes back", std::time::Duration::from_secs(10), || async {
         // Read now, and refused for its (made-up) signature.
         error_type(layer_part_head(addr, CI_KEY, small.len(), small).await).await == "InvalidSignatureException"
     })
