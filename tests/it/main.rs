@@ -26,5 +26,6 @@ mod pull_through;
 mod relay;
 mod replication;
 mod s3;
+mod seams;
 mod token_auth;
 mod upstream;
