@@ -414,3 +414,186 @@ fn docker_and_containerd_log_in_with_an_ecr_password() {
     let copied = run(&mut docker(&["image", "inspect", "--format", "{{join .RepoDigests \",\"}}", copy]));
     assert!(copied.contains(&digest), "containerd pushed the same image: {copied}");
 }
+
+/// Issue 17's first use: a Docker daemon with `registry-mirrors` pulls through a Ferry with
+/// access control on, without logging in (dockerd never sends credentials to a mirror; it
+/// follows the Bearer flow to an anonymous token), filling the cache from the upstream once;
+/// containerd's `?ns=docker.io` pull is then a cache hit. docker, podman, `skopeo --src-no-creds`
+/// and `ctr` pull an anonymously readable repository with no credentials, and are refused a
+/// private one. A logged-in docker still pushes (through the same Bearer flow, with its key
+/// pair).
+#[test]
+fn anonymous_clients_and_a_docker_mirror_work_with_access_control_on() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let policy = policy(w);
+    let mut ns = NetNs::new();
+
+    // The upstream, with one image.
+    std::fs::write(
+        w.join("upstream.yml"),
+        format!("version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp: {{addr: \"127.0.0.1:5001\"}}\n", w.join("upstream").display()),
+    )
+    .unwrap();
+    let mut c = ns.command("docker-registry");
+    c.arg("serve").arg(w.join("upstream.yml")).env_remove("AWS_CA_BUNDLE");
+    ns.spawn(c, &w.join("upstream.log"));
+    ns.wait_for(
+        "docker-registry",
+        || {
+            let mut c = ns.command("curl");
+            c.args(["-sf", "http://127.0.0.1:5001/v2/"]);
+            c
+        },
+        &w.join("upstream.log"),
+    );
+    let alpine = build_layout(&w.join("alpine"), "v1", &["amd64"], 40_000, true, 71);
+    let mut c = ns.command("skopeo");
+    c.env("REGISTRY_AUTH_FILE", w.join("auth.json")).args([
+        "--policy",
+        &policy,
+        "copy",
+        "--dest-tls-verify=false",
+        &alpine.source,
+        "docker://127.0.0.1:5001/library/alpine:v1",
+    ]);
+    run(&mut c);
+
+    // Ferry with access control: admin may do anything; anonymous callers may pull the mirror
+    // (and make Ferry fetch it) and public/*, nothing else.
+    let secret = "anonymous-test-admin-secret";
+    std::fs::write(w.join("admin.secret"), secret).unwrap();
+    let admin = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ecr:*","Resource":"*"}]}"#;
+    let anonymous = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["ecr:BatchGetImage","ecr:GetDownloadUrlForLayer","ecr:BatchCheckLayerAvailability","ecr:BatchImportUpstreamImage"],"Resource":["arn:aws:ecr:us-east-1:123456789012:repository/hub/*","arn:aws:ecr:us-east-1:123456789012:repository/public/*"]}]}"#;
+    std::fs::write(
+        w.join("ferry.toml"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:5000\"\nadmin_listen = \"127.0.0.1:5090\"\n[storage]\ndata_dir = \"{}\"\n\
+             [registry]\nlocal_namespaces = [\"public\", \"private\"]\ncreate_on_push = true\n\n\
+             [[pull_through]]\nprefix = \"hub\"\nupstream = \"http://127.0.0.1:5001\"\nmirror_default = true\nnamespace = \"docker.io\"\n\n\
+             [auth]\nenabled = true\nregistry_id = \"123456789012\"\n\n\
+             [[auth.principals]]\nname = \"admin\"\naccess_key_id = \"AKIAFERRYADMIN000001\"\nsecret_access_key_file = \"{}\"\npolicies = ['{admin}']\n\n\
+             [auth.anonymous]\npolicies = ['{anonymous}']\n",
+            w.join("ferry-data").display(),
+            w.join("admin.secret").display(),
+        ),
+    )
+    .unwrap();
+    ns.spawn_ferry(w);
+
+    // An image in a public and in a private repository, pushed by admin.
+    let public_image = build_layout(&w.join("public"), "v1", &["amd64"], 30_000, true, 72);
+    let creds = format!("AKIAFERRYADMIN000001:{secret}");
+    for repo in ["public/tool", "private/app"] {
+        let mut c = ns.command("skopeo");
+        c.env("REGISTRY_AUTH_FILE", w.join("auth.json")).args([
+            "--policy",
+            &policy,
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &creds,
+            &public_image.source,
+            &format!("docker://127.0.0.1:5000/{repo}:v1"),
+        ]);
+        run(&mut c);
+    }
+
+    // dockerd, mirror configured, never logged in.
+    let docker = ns.spawn_dockerd(w, r#"{"registry-mirrors": ["http://127.0.0.1:5000"]}"#);
+    run(&mut docker(&["pull", "alpine:v1"]));
+    let digests = run(&mut docker(&["image", "inspect", "--format", "{{join .RepoDigests \",\"}}", "alpine:v1"]));
+    assert!(digests.contains(&alpine.top), "dockerd pulled through the mirror: {digests}");
+    assert!(ferry_catalog(w).contains(&"hub+library+alpine".to_owned()), "cached under the rule's prefix");
+    // Again, after removing it: from the cache.
+    run(&mut docker(&["rmi", "alpine:v1"]));
+    run(&mut docker(&["pull", "alpine:v1"]));
+    let upstream_blob_gets = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("\"GET /v2/library/alpine/blobs/sha256:"))
+            .map(|l| l.split("/blobs/").nth(1).unwrap_or("").split(' ').next().unwrap_or("").to_owned())
+            .collect()
+    };
+    let gets = upstream_blob_gets(&std::fs::read_to_string(w.join("upstream.log")).unwrap_or_default());
+    let mut unique = gets.clone();
+    unique.sort();
+    unique.dedup();
+    assert!(!gets.is_empty(), "the upstream served the blobs");
+    assert_eq!(gets.len(), unique.len(), "each blob came from the upstream once: {gets:?}");
+
+    // docker pulls the public repository anonymously, and is refused the private one.
+    run(&mut docker(&["pull", "127.0.0.1:5000/public/tool:v1"]));
+    let out = docker(&["pull", "127.0.0.1:5000/private/app:v1"]).output().unwrap();
+    assert!(!out.status.success(), "an anonymous docker pull of a private repository must fail");
+
+    // podman and skopeo, with no credentials.
+    let podman = |args: &[&str]| {
+        let mut c = ns.command("podman");
+        c.arg("--root").arg(w.join("podman/root")).arg("--runroot").arg(w.join("podman/run"));
+        c.args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none"]);
+        c.env("REGISTRY_AUTH_FILE", w.join("auth.json")).args(args);
+        c
+    };
+    run(&mut podman(&["pull", "--tls-verify=false", "127.0.0.1:5000/public/tool:v1"]));
+    let got = run(&mut podman(&["image", "inspect", "--format", "{{.Digest}}", "127.0.0.1:5000/public/tool:v1"]));
+    assert_eq!(got.trim(), public_image.top);
+    let out = podman(&["pull", "--tls-verify=false", "127.0.0.1:5000/private/app:v1"]).output().unwrap();
+    assert!(!out.status.success(), "an anonymous podman pull of a private repository must fail");
+    let skopeo_copy = |repo: &str, dest: &str| {
+        let mut c = ns.command("skopeo");
+        c.env("REGISTRY_AUTH_FILE", w.join("auth.json")).args([
+            "--policy",
+            &policy,
+            "copy",
+            "--src-no-creds",
+            "--src-tls-verify=false",
+            &format!("docker://127.0.0.1:5000/{repo}:v1"),
+            &format!("oci:{}:v1", w.join(dest).display()),
+        ]);
+        c
+    };
+    run(&mut skopeo_copy("public/tool", "copy-public"));
+    assert!(!skopeo_copy("private/app", "copy-private").output().unwrap().status.success());
+
+    // ctr: the public repository directly, the mirror through ?ns=docker.io (a cache hit), and
+    // not the private repository.
+    let cd = w.join("c");
+    std::fs::create_dir_all(cd.join("hosts/docker.io")).unwrap();
+    std::fs::write(
+        cd.join("hosts/docker.io/hosts.toml"),
+        "server = \"http://127.0.0.1:1\"\n[host.\"http://127.0.0.1:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+    )
+    .unwrap();
+    let ctr = ns.spawn_containerd(w);
+    let hosts = cd.join("hosts").display().to_string();
+    let ctr_pull =
+        |image: &str| ctr(&["images", "pull", "--plain-http", "--snapshotter", "native", "--hosts-dir", &hosts, image]);
+    run(&mut ctr_pull("127.0.0.1:5000/public/tool:v1"));
+    run(&mut ctr_pull("docker.io/library/alpine:v1"));
+    assert!(!ctr_pull("127.0.0.1:5000/private/app:v1").output().unwrap().status.success());
+    let listed = run(&mut ctr(&["images", "ls"]));
+    assert!(listed.lines().any(|l| l.contains("docker.io/library/alpine:v1") && l.contains(&alpine.top)), "{listed}");
+    let gets_after = upstream_blob_gets(&std::fs::read_to_string(w.join("upstream.log")).unwrap_or_default());
+    assert_eq!(gets_after.len(), gets.len(), "containerd's pull was served from the cache");
+
+    // A logged-in docker still pushes, through the Bearer flow with its key pair.
+    let mut login = docker(&["login", "--username", "AKIAFERRYADMIN000001", "--password-stdin", "127.0.0.1:5000"]);
+    login.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), secret.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "docker login: {}", String::from_utf8_lossy(&out.stderr));
+    run(&mut docker(&["tag", "127.0.0.1:5000/public/tool:v1", "127.0.0.1:5000/public/pushed:v2"]));
+    run(&mut docker(&["push", "127.0.0.1:5000/public/pushed:v2"]));
+    run(&mut docker(&["logout", "127.0.0.1:5000"]));
+    let out = docker(&["push", "127.0.0.1:5000/public/pushed:v2"]).output().unwrap();
+    assert!(!out.status.success(), "an anonymous push must fail");
+}
+
+/// The repositories Ferry's filesystem catalog lists, as stored.
+fn ferry_catalog(w: &Path) -> Vec<String> {
+    std::fs::read_dir(w.join("ferry-data/catalog"))
+        .map(|d| d.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
+        .unwrap_or_default()
+}

@@ -206,7 +206,9 @@ async fn the_replication_header_only_narrows() {
     // repository, reads, listings and deletes are refused, header or not.
     let layer = digest(secret_layer);
     for who in [&replicating, &plain] {
-        let mount = who.status(reqwest::Method::POST, &format!("/v2/public/leak/blobs/uploads/?mount={layer}&from=private/secret")).await;
+        let mount = who
+            .status(reqwest::Method::POST, &format!("/v2/public/leak/blobs/uploads/?mount={layer}&from=private/secret"))
+            .await;
         assert_eq!(mount, 403, "a mount from a private repository");
         assert_eq!(who.status(reqwest::Method::GET, &format!("/v2/private/secret/blobs/{layer}")).await, 403);
         assert_eq!(who.status(reqwest::Method::GET, "/v2/private/secret/manifests/v1").await, 403);
@@ -229,15 +231,19 @@ async fn the_replication_header_only_narrows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ns_and_the_mirror_default_are_decided_on_the_repository_served() {
     let hub = crate::upstream::RealUpstream::start();
-    let (manifest, d) = push_config_image(&reqwest::Client::new(), &hub.base, "team-a/app", "latest", b"{\"up\":1}").await;
+    let (manifest, d) =
+        push_config_image(&reqwest::Client::new(), &hub.base, "team-a/app", "latest", b"{\"up\":1}").await;
     push_config_image(&reqwest::Client::new(), &hub.base, "library/tool", "v1", b"{\"up\":2}").await;
     let dir = tempfile::tempdir().unwrap();
     let pull = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability", "ecr:ListImages"];
     let mut import = pull.to_vec();
     import.push("ecr:BatchImportUpstreamImage");
-    let (team_p, team) = principal(dir.path(), "team", ACCOUNT, &[policy(vec![statement("Allow", &import, &arn("team-a/*"))])]);
-    let (hub_p, hub_reader) = principal(dir.path(), "hubreader", ACCOUNT, &[policy(vec![statement("Allow", &import, &arn("hub/*"))])]);
-    let (cached_p, cached_only) = principal(dir.path(), "cachedonly", ACCOUNT, &[policy(vec![statement("Allow", &pull, &arn("hub/*"))])]);
+    let (team_p, team) =
+        principal(dir.path(), "team", ACCOUNT, &[policy(vec![statement("Allow", &import, &arn("team-a/*"))])]);
+    let (hub_p, hub_reader) =
+        principal(dir.path(), "hubreader", ACCOUNT, &[policy(vec![statement("Allow", &import, &arn("hub/*"))])]);
+    let (cached_p, cached_only) =
+        principal(dir.path(), "cachedonly", ACCOUNT, &[policy(vec![statement("Allow", &pull, &arn("hub/*"))])]);
     let auth = AuthConfig {
         enabled: true,
         registry_id: ACCOUNT.into(),
