@@ -117,7 +117,8 @@ async fn image_status(ctx: &ApiContext<'_>, name: &RepositoryName, image: &Image
         (None, Some(t)) => t,
         (None, None) => return Err(not_found()),
     };
-    let statuses = registry.replication_status(name, &digest).await?;
+    // By tag: that tag's own status; by digest: the image's with every tag it carries.
+    let statuses = registry.replication_status_of(name, &digest, image.tag.as_deref()).await?;
     let mut id = image.clone();
     id.digest = Some(digest.to_string());
     Ok(json!({ "repositoryName": name.as_str(), "imageId": id.json(), "replicationStatuses": statuses }))

@@ -168,7 +168,8 @@ async fn repository(registry: &Registry, name: &RepositoryName) -> crate::regist
         images.len()
     );
     for image in &images {
-        let statuses = registry.replication_status(name, &image.digest).await?;
+        // The image with every tag it carries: COMPLETE only when all of them arrived.
+        let statuses = registry.replication_status_of(name, &image.digest, None).await?;
         let replication: Vec<String> = statuses
             .iter()
             .map(|s| match &s.failure_code {

@@ -197,9 +197,56 @@ pub struct ReplicationEvent {
 /// after recording it (the client saw an error and may retry, recording a new one).
 pub const UNCOMMITTED_EVENT_TTL_MS: u64 = 10 * 60 * 1000;
 
+/// An image's replication status: the manifest's at each destination, and each tag's (a tag
+/// may fail to arrive, or never be sent, while the manifest is there under another tag).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StatusRecord {
     destinations: Vec<DestinationStatus>,
+    /// By tag; `None` in records written before tags were tracked (their tags are taken to be
+    /// where the image is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tags: Option<std::collections::BTreeMap<String, Vec<DestinationStatus>>>,
+}
+
+/// What one attempt did to one tag at one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagStatusUpdate {
+    /// The tag.
+    pub tag: String,
+    /// Where it stands there now; `None`: the tag no longer names this image at the source,
+    /// so its status here is dropped.
+    pub status: Option<DestinationStatus>,
+}
+
+/// The start of the failure code of a tag the destination refused because it keeps that tag
+/// immutable on another image: the image arrived without it, as in ECR, and sending it again
+/// would change nothing.
+pub const TAG_IMMUTABLE: &str = "TAG_IMMUTABLE";
+
+/// Whether a tag's status is final as the destination decided it: arrived, or refused there
+/// as immutable.
+fn tag_settled(s: &DestinationStatus) -> bool {
+    s.status == ReplicationState::Complete
+        || (s.status == ReplicationState::Failed
+            && s.failure_code.as_deref().is_some_and(|c| c.starts_with(TAG_IMMUTABLE)))
+}
+
+/// Sets `update` in `list`, by destination.
+fn upsert(list: &mut Vec<DestinationStatus>, update: &DestinationStatus) {
+    match list.iter_mut().find(|d| d.registry_id == update.registry_id && d.region == update.region) {
+        Some(d) => *d = update.clone(),
+        None => list.push(update.clone()),
+    }
+}
+
+/// Whether `a` is further from done than `b` (failed, then in progress, then complete).
+fn worse(a: ReplicationState, b: ReplicationState) -> bool {
+    let rank = |s| match s {
+        ReplicationState::Complete => 0,
+        ReplicationState::InProgress => 1,
+        ReplicationState::Failed => 2,
+    };
+    rank(a) > rank(b)
 }
 
 impl Registry {
@@ -254,8 +301,13 @@ impl Registry {
             backfill: backfill.map(str::to_owned),
         };
         let id = EventId::new(now);
+        let tag_updates: Vec<TagStatusUpdate> = event
+            .tags
+            .iter()
+            .flat_map(|t| statuses.iter().map(|s| TagStatusUpdate { tag: t.clone(), status: Some(s.clone()) }))
+            .collect();
         self.storage.record_put(&Key::replication_event(&id), super::manifests::encode(&event)?).await?;
-        self.set_replication_status(name, digest, &statuses).await?;
+        self.set_replication_status(name, digest, &statuses, &tag_updates).await?;
         Ok(id)
     }
 
@@ -290,28 +342,125 @@ impl Registry {
         Ok(())
     }
 
-    /// The image's status at each destination it was replicated to (none when it never was).
-    pub async fn replication_status(&self, name: &RepositoryName, digest: &Digest) -> Result<Vec<DestinationStatus>> {
+    async fn status_record(&self, name: &RepositoryName, digest: &Digest) -> Result<StatusRecord> {
         match self.storage.record_get(&Key::replication_status(name, digest)).await? {
-            Some(bytes) => Ok(super::manifests::decode::<StatusRecord>(&bytes)?.destinations),
-            None => Ok(Vec::new()),
+            Some(bytes) => super::manifests::decode::<StatusRecord>(&bytes),
+            None => Ok(StatusRecord::default()),
         }
     }
 
-    /// Sets the image's status at the destinations in `updates`, keeping the others.
+    /// The manifest's status at each destination it was replicated to (none when it never
+    /// was), whatever became of its tags.
+    pub async fn replication_status(&self, name: &RepositoryName, digest: &Digest) -> Result<Vec<DestinationStatus>> {
+        Ok(self.status_record(name, digest).await?.destinations)
+    }
+
+    /// Where the image stands at each destination for a user asking by `tag`: that tag's own
+    /// status (none when it was never sent anywhere, though the image went under another tag).
+    /// Asking by digest (`tag` `None`): per destination, the worst of the manifest's status and
+    /// those of the tags that name it at the source now, so an image is `COMPLETE` only when
+    /// everything it carries arrived; a tag the destination refused as immutable is the one
+    /// exception (the image arrives untagged, as in ECR; asked by that tag, it is `FAILED`).
+    pub async fn replication_status_of(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        tag: Option<&str>,
+    ) -> Result<Vec<DestinationStatus>> {
+        let record = self.status_record(name, digest).await?;
+        let Some(tags) = record.tags else { return Ok(record.destinations) };
+        if let Some(tag) = tag {
+            return Ok(tags.get(tag).cloned().unwrap_or_default());
+        }
+        let mut out = record.destinations;
+        for (tag, statuses) in &tags {
+            if !self.tag_names(name, tag, digest).await? {
+                continue;
+            }
+            for s in statuses.iter().filter(|s| !tag_settled(s)) {
+                match out.iter_mut().find(|d| d.registry_id == s.registry_id && d.region == s.region) {
+                    Some(d) if worse(s.status, d.status) => {
+                        *d = DestinationStatus {
+                            failure_code: s.failure_code.clone().map(|c| format!("tag {tag}: {c}")),
+                            ..s.clone()
+                        };
+                    }
+                    Some(_) => {}
+                    None => out.push(s.clone()),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The destinations among `wanted` where the image, with every one of `tags` (its tags at
+    /// the source now), is not yet complete: what a backfill still has to send.
+    pub async fn replication_pending(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        tags: &[String],
+        wanted: &[ReplicationDestination],
+    ) -> Result<Vec<ReplicationDestination>> {
+        let record = self.status_record(name, digest).await?;
+        let complete = |list: &[DestinationStatus], d: &ReplicationDestination| {
+            list.iter().any(|s| {
+                s.registry_id == d.registry_id && s.region == d.region && s.status == ReplicationState::Complete
+            })
+        };
+        Ok(wanted
+            .iter()
+            .filter(|d| {
+                let image_done = complete(&record.destinations, d);
+                let tags_done = match &record.tags {
+                    None => true,
+                    Some(by_tag) => tags.iter().all(|t| {
+                        by_tag.get(t).is_some_and(|list| {
+                            list.iter()
+                                .any(|s| s.registry_id == d.registry_id && s.region == d.region && tag_settled(s))
+                        })
+                    }),
+                };
+                !(image_done && tags_done)
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn tag_names(&self, name: &RepositoryName, tag: &str, digest: &Digest) -> Result<bool> {
+        let Ok(tag) = Tag::parse(tag) else { return Ok(false) };
+        match self.manifest_record(&super::Repo::Local(name.clone()), &crate::oci::Reference::Tag(tag)).await {
+            Ok(r) => Ok(&r.digest == digest),
+            Err(super::Error::ManifestUnknown(_) | super::Error::NameUnknown(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the image's status at the destinations in `updates`, and its tags' in `tags`,
+    /// keeping the others.
     pub async fn set_replication_status(
         &self,
         name: &RepositoryName,
         digest: &Digest,
         updates: &[DestinationStatus],
+        tags: &[TagStatusUpdate],
     ) -> Result<()> {
-        let mut record = StatusRecord { destinations: self.replication_status(name, digest).await? };
+        let mut record = self.status_record(name, digest).await?;
         for u in updates {
-            match record.destinations.iter_mut().find(|d| d.registry_id == u.registry_id && d.region == u.region) {
-                Some(d) => *d = u.clone(),
-                None => record.destinations.push(u.clone()),
+            upsert(&mut record.destinations, u);
+        }
+        let by_tag = record.tags.get_or_insert_with(Default::default);
+        for t in tags {
+            match &t.status {
+                Some(status) => upsert(by_tag.entry(t.tag.clone()).or_default(), status),
+                None => {
+                    if let Some(list) = by_tag.get_mut(&t.tag) {
+                        list.clear();
+                    }
+                }
             }
         }
+        by_tag.retain(|_, list| !list.is_empty());
         let bytes = super::manifests::encode(&record)?;
         Ok(self.storage.record_put(&Key::replication_status(name, digest), bytes).await?)
     }

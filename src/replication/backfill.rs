@@ -94,16 +94,8 @@ pub async fn pending_images(
         let images = registry.repository_images(&name).await?;
         let children: HashSet<_> = images.iter().flat_map(|i| i.children.iter().cloned()).collect();
         for image in images.iter().filter(|i| !children.contains(&i.digest)) {
-            let done = registry.replication_status(&name, &image.digest).await?;
-            let destinations: Vec<ReplicationDestination> = wanted
-                .iter()
-                .filter(|d| {
-                    !done.iter().any(|s| {
-                        s.registry_id == d.registry_id && s.region == d.region && s.status == ReplicationState::Complete
-                    })
-                })
-                .cloned()
-                .collect();
+            // Replicated only when the image and every tag it carries now arrived.
+            let destinations = registry.replication_pending(&name, &image.digest, &image.tags, &wanted).await?;
             if destinations.is_empty() {
                 already = already.saturating_add(1);
                 continue;
@@ -291,7 +283,17 @@ async fn stop(worker: &ReplicationWorker, b: &mut Backfill) -> Result<(), crate:
                             s
                         })
                         .collect();
-                    registry.set_replication_status(&name, &event.digest, &withdrawn).await?;
+                    let tags: Vec<_> = event
+                        .tags
+                        .iter()
+                        .flat_map(|t| {
+                            withdrawn.iter().map(|s| crate::registry::replication::TagStatusUpdate {
+                                tag: t.clone(),
+                                status: Some(s.clone()),
+                            })
+                        })
+                        .collect();
+                    registry.set_replication_status(&name, &event.digest, &withdrawn, &tags).await?;
                 }
             }
         }
@@ -318,6 +320,16 @@ pub async fn results(registry: &Registry, b: &Backfill) -> Result<Vec<BackfillRe
         let tags: Vec<Option<String>> =
             if t.tags.is_empty() { vec![None] } else { t.tags.iter().cloned().map(Some).collect() };
         for tag in tags {
+            // Each tag's own outcome where it has one (it may have failed where the image did not).
+            let own = match &tag {
+                Some(tag) => registry
+                    .replication_status_of(&name, &t.digest, Some(tag))
+                    .await?
+                    .into_iter()
+                    .find(|o| o.registry_id == b.destination.registry_id && o.region == b.destination.region),
+                None => None,
+            };
+            let s = own.filter(|o| o.status != ReplicationState::InProgress).unwrap_or_else(|| s.clone());
             out.push(BackfillResult {
                 target: BackfillTarget {
                     repository: t.repository.clone(),

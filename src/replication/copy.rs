@@ -44,18 +44,30 @@ fn source_error(e: &crate::registry::Error) -> CopyError {
     }
 }
 
+/// What became of an image's tags at a destination it reached.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CopiedTags {
+    /// Tags that name the image there now.
+    pub set: Vec<String>,
+    /// Tags the destination refused (it keeps them immutable): the image is there without them.
+    pub refused: Vec<String>,
+    /// Tags that no longer name the image at the source (a later push owns them).
+    pub moved: Vec<String>,
+}
+
 impl ImageCopy<'_> {
     /// Copies the manifest `digest` of `name` and sets those of `tags` that still name it at
-    /// the source (a tag moved since belongs to a later event).
-    pub async fn copy(&self, name: &RepositoryName, digest: &Digest, tags: &[String]) -> Result<(), CopyError> {
+    /// the source (a tag moved since belongs to a later event); says what became of each tag.
+    pub async fn copy(&self, name: &RepositoryName, digest: &Digest, tags: &[String]) -> Result<CopiedTags, CopyError> {
         let repo = name.as_str();
+        let mut outcome = CopiedTags::default();
         let mut live_tags = Vec::new();
         for tag in tags {
             let Ok(parsed) = Tag::parse(tag) else { continue };
             let local = Repo::Local(name.clone());
             match self.registry.manifest_record(&local, &Reference::Tag(parsed)).await {
                 Ok(r) if &r.digest == digest => live_tags.push(tag.clone()),
-                Ok(_) | Err(crate::registry::Error::ManifestUnknown(_)) => {}
+                Ok(_) | Err(crate::registry::Error::ManifestUnknown(_)) => outcome.moved.push(tag.clone()),
                 Err(e) => return Err(source_error(&e)),
             }
         }
@@ -65,18 +77,24 @@ impl ImageCopy<'_> {
             self.copy_references(name, &media_type, &bytes, 0).await?;
         }
         let mut stored = present;
-        for tag in &live_tags {
+        for tag in live_tags {
             // A tag can name the image there only if the image is there.
-            if present && self.destination.manifest_digest(repo, tag).await?.as_ref() == Some(digest) {
+            if present && self.destination.manifest_digest(repo, &tag).await?.as_ref() == Some(digest) {
+                outcome.set.push(tag);
                 continue;
             }
             // Refused as an immutable tag: the image goes in by digest, untagged.
-            stored |= self.destination.put_manifest(repo, tag, &media_type, bytes.clone()).await?;
+            let accepted = self.destination.put_manifest(repo, &tag, &media_type, bytes.clone()).await?;
+            stored |= accepted;
+            match accepted {
+                true => outcome.set.push(tag),
+                false => outcome.refused.push(tag),
+            }
         }
         if !stored {
             self.destination.put_manifest(repo, &digest.to_string(), &media_type, bytes).await?;
         }
-        Ok(())
+        Ok(outcome)
     }
 
     /// A manifest's media type and bytes, from the source.

@@ -346,23 +346,29 @@ impl ReplicationWorker {
             async move {
                 match d {
                     Some(d) => self.copy_to(name, event, &d).await,
-                    None => Ok(()),
+                    None => Ok(copy::CopiedTags::default()),
                 }
             }
         }));
         let outcomes = hold(storage.as_ref(), clock.as_ref(), &mut lease, self.pace.lease_ttl, copies).await?;
         let now = clock.now_ms();
         let mut changed = Vec::new();
+        let mut tags = Vec::new();
         for (&i, outcome) in due.iter().zip(outcomes) {
             let Some(d) = event.destinations.get_mut(i) else { continue };
-            self.settle(id, d, outcome, now);
+            let copied = match &outcome {
+                Ok(copied) => Some(copied.clone()),
+                Err(_) => None,
+            };
+            self.settle(id, d, outcome.map(|_| ()), now);
+            tags.extend(tag_statuses(&event.tags, &d.status, copied.as_ref()));
             changed.push(d.status.clone());
         }
         let replicated: Vec<String> =
             changed.iter().filter(|s| s.status == ReplicationState::Complete).map(DestinationStatus::label).collect();
         // Committed only by the lease's holder: one that lost it leaves the event to the taker.
         lease.check(storage.as_ref(), clock.as_ref()).await?;
-        self.registry.set_replication_status(name, &event.digest, &changed).await?;
+        self.registry.set_replication_status(name, &event.digest, &changed, &tags).await?;
         if event.destinations.iter().all(|d| d.status.status != ReplicationState::InProgress) {
             self.registry.delete_replication_event(id).await?;
             // The image's lease has nothing left to guard (another event of it takes a new one).
@@ -386,7 +392,7 @@ impl ReplicationWorker {
         name: &RepositoryName,
         event: &ReplicationEvent,
         d: &DestinationStatus,
-    ) -> Result<(), CopyError> {
+    ) -> Result<copy::CopiedTags, CopyError> {
         let Some(destination) = self.destinations.get(&(d.registry_id.clone(), d.region.clone())) else {
             return Err(CopyError::Permanent {
                 code: "DESTINATION_NOT_CONFIGURED",
@@ -502,6 +508,34 @@ impl Worker for ReplicationWorker {
             () = self.wake.notified() => {}
         }
     }
+}
+
+/// Each of an event's tags at one destination after an attempt: where the image went, its
+/// tags went too, but for those the destination refused (failed, with why) and those a later
+/// push took over at the source (dropped); a failure or a retry is every tag's.
+fn tag_statuses(
+    tags: &[String],
+    status: &DestinationStatus,
+    copied: Option<&copy::CopiedTags>,
+) -> Vec<crate::registry::replication::TagStatusUpdate> {
+    use crate::registry::replication::TagStatusUpdate;
+    tags.iter()
+        .map(|tag| {
+            let status = match copied {
+                Some(c) if c.moved.contains(tag) => None,
+                Some(c) if c.refused.contains(tag) => Some(DestinationStatus {
+                    status: ReplicationState::Failed,
+                    failure_code: Some(format!(
+                        "{}: the destination keeps tag {tag} on another image; the image arrived without it",
+                        crate::registry::replication::TAG_IMMUTABLE
+                    )),
+                    ..status.clone()
+                }),
+                _ => Some(status.clone()),
+            };
+            TagStatusUpdate { tag: tag.clone(), status }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! demand, from the harness relay (`tests/support/relay.rs`).
 
 use crate::clients::{policy, run, skopeo};
-use crate::ecr_api::signed_call_in;
+use crate::ecr_api::{boto3_open, signed_call_in};
 use crate::harness::*;
 use crate::images::build_layout;
 use crate::relay::{Relay, RelaySettings};
@@ -574,6 +574,16 @@ async fn filters_deletes_chaining_and_immutable_tags_behave_as_in_ecr() {
     assert_eq!(b.get(&format!("/v2/imm/app/manifests/{ours}"), ACCEPT_ALL).await.status(), StatusCode::OK);
     let tagged = b.get("/v2/imm/app/manifests/v1", ACCEPT_ALL).await;
     assert_eq!(header(&tagged, "docker-content-digest"), theirs);
+    // Asked by that tag, the status says it did not arrive, and why.
+    let (status, body) = ecr(
+        &a,
+        "DescribeImageReplicationStatus",
+        json!({ "repositoryName": "imm/app", "imageId": { "imageTag": "v1" } }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["replicationStatuses"][0]["status"], "FAILED", "{body}");
+    assert!(body["replicationStatuses"][0]["failureCode"].as_str().unwrap().starts_with("TAG_IMMUTABLE"), "{body}");
 
     // What the registry policy grants the source is pushing (and the HEADs a push makes):
     // saying it replicates never lets it read content, list or delete.
@@ -813,4 +823,70 @@ print(json.dumps({{
     );
     assert_eq!(v["pages"], json!([1, 1, false]));
     assert_eq!(v["missing"], "ReplicationBackfillNotFoundException");
+}
+
+/// Replication status per tag (issue 17): `v1` fails to replicate (no registry policy yet);
+/// once the policy is there the same image is pushed again as `v2` and replicated. Asked by
+/// `v1`, the status is still `FAILED` (the destination has no `v1`), by digest too, and the
+/// console agrees; a backfill treats the image as not replicated and sends `v1`, after which
+/// every answer is `COMPLETE`. Pushed with skopeo, read with boto3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tag_that_never_arrived_is_not_complete_until_a_backfill_sends_it() {
+    let moto = crate::s3::Moto::start();
+    moto.bucket("source").await;
+    let c = Region::start("333333333333", "ap-south-1", false).await;
+    let a = source_replica(&moto, "source", vec![c.target(c.port)]).await;
+    configure(&a, vec![rule(&[&c], &[])]).await;
+    let work = tempfile::tempdir().unwrap();
+    let built = build_layout(&work.path().join("image"), "v1", &["amd64"], 20_000, false, 91);
+    skopeo_push(work.path(), &built.source, &a.base, "team/tagged:v1");
+    let top = built.top.clone();
+    wait_status(&a.base, "team/tagged", &top, &c, "FAILED").await;
+
+    c.put_registry_policy(&replication_policy(&["ecr:ReplicateImage", "ecr:CreateRepository"])).await;
+    skopeo_push(work.path(), &built.source, &a.base, "team/tagged:v2");
+    let by_tag = |tag: &str| {
+        boto3_open(
+            &a.base,
+            &format!(
+                "s = ecr.describe_image_replication_status(repositoryName='team/tagged', imageId={{'imageTag': '{tag}'}})\n\
+                 print(json.dumps([(d['registryId'], d['status']) for d in s['replicationStatuses']]))"
+            ),
+        )
+    };
+    let deadline = Instant::now() + WITHIN;
+    while by_tag("v2") != json!([["333333333333", "COMPLETE"]]) {
+        assert!(Instant::now() < deadline, "v2 never replicated: {}", by_tag("v2"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(c.get("/v2/team/tagged/manifests/v2", ACCEPT_ALL).await.status(), StatusCode::OK);
+    assert_eq!(c.get("/v2/team/tagged/manifests/v1", ACCEPT_ALL).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(by_tag("v1"), json!([["333333333333", "FAILED"]]), "v1 never arrived");
+    let by_digest = statuses(&a.base, "team/tagged", &top).await;
+    assert_eq!(by_digest.len(), 1);
+    assert_eq!(by_digest[0].1, "FAILED", "by digest, an image is complete only with all its tags: {by_digest:?}");
+    assert!(by_digest[0].2.starts_with("tag v1:"), "{by_digest:?}");
+    let console = |a: &TestFerry| {
+        let url = format!("{}/console/repositories/team/tagged", a.admin);
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    assert!(console(&a).await.contains("ap-south-1: FAILED"), "the console tells the same truth");
+
+    // A backfill sends the image again with every tag it carries.
+    let (status, started) =
+        ecr(&a, "StartReplicationBackfill", json!({ "destination": { "region": c.region, "registryId": c.id } })).await;
+    assert_eq!(status, 200, "{started}");
+    let id = started["replicationBackfillId"].as_str().unwrap().to_owned();
+    wait_backfill(&a, &id, "COMPLETE").await;
+    assert_same_image(&a.base, &c, "team/tagged", "v1").await;
+    assert_eq!(by_tag("v1"), json!([["333333333333", "COMPLETE"]]));
+    assert_eq!(statuses(&a.base, "team/tagged", &top).await[0].1, "COMPLETE");
+    assert!(console(&a).await.contains("ap-south-1: COMPLETE"));
+    // Nothing left: another backfill queues nothing.
+    let (status, again) =
+        ecr(&a, "StartReplicationBackfill", json!({ "destination": { "region": c.region, "registryId": c.id } })).await;
+    assert_eq!(status, 200, "{again}");
+    let again_id = again["replicationBackfillId"].as_str().unwrap().to_owned();
+    let done = wait_backfill(&a, &again_id, "COMPLETE").await;
+    assert_eq!(done["progress"]["totalReplicationCount"], 0, "{done}");
 }
