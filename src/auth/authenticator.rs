@@ -178,7 +178,7 @@ pub struct Authenticator {
     /// sends the same one on every request, so the MAC and the claims' JSON are checked once
     /// per token per cache period (expiry and the principal still on every request).
     tokens: moka::sync::Cache<String, Claims>,
-    /// Failed attempts per (address, access key id) in the current minute.
+    /// Failed attempts per (address, access key id): when its minute began (ms) and how many.
     failures: Mutex<HashMap<(IpAddr, String), (u64, u32)>>,
     /// argon2 runs at once (each takes ~19 MiB and a core for tens of milliseconds).
     password_checks: Arc<tokio::sync::Semaphore>,
@@ -188,24 +188,27 @@ pub struct Authenticator {
     clock: SharedClock,
 }
 
-/// One reserved failure of the budget: kept as a failure unless [`Attempt::succeeded`].
+/// One reserved failure of the budget: kept as a failure unless refunded.
 struct Attempt<'a> {
     owner: &'a Authenticator,
     key: (IpAddr, String),
-    minute: u64,
+    window: u64,
 }
 
 impl Attempt<'_> {
     /// Gives the reserved failure back: the credential was right, or never checked.
     fn refund(self) {
         let mut failures = self.owner.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((minute, n)) = failures.get_mut(&self.key) {
-            if *minute == self.minute {
+        if let Some((window, n)) = failures.get_mut(&self.key) {
+            if *window == self.window {
                 *n = n.saturating_sub(1);
             }
         }
     }
 }
+
+/// How long a failure budget lasts from its first failure.
+const FAILURE_WINDOW_MS: u64 = 60_000;
 
 /// Counts one waiter in the password queue while it lives.
 struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
@@ -280,29 +283,28 @@ impl Authenticator {
         (self.key.issue(&Claims { principal: name, expires_at }), expires_at.saturating_sub(now))
     }
 
-    fn minute(&self) -> u64 {
-        self.clock.now_ms() / 60_000
-    }
-
     /// Reserves one failure of `client`'s budget for `key_id` before its secret is checked
     /// (check and count in one step, so parallel guesses cannot all pass the check), or says
-    /// how long to wait.
+    /// how long to wait. A budget lasts a minute from its first failure (a sliding start, so
+    /// nobody gets two budgets across a clock minute's edge).
     fn reserve_attempt(&self, client: IpAddr, key_id: &str) -> Result<Attempt<'_>, AuthError> {
-        let minute = self.minute();
+        let now = self.clock.now_ms();
+        let current = |start: u64| now.saturating_sub(start) < FAILURE_WINDOW_MS;
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if failures.len() > MAX_FAILURE_RECORDS {
-            failures.retain(|_, (m, _)| *m == minute);
+            failures.retain(|_, (start, _)| current(*start));
         }
         let key = (client, key_id.to_owned());
-        let entry = failures.entry(key.clone()).or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
+        let entry = failures.entry(key.clone()).or_insert((now, 0));
+        if !current(entry.0) || entry.1 == 0 {
+            *entry = (now, 0);
         }
         if entry.1 >= self.max_failures_per_minute {
-            return Err(AuthError::Throttled(60u64.saturating_sub(self.now_secs() % 60).max(1)));
+            let left_ms = entry.0.saturating_add(FAILURE_WINDOW_MS).saturating_sub(now);
+            return Err(AuthError::Throttled(left_ms.div_ceil(1000).max(1)));
         }
         entry.1 = entry.1.saturating_add(1);
-        Ok(Attempt { owner: self, key, minute })
+        Ok(Attempt { owner: self, key, window: entry.0 })
     }
 
     /// Who the `Authorization` header names: `None` (no header) is anonymous.

@@ -39,7 +39,8 @@ pub struct ServerConfig {
     /// throttled before a byte of its body is read. Such requests hold no in-flight permit.
     /// Default `134217728` (128 MiB).
     pub unverified_body_bytes: u64,
-    /// The same, for one client address. Default `33554432` (32 MiB: two layer parts).
+    /// The same, for one client address, and for one access key id (key ids are not secrets:
+    /// a flood naming one holds only its share). Default `33554432` (32 MiB: two layer parts).
     pub unverified_body_bytes_per_client: u64,
 }
 

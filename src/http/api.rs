@@ -181,7 +181,7 @@ async fn authenticate_and_read(
         }
         None => {
             let reserve = declared.unwrap_or(limit as u64).min(limit as u64);
-            let Some(reservation) = app.unverified.reserve(client, reserve) else {
+            let Some(reservation) = app.unverified.reserve(client, pre.access_key_id(), reserve) else {
                 app.metrics.http.rejected.inc();
                 return Err(throttled("Too many unverified request bodies from this client: retry shortly"));
             };
@@ -296,10 +296,13 @@ fn signature_error(e: &SigV4Error) -> ApiError {
 /// Reads a body of at most `limit` bytes, cut off when it delivers nothing for `idle` or is
 /// not all there within [`BODY_DEADLINE`].
 async fn read_body(body: Incoming, limit: usize, idle: std::time::Duration) -> Result<Bytes, ApiError> {
+    // Room for what the body announces (within the limit): growing by doubling would hold up
+    // to twice the body for a moment.
+    let announced = usize::try_from(body.size_hint().exact().unwrap_or(0)).unwrap_or(0).min(limit);
     let stream = http_body_util::BodyDataStream::new(body).map(|r| r.map_err(std::io::Error::other)).boxed();
     let mut stream = super::limits::body_idle_timeout(stream, idle);
     let read = async {
-        let mut buf = BytesMut::new();
+        let mut buf = BytesMut::with_capacity(announced);
         while let Some(chunk) = stream.next().await {
             let chunk =
                 chunk.map_err(|e| ApiError::new("SerializationException", format!("the request body failed: {e}")))?;

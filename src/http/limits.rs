@@ -143,61 +143,78 @@ impl RequestLimits {
 }
 
 /// Request bodies read before their sender is known (an ECR API body, which the signature
-/// covers): bytes reserved per client address and in total before a byte is read, so
-/// unauthenticated clients can hold only this much memory, and nothing else, between them.
+/// covers): bytes reserved before a byte is read, per client address, per access key id the
+/// request names (key ids are not secrets: whoever floods with one holds only that key's
+/// share) and in total, so unauthenticated clients can hold only this much memory, and nothing
+/// else, between them.
 pub struct UnverifiedBodies {
     /// In KiB, so a semaphore's permit count fits any configured total.
     total: Arc<Semaphore>,
-    per_client_max: u64,
-    per_client: Mutex<HashMap<IpAddr, u64>>,
+    per_owner_max: u64,
+    held: Mutex<HashMap<BodyOwner, u64>>,
     gauge: prometheus::IntGauge,
+}
+
+/// Who a share of the unverified budget is counted against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum BodyOwner {
+    Client(IpAddr),
+    Key(String),
 }
 
 /// Bytes reserved for one unverified body, given back when dropped.
 pub struct UnverifiedReservation {
     _permit: OwnedSemaphorePermit,
     owner: Arc<UnverifiedBodies>,
-    client: IpAddr,
+    counted: [BodyOwner; 2],
     bytes: u64,
 }
 
 impl Drop for UnverifiedReservation {
     fn drop(&mut self) {
         self.owner.gauge.sub(i64::try_from(self.bytes).unwrap_or(i64::MAX));
-        let mut counts = self.owner.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.client) {
-            *n = n.saturating_sub(self.bytes);
-            if *n == 0 {
-                counts.remove(&self.client);
+        let mut held = self.owner.held.lock().unwrap_or_else(|p| p.into_inner());
+        for who in &self.counted {
+            if let Some(n) = held.get_mut(who) {
+                *n = n.saturating_sub(self.bytes);
+                if *n == 0 {
+                    held.remove(who);
+                }
             }
         }
     }
 }
 
 impl UnverifiedBodies {
-    /// At most `total` bytes in all, `per_client` from one address.
-    pub fn new(total: u64, per_client: u64, gauge: prometheus::IntGauge) -> Arc<Self> {
+    /// At most `total` bytes in all, `per_owner` from one address and for one access key.
+    pub fn new(total: u64, per_owner: u64, gauge: prometheus::IntGauge) -> Arc<Self> {
         let kib = usize::try_from(total.div_ceil(1024)).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         Arc::new(Self {
             total: Arc::new(Semaphore::new(kib)),
-            per_client_max: per_client,
-            per_client: Mutex::new(HashMap::new()),
+            per_owner_max: per_owner,
+            held: Mutex::new(HashMap::new()),
             gauge,
         })
     }
 
-    /// Reserves `bytes` for a body from `client`, or `None` when either budget is spent.
-    pub fn reserve(self: &Arc<Self>, client: IpAddr, bytes: u64) -> Option<UnverifiedReservation> {
+    /// Reserves `bytes` for a body from `client` signed (in form) with `key`, or `None` when
+    /// any of the three budgets is spent.
+    pub fn reserve(self: &Arc<Self>, client: IpAddr, key: &str, bytes: u64) -> Option<UnverifiedReservation> {
         let kib = u32::try_from(bytes.div_ceil(1024)).ok()?;
-        let mut counts = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        let held = counts.get(&client).copied().unwrap_or(0);
-        if held.checked_add(bytes)? > self.per_client_max {
-            return None;
+        let counted = [BodyOwner::Client(client), BodyOwner::Key(key.to_owned())];
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for who in &counted {
+            if held.get(who).copied().unwrap_or(0).checked_add(bytes)? > self.per_owner_max {
+                return None;
+            }
         }
         let permit = self.total.clone().try_acquire_many_owned(kib).ok()?;
-        counts.insert(client, held.saturating_add(bytes));
+        for who in &counted {
+            let n = held.entry(who.clone()).or_insert(0);
+            *n = n.saturating_add(bytes);
+        }
         self.gauge.add(i64::try_from(bytes).unwrap_or(i64::MAX));
-        Some(UnverifiedReservation { _permit: permit, owner: self.clone(), client, bytes })
+        Some(UnverifiedReservation { _permit: permit, owner: self.clone(), counted, bytes })
     }
 }
 
@@ -377,5 +394,27 @@ mod tests {
         limits.opened(a, x);
         limits.retain(|id| *id != y);
         assert!(limits.may_open(a));
+    }
+
+    #[test]
+    fn unverified_bodies_are_bounded_per_client_per_key_and_in_total() {
+        // The total is kept in KiB.
+        const K: u64 = 1024;
+        let gauge = prometheus::IntGauge::new("t", "t").unwrap();
+        let budget = UnverifiedBodies::new(100 * K, 40 * K, gauge.clone());
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) =
+            ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let first = budget.reserve(a, "K1", 30 * K).unwrap();
+        assert!(budget.reserve(a, "K2", 11 * K).is_none(), "past the client's share");
+        assert!(budget.reserve(b, "K1", 11 * K).is_none(), "past the key's share, from another address");
+        let second = budget.reserve(b, "K2", 40 * K).unwrap();
+        assert_eq!(gauge.get(), 70 * 1024);
+        let _third = budget.reserve(c, "K3", 20 * K).unwrap();
+        assert!(budget.reserve(c, "K4", 10 * K).is_some(), "the total has room for 10 more (given back at once)");
+        assert!(budget.reserve("127.0.0.4".parse().unwrap(), "K5", 11 * K).is_none(), "past the total");
+        drop(first);
+        drop(second);
+        assert_eq!(gauge.get(), 20 * 1024);
+        assert!(budget.reserve(a, "K1", 40 * K).is_some(), "shares come back when dropped");
     }
 }

@@ -544,8 +544,20 @@ pub async fn signed_call_in(
     operation: &str,
     body: &str,
 ) -> (u16, serde_json::Value) {
+    signed_call_at(&f.base, region, key, secret, operation, body).await
+}
+
+/// [`signed_call`] to the registry at `base` (a Ferry process, say) in `region`.
+pub async fn signed_call_at(
+    base: &str,
+    region: &str,
+    key: &str,
+    secret: &str,
+    operation: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
     use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    let host = f.base.trim_start_matches("http://").to_owned();
+    let host = base.trim_start_matches("http://").to_owned();
     let creds = aws_credential_types::Credentials::new(key, secret, None, None, "test");
     let identity: aws_smithy_runtime_api::client::identity::Identity = creds.into();
     let params = aws_sigv4::sign::v4::SigningParams::builder()
@@ -563,9 +575,8 @@ pub async fn signed_call_in(
     let signable =
         SignableRequest::new("POST", "/", headers.iter().copied(), SignableBody::Bytes(body.as_bytes())).unwrap();
     let (instructions, _) = sign(signable, &params).unwrap().into_parts();
-    let mut req = f
-        .client
-        .post(f.url("/"))
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/"))
         .header("x-amz-target", &target)
         .header("content-type", "application/x-amz-json-1.1")
         .body(body.to_owned());

@@ -13,7 +13,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// A connection to `server` from the loopback address `from` (127.0.0.x: Linux routes the
 /// whole 127/8 to lo), so a test can be several clients.
-async fn connect_from(from: &str, server: SocketAddr) -> TcpStream {
+pub async fn connect_from(from: &str, server: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
     socket.connect(server).await.unwrap()

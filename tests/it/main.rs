@@ -12,6 +12,7 @@ mod ecr_api;
 mod fuzz;
 mod gc;
 mod harness;
+mod hostile;
 mod images;
 mod integrity;
 mod lifecycle;
