@@ -503,4 +503,65 @@ async fn auth() {
     report("auth_manifest_get_c64_access_key_vs_ferry_without_auth", rps[2], rps[0], true, "req/s");
     report("auth_manifest_get_c64_token_vs_registry_htpasswd", rps[1], rps[3], true, "req/s");
     report("auth_manifest_get_c64_access_key_vs_registry_htpasswd", rps[2], rps[3], true, "req/s");
+
+    // A wrong-password flood from 64 addresses against the real key, while a logged-in client
+    // (Ferry: its registry password; the peer: its htpasswd pair) reads the manifest.
+    let ferry_p99 = p99_during_flood(&servers[1].base, &key, &token_basic).await;
+    let peer_p99 = p99_during_flood(&servers[2].base, "bench", &peer_basic).await;
+    report("auth_flood_p99_manifest_get_ms", ferry_p99, peer_p99, false, "ms");
+}
+
+/// The p99 latency (ms) of a logged-in client's manifest GETs over 8 s while 64 other loopback
+/// addresses keep sending wrong secrets for `user`, each as fast as it is answered.
+async fn p99_during_flood(base: &str, user: &str, authorization: &str) -> f64 {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood: Vec<_> = (1..=64)
+        .map(|a| {
+            let (base, user, stop) = (base.to_owned(), user.to_owned(), stop.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .local_address(Some(format!("127.0.7.{a}").parse().unwrap()))
+                    .build()
+                    .unwrap();
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let _ = client
+                        .get(format!("{base}/v2/"))
+                        .basic_auth(&user, Some(format!("wrong-{a}-{i}")))
+                        .send()
+                        .await;
+                }
+            })
+        })
+        .collect();
+    let client = reqwest::Client::builder()
+        .local_address(Some("127.0.8.1".parse().unwrap()))
+        .default_headers({
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::AUTHORIZATION, authorization.parse().unwrap());
+            h.insert(reqwest::header::ACCEPT, MANIFEST_ACCEPT.parse().unwrap());
+            h
+        })
+        .build()
+        .unwrap();
+    let url = format!("{base}/v2/bench/app/manifests/v1");
+    // Let the flood reach its pace first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let t = Instant::now();
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "the logged-in read failed during the flood");
+        resp.bytes().await.unwrap();
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flood {
+        let _ = f.await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = (latencies.len() * 99 / 100).min(latencies.len().saturating_sub(1));
+    latencies[at]
 }

@@ -37,7 +37,7 @@ fn repo_arn(name: &str) -> String {
     format!("arn:aws:ecr:us-east-1:{ACCOUNT}:repository/{name}")
 }
 
-const PUSH: [&str; 6] = [
+pub const PUSH: [&str; 6] = [
     "ecr:BatchGetImage",
     "ecr:BatchCheckLayerAvailability",
     "ecr:InitiateLayerUpload",

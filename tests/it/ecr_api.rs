@@ -1115,19 +1115,19 @@ fn amz_date_now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(['-', ':'], "")
 }
 
-/// Sends the head of an ECR API request for `target`, signed (in form only, the signature is
-/// made up) with `key` over `signed_headers`, announcing `announced` body bytes, then `body`;
-/// returns the open connection. `key` `None` sends no `Authorization` at all.
-async fn api_request_head(
+/// Sends the head of an ECR API request for `target` from the loopback address `from`, signed
+/// (in form only, the signature is made up) with `key` over `signed_headers`, announcing
+/// `announced` body bytes; returns the open connection. `key` `None` sends no `Authorization`.
+pub async fn api_head_from(
+    from: &str,
     server: std::net::SocketAddr,
     target: &str,
     key: Option<&str>,
     signed_headers: &str,
     announced: usize,
-    body: &[u8],
 ) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
+    let mut s = crate::limits::connect_from(from, server).await;
     let date = amz_date_now();
     let authorization = key.map_or(String::new(), |key| {
         format!(
@@ -1141,12 +1141,26 @@ async fn api_request_head(
          Content-Type: application/x-amz-json-1.1\r\nX-Amz-Date: {date}\r\n{authorization}Content-Length: {announced}\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// [`api_head_from`] 127.0.0.1, then `body`.
+async fn api_request_head(
+    server: std::net::SocketAddr,
+    target: &str,
+    key: Option<&str>,
+    signed_headers: &str,
+    announced: usize,
+    body: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = api_head_from("127.0.0.1", server, target, key, signed_headers, announced).await;
     s.write_all(body).await.unwrap();
     s
 }
 
 /// What SDKs sign on the ECR API.
-const SIGNED: &str = "content-type;host;x-amz-date;x-amz-target";
+pub const SIGNED: &str = "content-type;host;x-amz-date;x-amz-target";
 
 /// The head of an `UploadLayerPart` signed in form by `key`.
 async fn layer_part_head(

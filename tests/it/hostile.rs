@@ -4,9 +4,8 @@
 //! each, a logged-in client's pull (a manifest and its config blob) still succeeds within a
 //! second, and the server's peak memory stays bounded.
 
-use crate::ecr_api::signed_call_at;
+use crate::ecr_api::{api_head_from, signed_call_at, SIGNED};
 use crate::harness::*;
-use crate::limits::connect_from;
 use ferry::auth::secrets::new_key;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -124,8 +123,8 @@ impl Hostile {
     }
 }
 
-/// An ECR API request head from `from`: signed in form only (a made-up signature) with `key`,
-/// or with no `Authorization` at all; announcing `announced` body bytes, then sending `body`.
+/// An ECR API request head from `from`, signed in form only (a made-up signature) with `key`
+/// as SDKs sign, or with no `Authorization` at all, announcing `announced` body bytes.
 async fn api_head(
     from: &str,
     server: SocketAddr,
@@ -133,21 +132,7 @@ async fn api_head(
     key: Option<&str>,
     announced: usize,
 ) -> tokio::net::TcpStream {
-    let mut s = connect_from(from, server).await;
-    let date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(['-', ':'], "");
-    let authorization = key.map_or(String::new(), |key| {
-        format!(
-            "Authorization: AWS4-HMAC-SHA256 Credential={key}/{}/us-east-1/ecr/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature={}\r\n",
-            &date[..8],
-            "0".repeat(64)
-        )
-    });
-    let head = format!(
-        "POST / HTTP/1.1\r\nHost: {server}\r\nX-Amz-Target: AmazonEC2ContainerRegistry_V20150921.{target}\r\n\
-         Content-Type: application/x-amz-json-1.1\r\nX-Amz-Date: {date}\r\n{authorization}Content-Length: {announced}\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s
+    api_head_from(from, server, target, key, SIGNED, announced).await
 }
 
 /// Reads what the server answered on `s` (to the end of the connection), as text.

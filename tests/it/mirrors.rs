@@ -64,6 +64,34 @@ impl NetNs {
         }
     }
 
+    /// Debian's docker-registry on 127.0.0.1:5001 in the namespace, its data and log in `w`.
+    fn spawn_upstream(&mut self, w: &Path) {
+        std::fs::write(
+            w.join("upstream.yml"),
+            format!("version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp: {{addr: \"127.0.0.1:5001\"}}\n", w.join("upstream").display()),
+        )
+        .unwrap();
+        let mut c = self.command("docker-registry");
+        c.arg("serve").arg(w.join("upstream.yml")).env_remove("AWS_CA_BUNDLE");
+        self.spawn(c, &w.join("upstream.log"));
+        self.wait_for(
+            "docker-registry",
+            || {
+                let mut c = self.command("curl");
+                c.args(["-sf", "http://127.0.0.1:5001/v2/"]);
+                c
+            },
+            &w.join("upstream.log"),
+        );
+    }
+
+    /// skopeo in the namespace, with the test's signature policy and auth file, and `args`.
+    fn skopeo(&self, w: &Path, policy: &str, args: &[&str]) -> Command {
+        let mut c = self.command("skopeo");
+        c.env("REGISTRY_AUTH_FILE", w.join("auth.json")).args(["--policy", policy]).args(args);
+        c
+    }
+
     /// Ferry from `w/ferry.toml`, serving on 127.0.0.1:5000 in the namespace.
     fn spawn_ferry(&mut self, w: &Path) {
         let mut c = self.command(env!("CARGO_BIN_EXE_ferry"));
@@ -179,23 +207,7 @@ fn docker_daemon_and_containerd_pull_through_ferry_as_a_mirror() {
     let mut ns = NetNs::new();
 
     // The upstream, filled with skopeo inside the namespace.
-    std::fs::write(
-        w.join("upstream.yml"),
-        format!("version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp: {{addr: \"127.0.0.1:5001\"}}\n", w.join("upstream").display()),
-    )
-    .unwrap();
-    let mut c = ns.command("docker-registry");
-    c.arg("serve").arg(w.join("upstream.yml")).env_remove("AWS_CA_BUNDLE");
-    ns.spawn(c, &w.join("upstream.log"));
-    ns.wait_for(
-        "docker-registry",
-        || {
-            let mut c = ns.command("curl");
-            c.args(["-sf", "http://127.0.0.1:5001/v2/"]);
-            c
-        },
-        &w.join("upstream.log"),
-    );
+    ns.spawn_upstream(w);
     let single = build_layout(&w.join("single"), "v1", &["amd64"], 40_000, true, 51);
     let multi = build_layout(&w.join("multi"), "v1", &["amd64", "arm64"], 40_000, false, 52);
     for (src, dest) in [
@@ -430,34 +442,10 @@ fn anonymous_clients_and_a_docker_mirror_work_with_access_control_on() {
     let mut ns = NetNs::new();
 
     // The upstream, with one image.
-    std::fs::write(
-        w.join("upstream.yml"),
-        format!("version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp: {{addr: \"127.0.0.1:5001\"}}\n", w.join("upstream").display()),
-    )
-    .unwrap();
-    let mut c = ns.command("docker-registry");
-    c.arg("serve").arg(w.join("upstream.yml")).env_remove("AWS_CA_BUNDLE");
-    ns.spawn(c, &w.join("upstream.log"));
-    ns.wait_for(
-        "docker-registry",
-        || {
-            let mut c = ns.command("curl");
-            c.args(["-sf", "http://127.0.0.1:5001/v2/"]);
-            c
-        },
-        &w.join("upstream.log"),
-    );
+    ns.spawn_upstream(w);
     let alpine = build_layout(&w.join("alpine"), "v1", &["amd64"], 40_000, true, 71);
-    let mut c = ns.command("skopeo");
-    c.env("REGISTRY_AUTH_FILE", w.join("auth.json")).args([
-        "--policy",
-        &policy,
-        "copy",
-        "--dest-tls-verify=false",
-        &alpine.source,
-        "docker://127.0.0.1:5001/library/alpine:v1",
-    ]);
-    run(&mut c);
+    let to_upstream = ["copy", "--dest-tls-verify=false", &alpine.source, "docker://127.0.0.1:5001/library/alpine:v1"];
+    run(&mut ns.skopeo(w, &policy, &to_upstream));
 
     // Ferry with access control: admin may do anything; anonymous callers may pull the mirror
     // (and make Ferry fetch it) and public/*, nothing else.
@@ -485,18 +473,9 @@ fn anonymous_clients_and_a_docker_mirror_work_with_access_control_on() {
     let public_image = build_layout(&w.join("public"), "v1", &["amd64"], 30_000, true, 72);
     let creds = format!("AKIAFERRYADMIN000001:{secret}");
     for repo in ["public/tool", "private/app"] {
-        let mut c = ns.command("skopeo");
-        c.env("REGISTRY_AUTH_FILE", w.join("auth.json")).args([
-            "--policy",
-            &policy,
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &creds,
-            &public_image.source,
-            &format!("docker://127.0.0.1:5000/{repo}:v1"),
-        ]);
-        run(&mut c);
+        let dest = format!("docker://127.0.0.1:5000/{repo}:v1");
+        let args = ["copy", "--dest-tls-verify=false", "--dest-creds", &creds, &public_image.source, &dest];
+        run(&mut ns.skopeo(w, &policy, &args));
     }
 
     // dockerd, mirror configured, never logged in.
@@ -540,17 +519,8 @@ fn anonymous_clients_and_a_docker_mirror_work_with_access_control_on() {
     let out = podman(&["pull", "--tls-verify=false", "127.0.0.1:5000/private/app:v1"]).output().unwrap();
     assert!(!out.status.success(), "an anonymous podman pull of a private repository must fail");
     let skopeo_copy = |repo: &str, dest: &str| {
-        let mut c = ns.command("skopeo");
-        c.env("REGISTRY_AUTH_FILE", w.join("auth.json")).args([
-            "--policy",
-            &policy,
-            "copy",
-            "--src-no-creds",
-            "--src-tls-verify=false",
-            &format!("docker://127.0.0.1:5000/{repo}:v1"),
-            &format!("oci:{}:v1", w.join(dest).display()),
-        ]);
-        c
+        let (src, dest) = (format!("docker://127.0.0.1:5000/{repo}:v1"), format!("oci:{}:v1", w.join(dest).display()));
+        ns.skopeo(w, &policy, &["copy", "--src-no-creds", "--src-tls-verify=false", &src, &dest])
     };
     run(&mut skopeo_copy("public/tool", "copy-public"));
     assert!(!skopeo_copy("private/app", "copy-private").output().unwrap().status.success());

@@ -2,6 +2,7 @@
 //! policy, `?ns=` and the mirror default. Each case is the answer a hostile caller gets: a
 //! header, query parameter or policy never lets a principal do what it could not do without it.
 
+use crate::access::PUSH;
 use crate::ecr_api::signed_call;
 use crate::harness::*;
 use ferry::config::{AuthConfig, PrincipalConfig};
@@ -46,15 +47,6 @@ fn policy(statements: Vec<serde_json::Value>) -> serde_json::Value {
 fn arn(name: &str) -> String {
     format!("arn:aws:ecr:us-east-1:{ACCOUNT}:repository/{name}")
 }
-
-const PUSH: [&str; 6] = [
-    "ecr:BatchGetImage",
-    "ecr:BatchCheckLayerAvailability",
-    "ecr:InitiateLayerUpload",
-    "ecr:UploadLayerPart",
-    "ecr:CompleteLayerUpload",
-    "ecr:PutImage",
-];
 
 /// The registry API as one principal (or nobody), with or without the replication header.
 struct As<'a> {
