@@ -51,12 +51,13 @@ if [ ${#packages[@]} -gt 0 ] || [ ${#lean[@]} -gt 0 ]; then
 fi
 
 # PyPI: moto, the S3-compatible server the S3 tests run against, boto3 and the aws CLI (the
-# ECR API's real clients), in a venv outside the clone.
+# ECR API's real clients) and oras (oras-py, an OCI artifact client), in a venv outside the clone.
 export FERRY_TEST_VENV="${FERRY_TEST_VENV:-/var/tmp/ferry-venv}"
-if [ ! -x "$FERRY_TEST_VENV/bin/moto_server" ] || [ ! -x "$FERRY_TEST_VENV/bin/aws" ]; then
-  echo "== installing moto, boto3 and awscli into $FERRY_TEST_VENV"
+if [ ! -x "$FERRY_TEST_VENV/bin/moto_server" ] || [ ! -x "$FERRY_TEST_VENV/bin/aws" ] \
+  || ! "$FERRY_TEST_VENV/bin/python" -c 'import oras.client' 2>/dev/null; then
+  echo "== installing moto, boto3, awscli and oras into $FERRY_TEST_VENV"
   python3 -m venv "$FERRY_TEST_VENV"
-  "$FERRY_TEST_VENV/bin/pip" install -q 'moto[server]==5.2.5' boto3 awscli
+  "$FERRY_TEST_VENV/bin/pip" install -q 'moto[server]==5.2.5' boto3 awscli oras
 fi
 
 # crates.io: s3s-fs 0.14.1, the second S3-compatible server (on disk, so it survives a restart);

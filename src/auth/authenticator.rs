@@ -171,9 +171,9 @@ pub struct Authenticator {
     key: TokenKey,
     token_ttl: Duration,
     max_failures_per_minute: u32,
-    /// Credentials that verified, by a digest of them: the principal's name. Concurrent checks
-    /// of one credential share one argon2 run.
-    verified: moka::future::Cache<[u8; 32], String>,
+    /// Credentials that verified, by a digest of them: the principal's name (a synchronous
+    /// cache: it is read on every request with a key pair).
+    verified: moka::sync::Cache<[u8; 32], String>,
     /// Registry passwords whose signature checked out, with their claims: a docker client
     /// sends the same one on every request, so the MAC and the claims' JSON are checked once
     /// per token per cache period (expiry and the principal still on every request).
@@ -231,7 +231,7 @@ impl Authenticator {
             key,
             token_ttl: cfg.token_ttl.0,
             max_failures_per_minute: cfg.max_failures_per_minute,
-            verified: moka::future::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_FOR).build(),
+            verified: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_FOR).build(),
             tokens: moka::sync::Cache::builder().max_capacity(10_000).time_to_live(VERIFIED_FOR).build(),
             failures: Mutex::new(HashMap::new()),
             password_checks: Arc::new(tokio::sync::Semaphore::new(at_once)),
@@ -339,9 +339,10 @@ impl Authenticator {
             return self.token(password, false);
         }
         let identity = self.identities().by_access_key(user).ok_or(AuthError::Invalid)?;
-        let cache_key: [u8; 32] = sha2::Sha256::digest(format!("{user}\0{password}").as_bytes()).into();
+        let cache_key: [u8; 32] =
+            sha2::Sha256::new().chain_update(user).chain_update([0u8]).chain_update(password).finalize().into();
         // A credential verified lately passes whatever others at this address are doing.
-        if self.verified.get(&cache_key).await.as_deref() == Some(identity.name.as_str()) {
+        if self.verified.get(&cache_key).as_deref() == Some(identity.name.as_str()) {
             return Ok(Authenticated { principal: Principal::User(identity), expires_at: None, presented: true });
         }
         let attempt = self.reserve_attempt(client, user)?;
@@ -352,7 +353,7 @@ impl Authenticator {
         match checked {
             Ok(true) => {
                 attempt.refund();
-                self.verified.insert(cache_key, identity.name.clone()).await;
+                self.verified.insert(cache_key, identity.name.clone());
                 Ok(Authenticated { principal: Principal::User(identity), expires_at: None, presented: true })
             }
             Ok(false) => Err(AuthError::Invalid),

@@ -284,3 +284,60 @@ async fn ns_and_the_mirror_default_are_decided_on_the_repository_served() {
     assert_eq!(hub_as.status(reqwest::Method::GET, "/v2/tool/manifests/v1").await, 200);
     assert_eq!(cached_as.status(reqwest::Method::GET, "/v2/library/tool/manifests/v1").await, 200);
 }
+
+/// oras (oras-py, the Python ORAS client) pushes an artifact with its key pair through the
+/// Bearer flow, and pulls it again without credentials from a repository the anonymous policy
+/// opens (an anonymous token); a private one it may not pull without credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oras_pushes_logged_in_and_pulls_anonymously() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_p, admin) =
+        principal(dir.path(), "admin", ACCOUNT, &[policy(vec![statement("Allow", &["ecr:*"], "*")])]);
+    let anonymous = policy(vec![statement(
+        "Allow",
+        &["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+        &arn("public/*"),
+    )]);
+    let auth = AuthConfig {
+        enabled: true,
+        registry_id: ACCOUNT.into(),
+        principals: vec![admin_p],
+        anonymous: ferry::config::AnonymousConfig { policies: vec![anonymous.to_string()] },
+        ..AuthConfig::default()
+    };
+    let f = TestFerry::start_with(move |c| c.auth = auth).await;
+    let host = f.base.trim_start_matches("http://").to_owned();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("artifact.txt");
+    std::fs::write(&file, "an artifact pulled by nobody in particular\n").unwrap();
+    let script = format!(
+        r#"
+import json, os, oras.client
+os.chdir({dir:?})
+pusher = oras.client.OrasClient(hostname={host:?}, insecure=True)
+# The credentials for this client alone (login() would also write a docker config file).
+pusher.auth.set_basic_auth({key:?}, {secret:?})
+results = {{}}
+for repo in ["public/art", "private/art"]:
+    pusher.push(target={host:?} + "/" + repo + ":v1", files=["artifact.txt"])
+anonymous = oras.client.OrasClient(hostname={host:?}, insecure=True)
+pulled = anonymous.pull(target={host:?} + "/public/art:v1", outdir="out")
+results["pulled"] = open(pulled[0]).read()
+try:
+    anonymous.pull(target={host:?} + "/private/art:v1", outdir="private-out")
+    results["private"] = "pulled"
+except Exception as e:
+    results["private"] = "refused"
+print(json.dumps(results))
+"#,
+        dir = work.path().display().to_string(),
+        key = admin.id,
+        secret = admin.secret,
+    );
+    let got = crate::ecr_api::python_json(&script);
+    assert_eq!(got["pulled"], "an artifact pulled by nobody in particular\n", "{got}");
+    assert_eq!(got["private"], "refused", "{got}");
+    // The private artifact really is there, for those allowed.
+    let as_admin = As { f: &f, key: Some(&admin), replication: false };
+    assert_eq!(as_admin.status(reqwest::Method::GET, "/v2/private/art/tags/list").await, 200);
+}
