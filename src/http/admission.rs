@@ -348,19 +348,29 @@ async fn token_answer(
         .unwrap_or_default()
 }
 
-/// A small urlencoded form, read within the server's idle timeout.
+/// How long a token request's form may take in all (a byte at a time within the idle timeout
+/// would otherwise hold its permit for hours).
+const TOKEN_FORM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A small urlencoded form, read within the server's idle timeout and [`TOKEN_FORM_DEADLINE`].
 async fn read_form(body: hyper::body::Incoming, idle: std::time::Duration) -> Result<Vec<(String, String)>, OciError> {
     use futures_util::StreamExt;
     let stream = http_body_util::BodyDataStream::new(body).map(|r| r.map_err(std::io::Error::other)).boxed();
     let mut stream = super::limits::body_idle_timeout(stream, idle);
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| OciError::new(ErrorCode::Unsupported, format!("the body failed: {e}")).with_status(400))?;
-        if buf.len().saturating_add(chunk.len()) > MAX_TOKEN_FORM {
-            return Err(OciError::new(ErrorCode::Unsupported, "the form is too large").with_status(413));
+    let read = async {
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| OciError::new(ErrorCode::Unsupported, format!("the body failed: {e}")).with_status(400))?;
+            if buf.len().saturating_add(chunk.len()) > MAX_TOKEN_FORM {
+                return Err(OciError::new(ErrorCode::Unsupported, "the form is too large").with_status(413));
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
-    }
+        Ok(buf)
+    };
+    let buf = tokio::time::timeout(TOKEN_FORM_DEADLINE, read)
+        .await
+        .map_err(|_| OciError::new(ErrorCode::Unsupported, "the form did not arrive in time").with_status(408))??;
     Ok(form_urlencoded::parse(&buf).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
 }
