@@ -544,3 +544,13 @@ fn list_blobs(root: &Path, after: Option<&str>, limit: usize) -> io::Result<Vec<
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keeps_the_storage_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::FsStorage::open(dir.path()).unwrap();
+        super::super::contract::storage_contract(std::sync::Arc::new(store), "fs", true).await;
+    }
+}

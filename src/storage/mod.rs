@@ -1,11 +1,14 @@
 //! Storage: content by digest (blobs and manifests alike), upload sessions, and small records
-//! (tags, links, catalog entries). Backends implement [`Storage`]; nothing above this trait
-//! may assume a filesystem. Knows nothing of repositories' rules or of HTTP.
+//! (tags, links, catalog entries). Backends implement [`Storage`] (`fs`, `s3`, and `memory` for
+//! tests) and keep [`contract`]; nothing above this trait may assume a filesystem. Knows
+//! nothing of repositories' rules or of HTTP.
 
+pub mod contract;
 pub mod fs;
 pub mod hot;
 pub mod keys;
 pub mod lease;
+pub mod memory;
 pub mod s3;
 pub mod uses;
 

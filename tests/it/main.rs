@@ -4,7 +4,6 @@
 mod access;
 mod api;
 mod clients;
-mod contract;
 #[path = "../support/data.rs"]
 mod data;
 mod durability;

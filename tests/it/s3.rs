@@ -187,8 +187,12 @@ async fn replicas_appending_at_one_offset_never_overwrite_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_contract_holds_on_the_filesystem_and_on_s3() {
     let dir = tempfile::tempdir().unwrap();
-    crate::contract::storage_contract(Arc::new(ferry::storage::fs::FsStorage::open(dir.path()).unwrap()), "fs", true)
-        .await;
+    ferry::storage::contract::storage_contract(
+        Arc::new(ferry::storage::fs::FsStorage::open(dir.path()).unwrap()),
+        "fs",
+        true,
+    )
+    .await;
 
     for kind in [Kind::Moto, Kind::S3sFs] {
         let server = Moto::start_kind(kind);
@@ -199,7 +203,7 @@ async fn storage_contract_holds_on_the_filesystem_and_on_s3() {
         c.storage.s3.part_size = ferry::config::ByteSize(5 << 20);
         let s3 = ferry::storage::s3::S3Storage::connect(&c.storage.s3, None).await.unwrap();
         let atomic = matches!(kind, Kind::Moto);
-        crate::contract::storage_contract(Arc::new(s3), &format!("{kind:?}"), atomic).await;
+        ferry::storage::contract::storage_contract(Arc::new(s3), &format!("{kind:?}"), atomic).await;
     }
     let moto = Moto::start();
 
