@@ -25,6 +25,7 @@ pub mod oci;
 pub mod proxy;
 pub mod registry;
 pub mod replication;
+pub mod retry;
 pub mod storage;
 pub mod worker;
 

@@ -48,30 +48,6 @@ pub trait Worker: Send + 'static {
     async fn wait_for_work(&mut self);
 }
 
-/// `interval` plus up to a tenth of it at random, so replicas started together spread out.
-pub fn jittered(interval: Duration) -> Duration {
-    interval.saturating_add(random_below(interval.checked_div(10).unwrap_or_default()))
-}
-
-/// Delay before retry `attempts + 1` of one piece of work: doubling from `first` up to `max`,
-/// half of it random (so replicas retrying the same peer spread out).
-pub fn retry_backoff(attempts: u32, first: Duration, max: Duration) -> Duration {
-    let doubled = first.saturating_mul(1u32.checked_shl(attempts.min(16)).unwrap_or(u32::MAX)).min(max);
-    let half = doubled.checked_div(2).unwrap_or_default();
-    half.saturating_add(random_below(half))
-}
-
-/// A random duration below `limit`.
-pub fn random_below(limit: Duration) -> Duration {
-    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-    match ms {
-        0 => Duration::ZERO,
-        m => Duration::from_millis(
-            u64::try_from(uuid::Uuid::new_v4().as_u128().checked_rem(u128::from(m)).unwrap_or(0)).unwrap_or(0),
-        ),
-    }
-}
-
 /// The first backoff after an error; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// The longest wait after repeated errors.

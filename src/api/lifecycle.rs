@@ -181,7 +181,7 @@ pub async fn start_preview(
     };
     let record =
         PreviewRecord { status: "IN_PROGRESS".into(), policy: text.clone(), started_at_ms: now_ms, results: vec![] };
-    let version = match reg.put_lifecycle_preview(&name, encode(&record), mode).await {
+    let version = match reg.put_lifecycle_preview(&name, encode(&record)?, mode).await {
         Ok(v) => v,
         Err(crate::registry::Error::Storage(crate::storage::Error::Conflict)) => return Err(in_progress(&name)),
         Err(e) => return Err(e.into()),
@@ -195,7 +195,7 @@ pub async fn start_preview(
         }
     };
     let status = done.status.clone();
-    reg.put_lifecycle_preview(&name, encode(&done), PutMode::Update(version)).await?;
+    reg.put_lifecycle_preview(&name, encode(&done)?, PutMode::Update(version)).await?;
     Ok(json!({
         "registryId": ctx.registry_id, "repositoryName": name.as_str(), "lifecyclePolicyText": text, "status": status,
     }))
@@ -208,8 +208,8 @@ fn in_progress(name: &RepositoryName) -> ApiError {
     )
 }
 
-fn encode(record: &PreviewRecord) -> bytes::Bytes {
-    bytes::Bytes::from(serde_json::to_vec(record).unwrap_or_default())
+fn encode(record: &PreviewRecord) -> Result<bytes::Bytes, ApiError> {
+    crate::storage::records::encode(record).map_err(|e| ApiError::from(crate::registry::Error::from(e)))
 }
 
 /// `GetLifecyclePolicyPreview`.

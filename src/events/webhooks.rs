@@ -181,7 +181,7 @@ impl WebhookWorker {
             Err(why) => {
                 tracing::info!(webhook = name, event = %id, error = %why, "webhook delivery failed; will retry");
                 event.attempts = event.attempts.saturating_add(1);
-                let wait = crate::worker::retry_backoff(event.attempts, FIRST_BACKOFF, MAX_BACKOFF);
+                let wait = crate::retry::backoff(event.attempts, FIRST_BACKOFF, MAX_BACKOFF);
                 event.next_attempt_at_ms = self.registry.now_ms().saturating_add(millis(wait));
                 event.claimed_until_ms = 0;
                 let _ = self.registry.update_webhook_event(name, id, &event, version).await?;
@@ -243,7 +243,7 @@ impl Worker for WebhookWorker {
 
     async fn wait_for_work(&mut self) {
         let wake = self.registry.webhook_wake();
-        let idle = crate::worker::jittered(IDLE_POLL);
+        let idle = crate::retry::jittered(IDLE_POLL);
         let until_due = self.next_due_ms.map(|due| {
             Duration::from_millis(due.saturating_sub(self.registry.now_ms())).max(Duration::from_millis(50))
         });

@@ -41,7 +41,6 @@ use crate::storage::lease::{Lease, LeaseError};
 use crate::storage::uses::ContentUses;
 use crate::storage::{self, keys, Key, Storage};
 use bloom::Bloom;
-use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -281,8 +280,7 @@ impl Collector {
         report.finished_at = self.clock.now_ms() / 1000;
         report.seconds = started.elapsed().as_secs_f64();
         if !dry_run {
-            let bytes = Bytes::from(serde_json::to_vec(&report).unwrap_or_default());
-            self.storage.record_put(&Key::gc_usage(), bytes).await?;
+            crate::storage::records::put(self.storage.as_ref(), &Key::gc_usage(), &report).await?;
             self.count(&report);
         }
         Ok(report)
@@ -507,6 +505,7 @@ mod tests {
     use crate::storage::fs::FsStorage;
     use crate::storage::{ByteRange, ByteStream, OnWritten, PutMode, StoredBlob, UploadId, Version};
     use async_trait::async_trait;
+    use bytes::Bytes;
     use tokio::sync::Notify;
 
     /// The filesystem store, except that storing a manifest's content stops until the test

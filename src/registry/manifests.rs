@@ -66,14 +66,14 @@ fn digest_of(algorithm: DigestAlgorithm, bytes: &[u8]) -> Digest {
     h.finish()
 }
 
-/// Decodes a stored record; one that does not decode is corrupt (said so, and never retried).
+/// Decodes a stored record ([`storage::records::decode`]).
 pub(super) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::Storage(storage::Error::Corrupt(format!("a stored record does not decode: {e}"))))
+    Ok(storage::records::decode(bytes)?)
 }
 
+/// Encodes a record ([`storage::records::encode`]).
 pub(super) fn encode<T: Serialize>(value: &T) -> Result<Bytes> {
-    serde_json::to_vec(value).map(Bytes::from).map_err(|e| Error::Storage(storage::Error::Io(e.into())))
+    Ok(storage::records::encode(value)?)
 }
 
 impl Registry {

@@ -187,8 +187,8 @@ impl Registry {
     }
 
     /// Changes the record at `key` (its default when absent) with `change` by a conditional
-    /// write, retried when another writer got there first (so `change` must only look at what
-    /// it is given); returns the record as written and what `change` returned.
+    /// write, retried with backoff when another writer got there first (so `change` must only
+    /// look at what it is given); returns the record as written and what `change` returned.
     pub(crate) async fn update_record<T, R, E>(
         &self,
         key: &Key,
@@ -198,19 +198,10 @@ impl Registry {
         T: serde::Serialize + serde::de::DeserializeOwned + Default,
         E: From<Error>,
     {
-        for _ in 0..16 {
-            let (mut value, mode) = match self.storage.record_get_versioned(key).await.map_err(Error::from)? {
-                Some((bytes, version)) => (manifests::decode::<T>(&bytes)?, storage::PutMode::Update(version)),
-                None => (T::default(), storage::PutMode::Create),
-            };
-            let out = change(&mut value)?;
-            match self.storage.record_put_if(key, manifests::encode(&value)?, mode).await {
-                Ok(_) => return Ok((value, out)),
-                Err(storage::Error::Conflict) => continue,
-                Err(e) => return Err(Error::from(e).into()),
-            }
-        }
-        Err(Error::Storage(storage::Error::Conflict).into())
+        storage::records::update(self.storage.as_ref(), key, change).await.map_err(|e| match e {
+            storage::records::UpdateError::Storage(e) => Error::from(e).into(),
+            storage::records::UpdateError::Refused(e) => e,
+        })
     }
 
     /// The audit trail.

@@ -10,7 +10,6 @@ use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::proxy::fill::{FillError, OnCommit};
 use crate::proxy::{upstream, Route};
 use crate::storage::Key;
-use bytes::Bytes;
 
 /// A duration in whole milliseconds, saturating (config durations can be anything).
 fn millis(d: std::time::Duration) -> u64 {
@@ -112,7 +111,7 @@ impl Registry {
         };
         self.uses.touch(&m.digest).await?;
         self.storage.blob_put_small(&m.digest, m.bytes).await?;
-        let bytes = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        let bytes = super::manifests::encode(&record)?;
         self.storage.record_put(&Key::manifest_link(&route.local, &m.digest), bytes).await?;
         if !self.repository_exists(&route.local).await? {
             self.apply_creation_template(&route.local, super::templates::AppliedFor::PullThroughCache).await?;
@@ -126,7 +125,7 @@ impl Registry {
     }
 
     async fn put_tag_record(&self, name: &RepositoryName, tag: &Tag, record: &ManifestRecord) -> Result<()> {
-        let bytes = Bytes::from(serde_json::to_vec(record).unwrap_or_default());
+        let bytes = super::manifests::encode(record)?;
         Ok(self.storage.record_put(&Key::tag(name, tag), bytes).await?)
     }
 

@@ -89,7 +89,7 @@ impl Registry {
 
     /// Replaces the replication configuration (already validated).
     pub async fn put_replication_configuration(&self, config: &ReplicationConfiguration) -> Result<()> {
-        let bytes = Bytes::from(serde_json::to_vec(config).unwrap_or_default());
+        let bytes = super::manifests::encode(config)?;
         Ok(self.storage.record_put(&Key::replication_configuration(), bytes).await?)
     }
 }

@@ -128,8 +128,8 @@ fn decode(bytes: &[u8]) -> Result<RepositorySettings> {
     super::manifests::decode(bytes)
 }
 
-fn encode(settings: &RepositorySettings) -> Bytes {
-    Bytes::from(serde_json::to_vec(settings).unwrap_or_default())
+fn encode(settings: &RepositorySettings) -> Result<Bytes> {
+    super::manifests::encode(settings)
 }
 
 impl Registry {
@@ -154,7 +154,7 @@ impl Registry {
             return Err(Error::RepositoryAlreadyExists(name.clone()));
         }
         settings.created_at = self.now_secs();
-        match self.storage.record_put_if(&Key::repository_settings(name), encode(&settings), PutMode::Create).await {
+        match self.storage.record_put_if(&Key::repository_settings(name), encode(&settings)?, PutMode::Create).await {
             Ok(_) => {}
             Err(crate::storage::Error::Conflict) => return Err(Error::RepositoryAlreadyExists(name.clone())),
             Err(e) => return Err(e.into()),
@@ -180,7 +180,7 @@ impl Registry {
                 None => return Err(Error::NameUnknown(name.clone())),
             };
             change(&mut settings)?;
-            match self.storage.record_put_if(&key, encode(&settings), mode).await {
+            match self.storage.record_put_if(&key, encode(&settings)?, mode).await {
                 Ok(_) => {
                     self.forget_repository_policy(name).await;
                     return Ok(settings);

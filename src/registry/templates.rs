@@ -6,7 +6,6 @@ use super::repositories::{RepositorySettings, ResourceTag, TagMutability};
 use super::{Error, Registry, Result};
 use crate::oci::RepositoryName;
 use crate::storage::{Key, PutMode};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// What a template is applied for.
@@ -212,7 +211,7 @@ impl Registry {
         let Some(template) = self.creation_template_for(name, purpose).await? else { return Ok(()) };
         let mut settings = template.settings();
         settings.created_at = self.now_secs();
-        let bytes = Bytes::from(serde_json::to_vec(&settings).unwrap_or_default());
+        let bytes = super::manifests::encode(&settings)?;
         match self.storage.record_put_if(&Key::repository_settings(name), bytes, PutMode::Create).await {
             Ok(_) | Err(crate::storage::Error::Conflict) => {
                 self.forget_repository_policy(name).await;
@@ -227,7 +226,7 @@ impl Registry {
         template.prefix = canonical_prefix(&template.prefix);
         template.created_at = self.now_secs();
         template.updated_at = template.created_at;
-        let bytes = Bytes::from(serde_json::to_vec(&template).unwrap_or_default());
+        let bytes = super::manifests::encode(&template)?;
         match self.storage.record_put_if(&key(&template.prefix), bytes, PutMode::Create).await {
             Ok(_) => Ok(Some(template)),
             Err(crate::storage::Error::Conflict) => Ok(None),
@@ -248,7 +247,7 @@ impl Registry {
             let mut template: CreationTemplate = super::manifests::decode(&bytes)?;
             change(&mut template);
             template.updated_at = self.now_secs();
-            let bytes = Bytes::from(serde_json::to_vec(&template).unwrap_or_default());
+            let bytes = super::manifests::encode(&template)?;
             match self.storage.record_put_if(&key(prefix), bytes, PutMode::Update(version)).await {
                 Ok(_) => return Ok(Some(template)),
                 Err(crate::storage::Error::Conflict) => continue,

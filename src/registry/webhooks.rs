@@ -6,7 +6,7 @@
 
 use super::{Registry, Result};
 use crate::oci::{Digest, RepositoryName};
-use crate::storage::{EventId, Key, PutMode, Version};
+use crate::storage::{EventId, Key, Version};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -112,18 +112,12 @@ impl Registry {
 
     /// The ids of the events listed under `prefix`, oldest first (other names are skipped).
     pub(super) async fn queued_ids(&self, prefix: &Key) -> Result<Vec<EventId>> {
-        let mut ids: Vec<EventId> =
-            self.storage.record_list(prefix).await?.iter().filter_map(|s| EventId::parse(s)).collect();
-        ids.sort_unstable();
-        Ok(ids)
+        Ok(crate::storage::records::event_ids(self.storage.as_ref(), prefix).await?)
     }
 
     /// A queued event and its version.
     pub(super) async fn queued_get<T: serde::de::DeserializeOwned>(&self, key: &Key) -> Result<Option<(T, Version)>> {
-        match self.storage.record_get_versioned(key).await? {
-            Some((bytes, version)) => Ok(Some((super::manifests::decode(&bytes)?, version))),
-            None => Ok(None),
-        }
+        Ok(crate::storage::records::get_versioned(self.storage.as_ref(), key).await?)
     }
 
     /// Writes a queued event if it is still at `version`.
@@ -133,11 +127,6 @@ impl Registry {
         event: &T,
         version: Version,
     ) -> Result<Option<Version>> {
-        let bytes = super::manifests::encode(event)?;
-        match self.storage.record_put_if(key, bytes, PutMode::Update(version)).await {
-            Ok(v) => Ok(Some(v)),
-            Err(crate::storage::Error::Conflict) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(crate::storage::records::put_if_unchanged(self.storage.as_ref(), key, event, version).await?)
     }
 }

@@ -9,6 +9,7 @@ pub mod hot;
 pub mod keys;
 pub mod lease;
 pub mod memory;
+pub mod records;
 pub mod s3;
 pub mod uses;
 

@@ -51,8 +51,8 @@ impl UseRecord {
         serde_json::from_slice(bytes).unwrap_or_default()
     }
 
-    fn encode(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    fn encode(&self) -> crate::storage::Result<Bytes> {
+        super::records::encode(self)
     }
 }
 
@@ -149,7 +149,7 @@ impl ContentUses {
                     }
                 }
             };
-            let fresh = UseRecord { at_ms: now, deleting_ms: None }.encode();
+            let fresh = UseRecord { at_ms: now, deleting_ms: None }.encode()?;
             match inner.storage.record_put_if(&key, fresh, mode).await {
                 Ok(_) => {
                     self.remember(digest, now);
@@ -210,7 +210,7 @@ impl ContentUses {
                 (record, PutMode::Update(version))
             }
         };
-        let tombstone = UseRecord { at_ms: previous.at_ms, deleting_ms: Some(now) }.encode();
+        let tombstone = UseRecord { at_ms: previous.at_ms, deleting_ms: Some(now) }.encode()?;
         match inner.storage.record_put_if(&key, tombstone, mode).await {
             Ok(version) => Ok(Some(Claim { digest: digest.clone(), version, previous, taken: Instant::now() })),
             Err(Error::Conflict) => Ok(None),
@@ -229,7 +229,7 @@ impl ContentUses {
             self.inner.storage.record_delete(&key).await?;
             return Ok(());
         }
-        match self.inner.storage.record_put_if(&key, claim.previous.encode(), PutMode::Update(claim.version)).await {
+        match self.inner.storage.record_put_if(&key, claim.previous.encode()?, PutMode::Update(claim.version)).await {
             // A writer took an old tombstone over: the record is theirs now.
             Ok(_) | Err(Error::Conflict) => Ok(()),
             Err(e) => Err(e),
