@@ -197,19 +197,10 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     } else {
         backend
     };
-    let settings = registry_settings(&config);
-    let proxy = Arc::new(
-        proxy::Proxy::new(&config.pull_through, &config.pull_through_secrets, &config.pull_through_api, &metrics)
-            .map_err(|e| std::io::Error::other(e.to_string()))?,
-    );
     let auth = auth_state(&config, store.as_ref(), &clock).await?;
     let authenticator = auth.as_ref().map(|a| a.authenticator.clone());
-    let audit = events::Audit::open(&config.audit, metrics.clone())
-        .map_err(|e| std::io::Error::other(format!("audit.path {:?}: {e}", config.audit.path)))?;
-    let registry =
-        Arc::new(registry::Registry::new(store, proxy, settings, metrics.clone(), clock.clone()).with_audit(audit));
-    // Rules created through the ECR API are in force before the first request.
-    registry.refresh_pull_through_rules().await.map_err(|e| std::io::Error::other(e.to_string()))?;
+    let services = Services::build(&config, store, metrics.clone(), clock.clone()).await?;
+    let registry = services.registry.clone();
     let tls = if config.tls.enabled() { Some(http::tls_acceptor(&config.tls.cert, &config.tls.key)?) } else { None };
     let (listener, addr) = http::bind(&config.server.listen).await?;
     check_exposure(&config, addr)?;
@@ -220,6 +211,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     let server = &config.server;
     let app = Arc::new(http::App {
         registry: registry.clone(),
+        replication: services.replication.clone(),
         metrics: metrics.clone(),
         limits: http::limits::RequestLimits::new(
             server.max_in_flight_requests,
@@ -269,7 +261,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     // Sessions gone from storage (finished on another replica, purged) stop counting against
     // their clients.
     let pulls = registry.pull_times();
-    tasks.extend(spawn_workers(&config, &app, registry, clock.clone(), &metrics, &shutdown_rx));
+    tasks.extend(spawn_workers(&config, &app, &services, clock.clone(), &metrics, &shutdown_rx));
     tracing::info!(%addr, %admin_addr, tls = config.tls.enabled(), data_dir = %config.storage.data_dir.display(), "ferry started");
     Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks, authenticator, pulls, clock })
 }
@@ -301,18 +293,20 @@ async fn auth_state(
 fn spawn_workers(
     config: &Config,
     app: &Arc<http::App>,
-    registry: Arc<registry::Registry>,
+    services: &Services,
     clock: clock::SharedClock,
     metrics: &Arc<metrics::Metrics>,
     shutdown_rx: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
+    let registry = services.registry.clone();
     let edge = app.clone();
     let flush = registry::pulls::PullFlush::new(registry.pull_times(), clock.clone());
     tasks.push(tokio::spawn(worker::run(Box::new(flush), metrics.clone(), shutdown_rx.clone())));
     if !config.webhooks.is_empty() {
         match events::webhooks::WebhookWorker::new(
             registry.clone(),
+            services.webhooks.clone(),
             &config.webhooks,
             metrics.clone(),
             &config.auth.registry_id,
@@ -349,6 +343,7 @@ fn spawn_workers(
             Ok(destinations) => {
                 let worker = replication::ReplicationWorker::new(
                     registry.clone(),
+                    services.replication.clone(),
                     Arc::new(destinations),
                     replication::Pace::from_config(&config.replication),
                     uuid::Uuid::new_v4().to_string(),
@@ -390,20 +385,53 @@ fn cache_limits(config: &Config) -> Vec<lifecycle::evict::CacheLimits> {
 /// A registry over the configured storage for work from the command line, beside running
 /// servers (no hot tier, no listeners).
 async fn offline_registry(config: &Config, clock: clock::SharedClock) -> Result<Arc<registry::Registry>, StartError> {
+    Ok(offline_services(config, clock).await?.registry)
+}
+
+/// What a command beside running servers works with: storage without the hot tier, metrics of
+/// its own, and the same services a server builds.
+async fn offline_services(config: &Config, clock: clock::SharedClock) -> Result<Services, StartError> {
     config.validate()?;
     let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
     let storage = open_storage(config, None, true).await?;
-    let proxy = Arc::new(
-        proxy::Proxy::new(&config.pull_through, &config.pull_through_secrets, &config.pull_through_api, &metrics)
-            .map_err(|e| std::io::Error::other(e.to_string()))?,
-    );
-    // What a command changes (lifecycle expiries) goes to the same audit trail as the server's.
-    let audit = events::Audit::open(&config.audit, metrics.clone())
-        .map_err(|e| std::io::Error::other(format!("audit.path {:?}: {e}", config.audit.path)))?;
-    let registry =
-        Arc::new(registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock).with_audit(audit));
-    registry.refresh_pull_through_rules().await.map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(registry)
+    Services::build(config, storage, metrics, clock).await
+}
+
+/// The registry and the stores of the features around it, built once over one storage: the
+/// registry tells replication and the webhook queue of pushes and deletes through its outbox.
+struct Services {
+    registry: Arc<registry::Registry>,
+    replication: Arc<replication::store::ReplicationStore>,
+    webhooks: Arc<events::webhook_queue::WebhookQueue>,
+}
+
+impl Services {
+    async fn build(
+        config: &Config,
+        storage: Arc<dyn storage::Storage>,
+        metrics: Arc<metrics::Metrics>,
+        clock: clock::SharedClock,
+    ) -> Result<Self, StartError> {
+        let proxy = Arc::new(
+            proxy::Proxy::new(&config.pull_through, &config.pull_through_secrets, &config.pull_through_api, &metrics)
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        );
+        // What a command changes (lifecycle expiries) goes to the same audit trail as the server's.
+        let audit = events::Audit::open(&config.audit, metrics.clone())
+            .map_err(|e| std::io::Error::other(format!("audit.path {:?}: {e}", config.audit.path)))?;
+        let replication = Arc::new(replication::store::ReplicationStore::new(storage.clone(), clock.clone()));
+        let webhooks =
+            Arc::new(events::webhook_queue::WebhookQueue::new(storage.clone(), clock.clone(), config.webhooks.clone()));
+        let outbox = registry::outbox::Outbox::new(vec![replication.clone(), webhooks.clone()]);
+        let registry = Arc::new(
+            registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock)
+                .with_audit(audit)
+                .with_outbox(outbox),
+        );
+        // Rules created through the ECR API are in force before the first request.
+        registry.refresh_pull_through_rules().await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Self { registry, replication, webhooks })
+    }
 }
 
 /// The registry's settings from the configuration.
@@ -414,7 +442,6 @@ fn registry_settings(config: &Config) -> registry::Settings {
         local_namespaces: config.registry.local_namespaces.clone(),
         create_on_push: config.registry.create_on_push,
         gc_grace: config.gc.grace.0,
-        webhooks: config.webhooks.clone(),
     }
 }
 
@@ -450,11 +477,12 @@ pub async fn replication_backfill(
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<replication::backfill::BackfillReport, StartError> {
     let clock: clock::SharedClock = Arc::new(clock::SystemClock);
-    let registry = offline_registry(config, clock).await?;
+    let services = offline_services(config, clock).await?;
     let destinations = replication::destinations(&config.replication, &config.auth.registry_id)?;
-    let metrics = registry.metrics().clone();
+    let metrics = services.registry.metrics().clone();
     replication::backfill::backfill(
-        registry,
+        services.registry,
+        services.replication,
         Arc::new(destinations),
         replication::Pace::from_config(&config.replication),
         metrics,

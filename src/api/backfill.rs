@@ -2,11 +2,11 @@
 //! replication configuration; one in progress per destination region, ten in a registry),
 //! `StopReplicationBackfill`, `DescribeReplicationBackfillResults` (progress always, per-image
 //! results once it has ended) and `ListReplicationBackfills`. The records are
-//! [`crate::registry::backfills`]'; the replication workers do the work.
+//! [`crate::replication::store`]'; the replication workers do the work.
 
 use super::{epoch_seconds, paged, ApiContext, ApiError, Input, Operation, Page};
-use crate::registry::backfills::{Backfill, BackfillRefusal, BackfillResult};
-use crate::registry::replication::{ReplicationDestination, ReplicationState};
+use crate::replication::store::{Backfill, BackfillRefusal, BackfillResult};
+use crate::replication::store::{ReplicationDestination, ReplicationState};
 use serde_json::{json, Value};
 
 /// A `replicationBackfillId`.
@@ -75,7 +75,7 @@ fn refused(ctx: &ApiContext<'_>, r: BackfillRefusal, region: &str) -> ApiError {
         ),
         BackfillRefusal::Limit => ApiError::new(
             "LimitExceededException",
-            format!("The registry with id '{}' already has {} replication backfills in progress", ctx.registry_id, crate::registry::backfills::MAX_IN_PROGRESS),
+            format!("The registry with id '{}' already has {} replication backfills in progress", ctx.registry_id, crate::replication::store::MAX_IN_PROGRESS),
         ),
         BackfillRefusal::NotFound => not_found(ctx),
         BackfillRefusal::Ended(status) => ApiError::new(
@@ -104,7 +104,7 @@ fn head(ctx: &ApiContext<'_>, b: &Backfill) -> Value {
 
 /// `StartReplicationBackfill`.
 async fn start(ctx: &ApiContext<'_>, destination: ReplicationDestination) -> Result<Value, ApiError> {
-    let config = ctx.registry.replication_configuration().await?;
+    let config = ctx.replication.replication_configuration().await?;
     if !config.rules.iter().any(|r| r.destinations.contains(&destination)) {
         return Err(ApiError::new(
             "InvalidParameterException",
@@ -115,7 +115,7 @@ async fn start(ctx: &ApiContext<'_>, destination: ReplicationDestination) -> Res
         ));
     }
     let region = destination.region.clone();
-    match ctx.registry.start_backfill(destination).await? {
+    match ctx.replication.start_backfill(destination).await? {
         Ok(b) => Ok(head(ctx, &b)),
         Err(r) => Err(refused(ctx, r, &region)),
     }
@@ -123,7 +123,7 @@ async fn start(ctx: &ApiContext<'_>, destination: ReplicationDestination) -> Res
 
 /// `StopReplicationBackfill`.
 async fn stop(ctx: &ApiContext<'_>, id: uuid::Uuid) -> Result<Value, ApiError> {
-    match ctx.registry.stop_backfill(&id).await? {
+    match ctx.replication.stop_backfill(&id).await? {
         Ok(b) => Ok(head(ctx, &b)),
         Err(r) => Err(refused(ctx, r, "")),
     }
@@ -134,7 +134,7 @@ async fn progress(ctx: &ApiContext<'_>, b: &Backfill) -> Result<Value, ApiError>
     let results: Vec<BackfillResult> = if b.status.is_terminal() {
         b.results.clone()
     } else {
-        crate::replication::backfill::results(ctx.registry, b).await?
+        crate::replication::backfill::results(ctx.registry, ctx.replication, b).await?
     };
     let total: usize = b.targets.iter().map(|t| t.tags.len().max(1)).sum();
     let completed = results.iter().filter(|r| r.status == ReplicationState::Complete).count();
@@ -169,7 +169,7 @@ async fn describe(
     filter: Option<ReplicationState>,
     page: &Page,
 ) -> Result<Value, ApiError> {
-    let b = ctx.registry.backfill(&id).await?.ok_or_else(|| not_found(ctx))?;
+    let b = ctx.replication.backfill(&id).await?.ok_or_else(|| not_found(ctx))?;
     let mut out = summary(ctx, &b, progress(ctx, &b).await?);
     if b.status.is_terminal() {
         let all: Vec<&BackfillResult> = b.results.iter().filter(|r| filter.is_none_or(|f| r.status == f)).collect();
@@ -198,7 +198,7 @@ async fn describe(
 
 /// `ListReplicationBackfills`: newest first.
 async fn list(ctx: &ApiContext<'_>, page: &Page) -> Result<Value, ApiError> {
-    let all = ctx.registry.backfills().await?;
+    let all = ctx.replication.backfills().await?;
     let (chosen, next) = paged(&all, page)?;
     let mut out = Vec::new();
     for b in &chosen {

@@ -61,6 +61,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::storage::Error> for ApiError {
+    fn from(e: crate::storage::Error) -> Self {
+        crate::registry::Error::from(e).into()
+    }
+}
+
 impl From<crate::registry::Error> for ApiError {
     fn from(e: crate::registry::Error) -> Self {
         use crate::registry::Error;

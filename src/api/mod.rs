@@ -37,6 +37,8 @@ pub const TARGET_PREFIX: &str = "AmazonEC2ContainerRegistry_V20150921.";
 pub struct ApiContext<'a> {
     /// The registry.
     pub registry: &'a Registry,
+    /// Replication's records (configuration, registry policy, statuses, backfills).
+    pub replication: &'a crate::replication::store::ReplicationStore,
     /// Who signed the request.
     pub principal: &'a Principal,
     /// Access control, when on (it issues registry passwords).
@@ -104,7 +106,7 @@ pub enum Operation {
     /// `GetLifecyclePolicyPreview`.
     GetLifecyclePolicyPreview(RepositoryName, lifecycle::PreviewQuery),
     /// `PutReplicationConfiguration` (validated).
-    PutReplicationConfiguration(crate::registry::replication::ReplicationConfiguration),
+    PutReplicationConfiguration(crate::replication::store::ReplicationConfiguration),
     /// `PutRegistryPolicy` (the text, checked).
     PutRegistryPolicy(String),
     /// `GetRegistryPolicy`.
@@ -114,11 +116,11 @@ pub enum Operation {
     /// `DescribeImageReplicationStatus`: a repository and an image's digest or tag.
     DescribeImageReplicationStatus(RepositoryName, images::ImageIdentifier),
     /// `StartReplicationBackfill` to a destination.
-    StartReplicationBackfill(crate::registry::replication::ReplicationDestination),
+    StartReplicationBackfill(crate::replication::store::ReplicationDestination),
     /// `StopReplicationBackfill`.
     StopReplicationBackfill(uuid::Uuid),
     /// `DescribeReplicationBackfillResults`: which, a result filter, a page.
-    DescribeReplicationBackfillResults(uuid::Uuid, Option<crate::registry::replication::ReplicationState>, Page),
+    DescribeReplicationBackfillResults(uuid::Uuid, Option<crate::replication::store::ReplicationState>, Page),
     /// `ListReplicationBackfills`.
     ListReplicationBackfills(Page),
     /// `ListImages`, `DescribeImages`, `BatchGetImage`, `BatchDeleteImage`, `PutImage`.

@@ -36,15 +36,15 @@ fn not_found(ctx: &ApiContext<'_>) -> ApiError {
 
 /// `PutRegistryPolicy`.
 pub async fn put(ctx: &ApiContext<'_>, text: String) -> Result<Value, ApiError> {
-    ctx.registry.put_registry_policy(Some(&text)).await?;
+    ctx.replication.put_registry_policy(Some(&text)).await?;
     Ok(json!({ "registryId": ctx.registry_id, "policyText": text }))
 }
 
 /// `GetRegistryPolicy`, or `DeleteRegistryPolicy` with `delete`.
 pub async fn get(ctx: &ApiContext<'_>, delete: bool) -> Result<Value, ApiError> {
-    let text = ctx.registry.registry_policy().await?.ok_or_else(|| not_found(ctx))?;
+    let text = ctx.replication.registry_policy().await?.ok_or_else(|| not_found(ctx))?;
     if delete {
-        ctx.registry.put_registry_policy(None).await?;
+        ctx.replication.put_registry_policy(None).await?;
     }
     Ok(json!({ "registryId": ctx.registry_id, "policyText": text }))
 }

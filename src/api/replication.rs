@@ -6,10 +6,8 @@
 use super::images::ImageIdentifier;
 use super::{registry_policy, ApiContext, ApiError, Input, Operation};
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
-use crate::registry::replication::{
-    ReplicationConfiguration, ReplicationDestination, ReplicationRule, RepositoryFilter,
-};
 use crate::registry::Repo;
+use crate::replication::store::{ReplicationConfiguration, ReplicationDestination, ReplicationRule, RepositoryFilter};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
@@ -118,7 +116,7 @@ async fn image_status(ctx: &ApiContext<'_>, name: &RepositoryName, image: &Image
         (None, None) => return Err(not_found()),
     };
     // By tag: that tag's own status; by digest: the image's with every tag it carries.
-    let statuses = registry.replication_status_of(name, &digest, image.tag.as_deref()).await?;
+    let statuses = ctx.replication.replication_status_of(registry, name, &digest, image.tag.as_deref()).await?;
     let mut id = image.clone();
     id.digest = Some(digest.to_string());
     Ok(json!({ "repositoryName": name.as_str(), "imageId": id.json(), "replicationStatuses": statuses }))
@@ -201,12 +199,12 @@ pub fn parse(input: &Input) -> Result<ReplicationConfiguration, ApiError> {
 
 /// `PutReplicationConfiguration`: stores it and echoes it.
 pub async fn put(ctx: &ApiContext<'_>, config: ReplicationConfiguration) -> Result<Value, ApiError> {
-    ctx.registry.put_replication_configuration(&config).await?;
+    ctx.replication.put_replication_configuration(&config).await?;
     Ok(json!({ "replicationConfiguration": config }))
 }
 
 /// `DescribeRegistry`: the registry id and the stored configuration.
 pub async fn describe_registry(ctx: &ApiContext<'_>) -> Result<Value, ApiError> {
-    let config = ctx.registry.replication_configuration().await?;
+    let config = ctx.replication.replication_configuration().await?;
     Ok(json!({ "registryId": ctx.registry_id, "replicationConfiguration": config }))
 }

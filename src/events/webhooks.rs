@@ -1,14 +1,14 @@
 //! Webhook delivery: workers on every replica POST each queued event (see
-//! [`crate::registry::webhooks`]) to its receiver, in ECR's EventBridge shape (`detail-type:
+//! [`super::webhook_queue`]) to its receiver, in ECR's EventBridge shape (`detail-type:
 //! "ECR Image Action"`), signed with HMAC-SHA256 when the receiver has a secret. An event is
 //! claimed by a conditional write before it is sent, so one replica sends it at a time; it is
 //! removed once the receiver answers 2xx, retried with backoff otherwise, and dropped (logged
 //! and counted) after `give_up_after`. Delivery is at least once: a receiver may see an event
 //! twice (a replica that dies after sending, before removing it), and should use `id`.
 
+use super::webhook_queue::{WebhookEvent, WebhookQueue};
 use crate::config::WebhookConfig;
 use crate::metrics::Metrics;
-use crate::registry::webhooks::WebhookEvent;
 use crate::registry::Registry;
 use crate::storage::EventId;
 use crate::worker::{Worker, WorkerError, WorkerState};
@@ -43,7 +43,9 @@ struct Receiver {
 
 /// Delivers every receiver's queue.
 pub struct WebhookWorker {
+    /// To ask whether a push's manifest is there yet.
     registry: Arc<Registry>,
+    queue: Arc<WebhookQueue>,
     receivers: Vec<Receiver>,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
@@ -58,6 +60,7 @@ impl WebhookWorker {
     /// A deliverer for `hooks`; events name `registry_id` and `region` as ECR's do.
     pub fn new(
         registry: Arc<Registry>,
+        queue: Arc<WebhookQueue>,
         hooks: &[WebhookConfig],
         metrics: Arc<Metrics>,
         registry_id: &str,
@@ -67,9 +70,13 @@ impl WebhookWorker {
             .iter()
             .map(|h| Ok(Receiver { config: h.clone(), secret: h.resolved_secret()? }))
             .collect::<Result<_, crate::config::ConfigError>>()?;
-        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default();
+        // Never a client that follows redirects: a receiver cannot send the signed body elsewhere.
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().map_err(|e| {
+            crate::config::ConfigError::Invalid { key: "webhooks", message: format!("no HTTP client: {e}") }
+        })?;
         Ok(Self {
             registry,
+            queue,
             receivers,
             client,
             metrics,
@@ -138,8 +145,8 @@ impl WebhookWorker {
         due: &mut Option<u64>,
     ) -> Result<bool, crate::registry::Error> {
         let name = receiver.config.name.as_str();
-        let Some((mut event, version)) = self.registry.webhook_event(name, id).await? else { return Ok(false) };
-        let now = self.registry.now_ms();
+        let Some((mut event, version)) = self.queue.event(name, id).await? else { return Ok(false) };
+        let now = self.queue.now_ms();
         let later = event.next_attempt_at_ms.max(event.claimed_until_ms);
         if later > now {
             *due = Some(due.map_or(later, |d| d.min(later)));
@@ -153,7 +160,7 @@ impl WebhookWorker {
             };
             if !committed {
                 if now.saturating_sub(event.recorded_at_ms) > UNCOMMITTED_TTL_MS {
-                    self.registry.delete_webhook_event(name, id).await?;
+                    self.queue.delete(name, id).await?;
                 } else {
                     let again = now.saturating_add(UNCOMMITTED_RECHECK_MS);
                     *due = Some(due.map_or(again, |d| d.min(again)));
@@ -163,28 +170,28 @@ impl WebhookWorker {
         }
         let claim = millis(receiver.config.timeout.0).saturating_add(5_000);
         event.claimed_until_ms = now.saturating_add(claim);
-        let Some(version) = self.registry.update_webhook_event(name, id, &event, version).await? else {
+        let Some(version) = self.queue.update(name, id, &event, version).await? else {
             return Ok(false);
         };
         let outcome = self.send(receiver, id, &event).await;
         let deliveries = &self.metrics.webhooks.deliveries;
         match outcome {
             Ok(()) => {
-                self.registry.delete_webhook_event(name, id).await?;
+                self.queue.delete(name, id).await?;
                 deliveries.with_label_values(&[name, "delivered"]).inc();
             }
             Err(why) if now.saturating_sub(event.recorded_at_ms) >= millis(receiver.config.give_up_after.0) => {
                 tracing::warn!(webhook = name, event = %id, error = %why, attempts = event.attempts, "webhook event dropped: its receiver did not take it in time");
-                self.registry.delete_webhook_event(name, id).await?;
+                self.queue.delete(name, id).await?;
                 deliveries.with_label_values(&[name, "failed"]).inc();
             }
             Err(why) => {
                 tracing::info!(webhook = name, event = %id, error = %why, "webhook delivery failed; will retry");
                 event.attempts = event.attempts.saturating_add(1);
                 let wait = crate::retry::backoff(event.attempts, FIRST_BACKOFF, MAX_BACKOFF);
-                event.next_attempt_at_ms = self.registry.now_ms().saturating_add(millis(wait));
+                event.next_attempt_at_ms = self.queue.now_ms().saturating_add(millis(wait));
                 event.claimed_until_ms = 0;
-                let _ = self.registry.update_webhook_event(name, id, &event, version).await?;
+                let _ = self.queue.update(name, id, &event, version).await?;
                 *due = Some(due.map_or(event.next_attempt_at_ms, |d| d.min(event.next_attempt_at_ms)));
                 deliveries.with_label_values(&[name, "retried"]).inc();
             }
@@ -193,7 +200,7 @@ impl WebhookWorker {
     }
 
     async fn deliver_all(&self, receiver: &Receiver) -> Result<(usize, usize, Option<u64>), crate::registry::Error> {
-        let ids = self.registry.webhook_events(&receiver.config.name).await?;
+        let ids = self.queue.events(&receiver.config.name).await?;
         self.metrics
             .webhooks
             .pending
@@ -242,11 +249,11 @@ impl Worker for WebhookWorker {
     }
 
     async fn wait_for_work(&mut self) {
-        let wake = self.registry.webhook_wake();
+        let wake = self.queue.wake();
         let idle = crate::retry::jittered(IDLE_POLL);
-        let until_due = self.next_due_ms.map(|due| {
-            Duration::from_millis(due.saturating_sub(self.registry.now_ms())).max(Duration::from_millis(50))
-        });
+        let until_due = self
+            .next_due_ms
+            .map(|due| Duration::from_millis(due.saturating_sub(self.queue.now_ms())).max(Duration::from_millis(50)));
         let wait = until_due.map_or(idle, |d| d.min(idle));
         tokio::select! {
             () = wake.notified() => {}

@@ -633,7 +633,6 @@ mod tests {
             local_namespaces: vec![],
             create_on_push: true,
             gc_grace: grace,
-            webhooks: Vec::new(),
         };
         let proxy = Arc::new(
             crate::proxy::Proxy::new(&[], &[], &crate::config::PullThroughApiConfig::default(), &metrics).unwrap(),

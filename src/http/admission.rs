@@ -180,7 +180,7 @@ pub async fn decide_request(
 ) -> Result<Result<Verdict, Refusal>, crate::registry::Error> {
     let repository_policies = super::repository_policies(app, accesses).await?;
     let registry_policy = match (claims_replication, &app.auth) {
-        (true, Some(_)) => app.registry.registry_policy_parsed().await?,
+        (true, Some(_)) => app.replication.registry_policy_parsed().await?,
         _ => None,
     };
     Ok(super::decide_with(

@@ -255,6 +255,7 @@ async fn run(
     };
     let ctx = ApiContext {
         registry: &app.registry,
+        replication: &app.replication,
         principal: &principal,
         authenticator: auth.map(|a| a.authenticator.as_ref()),
         registry_id,

@@ -8,6 +8,7 @@
 use crate::oci::RepositoryName;
 use crate::registry::images::StoredImage;
 use crate::registry::Registry;
+use crate::replication::store::ReplicationStore;
 use std::fmt::Write as _;
 
 /// Repositories on one page of the index.
@@ -72,11 +73,11 @@ fn size(bytes: u64) -> String {
 }
 
 /// Serves a console path (under `/console`), with the query's `after` for paging.
-pub async fn page(registry: &Registry, path: &str, query: Option<&str>) -> Page {
+pub async fn page(registry: &Registry, replication: &ReplicationStore, path: &str, query: Option<&str>) -> Page {
     let result = match path.strip_prefix("/console").unwrap_or("") {
-        "" | "/" => index(registry, query).await,
+        "" | "/" => index(registry, replication, query).await,
         rest => match rest.strip_prefix("/repositories/").and_then(|n| RepositoryName::parse(n).ok()) {
-            Some(name) => repository(registry, &name).await,
+            Some(name) => repository(registry, replication, &name).await,
             None => Ok(Page { status: 404, html: document("Not found", "<p>No such page.</p>") }),
         },
     };
@@ -86,7 +87,11 @@ pub async fn page(registry: &Registry, path: &str, query: Option<&str>) -> Page 
     })
 }
 
-async fn index(registry: &Registry, query: Option<&str>) -> crate::registry::Result<Page> {
+async fn index(
+    registry: &Registry,
+    replication: &ReplicationStore,
+    query: Option<&str>,
+) -> crate::registry::Result<Page> {
     let after = query
         .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "after").map(|(_, v)| v.into_owned()));
     let names = registry.repository_names().await?;
@@ -123,7 +128,7 @@ async fn index(registry: &Registry, query: Option<&str>) -> crate::registry::Res
         );
     }
     body.push_str("</table>");
-    let replication = registry.replication_configuration().await?;
+    let replication = replication.replication_configuration().await?;
     body.push_str("<h2>Replication</h2>");
     if replication.rules.is_empty() {
         body.push_str("<p class=\"muted\">No replication rules.</p>");
@@ -153,7 +158,11 @@ async fn image_size(registry: &Registry, name: &RepositoryName, image: &StoredIm
     Ok(total)
 }
 
-async fn repository(registry: &Registry, name: &RepositoryName) -> crate::registry::Result<Page> {
+async fn repository(
+    registry: &Registry,
+    replication: &ReplicationStore,
+    name: &RepositoryName,
+) -> crate::registry::Result<Page> {
     let Some(settings) = registry.repository_settings(name).await? else {
         let body = format!("<p>There is no repository {}.</p>", escape(name.as_str()));
         return Ok(Page { status: 404, html: document("Not found", &body) });
@@ -169,7 +178,7 @@ async fn repository(registry: &Registry, name: &RepositoryName) -> crate::regist
     );
     for image in &images {
         // The image with every tag it carries: COMPLETE only when all of them arrived.
-        let statuses = registry.replication_status_of(name, &image.digest, None).await?;
+        let statuses = replication.replication_status_of(registry, name, &image.digest, None).await?;
         let replication: Vec<String> = statuses
             .iter()
             .map(|s| match &s.failure_code {

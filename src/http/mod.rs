@@ -41,6 +41,8 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 pub struct App {
     /// The registry service.
     pub registry: Arc<Registry>,
+    /// Replication's records (the registry policy a replication is decided by; statuses).
+    pub replication: Arc<crate::replication::store::ReplicationStore>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Requests in flight, globally and per client (a permit lives until the response body ends).
@@ -463,7 +465,7 @@ pub async fn serve_admin(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     if path == "/console" || path.starts_with("/console/") {
-        let page = console::page(&app.registry, path, req.uri().query()).await;
+        let page = console::page(&app.registry, &app.replication, path, req.uri().query()).await;
         let resp = Response::builder()
             .status(StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK))
             .header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")

@@ -100,7 +100,7 @@ impl Registry {
             return Ok(false);
         }
         self.remove_manifest(name, digest).await?;
-        self.notify_delete(name, digest, tags.first().map(String::as_str)).await?;
+        self.notify_delete(name, digest, tags.first().map(String::as_str), true).await?;
         Ok(true)
     }
 }

@@ -1,6 +1,7 @@
 //! Manifests, tags and referrers: a manifest is stored only after everything it references
 //! exists in the repository, and a tag moves with one small write after that.
 
+use super::outbox::{ImageAction, ImageEvent, PushOrigin};
 use super::{paginate, Error, Page, Registry, Repo, Result};
 use crate::oci::manifest::{ManifestError, MAX_MANIFEST_BYTES};
 use crate::oci::{Descriptor, Digest, DigestAlgorithm, Hasher, Manifest, Reference, RepositoryName, Tag};
@@ -39,16 +40,6 @@ pub struct ManifestContent {
     pub record: ManifestRecord,
     /// The bytes exactly as pushed.
     pub bytes: Bytes,
-}
-
-/// Who pushed a manifest: a client (replicated to the destinations the replication
-/// configuration names), or another registry's replication (never replicated on: no chaining).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushOrigin {
-    /// A client's push.
-    Client,
-    /// A replication from another registry.
-    Replication,
 }
 
 /// The outcome of a manifest PUT.
@@ -125,17 +116,19 @@ impl Registry {
             }
             Reference::Digest(_) => false,
         };
-        // Told to webhook receivers (a replicated push too: it is news at this registry).
-        let tag_pushed = match reference {
-            Reference::Tag(t) => Some(t.to_string()),
-            Reference::Digest(_) => None,
+        // Durable with every consumer before anything of the push is stored.
+        let event = ImageEvent {
+            action: ImageAction::Push,
+            repository: name.clone(),
+            digest: digest.clone(),
+            tag: match reference {
+                Reference::Tag(t) => Some(t.to_string()),
+                Reference::Digest(_) => None,
+            },
+            origin,
+            removes_manifest: false,
         };
-        let notify = self.record_webhook_events("PUSH", name, &digest, tag_pushed.as_deref()).await?;
-        let replicate = match (origin, reference) {
-            (PushOrigin::Replication, _) => false,
-            (PushOrigin::Client, Reference::Tag(t)) => self.record_push_event(name, &digest, Some(t)).await?,
-            (PushOrigin::Client, Reference::Digest(_)) => self.record_push_event(name, &digest, None).await?,
-        };
+        let recorded = self.outbox.record(&event).await?;
         let record = ManifestRecord {
             digest: digest.clone(),
             media_type: manifest.media_type.as_str().to_owned(),
@@ -177,12 +170,7 @@ impl Registry {
                 self.storage.record_put(&key, record_bytes).await?;
             }
         }
-        if replicate {
-            self.wake_replication();
-        }
-        if notify {
-            self.wake_webhooks();
-        }
+        self.outbox.committed(recorded);
         Ok(StoredManifest { digest, subject: manifest.subject.map(|s| s.digest) })
     }
 
@@ -295,8 +283,8 @@ impl Registry {
         }
         let digest = match reference {
             Reference::Tag(tag) => {
-                // What the tag named, for the receivers told of the delete.
-                let tagged = match self.webhooks_want("DELETE", name) {
+                // What the tag named, for the consumers told of the delete.
+                let tagged = match self.outbox.wants(ImageAction::Delete, name) {
                     true => self
                         .storage
                         .record_get(&Key::tag(name, tag))
@@ -308,7 +296,7 @@ impl Registry {
                     return Err(self.unknown(name, Error::ManifestUnknown(tag.to_string())).await);
                 }
                 if let Some(record) = tagged {
-                    self.notify_delete(name, &record.digest, Some(tag.as_str())).await?;
+                    self.notify_delete(name, &record.digest, Some(tag.as_str()), false).await?;
                 }
                 return Ok(());
             }
@@ -316,15 +304,34 @@ impl Registry {
         };
         self.local_manifest_record(name, reference).await?;
         self.remove_manifest(name, digest).await?;
-        self.notify_delete(name, digest, None).await
+        self.notify_delete(name, digest, None, true).await
     }
 
-    /// Tells the webhook receivers that want it of a delete that is done.
-    pub(super) async fn notify_delete(&self, name: &RepositoryName, digest: &Digest, tag: Option<&str>) -> Result<()> {
-        if self.record_webhook_events("DELETE", name, digest, tag).await? {
-            self.wake_webhooks();
-        }
+    /// Tells the outbox's consumers of a delete that is done: of `tag`, or (`removes_manifest`)
+    /// of the manifest itself.
+    pub(super) async fn notify_delete(
+        &self,
+        name: &RepositoryName,
+        digest: &Digest,
+        tag: Option<&str>,
+        removes_manifest: bool,
+    ) -> Result<()> {
+        let event = ImageEvent {
+            action: ImageAction::Delete,
+            repository: name.clone(),
+            digest: digest.clone(),
+            tag: tag.map(str::to_owned),
+            origin: PushOrigin::Client,
+            removes_manifest,
+        };
+        let recorded = self.outbox.record(&event).await?;
+        self.outbox.committed(recorded);
         Ok(())
+    }
+
+    /// Whether the manifest link `name` holds for `digest` exists (its push committed).
+    pub async fn holds_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<bool> {
+        Ok(self.storage.record_get(&Key::manifest_link(name, digest)).await?.is_some())
     }
 
     /// Removes a manifest from a repository: its referrer entry, the tags on it, its pull
@@ -351,7 +358,6 @@ impl Registry {
         }
         self.storage.record_delete(&Key::manifest_link(name, digest)).await?;
         self.storage.record_delete(&Key::image_pull(name, digest)).await?;
-        self.storage.record_delete(&Key::replication_status(name, digest)).await?;
         Ok(())
     }
 

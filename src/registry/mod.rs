@@ -2,24 +2,23 @@
 //! Handlers call one method here; the rules (what must exist, what a digest must match) live here.
 //! Knows nothing of HTTP.
 
-pub mod backfills;
 mod error;
 pub mod images;
 mod manifests;
+pub mod outbox;
 mod pull_through;
 pub mod pull_through_rules;
 pub mod pulls;
 pub mod purge;
-pub mod replication;
 pub mod repositories;
 pub mod settings;
 pub mod templates;
 mod uploads;
 pub mod usage;
-pub mod webhooks;
 
 pub use error::{Error, Result};
-pub use manifests::{ManifestContent, ManifestRecord, PushOrigin, StoredManifest};
+pub use manifests::{ManifestContent, ManifestRecord, StoredManifest};
+pub use outbox::PushOrigin;
 pub use pull_through::CacheResult;
 
 use crate::clock::SharedClock;
@@ -51,8 +50,6 @@ pub struct Settings {
     pub create_on_push: bool,
     /// Content and links used within this long are never collected.
     pub gc_grace: Duration,
-    /// Webhook receivers: which pushes and deletes each is told of.
-    pub webhooks: Vec<crate::config::WebhookConfig>,
 }
 
 /// One page of a sorted listing.
@@ -137,14 +134,10 @@ pub struct Registry {
     pulls: Arc<pulls::PullTimes>,
     /// Repository policies, parsed, for a few seconds (replicas agree within that).
     policies: moka::future::Cache<RepositoryName, Option<Arc<crate::auth::policy::Policy>>>,
-    /// Woken when a push records a replication event, so this replica's workers start at once.
-    replication_wake: Arc<tokio::sync::Notify>,
-    /// Set when this replica starts or stops a backfill, so its worker looks at backfills now.
-    backfill_poke: std::sync::atomic::AtomicBool,
     /// The audit trail.
     audit: crate::events::Audit,
-    /// Woken when a webhook event is recorded, so this replica delivers it at once.
-    webhook_wake: Arc<tokio::sync::Notify>,
+    /// Who is told of pushes and deletes (replication, webhooks), without the registry naming them.
+    outbox: outbox::Outbox,
 }
 
 impl Registry {
@@ -172,11 +165,16 @@ impl Registry {
             settings,
             metrics,
             upload_hashes: Mutex::new(HashMap::new()),
-            replication_wake: Arc::default(),
-            backfill_poke: std::sync::atomic::AtomicBool::new(false),
             audit: crate::events::Audit::to_log(),
-            webhook_wake: Arc::default(),
+            outbox: outbox::Outbox::default(),
         }
+    }
+
+    /// The same registry telling `outbox`'s consumers of pushes and deletes.
+    #[must_use]
+    pub fn with_outbox(mut self, outbox: outbox::Outbox) -> Self {
+        self.outbox = outbox;
+        self
     }
 
     /// The same registry recording its audit trail in `audit`.

@@ -11,9 +11,10 @@
 
 use super::{Destinations, Pace, ReplicationWorker};
 use crate::metrics::Metrics;
-use crate::registry::backfills::{Backfill, BackfillResult, BackfillStatus, BackfillTarget, RETAINED_FOR_MS};
-use crate::registry::replication::{ReplicationDestination, ReplicationState};
 use crate::registry::Registry;
+use crate::replication::store::ReplicationStore;
+use crate::replication::store::{Backfill, BackfillResult, BackfillStatus, BackfillTarget, RETAINED_FOR_MS};
+use crate::replication::store::{ReplicationDestination, ReplicationState};
 use crate::storage::lease::{Lease, LeaseError};
 use crate::storage::EventId;
 use serde::Serialize;
@@ -59,6 +60,9 @@ pub enum BackfillError {
     /// Storage failed.
     #[error(transparent)]
     Registry(#[from] crate::registry::Error),
+    /// Replication's records could not be read or written.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::Error),
 }
 
 /// An image a backfill should queue, and for which destinations.
@@ -77,7 +81,8 @@ pub struct PendingImage {
 /// manifests travel with their index), and how many are complete everywhere already.
 pub async fn pending_images(
     registry: &Registry,
-    config: &crate::registry::replication::ReplicationConfiguration,
+    store: &ReplicationStore,
+    config: &crate::replication::store::ReplicationConfiguration,
     scope: &BackfillScope,
 ) -> Result<(Vec<PendingImage>, usize), crate::registry::Error> {
     let mut out = Vec::new();
@@ -95,7 +100,7 @@ pub async fn pending_images(
         let children: HashSet<_> = images.iter().flat_map(|i| i.children.iter().cloned()).collect();
         for image in images.iter().filter(|i| !children.contains(&i.digest)) {
             // Replicated only when the image and every tag it carries now arrived.
-            let destinations = registry.replication_pending(&name, &image.digest, &image.tags, &wanted).await?;
+            let destinations = store.replication_pending(&name, &image.digest, &image.tags, &wanted).await?;
             if destinations.is_empty() {
                 already = already.saturating_add(1);
                 continue;
@@ -114,22 +119,23 @@ pub async fn pending_images(
 /// Queues the images in `scope` and copies them; `progress(done, total)` after each pass.
 pub async fn backfill(
     registry: Arc<Registry>,
+    store: Arc<ReplicationStore>,
     destinations: Arc<Destinations>,
     pace: Pace,
     metrics: Arc<Metrics>,
     scope: &BackfillScope,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<BackfillReport, BackfillError> {
-    let config = registry.replication_configuration().await?;
+    let config = store.replication_configuration().await?;
     if config.rules.is_empty() {
         return Err(BackfillError::NotConfigured);
     }
     let mut report = BackfillReport::default();
-    let (pending, already) = pending_images(&registry, &config, scope).await?;
+    let (pending, already) = pending_images(&registry, &store, &config, scope).await?;
     report.images_already_replicated = already;
     let mut queued = Vec::new();
     for image in pending {
-        let id = registry
+        let id = store
             .enqueue_replication(&image.name, &image.digest, image.tags.clone(), &image.destinations, None)
             .await?;
         queued.push((image.name, image.digest, image.destinations, id));
@@ -138,6 +144,7 @@ pub async fn backfill(
     tracing::info!(images = queued.len(), already = report.images_already_replicated, "backfill queued");
     let worker = ReplicationWorker::new(
         registry.clone(),
+        store.clone(),
         destinations,
         pace.clone(),
         format!("ferry-backfill-{}", uuid::Uuid::new_v4()),
@@ -147,7 +154,7 @@ pub async fn backfill(
     loop {
         let mut left = 0usize;
         for (_, _, _, id) in &queued {
-            if registry.replication_event(id).await?.is_some() {
+            if store.replication_event(id).await?.is_some() {
                 left = left.saturating_add(1);
             }
         }
@@ -164,7 +171,7 @@ pub async fn backfill(
         }
     }
     for (name, digest, pending, _) in &queued {
-        for s in registry.replication_status(name, digest).await? {
+        for s in store.replication_status(name, digest).await? {
             if !pending.iter().any(|d| d.registry_id == s.registry_id && d.region == s.region) {
                 continue;
             }
@@ -186,11 +193,11 @@ pub async fn backfill(
 /// finish) and ends `STOPPED`. Terminal backfills are forgotten after 90 days.
 /// Returns whether any backfill is still open.
 pub async fn advance(worker: &ReplicationWorker) -> Result<bool, crate::worker::WorkerError> {
-    let registry = &worker.registry;
-    let now = registry.clock().now_ms();
-    let all = registry.backfills().await?;
+    let (registry, store) = (&worker.registry, &worker.store);
+    let now = store.now_ms();
+    let all = store.backfills().await?;
     for b in all.iter().filter(|b| b.ended_at_ms.is_some_and(|e| now.saturating_sub(e) > RETAINED_FOR_MS)) {
-        registry.forget_backfill(b).await?;
+        store.forget_backfill(b).await?;
     }
     let open: Vec<Backfill> = all.into_iter().filter(|b| !b.status.is_terminal()).collect();
     if open.is_empty() {
@@ -208,7 +215,7 @@ pub async fn advance(worker: &ReplicationWorker) -> Result<bool, crate::worker::
     for mut b in open {
         lease.check(storage.as_ref(), clock.as_ref()).await?;
         match b.status {
-            BackfillStatus::Preparing => prepare(registry, &mut b).await?,
+            BackfillStatus::Preparing => prepare(registry, store, &mut b).await?,
             BackfillStatus::InProgress => finish_if_done(worker, &mut b).await?,
             BackfillStatus::Stopping => stop(worker, &mut b).await?,
             _ => {}
@@ -218,31 +225,35 @@ pub async fn advance(worker: &ReplicationWorker) -> Result<bool, crate::worker::
     Ok(true)
 }
 
-async fn prepare(registry: &Registry, b: &mut Backfill) -> Result<(), crate::registry::Error> {
-    let config = registry.replication_configuration().await?;
+async fn prepare(
+    registry: &Registry,
+    store: &ReplicationStore,
+    b: &mut Backfill,
+) -> Result<(), crate::registry::Error> {
+    let config = store.replication_configuration().await?;
     let configured = config.rules.iter().any(|r| r.destinations.contains(&b.destination));
     if !configured {
         b.failure_code = Some("DESTINATION_NOT_CONFIGURED: the replication configuration no longer names it".into());
-        return registry.end_backfill(b, BackfillStatus::Failed).await;
+        return Ok(store.end_backfill(b, BackfillStatus::Failed).await?);
     }
     let scope = BackfillScope {
         repository_prefix: None,
         destination: Some(format!("{}/{}", b.destination.registry_id, b.destination.region)),
     };
-    let (pending, _) = pending_images(registry, &config, &scope).await?;
+    let (pending, _) = pending_images(registry, store, &config, &scope).await?;
     for image in pending {
-        registry
+        store
             .enqueue_replication(&image.name, &image.digest, image.tags.clone(), &image.destinations, Some(&b.id))
             .await?;
         b.targets.push(BackfillTarget { repository: image.name.to_string(), digest: image.digest, tags: image.tags });
     }
-    b.prepared_at_ms = Some(registry.clock().now_ms());
+    b.prepared_at_ms = Some(store.now_ms());
     if b.targets.is_empty() {
-        return registry.end_backfill(b, BackfillStatus::Complete).await;
+        return Ok(store.end_backfill(b, BackfillStatus::Complete).await?);
     }
     b.status = BackfillStatus::InProgress;
-    registry.put_backfill(b).await?;
-    registry.wake_replication();
+    store.put_backfill(b).await?;
+    store.wake_replication();
     Ok(())
 }
 
@@ -257,19 +268,19 @@ async fn finish_if_done(worker: &ReplicationWorker, b: &mut Backfill) -> Result<
     if b.prepared_at_ms.is_none_or(|at| whole_since <= at) || !waiting(worker, &b.id).is_empty() {
         return Ok(());
     }
-    b.results = results(&worker.registry, b).await?;
-    worker.registry.end_backfill(b, BackfillStatus::Complete).await
+    b.results = results(&worker.registry, &worker.store, b).await?;
+    Ok(worker.store.end_backfill(b, BackfillStatus::Complete).await?)
 }
 
 async fn stop(worker: &ReplicationWorker, b: &mut Backfill) -> Result<(), crate::registry::Error> {
-    let registry = &worker.registry;
+    let (registry, store) = (&worker.registry, &worker.store);
     for id in waiting(worker, &b.id) {
-        if let Some((event, _)) = registry.replication_event(&id).await? {
+        if let Some((event, _)) = store.replication_event(&id).await? {
             if event.backfill.as_deref() == Some(b.id.as_str()) {
-                registry.delete_replication_event(&id).await?;
+                store.delete_replication_event(&id).await?;
                 // Withdrawn before it reached the destination: no longer in progress there.
                 if let Ok(name) = crate::oci::RepositoryName::parse(&event.repository) {
-                    let status = registry.replication_status(&name, &event.digest).await?;
+                    let status = store.replication_status(&name, &event.digest).await?;
                     let withdrawn: Vec<_> = status
                         .into_iter()
                         .filter(|s| {
@@ -287,28 +298,32 @@ async fn stop(worker: &ReplicationWorker, b: &mut Backfill) -> Result<(), crate:
                         .tags
                         .iter()
                         .flat_map(|t| {
-                            withdrawn.iter().map(|s| crate::registry::replication::TagStatusUpdate {
+                            withdrawn.iter().map(|s| crate::replication::store::TagStatusUpdate {
                                 tag: t.clone(),
                                 status: Some(s.clone()),
                             })
                         })
                         .collect();
-                    registry.set_replication_status(&name, &event.digest, &withdrawn, &tags).await?;
+                    store.set_replication_status(&name, &event.digest, &withdrawn, &tags).await?;
                 }
             }
         }
     }
-    b.results = results(registry, b).await?;
-    registry.end_backfill(b, BackfillStatus::Stopped).await
+    b.results = results(registry, store, b).await?;
+    Ok(store.end_backfill(b, BackfillStatus::Stopped).await?)
 }
 
 /// Each queued image's outcome at the backfill's destination (one per image and tag, as ECR
 /// counts them; an untagged image once).
-pub async fn results(registry: &Registry, b: &Backfill) -> Result<Vec<BackfillResult>, crate::registry::Error> {
+pub async fn results(
+    registry: &Registry,
+    store: &ReplicationStore,
+    b: &Backfill,
+) -> Result<Vec<BackfillResult>, crate::registry::Error> {
     let mut out = Vec::new();
     for t in &b.targets {
         let Ok(name) = crate::oci::RepositoryName::parse(&t.repository) else { continue };
-        let status = registry.replication_status(&name, &t.digest).await?;
+        let status = store.replication_status(&name, &t.digest).await?;
         let Some(s) =
             status.into_iter().find(|s| s.registry_id == b.destination.registry_id && s.region == b.destination.region)
         else {
@@ -322,8 +337,8 @@ pub async fn results(registry: &Registry, b: &Backfill) -> Result<Vec<BackfillRe
         for tag in tags {
             // Each tag's own outcome where it has one (it may have failed where the image did not).
             let own = match &tag {
-                Some(tag) => registry
-                    .replication_status_of(&name, &t.digest, Some(tag))
+                Some(tag) => store
+                    .replication_status_of(registry, &name, &t.digest, Some(tag))
                     .await?
                     .into_iter()
                     .find(|o| o.registry_id == b.destination.registry_id && o.region == b.destination.region),

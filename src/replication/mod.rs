@@ -10,14 +10,15 @@
 pub mod backfill;
 pub mod copy;
 pub mod destination;
+pub mod store;
 
 use crate::config::ReplicationConfig;
 use crate::metrics::Metrics;
 use crate::oci::RepositoryName;
-use crate::registry::replication::{
+use crate::registry::Registry;
+use crate::replication::store::{
     DestinationStatus, EventDestination, ReplicationEvent, ReplicationState, UNCOMMITTED_EVENT_TTL_MS,
 };
-use crate::registry::Registry;
 use crate::storage::lease::{Lease, LeaseError};
 use crate::storage::{EventId, Key};
 use crate::worker::{Worker, WorkerError, WorkerState};
@@ -84,6 +85,7 @@ impl Pace {
 /// The replication worker of one replica.
 pub struct ReplicationWorker {
     registry: Arc<Registry>,
+    store: Arc<store::ReplicationStore>,
     destinations: Arc<Destinations>,
     owner: String,
     pace: Pace,
@@ -140,14 +142,16 @@ impl ReplicationWorker {
     /// A worker for `registry`, known to other replicas as `owner`.
     pub fn new(
         registry: Arc<Registry>,
+        store: Arc<store::ReplicationStore>,
         destinations: Arc<Destinations>,
         pace: Pace,
         owner: String,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let wake = registry.replication_wake();
+        let wake = store.replication_wake();
         Self {
             registry,
+            store,
             destinations,
             owner,
             pace,
@@ -171,7 +175,7 @@ impl ReplicationWorker {
     /// Returns how many events were worked on and how many exist.
     pub async fn pass(&self) -> Result<(usize, usize), crate::registry::Error> {
         let listing_started_ms = self.registry.clock().now_ms();
-        let ids = self.registry.replication_events().await?;
+        let ids = self.store.replication_events().await?;
         let remaining = ids.len();
         let (unseen, whole): (Vec<EventId>, bool) = {
             let mut view = self.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -181,11 +185,11 @@ impl ReplicationWorker {
             let whole = unseen.len() <= EVENTS_PER_ROUND;
             (unseen.into_iter().take(EVENTS_PER_ROUND).collect(), whole)
         };
-        let registry = self.registry.clone();
+        let store = self.store.clone();
         let read: Vec<(EventId, Option<ReplicationEvent>)> = futures_util::stream::iter(unseen)
             .map(|id| {
-                let registry = registry.clone();
-                async move { registry.replication_event(&id).await.map(|e| (id, e.map(|(event, _)| event))) }
+                let store = store.clone();
+                async move { store.replication_event(&id).await.map(|e| (id, e.map(|(event, _)| event))) }
             })
             .buffered(READS_AT_ONCE)
             .collect::<Vec<_>>()
@@ -288,7 +292,7 @@ impl ReplicationWorker {
         };
         let Some((name, digest)) = image else {
             tracing::warn!(event = %id, "a replication event names no valid repository; dropped");
-            self.registry.delete_replication_event(id).await?;
+            self.store.delete_replication_event(id).await?;
             self.remember(id, None);
             return Ok(Claimed::Worked);
         };
@@ -303,7 +307,7 @@ impl ReplicationWorker {
             Err(LeaseError::Storage(e)) => return Err(e.into()),
         };
         let result = self.work_on(id, &name, lease).await;
-        let now = self.registry.replication_event(id).await?.map(|(e, _)| e);
+        let now = self.store.replication_event(id).await?.map(|(e, _)| e);
         self.remember(id, now.as_ref());
         if result.as_ref().is_ok_and(|c| *c == Claimed::Skipped) {
             self.look_again_later(id);
@@ -314,7 +318,7 @@ impl ReplicationWorker {
     async fn work_on(&self, id: &EventId, name: &RepositoryName, mut lease: Lease) -> Result<Claimed, WorkerError> {
         let storage = self.registry.storage_handle();
         let clock = self.registry.clock().clone();
-        let Some((mut event, version)) = self.registry.replication_event(id).await? else {
+        let Some((mut event, version)) = self.store.replication_event(id).await? else {
             lease.release(storage.as_ref()).await?;
             return Ok(Claimed::Skipped);
         };
@@ -322,7 +326,7 @@ impl ReplicationWorker {
         if !self.registry.holds_manifest(name, &event.digest).await? {
             // The push that recorded it has not committed (yet, or ever).
             if now.saturating_sub(id.recorded_at_ms()) > UNCOMMITTED_EVENT_TTL_MS {
-                self.registry.delete_replication_event(id).await?;
+                self.store.delete_replication_event(id).await?;
             }
             lease.release(storage.as_ref()).await?;
             return Ok(Claimed::Skipped);
@@ -368,13 +372,13 @@ impl ReplicationWorker {
             changed.iter().filter(|s| s.status == ReplicationState::Complete).map(DestinationStatus::label).collect();
         // Committed only by the lease's holder: one that lost it leaves the event to the taker.
         lease.check(storage.as_ref(), clock.as_ref()).await?;
-        self.registry.set_replication_status(name, &event.digest, &changed, &tags).await?;
+        self.store.set_replication_status(name, &event.digest, &changed, &tags).await?;
         if event.destinations.iter().all(|d| d.status.status != ReplicationState::InProgress) {
-            self.registry.delete_replication_event(id).await?;
+            self.store.delete_replication_event(id).await?;
             // The image's lease has nothing left to guard (another event of it takes a new one).
             lease.remove(storage.as_ref()).await?;
         } else {
-            if self.registry.update_replication_event(id, &event, version).await?.is_none() {
+            if self.store.update_replication_event(id, &event, version).await?.is_none() {
                 tracing::warn!(event = %id, "a replication event changed under its lease; left for the next round");
             }
             lease.release(storage.as_ref()).await?;
@@ -482,7 +486,7 @@ impl Worker for ReplicationWorker {
         // their records: an idle registry should not pay for that every second).
         let now = self.registry.clock().now_ms();
         let every = if self.backfills_open { BACKFILL_EVERY_MS } else { BACKFILL_IDLE_EVERY_MS };
-        if self.registry.take_backfill_poke() || now.saturating_sub(self.backfills_advanced_at_ms) >= every {
+        if self.store.take_backfill_poke() || now.saturating_sub(self.backfills_advanced_at_ms) >= every {
             self.backfills_open = backfill::advance(self).await?;
             self.backfills_advanced_at_ms = now;
         }
@@ -517,8 +521,8 @@ fn tag_statuses(
     tags: &[String],
     status: &DestinationStatus,
     copied: Option<&copy::CopiedTags>,
-) -> Vec<crate::registry::replication::TagStatusUpdate> {
-    use crate::registry::replication::TagStatusUpdate;
+) -> Vec<crate::replication::store::TagStatusUpdate> {
+    use crate::replication::store::TagStatusUpdate;
     tags.iter()
         .map(|tag| {
             let status = match copied {
@@ -527,7 +531,7 @@ fn tag_statuses(
                     status: ReplicationState::Failed,
                     failure_code: Some(format!(
                         "{}: the destination keeps tag {tag} on another image; the image arrived without it",
-                        crate::registry::replication::TAG_IMMUTABLE
+                        crate::replication::store::TAG_IMMUTABLE
                     )),
                     ..status.clone()
                 }),

@@ -1,16 +1,47 @@
-//! The registry's replication configuration (ECR's `PutReplicationConfiguration` /
-//! `DescribeRegistry`), its registry policy, the durable push events the replication workers
-//! copy, and each image's status per destination. Everything is a record in storage
-//! (`replication/config`, `replication/registry-policy`, `replication/events/<id>`,
-//! `repos/<name>/_replication/<digest>`), so every replica reads the same and none holds the only
-//! copy. Copying itself is [`crate::replication`]'s; this module never talks to a destination.
+//! Replication's records, all in storage so every replica reads the same and none holds the
+//! only copy: the configuration (ECR's `PutReplicationConfiguration` / `DescribeRegistry`,
+//! `replication/config`), the registry policy (`replication/registry-policy`), the durable push
+//! events the workers copy (`replication/events/<id>`), each image's status per destination
+//! and per tag (`repos/<name>/_replication/<digest>`), and the backfills ECR's API keeps
+//! (`replication/backfills/<id>`, with one `replication/backfill-active/<region>` marker made by
+//! a conditional write so two replicas cannot start two to one region). The store is one of the
+//! registry's [`ImageEvents`] consumers: a client's push matching a rule records its event
+//! before the push is acknowledged. Copying is [`super`]'s; this module never talks to a
+//! destination.
 
-use super::{Registry, Result};
+use crate::clock::SharedClock;
 use crate::oci::{Digest, RepositoryName, Tag};
-use crate::storage::{EventId, Key, Version};
+use crate::registry::outbox::{ImageAction, ImageEvent, ImageEvents, PushOrigin};
+use crate::registry::Registry;
+use crate::storage::{self, records, EventId, Key, PutMode, Storage, Version};
+use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+type Result<T> = storage::Result<T>;
+
+/// Replication's records.
+pub struct ReplicationStore {
+    storage: Arc<dyn Storage>,
+    clock: SharedClock,
+    /// Woken when a push records an event, so this replica's workers start at once.
+    wake: Arc<tokio::sync::Notify>,
+    /// Set when this replica starts or stops a backfill, so its worker looks at backfills now.
+    backfill_poke: std::sync::atomic::AtomicBool,
+}
+
+impl ReplicationStore {
+    /// The records in `storage`.
+    pub fn new(storage: Arc<dyn Storage>, clock: SharedClock) -> Self {
+        Self { storage, clock, wake: Arc::default(), backfill_poke: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// Now, by the injected clock (ms since the epoch).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}
 
 /// One destination: a region and a registry (account) id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -50,7 +81,7 @@ pub struct ReplicationConfiguration {
     pub rules: Vec<ReplicationRule>,
 }
 
-impl Registry {
+impl ReplicationStore {
     /// The registry policy's text, if one is set.
     pub async fn registry_policy(&self) -> Result<Option<String>> {
         Ok(self.storage.record_get(&Key::registry_policy()).await?.map(|b| String::from_utf8_lossy(&b).into_owned()))
@@ -59,12 +90,8 @@ impl Registry {
     /// The registry policy, parsed (what a replicating registry's pushes are decided by).
     pub async fn registry_policy_parsed(&self) -> Result<Option<Arc<crate::auth::policy::Policy>>> {
         let Some(text) = self.registry_policy().await? else { return Ok(None) };
-        let policy =
-            crate::auth::policy::Policy::parse(&text, crate::auth::policy::PolicyKind::Resource).map_err(|e| {
-                super::Error::Storage(crate::storage::Error::Corrupt(format!(
-                    "the registry policy no longer parses: {e}"
-                )))
-            })?;
+        let policy = crate::auth::policy::Policy::parse(&text, crate::auth::policy::PolicyKind::Resource)
+            .map_err(|e| storage::Error::Corrupt(format!("the registry policy no longer parses: {e}")))?;
         Ok(Some(Arc::new(policy)))
     }
 
@@ -82,15 +109,15 @@ impl Registry {
     /// The stored replication configuration (no rules when none was put).
     pub async fn replication_configuration(&self) -> Result<ReplicationConfiguration> {
         match self.storage.record_get(&Key::replication_configuration()).await? {
-            Some(bytes) => super::manifests::decode(&bytes),
+            Some(bytes) => records::decode(&bytes),
             None => Ok(ReplicationConfiguration::default()),
         }
     }
 
     /// Replaces the replication configuration (already validated).
     pub async fn put_replication_configuration(&self, config: &ReplicationConfiguration) -> Result<()> {
-        let bytes = super::manifests::encode(config)?;
-        Ok(self.storage.record_put(&Key::replication_configuration(), bytes).await?)
+        let bytes = records::encode(config)?;
+        self.storage.record_put(&Key::replication_configuration(), bytes).await
     }
 }
 
@@ -249,26 +276,10 @@ fn worse(a: ReplicationState, b: ReplicationState) -> bool {
     rank(a) > rank(b)
 }
 
-impl Registry {
-    /// Records a client's push for replication when a rule matches `name`: called after the
-    /// manifest is validated and before anything of it is stored, so every push that is
-    /// acknowledged has its event (a push that fails after this leaves an event whose manifest
-    /// never appears, which the workers drop after [`UNCOMMITTED_EVENT_TTL_MS`]).
-    /// Returns whether it recorded one; the caller wakes the workers once the manifest is
-    /// stored ([`Self::wake_replication`]), not before, or they would find it missing.
-    pub async fn record_push_event(&self, name: &RepositoryName, digest: &Digest, tag: Option<&Tag>) -> Result<bool> {
-        let destinations = self.replication_configuration().await?.destinations_for(name);
-        if destinations.is_empty() {
-            return Ok(false);
-        }
-        let tags = tag.map(|t| vec![t.to_string()]).unwrap_or_default();
-        self.enqueue_replication(name, digest, tags, &destinations, None).await?;
-        Ok(true)
-    }
-
+impl ReplicationStore {
     /// Wakes this replica's replication worker (a permit is kept if it is busy).
     pub fn wake_replication(&self) {
-        self.replication_wake.notify_one();
+        self.wake.notify_one();
     }
 
     /// Writes an event for `destinations`, then marks them `IN_PROGRESS` in the image's status.
@@ -306,24 +317,24 @@ impl Registry {
             .iter()
             .flat_map(|t| statuses.iter().map(|s| TagStatusUpdate { tag: t.clone(), status: Some(s.clone()) }))
             .collect();
-        self.storage.record_put(&Key::replication_event(&id), super::manifests::encode(&event)?).await?;
+        self.storage.record_put(&Key::replication_event(&id), records::encode(&event)?).await?;
         self.set_replication_status(name, digest, &statuses, &tag_updates).await?;
         Ok(id)
     }
 
     /// What wakes the workers when this replica records an event.
     pub fn replication_wake(&self) -> Arc<tokio::sync::Notify> {
-        self.replication_wake.clone()
+        self.wake.clone()
     }
 
     /// The events waiting, oldest first (ids that are not events' are skipped).
     pub async fn replication_events(&self) -> Result<Vec<EventId>> {
-        self.queued_ids(&Key::replication_events()).await
+        records::event_ids(self.storage.as_ref(), &Key::replication_events()).await
     }
 
     /// One event and its version, if it is still there.
     pub async fn replication_event(&self, id: &EventId) -> Result<Option<(ReplicationEvent, Version)>> {
-        self.queued_get(&Key::replication_event(id)).await
+        records::get_versioned(self.storage.as_ref(), &Key::replication_event(id)).await
     }
 
     /// Stores an event's progress if it has not changed since `version` (`None` when it has).
@@ -333,7 +344,7 @@ impl Registry {
         event: &ReplicationEvent,
         version: Version,
     ) -> Result<Option<Version>> {
-        self.queued_update(&Key::replication_event(id), event, version).await
+        records::put_if_unchanged(self.storage.as_ref(), &Key::replication_event(id), event, version).await
     }
 
     /// Removes a finished event.
@@ -344,7 +355,7 @@ impl Registry {
 
     async fn status_record(&self, name: &RepositoryName, digest: &Digest) -> Result<StatusRecord> {
         match self.storage.record_get(&Key::replication_status(name, digest)).await? {
-            Some(bytes) => super::manifests::decode::<StatusRecord>(&bytes),
+            Some(bytes) => records::decode::<StatusRecord>(&bytes),
             None => Ok(StatusRecord::default()),
         }
     }
@@ -363,10 +374,11 @@ impl Registry {
     /// exception (the image arrives untagged, as in ECR; asked by that tag, it is `FAILED`).
     pub async fn replication_status_of(
         &self,
+        registry: &Registry,
         name: &RepositoryName,
         digest: &Digest,
         tag: Option<&str>,
-    ) -> Result<Vec<DestinationStatus>> {
+    ) -> std::result::Result<Vec<DestinationStatus>, crate::registry::Error> {
         let record = self.status_record(name, digest).await?;
         let Some(tags) = record.tags else { return Ok(record.destinations) };
         if let Some(tag) = tag {
@@ -374,7 +386,7 @@ impl Registry {
         }
         let mut out = record.destinations;
         for (tag, statuses) in &tags {
-            if !self.tag_names(name, tag, digest).await? {
+            if !tag_names(registry, name, tag, digest).await? {
                 continue;
             }
             for s in statuses.iter().filter(|s| !tag_settled(s)) {
@@ -427,15 +439,6 @@ impl Registry {
             .collect())
     }
 
-    async fn tag_names(&self, name: &RepositoryName, tag: &str, digest: &Digest) -> Result<bool> {
-        let Ok(tag) = Tag::parse(tag) else { return Ok(false) };
-        match self.manifest_record(&super::Repo::Local(name.clone()), &crate::oci::Reference::Tag(tag)).await {
-            Ok(r) => Ok(&r.digest == digest),
-            Err(super::Error::ManifestUnknown(_) | super::Error::NameUnknown(_)) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Sets the image's status at the destinations in `updates`, and its tags' in `tags`,
     /// keeping the others.
     pub async fn set_replication_status(
@@ -461,13 +464,276 @@ impl Registry {
             }
         }
         by_tag.retain(|_, list| !list.is_empty());
-        let bytes = super::manifests::encode(&record)?;
-        Ok(self.storage.record_put(&Key::replication_status(name, digest), bytes).await?)
+        let bytes = records::encode(&record)?;
+        self.storage.record_put(&Key::replication_status(name, digest), bytes).await
+    }
+}
+
+/// Whether `tag` names `digest` in `name` now.
+async fn tag_names(
+    registry: &Registry,
+    name: &RepositoryName,
+    tag: &str,
+    digest: &Digest,
+) -> std::result::Result<bool, crate::registry::Error> {
+    use crate::registry::Error;
+    let Ok(tag) = Tag::parse(tag) else { return Ok(false) };
+    let local = crate::registry::Repo::Local(name.clone());
+    match registry.manifest_record(&local, &crate::oci::Reference::Tag(tag)).await {
+        Ok(r) => Ok(&r.digest == digest),
+        Err(Error::ManifestUnknown(_) | Error::NameUnknown(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[async_trait]
+impl ImageEvents for ReplicationStore {
+    /// A push may be replicated; nothing needs looking up before a delete.
+    fn wants(&self, action: ImageAction, _: &RepositoryName) -> bool {
+        action == ImageAction::Push
     }
 
-    /// Whether the manifest link `name` holds for `digest` exists (the push committed).
-    pub async fn holds_manifest(&self, name: &RepositoryName, digest: &Digest) -> Result<bool> {
-        Ok(self.storage.record_get(&Key::manifest_link(name, digest)).await?.is_some())
+    /// A client's push matching a rule: its event, recorded after the manifest is validated and
+    /// before anything of it is stored, so every push that is acknowledged has its event (a
+    /// push that fails after this leaves an event whose manifest never appears, which the
+    /// workers drop after [`UNCOMMITTED_EVENT_TTL_MS`]). A replicated push is not replicated on
+    /// (no chaining). A manifest's delete takes its status with it (deletes are not replicated).
+    async fn record(&self, event: &ImageEvent) -> Result<bool> {
+        match (event.action, event.origin) {
+            (ImageAction::Push, PushOrigin::Client) => {
+                let destinations = self.replication_configuration().await?.destinations_for(&event.repository);
+                if destinations.is_empty() {
+                    return Ok(false);
+                }
+                let tags = event.tag.iter().cloned().collect();
+                self.enqueue_replication(&event.repository, &event.digest, tags, &destinations, None).await?;
+                Ok(true)
+            }
+            (ImageAction::Push, PushOrigin::Replication) => Ok(false),
+            (ImageAction::Delete, _) => {
+                if event.removes_manifest {
+                    self.storage.record_delete(&Key::replication_status(&event.repository, &event.digest)).await?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Wakes the workers once the manifest is stored (not before: they would find it missing).
+    fn committed(&self) {
+        self.wake_replication();
+    }
+}
+
+/// At most this many backfills in progress in a registry (ECR's limit).
+pub const MAX_IN_PROGRESS: usize = 10;
+/// Terminal backfills are kept this long, then forgotten (as in ECR).
+pub const RETAINED_FOR_MS: u64 = 90 * 24 * 3600 * 1000;
+
+/// A backfill's status (ECR's `ReplicationBackfillStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BackfillStatus {
+    /// Accepted; the images are not listed yet.
+    Preparing,
+    /// Its images are queued and being copied.
+    InProgress,
+    /// Every queued image finished.
+    Complete,
+    /// It could not run (the destination left the configuration).
+    Failed,
+    /// Asked to stop; queued copies are being withdrawn.
+    Stopping,
+    /// Stopped.
+    Stopped,
+}
+
+impl BackfillStatus {
+    /// Whether it has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Complete | Self::Failed | Self::Stopped)
+    }
+}
+
+/// One image a backfill queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackfillTarget {
+    /// The repository.
+    pub repository: String,
+    /// The image.
+    pub digest: Digest,
+    /// Its tags when queued.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// How one image ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackfillResult {
+    /// The image.
+    #[serde(flatten)]
+    pub target: BackfillTarget,
+    /// `COMPLETE` or `FAILED`.
+    pub status: ReplicationState,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_code: Option<String>,
+}
+
+/// A backfill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backfill {
+    /// Its id (a UUID).
+    pub id: String,
+    /// Where to.
+    pub destination: ReplicationDestination,
+    /// Where it stands.
+    pub status: BackfillStatus,
+    /// When it was started (ms since the epoch).
+    pub started_at_ms: u64,
+    /// When its images were queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared_at_ms: Option<u64>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<u64>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_code: Option<String>,
+    /// The images it queued (once prepared).
+    #[serde(default)]
+    pub targets: Vec<BackfillTarget>,
+    /// How each ended (once terminal).
+    #[serde(default)]
+    pub results: Vec<BackfillResult>,
+}
+
+/// Why a backfill could not start or stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackfillRefusal {
+    /// One is in progress for that region already (its id).
+    InProgress(String),
+    /// Ten are in progress.
+    Limit,
+    /// No such backfill.
+    NotFound,
+    /// It has ended already (its status).
+    Ended(BackfillStatus),
+}
+
+impl ReplicationStore {
+    /// Wakes this replica's replication worker to look at backfills at once.
+    pub fn poke_backfills(&self) {
+        self.backfill_poke.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake_replication();
+    }
+
+    /// Whether backfills were poked since the last call.
+    pub fn take_backfill_poke(&self) -> bool {
+        self.backfill_poke.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every backfill kept, newest first.
+    pub async fn backfills(&self) -> Result<Vec<Backfill>> {
+        let mut out = Vec::new();
+        for id in self.storage.record_list(&Key::replication_backfills()).await? {
+            let Ok(id) = uuid::Uuid::try_parse(&id) else { continue };
+            if let Some(b) = self.backfill(&id).await? {
+                out.push(b);
+            }
+        }
+        out.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// One backfill.
+    pub async fn backfill(&self, id: &uuid::Uuid) -> Result<Option<Backfill>> {
+        match self.storage.record_get(&Key::replication_backfill(id)).await? {
+            Some(bytes) => Ok(Some(records::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a backfill's progress.
+    pub async fn put_backfill(&self, backfill: &Backfill) -> Result<()> {
+        let Ok(id) = uuid::Uuid::try_parse(&backfill.id) else { return Ok(()) };
+        let bytes = records::encode(backfill)?;
+        self.storage.record_put(&Key::replication_backfill(&id), bytes).await
+    }
+
+    /// Starts a backfill to `destination` (already checked against the configuration): at
+    /// most one per destination region and ten in all.
+    pub async fn start_backfill(
+        &self,
+        destination: ReplicationDestination,
+    ) -> Result<std::result::Result<Backfill, BackfillRefusal>> {
+        let active = self.backfills().await?.into_iter().filter(|b| !b.status.is_terminal()).collect::<Vec<_>>();
+        if let Some(b) = active.iter().find(|b| b.destination.region == destination.region) {
+            return Ok(Err(BackfillRefusal::InProgress(b.id.clone())));
+        }
+        if active.len() >= MAX_IN_PROGRESS {
+            return Ok(Err(BackfillRefusal::Limit));
+        }
+        let id = uuid::Uuid::new_v4();
+        let marker = Key::replication_backfill_active(&destination.region);
+        // Exactly one of two replicas starting one at once gets the region.
+        match self.storage.record_put_if(&marker, bytes::Bytes::from(id.to_string()), PutMode::Create).await {
+            Ok(_) => {}
+            Err(crate::storage::Error::Conflict) => {
+                let holder = self.storage.record_get(&marker).await?.map(|b| String::from_utf8_lossy(&b).into_owned());
+                return Ok(Err(BackfillRefusal::InProgress(holder.unwrap_or_default())));
+            }
+            Err(e) => return Err(e),
+        }
+        let backfill = Backfill {
+            id: id.to_string(),
+            destination,
+            status: BackfillStatus::Preparing,
+            started_at_ms: self.clock.now_ms(),
+            prepared_at_ms: None,
+            ended_at_ms: None,
+            failure_code: None,
+            targets: Vec::new(),
+            results: Vec::new(),
+        };
+        self.put_backfill(&backfill).await?;
+        self.poke_backfills();
+        Ok(Ok(backfill))
+    }
+
+    /// Asks a backfill to stop.
+    pub async fn stop_backfill(&self, id: &uuid::Uuid) -> Result<std::result::Result<Backfill, BackfillRefusal>> {
+        let Some(mut backfill) = self.backfill(id).await? else { return Ok(Err(BackfillRefusal::NotFound)) };
+        if backfill.status.is_terminal() || backfill.status == BackfillStatus::Stopping {
+            return Ok(Err(BackfillRefusal::Ended(backfill.status)));
+        }
+        backfill.status = BackfillStatus::Stopping;
+        self.put_backfill(&backfill).await?;
+        self.poke_backfills();
+        Ok(Ok(backfill))
+    }
+
+    /// Ends a backfill: stores it terminal and frees its region.
+    pub async fn end_backfill(&self, backfill: &mut Backfill, status: BackfillStatus) -> Result<()> {
+        backfill.status = status;
+        backfill.ended_at_ms = Some(self.clock.now_ms());
+        self.put_backfill(backfill).await?;
+        let marker = Key::replication_backfill_active(&backfill.destination.region);
+        if self.storage.record_get(&marker).await?.is_some_and(|b| b.as_ref() == backfill.id.as_bytes()) {
+            self.storage.record_delete(&marker).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a terminal backfill kept past its retention.
+    pub async fn forget_backfill(&self, backfill: &Backfill) -> Result<()> {
+        if let Ok(id) = uuid::Uuid::try_parse(&backfill.id) {
+            self.storage.record_delete(&Key::replication_backfill(&id)).await?;
+        }
+        Ok(())
     }
 }
 
