@@ -25,7 +25,6 @@ pub mod oci;
 pub mod proxy;
 pub mod registry;
 pub mod replication;
-pub mod retry;
 pub mod storage;
 pub mod worker;
 
@@ -34,6 +33,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Checks a config completely: each section's own checks, then what only the modules that
+/// use it can check (the policy language, hash formats).
+pub fn validate(config: &Config) -> Result<(), config::ConfigError> {
+    config.validate()?;
+    auth::check_config(&config.auth)
+}
 
 /// Why Ferry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +110,7 @@ impl RunningServer {
     /// when access control is off.
     pub fn reload_auth(&self, auth: &config::AuthConfig) -> Result<(), config::ConfigError> {
         auth.validate()?;
+        auth::check_config(auth)?;
         match &self.authenticator {
             Some(a) => a.reload(auth),
             None => Ok(()),
@@ -158,7 +165,7 @@ pub async fn open_storage(
 /// `ferry auth token` prints, like `aws ecr get-login-password`): the secret is checked
 /// against the config, and the token signed with the key in storage that the servers use.
 pub async fn issue_token(config: &Config, access_key_id: &str, secret: &str) -> Result<(String, u64), StartError> {
-    config.validate()?;
+    validate(config)?;
     if !config.auth.enabled {
         return Err(StartError::Auth("auth.enabled is false: this registry takes no passwords".into()));
     }
@@ -182,7 +189,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 
 /// [`start`] with the clock everything time-based reads (tests move a manual one).
 pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Result<RunningServer, StartError> {
-    config.validate()?;
+    validate(&config)?;
     let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
     let backend = open_storage(&config, Some(metrics.clone()), false).await?;
     let hot = &config.hot_tier;
@@ -212,6 +219,8 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     let app = Arc::new(http::App {
         registry: registry.clone(),
         replication: services.replication.clone(),
+        audit: services.audit.clone(),
+        policies: auth::policy::ParsedPolicies::default(),
         metrics: metrics.clone(),
         limits: http::limits::RequestLimits::new(
             server.max_in_flight_requests,
@@ -332,6 +341,7 @@ fn spawn_workers(
     if config.lifecycle.enabled {
         let worker = lifecycle::LifecycleWorker::new(
             registry.clone(),
+            services.audit.clone(),
             cache_limits(config),
             config.lifecycle.interval.0,
             uuid::Uuid::new_v4().to_string(),
@@ -391,7 +401,7 @@ async fn offline_registry(config: &Config, clock: clock::SharedClock) -> Result<
 /// What a command beside running servers works with: storage without the hot tier, metrics of
 /// its own, and the same services a server builds.
 async fn offline_services(config: &Config, clock: clock::SharedClock) -> Result<Services, StartError> {
-    config.validate()?;
+    validate(config)?;
     let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
     let storage = open_storage(config, None, true).await?;
     Services::build(config, storage, metrics, clock).await
@@ -401,6 +411,8 @@ async fn offline_services(config: &Config, clock: clock::SharedClock) -> Result<
 /// registry tells replication and the webhook queue of pushes and deletes through its outbox.
 struct Services {
     registry: Arc<registry::Registry>,
+    /// The audit trail, for the edge and the workers that change things.
+    audit: Arc<events::Audit>,
     replication: Arc<replication::store::ReplicationStore>,
     webhooks: Arc<events::webhook_queue::WebhookQueue>,
 }
@@ -424,13 +436,11 @@ impl Services {
             Arc::new(events::webhook_queue::WebhookQueue::new(storage.clone(), clock.clone(), config.webhooks.clone()));
         let outbox = registry::outbox::Outbox::new(vec![replication.clone(), webhooks.clone()]);
         let registry = Arc::new(
-            registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock)
-                .with_audit(audit)
-                .with_outbox(outbox),
+            registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock).with_outbox(outbox),
         );
         // Rules created through the ECR API are in force before the first request.
         registry.refresh_pull_through_rules().await.map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Self { registry, replication, webhooks })
+        Ok(Self { registry, audit: Arc::new(audit), replication, webhooks })
     }
 }
 
@@ -454,17 +464,18 @@ pub async fn run_lifecycle(
     dry_run: bool,
     clock: clock::SharedClock,
 ) -> Result<lifecycle::worker::LifecycleReport, StartError> {
-    let registry = offline_registry(config, clock.clone()).await?;
+    let services = offline_services(config, clock.clone()).await?;
+    let (registry, audit) = (&services.registry, &services.audit);
     let failed = |e: lifecycle::worker::LifecycleError| StartError::Lifecycle(e.to_string());
     let limits = cache_limits(config);
     if dry_run {
-        return lifecycle::worker::run_round(&registry, &limits, repository, true, None).await.map_err(failed);
+        return lifecycle::worker::run_round(registry, audit, &limits, repository, true, None).await.map_err(failed);
     }
     let storage = registry.storage_handle();
     let mut lease = command_lease(storage.as_ref(), clock.as_ref(), "lifecycle", lifecycle::LEASE_TTL)
         .await
         .map_err(StartError::Lifecycle)?;
-    let result = lifecycle::worker::run_round(&registry, &limits, repository, false, Some(&mut lease)).await;
+    let result = lifecycle::worker::run_round(registry, audit, &limits, repository, false, Some(&mut lease)).await;
     let _ = lease.release(storage.as_ref()).await;
     result.map_err(failed)
 }
@@ -518,7 +529,7 @@ pub async fn collect_garbage_with_clock(
     clock: clock::SharedClock,
     progress: &(dyn Fn(gc::Progress) + Sync),
 ) -> Result<gc::GcReport, StartError> {
-    config.validate()?;
+    validate(config)?;
     // Metrics of this run alone, to count its S3 requests.
     let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
     let storage = open_storage(config, Some(metrics.clone()), true).await?;

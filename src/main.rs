@@ -168,7 +168,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Config { command: ConfigCommand::Check { file } } => {
-            match load(Some(file)).and_then(|c| c.validate().map(|_| c)) {
+            match load(Some(file)).and_then(|c| ferry::validate(&c).map(|_| c)) {
                 Ok(c) => {
                     print!("{}", c.to_redacted_toml());
                     ExitCode::SUCCESS
@@ -255,6 +255,7 @@ async fn reload_on_sighup(
     while hup.recv().await.is_some() {
         let reloaded = load(path.clone()).and_then(|c| {
             c.auth.validate()?;
+            ferry::auth::check_config(&c.auth)?;
             authenticator.reload(&c.auth)
         });
         match reloaded {

@@ -14,6 +14,33 @@ use crate::oci::RepositoryName;
 
 pub use authenticator::{Identity, Principal};
 
+/// What `[auth]` says that only this module can check: every policy document parses (identity
+/// policies, strictly) and every secret hash is an argon2id hash. Run after
+/// [`crate::config::Config::validate`] wherever a config is taken (start, `config check`, SIGHUP).
+pub fn check_config(cfg: &crate::config::AuthConfig) -> Result<(), crate::config::ConfigError> {
+    use crate::config::{policy_text, ConfigError, SecretKnown};
+    for p in &cfg.principals {
+        if let Some(SecretKnown::Hash(h)) = p.resolved_secret()? {
+            if secrets::parse_hash(&h).is_err() {
+                return Err(ConfigError::Invalid {
+                    key: "auth.principals.secret_access_key_hash",
+                    message: format!("principal {}: not an argon2id hash as `ferry auth new-key` prints it", p.name),
+                });
+            }
+        }
+        for entry in &p.policies {
+            policy::Policy::parse(&policy_text(entry)?, policy::PolicyKind::Identity).map_err(|e| {
+                ConfigError::Invalid { key: "auth.principals.policies", message: format!("principal {}: {e}", p.name) }
+            })?;
+        }
+    }
+    for entry in &cfg.anonymous.policies {
+        policy::Policy::parse(&policy_text(entry)?, policy::PolicyKind::Identity)
+            .map_err(|e| ConfigError::Invalid { key: "auth.anonymous.policies", message: e.to_string() })?;
+    }
+    Ok(())
+}
+
 /// An ECR action (the IAM action every request maps to). The registry API's endpoints map as
 /// ECR's do; the rest are there for the ECR API and background jobs that come next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

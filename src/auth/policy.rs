@@ -9,6 +9,7 @@
 
 use serde_json::Value;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wildmatch::WildMatchPattern;
 
@@ -494,6 +495,31 @@ impl Condition {
             Operator::DateLessThan => any(&|v| matches!(v, ConditionValue::Time(t) if ctx.current_time < *t)),
             Operator::DateGreaterThan => any(&|v| matches!(v, ConditionValue::Time(t) if ctx.current_time > *t)),
         }
+    }
+}
+
+/// Resource policies (repositories', the registry's) parsed once per text: keyed by the text's
+/// SHA-256, so a changed policy is a new entry and nothing needs invalidating. Bounded.
+pub struct ParsedPolicies {
+    cache: moka::sync::Cache<[u8; 32], Arc<Policy>>,
+}
+
+impl Default for ParsedPolicies {
+    fn default() -> Self {
+        Self { cache: moka::sync::Cache::builder().max_capacity(10_000).build() }
+    }
+}
+
+impl ParsedPolicies {
+    /// `text` as a resource policy, parsed (or from the cache).
+    pub fn resource(&self, text: &str) -> Result<Arc<Policy>, PolicyError> {
+        let key: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into();
+        if let Some(p) = self.cache.get(&key) {
+            return Ok(p);
+        }
+        let parsed = Arc::new(Policy::parse(text, PolicyKind::Resource)?);
+        self.cache.insert(key, parsed.clone());
+        Ok(parsed)
     }
 }
 

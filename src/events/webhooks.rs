@@ -188,7 +188,7 @@ impl WebhookWorker {
             Err(why) => {
                 tracing::info!(webhook = name, event = %id, error = %why, "webhook delivery failed; will retry");
                 event.attempts = event.attempts.saturating_add(1);
-                let wait = crate::retry::backoff(event.attempts, FIRST_BACKOFF, MAX_BACKOFF);
+                let wait = crate::clock::retry::backoff(event.attempts, FIRST_BACKOFF, MAX_BACKOFF);
                 event.next_attempt_at_ms = self.queue.now_ms().saturating_add(millis(wait));
                 event.claimed_until_ms = 0;
                 let _ = self.queue.update(name, id, &event, version).await?;
@@ -250,7 +250,7 @@ impl Worker for WebhookWorker {
 
     async fn wait_for_work(&mut self) {
         let wake = self.queue.wake();
-        let idle = crate::retry::jittered(IDLE_POLL);
+        let idle = crate::clock::retry::jittered(IDLE_POLL);
         let until_due = self
             .next_due_ms
             .map(|due| Duration::from_millis(due.saturating_sub(self.queue.now_ms())).max(Duration::from_millis(50)));

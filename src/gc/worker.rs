@@ -82,6 +82,6 @@ impl Worker for GcWorker {
     }
 
     async fn wait_for_work(&mut self) {
-        tokio::time::sleep(crate::retry::jittered(self.interval)).await;
+        tokio::time::sleep(crate::clock::retry::jittered(self.interval)).await;
     }
 }

@@ -180,7 +180,14 @@ pub async fn decide_request(
 ) -> Result<Result<Verdict, Refusal>, crate::registry::Error> {
     let repository_policies = super::repository_policies(app, accesses).await?;
     let registry_policy = match (claims_replication, &app.auth) {
-        (true, Some(_)) => app.replication.registry_policy_parsed().await?,
+        (true, Some(_)) => match app.replication.registry_policy().await? {
+            Some(text) => Some(app.policies.resource(&text).map_err(|e| {
+                crate::registry::Error::Storage(crate::storage::Error::Corrupt(format!(
+                    "the registry policy no longer parses: {e}"
+                )))
+            })?),
+            None => None,
+        },
         _ => None,
     };
     Ok(super::decide_with(

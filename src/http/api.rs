@@ -144,7 +144,7 @@ async fn authenticate_and_read(
     let refused = |e: &SigV4Error| {
         let e = signature_error(e);
         app.metrics.auth.failures.with_label_values(&["invalid"]).inc();
-        app.registry.audit().record(crate::events::AuditEvent {
+        app.audit.record(crate::events::AuditEvent {
             principal: "unauthenticated".into(),
             client: Some(client.to_string()),
             api: "ecr",
@@ -229,7 +229,7 @@ async fn run(
     let first = op.accesses().into_iter().next();
     let audit = |who: String, outcome, result: &Result<serde_json::Value, ApiError>| {
         let first = first.clone();
-        app.registry.audit().record(crate::events::AuditEvent {
+        app.audit.record(crate::events::AuditEvent {
             principal: who,
             client: Some(client.to_string()),
             api: "ecr",

@@ -43,6 +43,10 @@ pub struct App {
     pub registry: Arc<Registry>,
     /// Replication's records (the registry policy a replication is decided by; statuses).
     pub replication: Arc<crate::replication::store::ReplicationStore>,
+    /// The audit trail.
+    pub audit: Arc<crate::events::Audit>,
+    /// Resource policies, parsed once per text.
+    pub policies: crate::auth::policy::ParsedPolicies,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Requests in flight, globally and per client (a permit lives until the response body ends).
@@ -180,8 +184,7 @@ pub async fn serve_request(
         Ok(ep) => {
             let name = ep.name();
             // Recorded whatever their outcome; anything else only when refused.
-            let recorded =
-                ep.mutates() || (matches!(ep, Endpoint::ManifestGet(..)) && app.registry.audit().records_pulls());
+            let recorded = ep.mutates() || (matches!(ep, Endpoint::ManifestGet(..)) && app.audit.records_pulls());
             let mut who = String::new();
             let admitted = match admission::authenticate(&app, &req, client).await {
                 Ok(authenticated) => {
@@ -256,7 +259,7 @@ fn record_audit(
         (false, true) => crate::events::Outcome::Success,
         (false, false) => crate::events::Outcome::Failure,
     };
-    app.registry.audit().record(crate::events::AuditEvent {
+    app.audit.record(crate::events::AuditEvent {
         principal,
         client: Some(client.to_string()),
         api: "registry",
@@ -321,7 +324,8 @@ pub fn allowed(app: &App, principal: &Principal, accesses: &[crate::auth::Access
     decide(app, principal, accesses, client, &|_| None, &none).is_ok()
 }
 
-/// Reads the policies of the repositories `accesses` touch (cached briefly by the registry).
+/// The policies of the repositories `accesses` touch: their settings from the registry's
+/// short cache, each policy text parsed once.
 pub async fn repository_policies(
     app: &App,
     accesses: &[crate::auth::Access],
@@ -329,9 +333,19 @@ pub async fn repository_policies(
     let mut out = std::collections::HashMap::new();
     if app.auth.is_some() {
         for name in accesses.iter().filter_map(|a| a.repository.as_ref()) {
-            if !out.contains_key(name) {
-                out.insert(name.clone(), app.registry.repository_policy(name).await?);
+            if out.contains_key(name) {
+                continue;
             }
+            let settings = app.registry.repository_settings_cached(name).await?;
+            let policy = match settings.as_ref().and_then(|s| s.policy.as_deref()) {
+                Some(text) => Some(app.policies.resource(text).map_err(|e| {
+                    crate::registry::Error::Storage(crate::storage::Error::Corrupt(format!(
+                        "the policy of {name} no longer parses: {e}"
+                    )))
+                })?),
+                None => None,
+            };
+            out.insert(name.clone(), policy);
         }
     }
     Ok(out)

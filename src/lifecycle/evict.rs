@@ -58,6 +58,7 @@ struct Unit {
 /// Enforces `limits` on the rule's cached repositories (nothing is written on a dry run).
 pub async fn evict(
     registry: &Registry,
+    audit: &crate::events::Audit,
     limits: &CacheLimits,
     repositories: &[RepositoryName],
     dry_run: bool,
@@ -117,7 +118,7 @@ pub async fn evict(
         let done = if dry_run {
             unit.members.clone()
         } else {
-            apply(registry, &unit.repository, &unit.members, reason).await?
+            apply(registry, audit, &unit.repository, &unit.members, reason).await?
         };
         report.evicted.extend(done.into_iter().map(|e| (unit.repository.to_string(), e)));
     }

@@ -170,6 +170,7 @@ impl Reason {
 /// expired.
 pub async fn apply(
     registry: &Registry,
+    audit: &crate::events::Audit,
     name: &RepositoryName,
     planned: &[Expiry],
     reason: Reason,
@@ -178,7 +179,7 @@ pub async fn apply(
     for e in planned {
         if registry.expire_image(name, &e.digest, &e.tags).await? {
             registry.metrics().lifecycle.expired.with_label_values(&[reason.as_str()]).inc();
-            registry.audit().record(crate::events::AuditEvent {
+            audit.record(crate::events::AuditEvent {
                 principal: "ferry:lifecycle".into(),
                 api: "worker",
                 operation: "lifecycle",
@@ -213,6 +214,7 @@ pub struct RepositoryRun {
 /// Applies `name`'s lifecycle policy, if it has one (nothing is written on a dry run).
 pub async fn run_repository(
     registry: &Registry,
+    audit: &crate::events::Audit,
     name: &RepositoryName,
     dry_run: bool,
 ) -> registry::Result<Option<RepositoryRun>> {
@@ -227,7 +229,7 @@ pub async fn run_repository(
     };
     let now_ms = registry.clock().now_ms();
     let planned = plan(registry, name, &policy, now_ms).await?;
-    let expired = if dry_run { planned } else { apply(registry, name, &planned, Reason::Policy).await? };
+    let expired = if dry_run { planned } else { apply(registry, audit, name, &planned, Reason::Policy).await? };
     if !dry_run {
         let at = now_ms / 1000;
         registry

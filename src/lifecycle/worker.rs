@@ -49,6 +49,7 @@ pub enum LifecycleError {
 /// With a lease, it is kept alive and checked before each repository.
 pub async fn run_round(
     registry: &Registry,
+    audit: &crate::events::Audit,
     limits: &[CacheLimits],
     only: Option<&RepositoryName>,
     dry_run: bool,
@@ -66,7 +67,7 @@ pub async fn run_round(
     let mut renewed = Instant::now();
     for name in &names {
         keep(registry, &mut lease, &mut renewed).await?;
-        if let Some(run) = run_repository(registry, name, dry_run).await? {
+        if let Some(run) = run_repository(registry, audit, name, dry_run).await? {
             report.repositories.push(run);
         }
     }
@@ -74,7 +75,7 @@ pub async fn run_round(
         let names = registry.repository_names().await?;
         for rule in limits.iter().filter(|l| l.any()) {
             keep(registry, &mut lease, &mut renewed).await?;
-            report.caches.push(evict(registry, rule, &names, dry_run).await?);
+            report.caches.push(evict(registry, audit, rule, &names, dry_run).await?);
         }
     }
     Ok(report)
@@ -94,6 +95,8 @@ async fn keep(registry: &Registry, lease: &mut Option<&mut Lease>, renewed: &mut
 /// Runs a round every `interval` under the lease.
 pub struct LifecycleWorker {
     registry: Arc<Registry>,
+    /// Where expiries are recorded, as done by `ferry:lifecycle`.
+    audit: Arc<crate::events::Audit>,
     limits: Vec<CacheLimits>,
     interval: Duration,
     owner: String,
@@ -103,8 +106,14 @@ pub struct LifecycleWorker {
 
 impl LifecycleWorker {
     /// A worker run by `owner` (this replica's id).
-    pub fn new(registry: Arc<Registry>, limits: Vec<CacheLimits>, interval: Duration, owner: String) -> Self {
-        Self { registry, limits, interval, owner, started: false, last: "not run yet".into() }
+    pub fn new(
+        registry: Arc<Registry>,
+        audit: Arc<crate::events::Audit>,
+        limits: Vec<CacheLimits>,
+        interval: Duration,
+        owner: String,
+    ) -> Self {
+        Self { registry, audit, limits, interval, owner, started: false, last: "not run yet".into() }
     }
 }
 
@@ -139,7 +148,7 @@ impl Worker for LifecycleWorker {
                 }
                 Err(e) => return Err(e.into()),
             };
-        let result = run_round(&registry, &self.limits, None, false, Some(&mut lease)).await;
+        let result = run_round(&registry, &self.audit, &self.limits, None, false, Some(&mut lease)).await;
         let released = lease.release(storage.as_ref()).await;
         metrics.lifecycle.runs.with_label_values(&[if result.is_ok() { "done" } else { "error" }]).inc();
         let report = result?;
@@ -151,6 +160,6 @@ impl Worker for LifecycleWorker {
     }
 
     async fn wait_for_work(&mut self) {
-        tokio::time::sleep(crate::retry::jittered(self.interval)).await;
+        tokio::time::sleep(crate::clock::retry::jittered(self.interval)).await;
     }
 }

@@ -29,6 +29,7 @@ use crate::proxy::upstream;
 use crate::proxy::{Proxy, Route};
 use crate::storage::{self, ByteRange, ByteStream, Key, Storage, UploadId};
 use bytes::Bytes;
+use repositories::RepositorySettings;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -132,10 +133,8 @@ pub struct Registry {
     repositories: Repositories,
     /// When images were last pulled, noted in memory and flushed by a worker.
     pulls: Arc<pulls::PullTimes>,
-    /// Repository policies, parsed, for a few seconds (replicas agree within that).
-    policies: moka::future::Cache<RepositoryName, Option<Arc<crate::auth::policy::Policy>>>,
-    /// The audit trail.
-    audit: crate::events::Audit,
+    /// Repositories' settings, for a few seconds (replicas agree within that).
+    settings_cache: moka::future::Cache<RepositoryName, Option<Arc<RepositorySettings>>>,
     /// Who is told of pushes and deletes (replication, webhooks), without the registry naming them.
     outbox: outbox::Outbox,
 }
@@ -155,7 +154,7 @@ impl Registry {
             uses,
             pulls: Arc::new(pulls::PullTimes::new(storage.clone())),
             repositories: Repositories { storage: storage.clone(), known: Arc::default() },
-            policies: moka::future::Cache::builder()
+            settings_cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(5))
                 .build(),
@@ -165,7 +164,6 @@ impl Registry {
             settings,
             metrics,
             upload_hashes: Mutex::new(HashMap::new()),
-            audit: crate::events::Audit::to_log(),
             outbox: outbox::Outbox::default(),
         }
     }
@@ -174,13 +172,6 @@ impl Registry {
     #[must_use]
     pub fn with_outbox(mut self, outbox: outbox::Outbox) -> Self {
         self.outbox = outbox;
-        self
-    }
-
-    /// The same registry recording its audit trail in `audit`.
-    #[must_use]
-    pub fn with_audit(mut self, audit: crate::events::Audit) -> Self {
-        self.audit = audit;
         self
     }
 
@@ -202,41 +193,20 @@ impl Registry {
         })
     }
 
-    /// The audit trail.
-    pub fn audit(&self) -> &crate::events::Audit {
-        &self.audit
-    }
-
-    /// A repository's policy, parsed (cached for a few seconds: replicas agree within that;
-    /// this process's own changes apply at once).
-    pub async fn repository_policy(&self, name: &RepositoryName) -> Result<Option<Arc<crate::auth::policy::Policy>>> {
-        if let Some(p) = self.policies.get(name).await {
-            return Ok(p);
+    /// A repository's settings (its policy among them), from a cache of a few seconds: replicas
+    /// agree within that, and this process's own changes apply at once. For the decision on
+    /// every request, which must not read storage each time.
+    pub async fn repository_settings_cached(&self, name: &RepositoryName) -> Result<Option<Arc<RepositorySettings>>> {
+        if let Some(s) = self.settings_cache.get(name).await {
+            return Ok(s);
         }
-        let policy = match self.storage.record_get(&Key::repository_settings(name)).await? {
-            Some(bytes) => {
-                let settings: repositories::RepositorySettings = manifests::decode(&bytes)?;
-                match settings.policy {
-                    Some(text) => Some(Arc::new(
-                        crate::auth::policy::Policy::parse(&text, crate::auth::policy::PolicyKind::Resource).map_err(
-                            |e| {
-                                Error::Storage(storage::Error::Corrupt(format!(
-                                    "the policy of {name} no longer parses: {e}"
-                                )))
-                            },
-                        )?,
-                    )),
-                    None => None,
-                }
-            }
-            None => None,
-        };
-        self.policies.insert(name.clone(), policy.clone()).await;
-        Ok(policy)
+        let settings = self.repository_settings(name).await?.map(Arc::new);
+        self.settings_cache.insert(name.clone(), settings.clone()).await;
+        Ok(settings)
     }
 
     async fn forget_repository_policy(&self, name: &RepositoryName) {
-        self.policies.invalidate(name).await;
+        self.settings_cache.invalidate(name).await;
     }
 
     /// Now, by the registry's clock.

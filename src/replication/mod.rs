@@ -131,7 +131,7 @@ enum Claimed {
 /// half of it random (so replicas retrying one destination spread out), and never sooner
 /// than the destination's `Retry-After`.
 fn backoff(attempts: u32, retry_after: Option<Duration>) -> Duration {
-    crate::retry::backoff(attempts, FIRST_BACKOFF, MAX_BACKOFF).max(retry_after.unwrap_or(Duration::ZERO))
+    crate::clock::retry::backoff(attempts, FIRST_BACKOFF, MAX_BACKOFF).max(retry_after.unwrap_or(Duration::ZERO))
 }
 
 fn millis(d: Duration) -> u64 {
@@ -498,7 +498,7 @@ impl Worker for ReplicationWorker {
     async fn wait_for_work(&mut self) {
         // Until the poll (for what other replicas recorded or left), the soonest retry this
         // view knows of, or the next backfill step, whichever comes first.
-        let mut wait = crate::retry::jittered(self.pace.poll_interval);
+        let mut wait = crate::clock::retry::jittered(self.pace.poll_interval);
         if self.backfills_open {
             wait = wait.min(Duration::from_millis(BACKFILL_EVERY_MS));
         }

@@ -80,7 +80,7 @@ where
     T: Serialize + DeserializeOwned + Default,
 {
     let conflict = |e: &UpdateError<E>| matches!(e, UpdateError::Storage(Error::Conflict));
-    crate::retry::retry(crate::retry::Backoff::CONFLICT, conflict, || async {
+    crate::clock::retry::retry(crate::clock::retry::Backoff::CONFLICT, conflict, || async {
         let (mut value, mode) = match storage.record_get_versioned(key).await.map_err(UpdateError::Storage)? {
             Some((bytes, version)) => (decode::<T>(&bytes).map_err(UpdateError::Storage)?, PutMode::Update(version)),
             None => (T::default(), PutMode::Create),

@@ -1,6 +1,8 @@
-//! The one clock everything time-based reads: upload ages, tag freshness, leases, and later
-//! tokens, lifecycle ages and GC grace. Injected, so tests move time forward instead of
-//! sleeping. Owns nothing else.
+//! Time: the one clock everything time-based reads (upload ages, tag freshness, leases,
+//! tokens, lifecycle ages, GC grace), injected so tests move time forward instead of sleeping,
+//! and [`retry`]'s backoff. Owns nothing else.
+
+pub mod retry;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

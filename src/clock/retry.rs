@@ -1,4 +1,4 @@
-//! The one retry helper: jittered exponential backoff, and `retry`, which repeats an operation
+//! The one retry helper (time, like the clock): jittered exponential backoff, and `retry`, which repeats an operation
 //! until it succeeds, fails for good, or runs out of attempts. Used by the workers' schedules,
 //! deliveries, and every compare-and-swap loop over storage. Knows nothing but time.
 
