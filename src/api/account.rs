@@ -6,21 +6,13 @@
 //! `aws_ecr_registry_scanning_configuration`, `aws_ecr_account_setting`) work. The one account
 //! setting with an effect is `BLOB_MOUNTING`. This module speaks ECR; the registry stores.
 
+use super::operations::names;
+use super::EcrException;
 use super::{ApiContext, ApiError, Input};
 use crate::auth::{Access, Action};
 use crate::oci::RepositoryName;
 use crate::registry::settings::{AccountSettings, ScanningConfiguration, ScanningRule};
 use serde_json::{json, Value};
-
-/// The operations this module parses.
-pub const OPERATIONS: [&str; 6] = [
-    "PutRegistryScanningConfiguration",
-    "GetRegistryScanningConfiguration",
-    "PutImageScanningConfiguration",
-    "BatchGetRepositoryScanningConfiguration",
-    "PutAccountSetting",
-    "GetAccountSetting",
-];
 
 /// One parsed settings operation.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,18 +32,6 @@ pub enum SettingsOp {
 }
 
 impl SettingsOp {
-    /// Its operation name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::PutScanning(_) => "PutRegistryScanningConfiguration",
-            Self::GetScanning => "GetRegistryScanningConfiguration",
-            Self::PutRepositoryScanning(..) => "PutImageScanningConfiguration",
-            Self::GetRepositoryScanning(_) => "BatchGetRepositoryScanningConfiguration",
-            Self::PutAccount(..) => "PutAccountSetting",
-            Self::GetAccount(_) => "GetAccountSetting",
-        }
-    }
-
     /// What it needs.
     pub fn accesses(&self) -> Vec<Access> {
         match self {
@@ -112,9 +92,9 @@ fn scanning_rules(input: &Input) -> Result<Vec<ScanningRule>, ApiError> {
 }
 
 /// Parses one of the settings operations.
-pub fn parse_operation(op: &str, input: &Input) -> Result<SettingsOp, ApiError> {
+pub fn parse_operation(op: names::Settings, input: &Input) -> Result<SettingsOp, ApiError> {
     Ok(match op {
-        "PutRegistryScanningConfiguration" => {
+        names::Settings::PutRegistryScanningConfiguration => {
             let scan_type = input.str("scanType")?.unwrap_or("BASIC");
             if !["BASIC", "ENHANCED"].contains(&scan_type) {
                 return Err(ApiError::invalid("scanType", "Member must satisfy enum value set: [BASIC, ENHANCED]"));
@@ -124,8 +104,8 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<SettingsOp, ApiError> 
                 rules: scanning_rules(input)?,
             })
         }
-        "GetRegistryScanningConfiguration" => SettingsOp::GetScanning,
-        "PutImageScanningConfiguration" => {
+        names::Settings::GetRegistryScanningConfiguration => SettingsOp::GetScanning,
+        names::Settings::PutImageScanningConfiguration => {
             let name = super::repositories::repository_name(input, "repositoryName")?;
             let config = input
                 .get("imageScanningConfiguration")
@@ -136,7 +116,7 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<SettingsOp, ApiError> 
             };
             SettingsOp::PutRepositoryScanning(name, on_push)
         }
-        "BatchGetRepositoryScanningConfiguration" => {
+        names::Settings::BatchGetRepositoryScanningConfiguration => {
             let list = input
                 .list("repositoryNames")?
                 .ok_or_else(|| ApiError::invalid("repositoryNames", "Member must not be null"))?;
@@ -153,12 +133,12 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<SettingsOp, ApiError> 
                     .collect::<Result<_, _>>()?;
             SettingsOp::GetRepositoryScanning(names)
         }
-        "PutAccountSetting" => {
+        names::Settings::PutAccountSetting => {
             let name = account_setting_name(input)?;
             let value = input.required_str("value")?;
             if !AccountSettings::valid_values(&name).contains(&value) {
                 return Err(ApiError::new(
-                    "ValidationException",
+                    EcrException::Validation,
                     format!(
                         "Invalid value '{value}' for {name}: must be one of {}",
                         AccountSettings::valid_values(&name).join(", ")
@@ -167,7 +147,7 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<SettingsOp, ApiError> 
             }
             SettingsOp::PutAccount(name, value.to_owned())
         }
-        _ => SettingsOp::GetAccount(account_setting_name(input)?),
+        names::Settings::GetAccountSetting => SettingsOp::GetAccount(account_setting_name(input)?),
     })
 }
 
@@ -175,7 +155,7 @@ fn account_setting_name(input: &Input) -> Result<String, ApiError> {
     let name = input.required_str("name")?;
     if AccountSettings::valid_values(name).is_empty() {
         return Err(ApiError::new(
-            "ValidationException",
+            EcrException::Validation,
             format!("Invalid account setting name '{name}': must be one of {}", AccountSettings::NAMES.join(", ")),
         ));
     }

@@ -4,6 +4,8 @@
 //! results once it has ended) and `ListReplicationBackfills`. The records are
 //! [`crate::replication::store`]'; the replication workers do the work.
 
+use super::operations::names;
+use super::EcrException;
 use super::{epoch_seconds, paged, ApiContext, ApiError, Input, Operation, Page};
 use crate::replication::store::{Backfill, BackfillRefusal, BackfillResult};
 use crate::replication::store::{ReplicationDestination, ReplicationState};
@@ -21,9 +23,9 @@ fn backfill_id(input: &Input) -> Result<uuid::Uuid, ApiError> {
 }
 
 /// Parses one of the backfill operations.
-pub fn parse_operation(op: &str, input: &Input) -> Result<Operation, ApiError> {
+pub fn parse_operation(op: names::Backfill, input: &Input) -> Result<Operation, ApiError> {
     Ok(match op {
-        "StartReplicationBackfill" => {
+        names::Backfill::StartReplicationBackfill => {
             let d =
                 input.get("destination").ok_or_else(|| ApiError::invalid("destination", "Member must not be null"))?;
             let field = |k: &str| {
@@ -37,8 +39,8 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<Operation, ApiError> {
                 registry_id: field("registryId")?,
             })
         }
-        "StopReplicationBackfill" => Operation::StopReplicationBackfill(backfill_id(input)?),
-        "DescribeReplicationBackfillResults" => {
+        names::Backfill::StopReplicationBackfill => Operation::StopReplicationBackfill(backfill_id(input)?),
+        names::Backfill::DescribeReplicationBackfillResults => {
             let filter = match input.str("resultStatusFilter")? {
                 None => None,
                 Some("COMPLETE") => Some(ReplicationState::Complete),
@@ -52,34 +54,23 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<Operation, ApiError> {
             };
             Operation::DescribeReplicationBackfillResults(backfill_id(input)?, filter, input.page(1000)?)
         }
-        _ => Operation::ListReplicationBackfills(input.page(50)?),
+        names::Backfill::ListReplicationBackfills => Operation::ListReplicationBackfills(input.page(50)?),
     })
-}
-
-/// Runs one of them.
-pub async fn run(ctx: &ApiContext<'_>, op: Operation) -> Result<Value, ApiError> {
-    match op {
-        Operation::StartReplicationBackfill(d) => start(ctx, d).await,
-        Operation::StopReplicationBackfill(id) => stop(ctx, id).await,
-        Operation::DescribeReplicationBackfillResults(id, filter, page) => describe(ctx, id, filter, &page).await,
-        Operation::ListReplicationBackfills(page) => list(ctx, &page).await,
-        other => Err(ApiError::server(format!("{} is not a backfill operation", other.name()))),
-    }
 }
 
 fn refused(ctx: &ApiContext<'_>, r: BackfillRefusal, region: &str) -> ApiError {
     match r {
         BackfillRefusal::InProgress(id) => ApiError::new(
-            "ReplicationBackfillInProgressException",
+            EcrException::ReplicationBackfillInProgress,
             format!("A replication backfill ({id}) is already in progress for the destination Region '{region}' in the registry with id '{}'", ctx.registry_id),
         ),
         BackfillRefusal::Limit => ApiError::new(
-            "LimitExceededException",
+            EcrException::LimitExceeded,
             format!("The registry with id '{}' already has {} replication backfills in progress", ctx.registry_id, crate::replication::store::MAX_IN_PROGRESS),
         ),
         BackfillRefusal::NotFound => not_found(ctx),
         BackfillRefusal::Ended(status) => ApiError::new(
-            "ReplicationBackfillInvalidStatusException",
+            EcrException::ReplicationBackfillInvalidStatus,
             format!("The replication backfill is {} and cannot be stopped", json!(status).as_str().unwrap_or("")),
         ),
     }
@@ -87,7 +78,7 @@ fn refused(ctx: &ApiContext<'_>, r: BackfillRefusal, region: &str) -> ApiError {
 
 fn not_found(ctx: &ApiContext<'_>) -> ApiError {
     ApiError::new(
-        "ReplicationBackfillNotFoundException",
+        EcrException::ReplicationBackfillNotFound,
         format!("The replication backfill does not exist in the registry with id '{}'", ctx.registry_id),
     )
 }
@@ -103,11 +94,11 @@ fn head(ctx: &ApiContext<'_>, b: &Backfill) -> Value {
 }
 
 /// `StartReplicationBackfill`.
-async fn start(ctx: &ApiContext<'_>, destination: ReplicationDestination) -> Result<Value, ApiError> {
+pub async fn start(ctx: &ApiContext<'_>, destination: ReplicationDestination) -> Result<Value, ApiError> {
     let config = ctx.replication.replication_configuration().await?;
     if !config.rules.iter().any(|r| r.destinations.contains(&destination)) {
         return Err(ApiError::new(
-            "InvalidParameterException",
+            EcrException::InvalidParameter,
             format!(
                 "The destination (registryId '{}', region '{}') is not in the replication configuration of the registry with id '{}'",
                 destination.registry_id, destination.region, ctx.registry_id
@@ -122,7 +113,7 @@ async fn start(ctx: &ApiContext<'_>, destination: ReplicationDestination) -> Res
 }
 
 /// `StopReplicationBackfill`.
-async fn stop(ctx: &ApiContext<'_>, id: uuid::Uuid) -> Result<Value, ApiError> {
+pub async fn stop(ctx: &ApiContext<'_>, id: uuid::Uuid) -> Result<Value, ApiError> {
     match ctx.replication.stop_backfill(&id).await? {
         Ok(b) => Ok(head(ctx, &b)),
         Err(r) => Err(refused(ctx, r, "")),
@@ -163,7 +154,7 @@ fn summary(ctx: &ApiContext<'_>, b: &Backfill, progress: Value) -> Value {
 }
 
 /// `DescribeReplicationBackfillResults`.
-async fn describe(
+pub async fn describe(
     ctx: &ApiContext<'_>,
     id: uuid::Uuid,
     filter: Option<ReplicationState>,
@@ -197,7 +188,7 @@ async fn describe(
 }
 
 /// `ListReplicationBackfills`: newest first.
-async fn list(ctx: &ApiContext<'_>, page: &Page) -> Result<Value, ApiError> {
+pub async fn list(ctx: &ApiContext<'_>, page: &Page) -> Result<Value, ApiError> {
     let all = ctx.replication.backfills().await?;
     let (chosen, next) = paged(&all, page)?;
     let mut out = Vec::new();

@@ -1,15 +1,104 @@
 //! The one error type of the ECR API: `{"__type": <kind>, "message": <text>}`, 400 for every
 //! modelled client exception and 500 for `ServerException`, mapped once from the registry's
-//! errors.
+//! errors. Every exception Ferry answers is a variant of [`EcrException`]; its name is written
+//! nowhere else.
 
 use serde_json::json;
+
+/// Declares the exceptions: each variant's name is the exception's without `Exception`.
+macro_rules! ecr_exceptions {
+    ($($variant:ident;)*) => {
+        /// An exception of the ECR API (or of AWS's common ones the SDKs know).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum EcrException {
+            $(
+                #[doc = concat!("`", stringify!($variant), "Exception`.")]
+                $variant,
+            )*
+        }
+
+        impl EcrException {
+            /// Every exception.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
+
+            /// Its name, as `__type` and `X-Amzn-ErrorType` carry it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => concat!(stringify!($variant), "Exception"),)*
+                }
+            }
+        }
+    };
+}
+
+ecr_exceptions! {
+    AccessDenied;
+    EmptyUpload;
+    ImageAlreadyExists;
+    ImageDigestDoesNotMatch;
+    ImageNotFound;
+    ImageTagAlreadyExists;
+    IncompleteSignature;
+    InvalidLayer;
+    InvalidLayerPart;
+    InvalidParameter;
+    InvalidSignature;
+    InvalidTagParameter;
+    LayerAlreadyExists;
+    LayersNotFound;
+    LifecyclePolicyNotFound;
+    LifecyclePolicyPreviewInProgress;
+    LifecyclePolicyPreviewNotFound;
+    LimitExceeded;
+    MissingAuthenticationToken;
+    PullThroughCacheRuleAlreadyExists;
+    PullThroughCacheRuleNotFound;
+    ReferencedImagesNotFound;
+    RegistryPolicyNotFound;
+    ReplicationBackfillInProgress;
+    ReplicationBackfillInvalidStatus;
+    ReplicationBackfillNotFound;
+    RepositoryAlreadyExists;
+    RepositoryNotEmpty;
+    RepositoryNotFound;
+    RepositoryPolicyNotFound;
+    SecretNotFound;
+    Serialization;
+    Server;
+    TemplateAlreadyExists;
+    TemplateNotFound;
+    Throttling;
+    TooManyTags;
+    UnknownOperation;
+    UnrecognizedClient;
+    UnsupportedUpstreamRegistry;
+    UploadNotFound;
+    Validation;
+}
+
+impl EcrException {
+    /// The HTTP status: 500 for `ServerException` (the only `fault` in the model), 400 for
+    /// every client exception.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Server => 500,
+            _ => 400,
+        }
+    }
+}
+
+impl std::fmt::Display for EcrException {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// An ECR API error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct ApiError {
-    /// The exception's name (`RepositoryNotFoundException`, ...).
-    pub kind: &'static str,
+    /// The exception.
+    pub kind: EcrException,
     /// What went wrong.
     pub message: String,
     /// The exception's other modelled members (`lastValidByteReceived`, ...), which botocore
@@ -19,7 +108,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error of `kind` saying `message`.
-    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(kind: EcrException, message: impl Into<String>) -> Self {
         Self { kind, message: message.into(), fields: serde_json::Map::new() }
     }
 
@@ -33,29 +122,25 @@ impl ApiError {
     /// `InvalidParameterException` in AWS's wording.
     pub fn invalid(member: &str, constraint: impl std::fmt::Display) -> Self {
         Self::new(
-            "InvalidParameterException",
+            EcrException::InvalidParameter,
             format!("Invalid parameter at '{member}' failed to satisfy constraint: '{constraint}'"),
         )
     }
 
     /// `ServerException`: the registry itself failed.
     pub fn server(message: impl Into<String>) -> Self {
-        Self::new("ServerException", message)
+        Self::new(EcrException::Server, message)
     }
 
-    /// The HTTP status: 500 for `ServerException`, 400 for everything else.
+    /// The HTTP status (see [`EcrException::status`]).
     pub fn status(&self) -> u16 {
-        if self.kind == "ServerException" {
-            500
-        } else {
-            400
-        }
+        self.kind.status()
     }
 
     /// The body.
     pub fn to_body(&self) -> Vec<u8> {
         let mut body = self.fields.clone();
-        body.insert("__type".into(), json!(self.kind));
+        body.insert("__type".into(), json!(self.kind.as_str()));
         body.insert("message".into(), json!(self.message));
         serde_json::to_vec(&body).unwrap_or_default()
     }
@@ -73,12 +158,12 @@ impl From<crate::registry::Error> for ApiError {
         match e {
             Error::Storage(_) | Error::FillStorage(_) | Error::Upstream(_) => Self::server(e.to_string()),
             Error::NameUnknown(name) => {
-                Self::new("RepositoryNotFoundException", format!("The repository with name '{name}' does not exist"))
+                Self::new(EcrException::RepositoryNotFound, format!("The repository with name '{name}' does not exist"))
             }
-            Error::RepositoryAlreadyExists(_) => Self::new("RepositoryAlreadyExistsException", e.to_string()),
-            Error::RepositoryNotEmpty(_) => Self::new("RepositoryNotEmptyException", e.to_string()),
-            Error::TagImmutable { .. } => Self::new("ImageTagAlreadyExistsException", e.to_string()),
-            other => Self::new("InvalidParameterException", other.to_string()),
+            Error::RepositoryAlreadyExists(_) => Self::new(EcrException::RepositoryAlreadyExists, e.to_string()),
+            Error::RepositoryNotEmpty(_) => Self::new(EcrException::RepositoryNotEmpty, e.to_string()),
+            Error::TagImmutable { .. } => Self::new(EcrException::ImageTagAlreadyExists, e.to_string()),
+            other => Self::new(EcrException::InvalidParameter, other.to_string()),
         }
     }
 }

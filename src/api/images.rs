@@ -5,6 +5,8 @@
 //! and `PutImage` (a push, or a retag of a manifest the repository holds), with ECR's failure
 //! codes and exceptions. The registry does the work; this module speaks ECR.
 
+use super::operations::names;
+use super::EcrException;
 use super::{epoch_seconds, paged, ApiContext, ApiError, Input, Page};
 use crate::auth::{Access, Action};
 use crate::oci::{Digest, Manifest, Reference, RepositoryName, Tag};
@@ -12,10 +14,6 @@ use crate::registry::images::StoredImage;
 use crate::registry::{PushOrigin, Repo};
 use serde_json::{json, Value};
 use std::collections::HashSet;
-
-/// The operations this module parses.
-pub const OPERATIONS: [&str; 6] =
-    ["ListImages", "DescribeImages", "BatchGetImage", "BatchDeleteImage", "PutImage", "ListImageReferrers"];
 
 /// `imageManifest` at most (ECR's limit).
 const MAX_MANIFEST_CHARS: usize = 4_194_304;
@@ -39,7 +37,7 @@ impl ImageIdentifier {
     /// `ImageNotFoundException` for this image in `name`, in ECR's words.
     pub(super) fn not_found(&self, ctx: &ApiContext<'_>, name: &RepositoryName) -> ApiError {
         ApiError::new(
-            "ImageNotFoundException",
+            EcrException::ImageNotFound,
             format!(
                 "The image with imageId {{imageDigest:'{}', imageTag:'{}'}} does not exist within the repository with name '{name}' in the registry with id '{}'",
                 self.digest.as_deref().unwrap_or("null"),
@@ -81,18 +79,6 @@ pub enum ImagesOp {
 }
 
 impl ImagesOp {
-    /// Its operation name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::List(..) => "ListImages",
-            Self::Describe(..) => "DescribeImages",
-            Self::BatchGet(..) => "BatchGetImage",
-            Self::BatchDelete(..) => "BatchDeleteImage",
-            Self::Put(..) => "PutImage",
-            Self::Referrers(..) => "ListImageReferrers",
-        }
-    }
-
     /// What it needs.
     pub fn accesses(&self) -> Vec<Access> {
         match self {
@@ -128,21 +114,21 @@ fn tag_status(input: &Input) -> Result<Option<String>, ApiError> {
 }
 
 /// Parses one of the image operations.
-pub fn parse_operation(op: &str, input: &Input) -> Result<ImagesOp, ApiError> {
+pub fn parse_operation(op: names::Images, input: &Input) -> Result<ImagesOp, ApiError> {
     let name = super::repositories::repository_name(input, "repositoryName")?;
     Ok(match op {
-        "ListImages" => ImagesOp::List(name, tag_status(input)?, input.page(1000)?),
-        "DescribeImages" => {
+        names::Images::ListImages => ImagesOp::List(name, tag_status(input)?, input.page(1000)?),
+        names::Images::DescribeImages => {
             let ids = image_ids(input, false)?;
             if !ids.is_empty() && (input.get("nextToken").is_some() || input.get("maxResults").is_some()) {
                 return Err(ApiError::invalid("imageIds", "imageIds cannot be combined with maxResults or nextToken"));
             }
             ImagesOp::Describe(name, ids, tag_status(input)?, input.page(1000)?)
         }
-        "BatchGetImage" => ImagesOp::BatchGet(name, image_ids(input, true)?),
-        "BatchDeleteImage" => ImagesOp::BatchDelete(name, image_ids(input, true)?),
-        "ListImageReferrers" => parse_referrers(name, input)?,
-        _ => {
+        names::Images::BatchGetImage => ImagesOp::BatchGet(name, image_ids(input, true)?),
+        names::Images::BatchDeleteImage => ImagesOp::BatchDelete(name, image_ids(input, true)?),
+        names::Images::ListImageReferrers => parse_referrers(name, input)?,
+        names::Images::PutImage => {
             let manifest = input.required_str("imageManifest")?;
             if manifest.is_empty() || manifest.chars().count() > MAX_MANIFEST_CHARS {
                 return Err(ApiError::invalid("imageManifest", "Member must have length between 1 and 4194304"));
@@ -492,7 +478,7 @@ async fn put(
     if let Some(d) = digest {
         if Digest::parse(d).ok().as_ref() != Some(&actual) {
             return Err(ApiError::new(
-                "ImageDigestDoesNotMatchException",
+                EcrException::ImageDigestDoesNotMatch,
                 format!("Provided digest {d} does not match the digest of the image manifest: {actual}"),
             ));
         }
@@ -509,7 +495,7 @@ async fn put(
     };
     if already {
         return Err(ApiError::new(
-            "ImageAlreadyExistsException",
+            EcrException::ImageAlreadyExists,
             format!(
                 "Image with digest '{actual}' and tag '{}' already exists in the repository with name '{name}' in registry with id '{}'",
                 tag.as_ref().map_or("null".to_owned(), ToString::to_string),
@@ -528,12 +514,12 @@ async fn put(
             let children = Manifest::parse(manifest.as_bytes(), media_type).map(|m| m.children).unwrap_or_default();
             return Err(if children.contains(&missing) {
                 ApiError::new(
-                    "ReferencedImagesNotFoundException",
+                    EcrException::ReferencedImagesNotFound,
                     format!("Some of the images referenced by the manifest list are not in the repository: {missing}"),
                 )
             } else {
                 ApiError::new(
-                    "LayersNotFoundException",
+                    EcrException::LayersNotFound,
                     format!("Layers with digests '[{missing}]' required for pushing image into repository with name '{name}' in the registry with id '{}' do not exist", ctx.registry_id),
                 )
             });

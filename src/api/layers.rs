@@ -6,6 +6,8 @@
 //! must follow each other exactly, as ECR demands. This module speaks ECR; the registry does
 //! the work. It must not know how sessions are stored.
 
+use super::operations::names;
+use super::EcrException;
 use super::{ApiContext, ApiError, Input};
 use crate::auth::{Access, Action};
 use crate::oci::{Digest, RepositoryName};
@@ -16,15 +18,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-
-/// The operations this module parses.
-pub const OPERATIONS: [&str; 5] = [
-    "BatchCheckLayerAvailability",
-    "GetDownloadUrlForLayer",
-    "InitiateLayerUpload",
-    "UploadLayerPart",
-    "CompleteLayerUpload",
-];
 
 /// The part size Ferry asks for, and the largest part it takes: ECR's service quota (10 MiB).
 /// A part is held in memory while its signature is checked, so this bounds what one request
@@ -66,17 +59,6 @@ pub struct Part {
 }
 
 impl LayersOp {
-    /// Its operation name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Check(..) => "BatchCheckLayerAvailability",
-            Self::DownloadUrl(..) => "GetDownloadUrlForLayer",
-            Self::Initiate(_) => "InitiateLayerUpload",
-            Self::UploadPart(_) => "UploadLayerPart",
-            Self::Complete(..) => "CompleteLayerUpload",
-        }
-    }
-
     /// What it needs.
     pub fn accesses(&self) -> Vec<Access> {
         match self {
@@ -114,10 +96,10 @@ fn byte_member(input: &Input, member: &str) -> Result<u64, ApiError> {
 }
 
 /// Parses one of the layer operations.
-pub fn parse_operation(op: &str, input: &Input) -> Result<LayersOp, ApiError> {
+pub fn parse_operation(op: names::Layers, input: &Input) -> Result<LayersOp, ApiError> {
     let name = super::repositories::repository_name(input, "repositoryName")?;
     Ok(match op {
-        "BatchCheckLayerAvailability" => {
+        names::Layers::BatchCheckLayerAvailability => {
             let list = input
                 .list("layerDigests")?
                 .ok_or_else(|| ApiError::invalid("layerDigests", "Member must not be null"))?;
@@ -127,21 +109,21 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<LayersOp, ApiError> {
             let digests = list.iter().map(|v| v.as_str().unwrap_or_default().chars().take(1000).collect()).collect();
             LayersOp::Check(name, digests)
         }
-        "GetDownloadUrlForLayer" => {
+        names::Layers::GetDownloadUrlForLayer => {
             let d = input.required_str("layerDigest")?;
             LayersOp::DownloadUrl(name, digest_member(d, "layerDigest")?)
         }
-        "InitiateLayerUpload" => LayersOp::Initiate(name),
-        "UploadLayerPart" => {
+        names::Layers::InitiateLayerUpload => LayersOp::Initiate(name),
+        names::Layers::UploadLayerPart => {
             let upload = upload_id(input)?;
             let first = byte_member(input, "partFirstByte")?;
             let last = byte_member(input, "partLastByte")?;
             let encoded = input.required_str("layerPartBlob")?;
             let blob = STANDARD
                 .decode(encoded)
-                .map_err(|_| ApiError::new("SerializationException", "layerPartBlob is not valid base64"))?;
+                .map_err(|_| ApiError::new(EcrException::Serialization, "layerPartBlob is not valid base64"))?;
             let invalid = |message: String| {
-                ApiError::new("InvalidLayerPartException", message)
+                ApiError::new(EcrException::InvalidLayerPart, message)
                     .with("repositoryName", json!(name.as_str()))
                     .with("uploadId", json!(upload.to_string()))
             };
@@ -162,7 +144,7 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<LayersOp, ApiError> {
             }
             LayersOp::UploadPart(Part { name, upload, first, blob: Bytes::from(blob) })
         }
-        _ => {
+        names::Layers::CompleteLayerUpload => {
             let upload = upload_id(input)?;
             let list = input
                 .list("layerDigests")?
@@ -209,7 +191,7 @@ async fn existing(ctx: &ApiContext<'_>, name: &RepositoryName) -> Result<(), Api
 
 fn upload_not_found(ctx: &ApiContext<'_>, name: &RepositoryName, id: &UploadId) -> ApiError {
     ApiError::new(
-        "UploadNotFoundException",
+        EcrException::UploadNotFound,
         format!(
             "The upload with id '{id}' does not exist in the repository with name '{name}' in the registry with id '{}'",
             ctx.registry_id
@@ -232,7 +214,7 @@ async fn upload_part(ctx: &ApiContext<'_>, part: Part) -> Result<Value, ApiError
         })),
         Err(Error::RangeMismatch { size, .. }) => {
             let mut e = ApiError::new(
-                "InvalidLayerPartException",
+                EcrException::InvalidLayerPart,
                 format!("The part starts at byte {first}, but the upload holds {size} bytes: the next part must start at byte {size}"),
             )
             .with("registryId", json!(ctx.registry_id))
@@ -265,7 +247,7 @@ async fn complete(
     };
     if held == 0 {
         return Err(ApiError::new(
-            "EmptyUploadException",
+            EcrException::EmptyUpload,
             format!("The upload with id '{id}' has no layer parts: upload at least one before completing it"),
         ));
     }
@@ -274,7 +256,7 @@ async fn complete(
             // Gone already when another request finished or cancelled it meanwhile.
             let _ = ctx.registry.upload_cancel(name, id).await;
             return Err(ApiError::new(
-                "LayerAlreadyExistsException",
+                EcrException::LayerAlreadyExists,
                 format!(
                     "The layer with digest '{digest}' already exists in the repository with name '{name}' in the registry with id '{}'",
                     ctx.registry_id
@@ -292,7 +274,7 @@ async fn complete(
             "layerDigest": digest,
         })),
         Err(Error::DigestMismatch { expected, actual }) => Err(ApiError::new(
-            "InvalidLayerException",
+            EcrException::InvalidLayer,
             format!("The layer digest calculated for the uploaded content is '{actual}', not the '{expected}' given"),
         )),
         Err(Error::UploadUnknown) => Err(upload_not_found(ctx, name, id)),
@@ -334,7 +316,7 @@ async fn download_url(ctx: &ApiContext<'_>, name: &RepositoryName, digest: &Dige
         Ok(_) => {}
         Err(crate::registry::Error::BlobUnknown(_) | crate::registry::Error::NameUnknown(_)) => {
             return Err(ApiError::new(
-                "LayersNotFoundException",
+                EcrException::LayersNotFound,
                 format!("The layer with digest '{digest}' does not exist in the repository with name '{name}' in the registry with id '{}'", ctx.registry_id),
             ))
         }

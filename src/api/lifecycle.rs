@@ -5,6 +5,8 @@
 //! `LifecyclePolicyPreviewInProgressException`, and one left by a replica that died during it
 //! counts as `FAILED` after [`PREVIEW_STALE_MS`].
 
+use super::operations::names;
+use super::EcrException;
 use super::{ApiContext, ApiError, Input, Operation, Page};
 use crate::lifecycle::{self, policy, Expiry};
 use crate::oci::RepositoryName;
@@ -16,32 +18,22 @@ use serde_json::{json, Value};
 pub const PREVIEW_STALE_MS: u64 = 10 * 60 * 1000;
 
 /// Parses one of the lifecycle operations on `name`.
-pub fn parse_operation(op: &str, input: &Input, name: RepositoryName) -> Result<Operation, ApiError> {
+pub fn parse_operation(op: names::Lifecycle, input: &Input, name: RepositoryName) -> Result<Operation, ApiError> {
     Ok(match op {
-        "PutLifecyclePolicy" => {
+        names::Lifecycle::PutLifecyclePolicy => {
             let text = policy_text(input, "lifecyclePolicyText")?
                 .ok_or_else(|| ApiError::invalid("lifecyclePolicyText", "Member must not be null"))?;
             Operation::PutLifecyclePolicy(name, text)
         }
-        "GetLifecyclePolicy" => Operation::GetLifecyclePolicy(name),
-        "DeleteLifecyclePolicy" => Operation::DeleteLifecyclePolicy(name),
-        "StartLifecyclePolicyPreview" => {
+        names::Lifecycle::GetLifecyclePolicy => Operation::GetLifecyclePolicy(name),
+        names::Lifecycle::DeleteLifecyclePolicy => Operation::DeleteLifecyclePolicy(name),
+        names::Lifecycle::StartLifecyclePolicyPreview => {
             Operation::StartLifecyclePolicyPreview(name, policy_text(input, "lifecyclePolicyText")?)
         }
-        _ => Operation::GetLifecyclePolicyPreview(name, PreviewQuery::parse(input)?),
+        names::Lifecycle::GetLifecyclePolicyPreview => {
+            Operation::GetLifecyclePolicyPreview(name, PreviewQuery::parse(input)?)
+        }
     })
-}
-
-/// Runs one of the lifecycle operations.
-pub async fn run(ctx: &ApiContext<'_>, op: Operation) -> Result<Value, ApiError> {
-    match op {
-        Operation::PutLifecyclePolicy(name, text) => put(ctx, name, text).await,
-        Operation::GetLifecyclePolicy(name) => get(ctx, name, false).await,
-        Operation::DeleteLifecyclePolicy(name) => get(ctx, name, true).await,
-        Operation::StartLifecyclePolicyPreview(name, text) => start_preview(ctx, name, text).await,
-        Operation::GetLifecyclePolicyPreview(name, query) => get_preview(ctx, name, query).await,
-        other => Err(ApiError::server(format!("{} is not a lifecycle operation", other.name()))),
-    }
 }
 
 /// A validated policy text from `member`.
@@ -112,7 +104,7 @@ struct PreviewRecord {
 
 fn not_found(ctx: &ApiContext<'_>, name: &RepositoryName) -> ApiError {
     ApiError::new(
-        "LifecyclePolicyNotFoundException",
+        EcrException::LifecyclePolicyNotFound,
         format!(
             "Lifecycle policy does not exist for the repository with name '{name}' in the registry with id '{}'",
             ctx.registry_id
@@ -203,7 +195,7 @@ pub async fn start_preview(
 
 fn in_progress(name: &RepositoryName) -> ApiError {
     ApiError::new(
-        "LifecyclePolicyPreviewInProgressException",
+        EcrException::LifecyclePolicyPreviewInProgress,
         format!("Previous lifecycle policy preview request has not completed for the repository with name '{name}'"),
     )
 }
@@ -218,7 +210,7 @@ pub async fn get_preview(ctx: &ApiContext<'_>, name: RepositoryName, query: Prev
     reg.repository_settings(&name).await?.ok_or_else(|| super::repositories::not_found(ctx, &name))?;
     let none = || {
         ApiError::new(
-            "LifecyclePolicyPreviewNotFoundException",
+            EcrException::LifecyclePolicyPreviewNotFound,
             format!(
                 "There is no preview result for the repository with name '{name}' in the registry with id '{}'",
                 ctx.registry_id

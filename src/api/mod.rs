@@ -11,6 +11,7 @@ mod error;
 mod images;
 mod layers;
 mod lifecycle;
+pub mod operations;
 mod pull_through;
 mod registry_policy;
 mod replication;
@@ -19,7 +20,8 @@ mod templates;
 
 pub use layers::{LAYER_PARTS_AT_ONCE, MAX_PART_BODY};
 
-pub use error::ApiError;
+pub use error::{ApiError, EcrException};
+pub use operations::OperationName;
 
 use crate::auth::authenticator::Authenticator;
 use crate::auth::{Access, Action, Principal};
@@ -232,58 +234,21 @@ impl Input {
 }
 
 impl Operation {
-    /// A stable name for metrics and logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::GetAuthorizationToken => "GetAuthorizationToken",
-            Self::DescribeRegistry => "DescribeRegistry",
-            Self::CreateRepository(..) => "CreateRepository",
-            Self::DescribeRepositories(..) => "DescribeRepositories",
-            Self::DeleteRepository(..) => "DeleteRepository",
-            Self::PutImageTagMutability(..) => "PutImageTagMutability",
-            Self::SetRepositoryPolicy(..) => "SetRepositoryPolicy",
-            Self::GetRepositoryPolicy(..) => "GetRepositoryPolicy",
-            Self::DeleteRepositoryPolicy(..) => "DeleteRepositoryPolicy",
-            Self::TagResource(..) => "TagResource",
-            Self::UntagResource(..) => "UntagResource",
-            Self::ListTagsForResource(..) => "ListTagsForResource",
-            Self::CreateRepositoryCreationTemplate(..) => "CreateRepositoryCreationTemplate",
-            Self::DescribeRepositoryCreationTemplates(..) => "DescribeRepositoryCreationTemplates",
-            Self::UpdateRepositoryCreationTemplate(..) => "UpdateRepositoryCreationTemplate",
-            Self::DeleteRepositoryCreationTemplate(..) => "DeleteRepositoryCreationTemplate",
-            Self::PutLifecyclePolicy(..) => "PutLifecyclePolicy",
-            Self::GetLifecyclePolicy(..) => "GetLifecyclePolicy",
-            Self::DeleteLifecyclePolicy(..) => "DeleteLifecyclePolicy",
-            Self::StartLifecyclePolicyPreview(..) => "StartLifecyclePolicyPreview",
-            Self::GetLifecyclePolicyPreview(..) => "GetLifecyclePolicyPreview",
-            Self::PutReplicationConfiguration(_) => "PutReplicationConfiguration",
-            Self::PutRegistryPolicy(_) => "PutRegistryPolicy",
-            Self::GetRegistryPolicy => "GetRegistryPolicy",
-            Self::DeleteRegistryPolicy => "DeleteRegistryPolicy",
-            Self::DescribeImageReplicationStatus(..) => "DescribeImageReplicationStatus",
-            Self::StartReplicationBackfill(..) => "StartReplicationBackfill",
-            Self::StopReplicationBackfill(..) => "StopReplicationBackfill",
-            Self::DescribeReplicationBackfillResults(..) => "DescribeReplicationBackfillResults",
-            Self::ListReplicationBackfills(..) => "ListReplicationBackfills",
-            Self::Images(op) => op.name(),
-            Self::Layers(op) => op.name(),
-            Self::PullThrough(op) => op.name(),
-            Self::Settings(op) => op.name(),
-        }
-    }
-
-    /// Whether the audit trail records it when allowed: every change, and
-    /// `GetAuthorizationToken` (it hands out credentials); not reads. Refusals are always recorded.
-    pub fn audited(&self) -> bool {
-        let name = self.name();
-        name == "GetAuthorizationToken"
-            || !["Describe", "Get", "List", "BatchGet", "BatchCheck", "Validate"].iter().any(|p| name.starts_with(p))
-    }
-
     /// Parses `X-Amz-Target` and the JSON body into an operation, checking every member.
-    pub fn parse(target: &str, body: &[u8], registry_id: &str, region: &str) -> Result<Self, ApiError> {
+    pub fn parse(
+        target: &str,
+        body: &[u8],
+        registry_id: &str,
+        region: &str,
+    ) -> Result<(OperationName, Self), ApiError> {
         let Some(op) = target.strip_prefix(TARGET_PREFIX) else {
-            return Err(ApiError::new("UnknownOperationException", format!("{target} is not an ECR operation")));
+            return Err(ApiError::new(EcrException::UnknownOperation, format!("{target} is not an ECR operation")));
+        };
+        let Some(op_name) = OperationName::parse(op) else {
+            return Err(ApiError::new(
+                EcrException::UnknownOperation,
+                format!("The operation {op} is not supported by this registry"),
+            ));
         };
         let input = Input(parse_body(body)?);
         if let Some(id) = input.str("registryId")? {
@@ -303,47 +268,50 @@ impl Operation {
                 )
             })
         };
-        match op {
-            "GetAuthorizationToken" => {
+        use operations::names::{Repositories as R, Templates as T};
+        let parsed = match op_name {
+            OperationName::Replication(n) => replication::parse_operation(n, &input),
+            OperationName::Backfill(n) => backfill::parse_operation(n, &input),
+            OperationName::Images(n) => images::parse_operation(n, &input).map(Self::Images),
+            OperationName::Layers(n) => layers::parse_operation(n, &input).map(Self::Layers),
+            OperationName::PullThrough(n) => pull_through::parse_operation(n, &input).map(Self::PullThrough),
+            OperationName::Settings(n) => account::parse_operation(n, &input).map(Self::Settings),
+            OperationName::Lifecycle(n) => lifecycle::parse_operation(n, &input, name()?),
+            OperationName::Repositories(R::GetAuthorizationToken) => {
                 registry_ids(&input)?;
                 Ok(Self::GetAuthorizationToken)
             }
-            "DescribeRegistry" => Ok(Self::DescribeRegistry),
-            op if replication::OPERATIONS.contains(&op) => replication::parse_operation(op, &input),
-            op if images::OPERATIONS.contains(&op) => images::parse_operation(op, &input).map(Self::Images),
-            op if layers::OPERATIONS.contains(&op) => layers::parse_operation(op, &input).map(Self::Layers),
-            op if pull_through::OPERATIONS.contains(&op) => {
-                pull_through::parse_operation(op, &input).map(Self::PullThrough)
-            }
-            op if account::OPERATIONS.contains(&op) => account::parse_operation(op, &input).map(Self::Settings),
-            "CreateRepository" => {
+            OperationName::Repositories(R::DescribeRegistry) => Ok(Self::DescribeRegistry),
+            OperationName::Repositories(R::CreateRepository) => {
                 let (name, settings) = repositories::parse_create(&input)?;
                 Ok(Self::CreateRepository(name, settings))
             }
-            "DescribeRepositories" => {
+            OperationName::Repositories(R::DescribeRepositories) => {
                 let (names, page) = repositories::parse_describe(&input)?;
                 Ok(Self::DescribeRepositories(names, page))
             }
-            "DeleteRepository" => Ok(Self::DeleteRepository(name()?, input.flag("force")?)),
-            "PutImageTagMutability" => {
+            OperationName::Repositories(R::DeleteRepository) => {
+                Ok(Self::DeleteRepository(name()?, input.flag("force")?))
+            }
+            OperationName::Repositories(R::PutImageTagMutability) => {
                 let name = name()?;
                 let (m, filters) = repositories::mutability(&input, true)?.unwrap_or_default();
                 Ok(Self::PutImageTagMutability(name, m, filters))
             }
-            "SetRepositoryPolicy" => {
+            OperationName::Repositories(R::SetRepositoryPolicy) => {
                 let name = name()?;
                 let force = input.flag("force")?;
                 Ok(Self::SetRepositoryPolicy(name, repositories::policy_text(&input)?, force))
             }
-            "GetRepositoryPolicy" => Ok(Self::GetRepositoryPolicy(name()?)),
-            "DeleteRepositoryPolicy" => Ok(Self::DeleteRepositoryPolicy(name()?)),
-            "TagResource" => {
+            OperationName::Repositories(R::GetRepositoryPolicy) => Ok(Self::GetRepositoryPolicy(name()?)),
+            OperationName::Repositories(R::DeleteRepositoryPolicy) => Ok(Self::DeleteRepositoryPolicy(name()?)),
+            OperationName::Repositories(R::TagResource) => {
                 let name = arn()?;
                 let tags = repositories::tags(&input, "tags")?
                     .ok_or_else(|| ApiError::invalid("tags", "Member must not be null"))?;
                 Ok(Self::TagResource(name, tags))
             }
-            "UntagResource" => {
+            OperationName::Repositories(R::UntagResource) => {
                 let name = arn()?;
                 let keys =
                     input.list("tagKeys")?.ok_or_else(|| ApiError::invalid("tagKeys", "Member must not be null"))?;
@@ -357,30 +325,22 @@ impl Operation {
                     .collect::<Result<_, _>>()?;
                 Ok(Self::UntagResource(name, keys))
             }
-            "ListTagsForResource" => Ok(Self::ListTagsForResource(arn()?)),
-            "CreateRepositoryCreationTemplate" => {
+            OperationName::Repositories(R::ListTagsForResource) => Ok(Self::ListTagsForResource(arn()?)),
+            OperationName::Templates(T::CreateRepositoryCreationTemplate) => {
                 Ok(Self::CreateRepositoryCreationTemplate(templates::TemplateInput::parse(&input, true)?))
             }
-            "DescribeRepositoryCreationTemplates" => {
+            OperationName::Templates(T::DescribeRepositoryCreationTemplates) => {
                 let (prefixes, page) = templates::parse_describe(&input)?;
                 Ok(Self::DescribeRepositoryCreationTemplates(prefixes, page))
             }
-            "UpdateRepositoryCreationTemplate" => {
+            OperationName::Templates(T::UpdateRepositoryCreationTemplate) => {
                 Ok(Self::UpdateRepositoryCreationTemplate(templates::TemplateInput::parse(&input, false)?))
             }
-            "DeleteRepositoryCreationTemplate" => {
+            OperationName::Templates(T::DeleteRepositoryCreationTemplate) => {
                 Ok(Self::DeleteRepositoryCreationTemplate(templates::prefix(input.required_str("prefix")?, "prefix")?))
             }
-            "PutLifecyclePolicy"
-            | "GetLifecyclePolicy"
-            | "DeleteLifecyclePolicy"
-            | "StartLifecyclePolicyPreview"
-            | "GetLifecyclePolicyPreview" => lifecycle::parse_operation(op, &input, name()?),
-            other => Err(ApiError::new(
-                "UnknownOperationException",
-                format!("The operation {other} is not supported by this registry"),
-            )),
-        }
+        };
+        parsed.map(|op| (op_name, op))
     }
 
     /// The ECR actions it needs, on which resources.
@@ -447,15 +407,17 @@ impl Operation {
         match self {
             Self::GetAuthorizationToken => Ok(authorization_token(ctx)),
             Self::DescribeRegistry => replication::describe_registry(ctx).await,
-            op @ (Self::PutReplicationConfiguration(_)
-            | Self::PutRegistryPolicy(_)
-            | Self::GetRegistryPolicy
-            | Self::DeleteRegistryPolicy
-            | Self::DescribeImageReplicationStatus(..)) => replication::run(ctx, op).await,
-            op @ (Self::StartReplicationBackfill(_)
-            | Self::StopReplicationBackfill(_)
-            | Self::DescribeReplicationBackfillResults(..)
-            | Self::ListReplicationBackfills(_)) => backfill::run(ctx, op).await,
+            Self::PutReplicationConfiguration(config) => replication::put(ctx, config).await,
+            Self::PutRegistryPolicy(text) => registry_policy::put(ctx, text).await,
+            Self::GetRegistryPolicy => registry_policy::get(ctx, false).await,
+            Self::DeleteRegistryPolicy => registry_policy::get(ctx, true).await,
+            Self::DescribeImageReplicationStatus(name, image) => replication::image_status(ctx, &name, &image).await,
+            Self::StartReplicationBackfill(d) => backfill::start(ctx, d).await,
+            Self::StopReplicationBackfill(id) => backfill::stop(ctx, id).await,
+            Self::DescribeReplicationBackfillResults(id, filter, page) => {
+                backfill::describe(ctx, id, filter, &page).await
+            }
+            Self::ListReplicationBackfills(page) => backfill::list(ctx, &page).await,
             Self::Images(op) => images::run(ctx, op).await,
             Self::Layers(op) => layers::run(ctx, op).await,
             Self::PullThrough(op) => pull_through::run(ctx, op).await,
@@ -522,11 +484,11 @@ impl Operation {
             Self::DescribeRepositoryCreationTemplates(prefixes, page) => templates::list(ctx, prefixes, page).await,
             Self::UpdateRepositoryCreationTemplate(input) => templates::update(ctx, input).await,
             Self::DeleteRepositoryCreationTemplate(prefix) => templates::delete(ctx, prefix).await,
-            op @ (Self::PutLifecyclePolicy(..)
-            | Self::GetLifecyclePolicy(_)
-            | Self::DeleteLifecyclePolicy(_)
-            | Self::StartLifecyclePolicyPreview(..)
-            | Self::GetLifecyclePolicyPreview(..)) => lifecycle::run(ctx, op).await,
+            Self::PutLifecyclePolicy(name, text) => lifecycle::put(ctx, name, text).await,
+            Self::GetLifecyclePolicy(name) => lifecycle::get(ctx, name, false).await,
+            Self::DeleteLifecyclePolicy(name) => lifecycle::get(ctx, name, true).await,
+            Self::StartLifecyclePolicyPreview(name, text) => lifecycle::start_preview(ctx, name, text).await,
+            Self::GetLifecyclePolicyPreview(name, query) => lifecycle::get_preview(ctx, name, query).await,
         }
     }
 }
@@ -566,7 +528,7 @@ fn parse_body(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     }
     match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(ApiError::new("SerializationException", "the request body is not a JSON object")),
+        _ => Err(ApiError::new(EcrException::Serialization, "the request body is not a JSON object")),
     }
 }
 
@@ -599,37 +561,47 @@ mod tests {
     fn targets_and_inputs() {
         let op = |t: &str, b: &str| {
             Operation::parse(&format!("{TARGET_PREFIX}{t}"), b.as_bytes(), "123456789012", "us-east-1")
+                .map(|(_, op)| op)
         };
         assert_eq!(op("GetAuthorizationToken", "{}").unwrap(), Operation::GetAuthorizationToken);
         assert_eq!(op("GetAuthorizationToken", "").unwrap(), Operation::GetAuthorizationToken);
-        assert_eq!(
-            op("GetAuthorizationToken", r#"{"registryIds":["123456789012"]}"#).unwrap().name(),
-            "GetAuthorizationToken"
+        let named = Operation::parse(
+            &format!("{TARGET_PREFIX}GetAuthorizationToken"),
+            br#"{"registryIds":["123456789012"]}"#,
+            "123456789012",
+            "us-east-1",
         );
+        assert_eq!(named.unwrap().0.as_str(), "GetAuthorizationToken");
         assert_eq!(
             op("GetAuthorizationToken", r#"{"registryIds":["12345"]}"#).unwrap_err().kind,
-            "InvalidParameterException"
+            EcrException::InvalidParameter
         );
-        assert_eq!(op("GetAuthorizationToken", r#"{"registryIds":[]}"#).unwrap_err().kind, "InvalidParameterException");
-        assert_eq!(op("GetAuthorizationToken", "[1]").unwrap_err().kind, "SerializationException");
-        assert_eq!(op("LaunchRockets", "{}").unwrap_err().kind, "UnknownOperationException");
+        assert_eq!(
+            op("GetAuthorizationToken", r#"{"registryIds":[]}"#).unwrap_err().kind,
+            EcrException::InvalidParameter
+        );
+        assert_eq!(op("GetAuthorizationToken", "[1]").unwrap_err().kind, EcrException::Serialization);
+        assert_eq!(op("LaunchRockets", "{}").unwrap_err().kind, EcrException::UnknownOperation);
         assert_eq!(
             Operation::parse("Other.GetAuthorizationToken", b"{}", "123456789012", "us-east-1").unwrap_err().kind,
-            "UnknownOperationException"
+            EcrException::UnknownOperation
         );
-        assert_eq!(op("CreateRepository", r#"{"repositoryName":"a"}"#).unwrap_err().kind, "InvalidParameterException");
+        assert_eq!(
+            op("CreateRepository", r#"{"repositoryName":"a"}"#).unwrap_err().kind,
+            EcrException::InvalidParameter
+        );
         assert_eq!(
             op("CreateRepository", r#"{"repositoryName":"Team/App"}"#).unwrap_err().kind,
-            "InvalidParameterException"
+            EcrException::InvalidParameter
         );
         assert!(op("CreateRepository", r#"{"repositoryName":"team/app","imageTagMutability":"IMMUTABLE"}"#).is_ok());
         let no_filters = r#"{"repositoryName":"team/app","imageTagMutability":"IMMUTABLE_WITH_EXCLUSION"}"#;
-        assert_eq!(op("CreateRepository", no_filters).unwrap_err().kind, "InvalidParameterException");
+        assert_eq!(op("CreateRepository", no_filters).unwrap_err().kind, EcrException::InvalidParameter);
         let many: Vec<String> = (0..51).map(|i| format!(r#"{{"Key":"k{i}","Value":"v"}}"#)).collect();
         let body = format!(r#"{{"repositoryName":"team/app","tags":[{}]}}"#, many.join(","));
-        assert_eq!(op("CreateRepository", &body).unwrap_err().kind, "TooManyTagsException");
+        assert_eq!(op("CreateRepository", &body).unwrap_err().kind, EcrException::TooManyTags);
         let bad_tag = r#"{"repositoryName":"team/app","tags":[{"Key":"","Value":"v"}]}"#;
-        assert_eq!(op("CreateRepository", bad_tag).unwrap_err().kind, "InvalidTagParameterException");
+        assert_eq!(op("CreateRepository", bad_tag).unwrap_err().kind, EcrException::InvalidTagParameter);
         let bad_policy = r#"{"repositoryName":"team/app","policyText":"{\"Version\":\"2012-10-17\"}"}"#;
         let e = op("SetRepositoryPolicy", bad_policy).unwrap_err();
         assert_eq!(
@@ -637,20 +609,23 @@ mod tests {
             "Invalid parameter at 'PolicyText' failed to satisfy constraint: 'Invalid repository policy provided'"
         );
         let foreign = r#"{"resourceArn":"arn:aws:ecr:us-east-1:999999999999:repository/x1","tags":[]}"#;
-        assert_eq!(op("TagResource", foreign).unwrap_err().kind, "InvalidParameterException");
-        assert_eq!(op("DescribeRepositories", r#"{"maxResults":0}"#).unwrap_err().kind, "InvalidParameterException");
+        assert_eq!(op("TagResource", foreign).unwrap_err().kind, EcrException::InvalidParameter);
+        assert_eq!(op("DescribeRepositories", r#"{"maxResults":0}"#).unwrap_err().kind, EcrException::InvalidParameter);
         assert_eq!(Operation::GetAuthorizationToken.accesses()[0].action, Action::GetAuthorizationToken);
         let template = |b: &str| op("CreateRepositoryCreationTemplate", b).map_err(|e| e.kind);
         assert!(template(r#"{"prefix":"ROOT","appliedFor":["CREATE_ON_PUSH"]}"#).is_ok());
         assert!(template(r#"{"prefix":"team-a/","appliedFor":["CREATE_ON_PUSH","REPLICATION"]}"#).is_ok());
-        assert_eq!(template(r#"{"prefix":"team-a"}"#).unwrap_err(), "InvalidParameterException");
+        assert_eq!(template(r#"{"prefix":"team-a"}"#).unwrap_err(), EcrException::InvalidParameter);
         assert_eq!(
             template(r#"{"prefix":"Team","appliedFor":["CREATE_ON_PUSH"]}"#).unwrap_err(),
-            "InvalidParameterException"
+            EcrException::InvalidParameter
         );
-        assert_eq!(template(r#"{"prefix":"root","appliedFor":["ON_PULL"]}"#).unwrap_err(), "InvalidParameterException");
+        assert_eq!(
+            template(r#"{"prefix":"root","appliedFor":["ON_PULL"]}"#).unwrap_err(),
+            EcrException::InvalidParameter
+        );
         let bad_policy = r#"{"prefix":"a","appliedFor":["CREATE_ON_PUSH"],"repositoryPolicy":"{}"}"#;
-        assert_eq!(template(bad_policy).unwrap_err(), "InvalidParameterException");
+        assert_eq!(template(bad_policy).unwrap_err(), EcrException::InvalidParameter);
         let update = op("UpdateRepositoryCreationTemplate", r#"{"prefix":"a/"}"#).unwrap();
         assert_eq!(update.accesses()[0].action, Action::UpdateRepositoryCreationTemplate);
     }

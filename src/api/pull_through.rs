@@ -6,20 +6,13 @@
 //! `[[pull_through_secrets]]` (Ferry has no Secrets Manager). This module speaks ECR; the
 //! registry and the proxy do the work.
 
+use super::operations::names;
+use super::EcrException;
 use super::{epoch_seconds, paged, ApiContext, ApiError, Input, Page};
 use crate::auth::{Access, Action};
 use crate::oci::RepositoryName;
 use crate::proxy::RuleRecord;
 use serde_json::{json, Value};
-
-/// The operations this module parses.
-pub const OPERATIONS: [&str; 5] = [
-    "CreatePullThroughCacheRule",
-    "DescribePullThroughCacheRules",
-    "UpdatePullThroughCacheRule",
-    "DeletePullThroughCacheRule",
-    "ValidatePullThroughCacheRule",
-];
 
 /// ECR's quota: pull-through cache rules per registry.
 const MAX_RULES: usize = 50;
@@ -52,17 +45,6 @@ pub enum PullThroughOp {
 }
 
 impl PullThroughOp {
-    /// Its operation name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Create(_) => "CreatePullThroughCacheRule",
-            Self::Describe(..) => "DescribePullThroughCacheRules",
-            Self::Update(..) => "UpdatePullThroughCacheRule",
-            Self::Delete(_) => "DeletePullThroughCacheRule",
-            Self::Validate(_) => "ValidatePullThroughCacheRule",
-        }
-    }
-
     /// What it needs (rules are registry-wide resources).
     pub fn accesses(&self) -> Vec<Access> {
         let action = match self {
@@ -146,10 +128,10 @@ fn upstream_base(url: &str) -> Result<String, ApiError> {
 }
 
 /// Parses one of the pull-through rule operations.
-pub fn parse_operation(op: &str, input: &Input) -> Result<PullThroughOp, ApiError> {
+pub fn parse_operation(op: names::PullThrough, input: &Input) -> Result<PullThroughOp, ApiError> {
     let member = "ecrRepositoryPrefix";
     Ok(match op {
-        "CreatePullThroughCacheRule" => {
+        names::PullThrough::CreatePullThroughCacheRule => {
             let ecr_repository_prefix = prefix(input.str(member)?, member)?;
             let upstream_registry_url = input.required_str("upstreamRegistryUrl")?.to_owned();
             let upstream = upstream_base(&upstream_registry_url)?;
@@ -157,7 +139,7 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<PullThroughOp, ApiErro
             if let Some(r) = &upstream_registry {
                 if !UPSTREAM_REGISTRIES.contains(&r.as_str()) {
                     return Err(ApiError::new(
-                        "UnsupportedUpstreamRegistryException",
+                        EcrException::UnsupportedUpstreamRegistry,
                         format!("The upstream registry '{r}' is not supported"),
                     ));
                 }
@@ -182,7 +164,7 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<PullThroughOp, ApiErro
                 updated_at_ms: 0,
             })
         }
-        "DescribePullThroughCacheRules" => {
+        names::PullThrough::DescribePullThroughCacheRules => {
             let prefixes = match input.list("ecrRepositoryPrefixes")? {
                 None => None,
                 Some(list) => {
@@ -207,11 +189,13 @@ pub fn parse_operation(op: &str, input: &Input) -> Result<PullThroughOp, ApiErro
             }
             PullThroughOp::Describe(prefixes, input.page(1000)?)
         }
-        "UpdatePullThroughCacheRule" => {
+        names::PullThrough::UpdatePullThroughCacheRule => {
             PullThroughOp::Update(prefix(input.str(member)?, member)?, credential_arn(input)?, custom_role_arn(input)?)
         }
-        "DeletePullThroughCacheRule" => PullThroughOp::Delete(prefix(input.str(member)?, member)?),
-        _ => PullThroughOp::Validate(prefix(input.str(member)?, member)?),
+        names::PullThrough::DeletePullThroughCacheRule => PullThroughOp::Delete(prefix(input.str(member)?, member)?),
+        names::PullThrough::ValidatePullThroughCacheRule => {
+            PullThroughOp::Validate(prefix(input.str(member)?, member)?)
+        }
     })
 }
 
@@ -228,7 +212,7 @@ pub async fn run(ctx: &ApiContext<'_>, op: PullThroughOp) -> Result<Value, ApiEr
 
 fn not_found(ctx: &ApiContext<'_>, prefix: &str) -> ApiError {
     ApiError::new(
-        "PullThroughCacheRuleNotFoundException",
+        EcrException::PullThroughCacheRuleNotFound,
         format!(
             "The pull through cache rule with prefix '{prefix}' does not exist in the registry with id '{}'",
             ctx.registry_id
@@ -256,7 +240,7 @@ fn overlaps(a: &str, b: &str) -> bool {
 fn check_secret(ctx: &ApiContext<'_>, record: &RuleRecord) -> Result<(), ApiError> {
     match record.secret_name() {
         Some(name) if ctx.registry.proxy().secret(name).is_none() => Err(ApiError::new(
-            "SecretNotFoundException",
+            EcrException::SecretNotFound,
             format!("The secret '{name}' was not found: add it to [[pull_through_secrets]] in Ferry's config"),
         )),
         _ => Ok(()),
@@ -312,7 +296,7 @@ async fn all_rules(ctx: &ApiContext<'_>) -> Result<Vec<RuleRecord>, ApiError> {
 async fn create(ctx: &ApiContext<'_>, mut record: RuleRecord) -> Result<Value, ApiError> {
     if !ctx.registry.proxy().allows_upstream(&record.upstream) {
         return Err(ApiError::new(
-            "UnsupportedUpstreamRegistryException",
+            EcrException::UnsupportedUpstreamRegistry,
             format!(
                 "The upstream registry {} is not allowed here: add its host to pull_through_api.allowed_upstreams in Ferry's config",
                 record.upstream_registry_url
@@ -332,7 +316,7 @@ async fn create(ctx: &ApiContext<'_>, mut record: RuleRecord) -> Result<Value, A
             for existing in taken {
                 if existing == &prefix {
                     return Err(ApiError::new(
-                        "PullThroughCacheRuleAlreadyExistsException",
+                        EcrException::PullThroughCacheRuleAlreadyExists,
                         format!(
                             "A pull through cache rule with prefix '{prefix}' already exists in the registry with id '{}'",
                             ctx.registry_id
@@ -348,7 +332,7 @@ async fn create(ctx: &ApiContext<'_>, mut record: RuleRecord) -> Result<Value, A
             }
             if rules.len().saturating_add(configured.len()) >= MAX_RULES {
                 return Err(ApiError::new(
-                    "LimitExceededException",
+                    EcrException::LimitExceeded,
                     format!("The registry already has the most pull through cache rules allowed ({MAX_RULES})"),
                 ));
             }

@@ -5,6 +5,7 @@
 //! stored for the replication destination side, which reads it when another account's
 //! replicator pushes.
 
+use super::EcrException;
 use super::{ApiContext, ApiError, Input};
 use crate::auth::policy::{Policy, PolicyKind};
 use serde_json::{json, Value};
@@ -29,7 +30,7 @@ pub fn parse(input: &Input) -> Result<String, ApiError> {
 
 fn not_found(ctx: &ApiContext<'_>) -> ApiError {
     ApiError::new(
-        "RegistryPolicyNotFoundException",
+        EcrException::RegistryPolicyNotFound,
         format!("Registry policy does not exist in the registry with id '{}'", ctx.registry_id),
     )
 }

@@ -4,6 +4,7 @@
 //! replicates deletes, so `deleteReplication: {enabled: true}` is refused rather than ignored.
 
 use super::images::ImageIdentifier;
+use super::operations::names;
 use super::{registry_policy, ApiContext, ApiError, Input, Operation};
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::registry::Repo;
@@ -26,47 +27,18 @@ fn string<'a>(v: &'a Value, member: &str) -> Result<&'a str, ApiError> {
     v.get(member).and_then(Value::as_str).ok_or_else(|| invalid(member, "Member must not be null"))
 }
 
-/// The registry-level replication operations this module parses.
-pub const OPERATIONS: [&str; 9] = [
-    "PutReplicationConfiguration",
-    "PutRegistryPolicy",
-    "GetRegistryPolicy",
-    "DeleteRegistryPolicy",
-    "DescribeImageReplicationStatus",
-    "StartReplicationBackfill",
-    "StopReplicationBackfill",
-    "DescribeReplicationBackfillResults",
-    "ListReplicationBackfills",
-];
-
 /// Parses one of the registry-level replication operations.
-pub fn parse_operation(op: &str, input: &Input) -> Result<Operation, ApiError> {
+pub fn parse_operation(op: names::Replication, input: &Input) -> Result<Operation, ApiError> {
     Ok(match op {
-        "PutReplicationConfiguration" => Operation::PutReplicationConfiguration(parse(input)?),
-        "PutRegistryPolicy" => Operation::PutRegistryPolicy(registry_policy::parse(input)?),
-        "GetRegistryPolicy" => Operation::GetRegistryPolicy,
-        "StartReplicationBackfill"
-        | "StopReplicationBackfill"
-        | "DescribeReplicationBackfillResults"
-        | "ListReplicationBackfills" => super::backfill::parse_operation(op, input)?,
-        "DescribeImageReplicationStatus" => {
+        names::Replication::PutReplicationConfiguration => Operation::PutReplicationConfiguration(parse(input)?),
+        names::Replication::PutRegistryPolicy => Operation::PutRegistryPolicy(registry_policy::parse(input)?),
+        names::Replication::GetRegistryPolicy => Operation::GetRegistryPolicy,
+        names::Replication::DescribeImageReplicationStatus => {
             let name = super::repositories::repository_name(input, "repositoryName")?;
             Operation::DescribeImageReplicationStatus(name, image_id(input)?)
         }
-        _ => Operation::DeleteRegistryPolicy,
+        names::Replication::DeleteRegistryPolicy => Operation::DeleteRegistryPolicy,
     })
-}
-
-/// Runs one of them.
-pub async fn run(ctx: &ApiContext<'_>, op: Operation) -> Result<Value, ApiError> {
-    match op {
-        Operation::PutReplicationConfiguration(config) => put(ctx, config).await,
-        Operation::PutRegistryPolicy(text) => registry_policy::put(ctx, text).await,
-        Operation::GetRegistryPolicy => registry_policy::get(ctx, false).await,
-        Operation::DeleteRegistryPolicy => registry_policy::get(ctx, true).await,
-        Operation::DescribeImageReplicationStatus(name, image) => image_status(ctx, &name, &image).await,
-        other => Err(ApiError::server(format!("{} is not a replication operation", other.name()))),
-    }
 }
 
 /// Reads `imageId` for `DescribeImageReplicationStatus`: a digest, a tag, or both.
@@ -84,7 +56,11 @@ fn image_id(input: &Input) -> Result<ImageIdentifier, ApiError> {
 
 /// `DescribeImageReplicationStatus`: the image's status at each destination it was recorded
 /// for (none when it was pushed before replication was configured).
-async fn image_status(ctx: &ApiContext<'_>, name: &RepositoryName, image: &ImageIdentifier) -> Result<Value, ApiError> {
+pub async fn image_status(
+    ctx: &ApiContext<'_>,
+    name: &RepositoryName,
+    image: &ImageIdentifier,
+) -> Result<Value, ApiError> {
     let registry = ctx.registry;
     if registry.repository_settings(name).await?.is_none() {
         return Err(super::repositories::not_found(ctx, name));

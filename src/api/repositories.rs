@@ -1,6 +1,7 @@
 //! The repository operations: create, describe, delete, tag mutability, repository policies
 //! and resource tags, with ECR's limits, patterns and exception names.
 
+use super::EcrException;
 use super::{ApiContext, ApiError, Input, Page};
 use crate::auth::policy::{Policy, PolicyKind};
 use crate::oci::RepositoryName;
@@ -86,11 +87,11 @@ pub fn tags(input: &Input, member: &str) -> Result<Option<Vec<ResourceTag>>, Api
         let key = t.get("Key").and_then(Value::as_str);
         let value = t.get("Value").and_then(Value::as_str);
         let (Some(key), Some(value)) = (key, value) else {
-            return Err(ApiError::new("InvalidTagParameterException", "Each tag needs a Key and a Value"));
+            return Err(ApiError::new(EcrException::InvalidTagParameter, "Each tag needs a Key and a Value"));
         };
         if key.is_empty() || key.chars().count() > 128 || value.chars().count() > 256 {
             return Err(ApiError::new(
-                "InvalidTagParameterException",
+                EcrException::InvalidTagParameter,
                 "A tag key must be 1 to 128 characters and a value at most 256",
             ));
         }
@@ -108,7 +109,7 @@ pub fn merge_tags(existing: &mut Vec<ResourceTag>, new: Vec<ResourceTag>) -> Res
         }
     }
     if existing.len() > 50 {
-        return Err(ApiError::new("TooManyTagsException", "A repository can have at most 50 tags"));
+        return Err(ApiError::new(EcrException::TooManyTags, "A repository can have at most 50 tags"));
     }
     Ok(())
 }
@@ -155,7 +156,7 @@ pub fn policy_member(input: &Input, member: &str) -> Result<String, ApiError> {
 /// `RepositoryPolicyNotFoundException` in ECR's words.
 pub fn no_policy(ctx: &ApiContext<'_>, name: &RepositoryName) -> ApiError {
     ApiError::new(
-        "RepositoryPolicyNotFoundException",
+        EcrException::RepositoryPolicyNotFound,
         format!(
             "Repository policy does not exist for the repository with name '{name}' in the registry with id '{}'",
             ctx.registry_id
@@ -166,7 +167,7 @@ pub fn no_policy(ctx: &ApiContext<'_>, name: &RepositoryName) -> ApiError {
 /// `RepositoryNotFoundException` in ECR's words.
 pub fn not_found(ctx: &ApiContext<'_>, name: &RepositoryName) -> ApiError {
     ApiError::new(
-        "RepositoryNotFoundException",
+        EcrException::RepositoryNotFound,
         format!("The repository with name '{name}' does not exist in the registry with id '{}'", ctx.registry_id),
     )
 }

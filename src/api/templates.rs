@@ -3,6 +3,7 @@
 //! Storage and matching belong to [`crate::registry::templates`].
 
 use super::repositories::{merge_tags, mutability, policy_member, tags};
+use super::EcrException;
 use super::{ApiContext, ApiError, Input, Page};
 use crate::registry::repositories::{ResourceTag, TagMutability};
 use crate::registry::templates::{canonical_prefix, AppliedFor, CreationTemplate, MAX_TEMPLATES, ROOT};
@@ -199,7 +200,7 @@ pub fn describe(t: &CreationTemplate) -> Value {
 
 fn not_found(ctx: &ApiContext<'_>, prefix: &str) -> ApiError {
     ApiError::new(
-        "TemplateNotFoundException",
+        EcrException::TemplateNotFound,
         format!(
             "The repository creation template with prefix '{prefix}' does not exist in the registry with id '{}'",
             ctx.registry_id
@@ -211,7 +212,7 @@ fn not_found(ctx: &ApiContext<'_>, prefix: &str) -> ApiError {
 pub async fn create(ctx: &ApiContext<'_>, input: TemplateInput) -> Result<Value, ApiError> {
     if ctx.registry.creation_templates().await?.len() >= MAX_TEMPLATES {
         return Err(ApiError::new(
-            "LimitExceededException",
+            EcrException::LimitExceeded,
             format!("A registry can hold at most {MAX_TEMPLATES} repository creation templates"),
         ));
     }
@@ -220,7 +221,7 @@ pub async fn create(ctx: &ApiContext<'_>, input: TemplateInput) -> Result<Value,
     match ctx.registry.create_template(template).await? {
         Some(t) => Ok(json!({ "registryId": ctx.registry_id, "repositoryCreationTemplate": describe(&t) })),
         None => Err(ApiError::new(
-            "TemplateAlreadyExistsException",
+            EcrException::TemplateAlreadyExists,
             format!(
                 "A repository creation template with prefix '{}' already exists in the registry with id '{}'",
                 input.prefix, ctx.registry_id

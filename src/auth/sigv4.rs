@@ -43,19 +43,6 @@ pub enum SigV4Error {
     BodyMismatch,
 }
 
-impl SigV4Error {
-    /// ECR's exception name for this refusal.
-    pub fn exception(&self) -> &'static str {
-        match self {
-            Self::Missing => "MissingAuthenticationTokenException",
-            Self::Incomplete(_) => "IncompleteSignatureException",
-            Self::UnknownKey => "UnrecognizedClientException",
-            Self::SecretNotKnown => "AccessDeniedException",
-            Self::Malformed(_) | Self::Expired(_) | Self::Mismatch | Self::BodyMismatch => "InvalidSignatureException",
-        }
-    }
-}
-
 /// The parts of `Authorization: AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizationV4 {
@@ -451,7 +438,6 @@ mod tests {
                 e,
                 SigV4Error::Malformed(format!("'{name}' must be a 'SignedHeader' in the AWS Authorization."))
             );
-            assert_eq!(e.exception(), "InvalidSignatureException");
         }
         // A date that is not signed, or not there.
         let e = check(&sign_ecr(&base, &["x-amz-date"], body, "s3cr3t")).unwrap_err();
@@ -461,7 +447,7 @@ mod tests {
             .filter(|(n, _)| !n.eq_ignore_ascii_case("x-amz-date"))
             .collect();
         let e = check(&no_date).unwrap_err();
-        assert_eq!(e.exception(), "IncompleteSignatureException");
+        assert!(matches!(e, SigV4Error::Incomplete(_)), "{e:?}");
         // A captured request replayed with another target: the signature no longer matches.
         let mut replayed = sign_ecr(&base, &[], body, "s3cr3t");
         for (n, v) in &mut replayed {

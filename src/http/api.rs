@@ -3,7 +3,7 @@
 //! `X-Amzn-ErrorType` and `x-amzn-RequestId`. The operations themselves live in `api/`.
 
 use super::{full, App, Body};
-use crate::api::{ApiContext, ApiError, Operation};
+use crate::api::{ApiContext, ApiError, EcrException, Operation};
 use crate::auth::sigv4::{self, SigV4Error};
 use crate::auth::Principal;
 use bytes::{Bytes, BytesMut};
@@ -66,7 +66,7 @@ pub async fn serve(
         }
         Err(e) => {
             if e.status() >= 500 {
-                tracing::warn!(operation = name, kind = e.kind, error = %e.message, "API request failed");
+                tracing::warn!(operation = name, kind = e.kind.as_str(), error = %e.message, "API request failed");
             }
             let body = e.to_body();
             let mut resp = Response::builder()
@@ -76,9 +76,7 @@ pub async fn serve(
                 .header("x-amzn-RequestId", &request_id)
                 .body(full(Bytes::from(body)))
                 .unwrap_or_default();
-            if let Ok(v) = HeaderValue::from_str(e.kind) {
-                resp.headers_mut().insert("X-Amzn-ErrorType", v);
-            }
+            resp.headers_mut().insert("X-Amzn-ErrorType", HeaderValue::from_static(e.kind.as_str()));
             resp
         }
     };
@@ -93,7 +91,7 @@ struct Served {
 
 /// `ThrottlingException` (which the SDKs retry) for a request refused for load.
 fn throttled(message: &str) -> ApiError {
-    ApiError::new("ThrottlingException", message)
+    ApiError::new(EcrException::Throttling, message)
 }
 
 /// The body's size limit for an operation.
@@ -120,7 +118,7 @@ async fn authenticate_and_read(
     let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let too_large = || -> Result<(), ApiError> {
         match declared.is_some_and(|n| n > limit as u64) {
-            true => Err(ApiError::new("SerializationException", "the request body is too large")),
+            true => Err(ApiError::new(EcrException::Serialization, "the request body is too large")),
             false => Ok(()),
         }
     };
@@ -221,11 +219,11 @@ async fn run(
     };
     let registry_id = auth.map_or("000000000000", |a| a.registry_id.as_str());
     let region = auth.map_or("us-east-1", |a| a.region.as_str());
-    let op = match Operation::parse(&target, &body, registry_id, region) {
-        Ok(op) => op,
+    let (op_name, op) = match Operation::parse(&target, &body, registry_id, region) {
+        Ok(parsed) => parsed,
         Err(e) => return ("api", Err(e)),
     };
-    let name = op.name();
+    let name = op_name.as_str();
     let first = op.accesses().into_iter().next();
     let audit = |who: String, outcome, result: &Result<serde_json::Value, ApiError>| {
         let first = first.clone();
@@ -246,7 +244,7 @@ async fn run(
         audit(super::principal_arn(&principal), crate::events::Outcome::Denied, &refused);
         return (name, refused);
     }
-    let audited = op.audited();
+    let audited = op_name.audited();
     let who = super::principal_arn(&principal);
     let host = parts.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
     let proxy_endpoint = match auth.map(|a| a.public_url.as_str()) {
@@ -291,7 +289,16 @@ fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
 
 /// A signature refusal as ECR answers it.
 fn signature_error(e: &SigV4Error) -> ApiError {
-    ApiError::new(e.exception(), e.to_string())
+    let kind = match e {
+        SigV4Error::Missing => EcrException::MissingAuthenticationToken,
+        SigV4Error::Incomplete(_) => EcrException::IncompleteSignature,
+        SigV4Error::UnknownKey => EcrException::UnrecognizedClient,
+        SigV4Error::SecretNotKnown => EcrException::AccessDenied,
+        SigV4Error::Malformed(_) | SigV4Error::Expired(_) | SigV4Error::Mismatch | SigV4Error::BodyMismatch => {
+            EcrException::InvalidSignature
+        }
+    };
+    ApiError::new(kind, e.to_string())
 }
 
 /// Reads a body of at most `limit` bytes, cut off when it delivers nothing for `idle` or is
@@ -305,10 +312,10 @@ async fn read_body(body: Incoming, limit: usize, idle: std::time::Duration) -> R
     let read = async {
         let mut buf = BytesMut::with_capacity(announced);
         while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::new("SerializationException", format!("the request body failed: {e}")))?;
+            let chunk = chunk
+                .map_err(|e| ApiError::new(EcrException::Serialization, format!("the request body failed: {e}")))?;
             if buf.len().saturating_add(chunk.len()) > limit {
-                return Err(ApiError::new("SerializationException", "the request body is too large"));
+                return Err(ApiError::new(EcrException::Serialization, "the request body is too large"));
             }
             buf.extend_from_slice(&chunk);
         }
@@ -317,7 +324,7 @@ async fn read_body(body: Incoming, limit: usize, idle: std::time::Duration) -> R
     match tokio::time::timeout(BODY_DEADLINE, read).await {
         Ok(read) => read,
         Err(_) => Err(ApiError::new(
-            "SerializationException",
+            EcrException::Serialization,
             format!("the request body did not arrive within {} s", BODY_DEADLINE.as_secs()),
         )),
     }
@@ -328,7 +335,7 @@ async fn authorize(app: &App, principal: &Principal, op: &Operation, client: std
     let policies = super::repository_policies(app, &accesses).await?;
     match super::decide(app, principal, &accesses, client, &|_| None, &policies) {
         Ok(()) => Ok(()),
-        Err(crate::auth::Refusal::ReadOnly(reason)) => Err(ApiError::new("AccessDeniedException", reason)),
+        Err(crate::auth::Refusal::ReadOnly(reason)) => Err(ApiError::new(EcrException::AccessDenied, reason)),
         Err(crate::auth::Refusal::NotAuthorized { action, resource }) => {
             app.metrics.auth.denials.with_label_values(&[action.as_str()]).inc();
             let arn = match principal {
@@ -336,7 +343,7 @@ async fn authorize(app: &App, principal: &Principal, op: &Operation, client: std
                 Principal::Anonymous => "anonymous".into(),
             };
             Err(ApiError::new(
-                "AccessDeniedException",
+                EcrException::AccessDenied,
                 format!("User: {arn} is not authorized to perform: {} on resource: {resource}", action.as_str()),
             ))
         }
