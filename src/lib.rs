@@ -99,3 +99,96 @@ pub use commands::{
     collect_garbage, collect_garbage_with_clock, issue_token, replication_backfill, run_lifecycle, usage,
 };
 pub use server::{open_storage, start, start_with_clock, RunningServer};
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// The top-level modules each module names (`crate::x`), outside comments and tests.
+    fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files: BTreeMap<String, Vec<std::path::PathBuf>> = BTreeMap::new();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                let mut stack = vec![path.clone()];
+                while let Some(dir) = stack.pop() {
+                    for e in std::fs::read_dir(dir).unwrap() {
+                        let p = e.unwrap().path();
+                        if p.is_dir() {
+                            stack.push(p);
+                        } else if p.extension().is_some_and(|x| x == "rs") {
+                            files.entry(name.clone()).or_default().push(p);
+                        }
+                    }
+                }
+            } else if path.extension().is_some_and(|x| x == "rs") && name != "lib" && name != "main" {
+                files.entry(name).or_default().push(path);
+            }
+        }
+        let modules: BTreeSet<String> = files.keys().cloned().collect();
+        let mut graph = BTreeMap::new();
+        for (module, paths) in &files {
+            let mut named = BTreeSet::new();
+            for p in paths {
+                let text = std::fs::read_to_string(p).unwrap();
+                let text = text.split("#[cfg(test)]").next().unwrap_or("");
+                for line in text.lines().map(|l| l.split("//").next().unwrap_or("")) {
+                    for (i, _) in line.match_indices("crate::") {
+                        let rest = &line[i + 7..];
+                        let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+                        named.insert(rest[..end].to_owned());
+                    }
+                    if let Some(group) = line.split("use crate::{").nth(1) {
+                        for item in group.split([',', '}']) {
+                            named.insert(item.trim().split("::").next().unwrap_or("").to_owned());
+                        }
+                    }
+                }
+            }
+            named.retain(|n| modules.contains(n) && n != module);
+            graph.insert(module.clone(), named);
+        }
+        graph
+    }
+
+    /// Dependencies point down: no cycle between top-level modules; the ground floor (storage,
+    /// oci, config, clock, metrics) names nothing above it; the registry names no feature.
+    #[test]
+    fn the_module_graph_points_down() {
+        let graph = module_graph();
+        fn reaches(
+            graph: &BTreeMap<String, BTreeSet<String>>,
+            from: &str,
+            to: &str,
+            seen: &mut BTreeSet<String>,
+        ) -> bool {
+            graph
+                .get(from)
+                .into_iter()
+                .flatten()
+                .any(|n| n == to || (seen.insert(n.clone()) && reaches(graph, n, to, seen)))
+        }
+        for module in graph.keys() {
+            assert!(
+                !reaches(&graph, module, module, &mut BTreeSet::new()),
+                "{module} is on a dependency cycle: {graph:?}"
+            );
+        }
+        let ground = ["storage", "oci", "config", "clock", "metrics"];
+        for g in ground {
+            for n in &graph[g] {
+                assert!(ground.contains(&n.as_str()) || n == "worker", "{g} names {n}, above it");
+            }
+        }
+        for n in &graph["registry"] {
+            assert!(
+                !["replication", "events", "lifecycle", "auth", "api", "http", "gc", "server", "commands"]
+                    .contains(&n.as_str()),
+                "the registry names {n}"
+            );
+        }
+    }
+}
