@@ -132,6 +132,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         registry: registry.clone(),
         replication: services.replication.clone(),
         audit: services.audit.clone(),
+        rules: services.rules.clone(),
         policies: auth::policy::ParsedPolicies::default(),
         metrics: metrics.clone(),
         limits: http::limits::RequestLimits::new(
@@ -235,7 +236,7 @@ fn spawn_workers(
             Err(e) => tracing::error!(error = %e, "webhook deliveries not started"),
         }
     }
-    let rules = registry::pull_through_rules::RuleRefresh::new(registry.clone());
+    let rules = proxy::rules::RuleRefresh::new(services.rules.clone());
     tasks.push(tokio::spawn(worker::run(Box::new(rules), metrics.clone(), shutdown_rx.clone())));
     if config.gc.enabled {
         let collector = gc::Collector::new(
@@ -310,6 +311,8 @@ pub(crate) struct Services {
     pub(crate) audit: Arc<events::Audit>,
     pub(crate) replication: Arc<replication::store::ReplicationStore>,
     pub(crate) webhooks: Arc<events::webhook_queue::WebhookQueue>,
+    /// The pull-through rules created through the API.
+    pub(crate) rules: Arc<proxy::rules::RuleStore>,
 }
 
 impl Services {
@@ -330,12 +333,13 @@ impl Services {
         let webhooks =
             Arc::new(events::webhook_queue::WebhookQueue::new(storage.clone(), clock.clone(), config.webhooks.clone()));
         let outbox = registry::outbox::Outbox::new(vec![replication.clone(), webhooks.clone()]);
+        let rules = Arc::new(proxy::rules::RuleStore::new(storage.clone(), proxy.clone()));
+        // Rules created through the ECR API are in force before the first request.
+        rules.refresh().await.map_err(|e| std::io::Error::other(e.to_string()))?;
         let registry = Arc::new(
             registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock).with_outbox(outbox),
         );
-        // Rules created through the ECR API are in force before the first request.
-        registry.refresh_pull_through_rules().await.map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(Self { registry, audit: Arc::new(audit), replication, webhooks })
+        Ok(Self { registry, audit: Arc::new(audit), replication, webhooks, rules })
     }
 }
 

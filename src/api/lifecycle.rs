@@ -160,7 +160,7 @@ pub async fn start_preview(
     };
     let parsed = policy::parse(&text).map_err(|e| ApiError::invalid("LifecyclePolicyText", e))?;
     let now_ms = reg.clock().now_ms();
-    let mode = match reg.lifecycle_preview(&name).await? {
+    let mode = match crate::lifecycle::previews::get(reg.storage_handle().as_ref(), &name).await? {
         Some((bytes, version)) => {
             let running = serde_json::from_slice::<PreviewRecord>(&bytes)
                 .is_ok_and(|r| r.status == "IN_PROGRESS" && now_ms.saturating_sub(r.started_at_ms) < PREVIEW_STALE_MS);
@@ -173,11 +173,12 @@ pub async fn start_preview(
     };
     let record =
         PreviewRecord { status: "IN_PROGRESS".into(), policy: text.clone(), started_at_ms: now_ms, results: vec![] };
-    let version = match reg.put_lifecycle_preview(&name, encode(&record)?, mode).await {
-        Ok(v) => v,
-        Err(crate::registry::Error::Storage(crate::storage::Error::Conflict)) => return Err(in_progress(&name)),
-        Err(e) => return Err(e.into()),
-    };
+    let version =
+        match crate::lifecycle::previews::put(reg.storage_handle().as_ref(), &name, encode(&record)?, mode).await {
+            Ok(v) => v,
+            Err(crate::storage::Error::Conflict) => return Err(in_progress(&name)),
+            Err(e) => return Err(e.into()),
+        };
     let planned = lifecycle::plan(reg, &name, &parsed, now_ms).await;
     let done = match planned {
         Ok(results) => PreviewRecord { status: "COMPLETE".into(), results, ..record },
@@ -187,7 +188,8 @@ pub async fn start_preview(
         }
     };
     let status = done.status.clone();
-    reg.put_lifecycle_preview(&name, encode(&done)?, PutMode::Update(version)).await?;
+    crate::lifecycle::previews::put(reg.storage_handle().as_ref(), &name, encode(&done)?, PutMode::Update(version))
+        .await?;
     Ok(json!({
         "registryId": ctx.registry_id, "repositoryName": name.as_str(), "lifecyclePolicyText": text, "status": status,
     }))
@@ -217,7 +219,7 @@ pub async fn get_preview(ctx: &ApiContext<'_>, name: RepositoryName, query: Prev
             ),
         )
     };
-    let (bytes, _) = reg.lifecycle_preview(&name).await?.ok_or_else(none)?;
+    let (bytes, _) = crate::lifecycle::previews::get(reg.storage_handle().as_ref(), &name).await?.ok_or_else(none)?;
     let record: PreviewRecord = serde_json::from_slice(&bytes).map_err(|_| none())?;
     let now_ms = reg.clock().now_ms();
     let status = if record.status == "IN_PROGRESS" && now_ms.saturating_sub(record.started_at_ms) >= PREVIEW_STALE_MS {

@@ -41,6 +41,8 @@ pub struct ApiContext<'a> {
     pub registry: &'a Registry,
     /// Replication's records (configuration, registry policy, statuses, backfills).
     pub replication: &'a crate::replication::store::ReplicationStore,
+    /// The pull-through rules created through the API, and the proxy they are in force in.
+    pub rules: &'a crate::proxy::rules::RuleStore,
     /// Who signed the request.
     pub principal: &'a Principal,
     /// Access control, when on (it issues registry passwords).

@@ -221,7 +221,7 @@ fn not_found(ctx: &ApiContext<'_>, prefix: &str) -> ApiError {
 }
 
 fn in_config(ctx: &ApiContext<'_>, prefix: &str) -> bool {
-    ctx.registry.proxy().configured().iter().any(|r| r.prefix.as_str() == prefix)
+    ctx.rules.proxy().configured().iter().any(|r| r.prefix.as_str() == prefix)
 }
 
 fn config_only(prefix: &str) -> ApiError {
@@ -239,7 +239,7 @@ fn overlaps(a: &str, b: &str) -> bool {
 
 fn check_secret(ctx: &ApiContext<'_>, record: &RuleRecord) -> Result<(), ApiError> {
     match record.secret_name() {
-        Some(name) if ctx.registry.proxy().secret(name).is_none() => Err(ApiError::new(
+        Some(name) if ctx.rules.proxy().secret(name).is_none() => Err(ApiError::new(
             EcrException::SecretNotFound,
             format!("The secret '{name}' was not found: add it to [[pull_through_secrets]] in Ferry's config"),
         )),
@@ -274,7 +274,7 @@ fn shown(ctx: &ApiContext<'_>, r: &RuleRecord) -> Value {
 /// Every rule: the config file's, then the stored ones.
 async fn all_rules(ctx: &ApiContext<'_>) -> Result<Vec<RuleRecord>, ApiError> {
     let mut all: Vec<RuleRecord> = ctx
-        .registry
+        .rules
         .proxy()
         .configured()
         .iter()
@@ -289,12 +289,12 @@ async fn all_rules(ctx: &ApiContext<'_>) -> Result<Vec<RuleRecord>, ApiError> {
             updated_at_ms: 0,
         })
         .collect();
-    all.extend(ctx.registry.stored_pull_through_rules().await?);
+    all.extend(ctx.rules.stored().await?);
     Ok(all)
 }
 
 async fn create(ctx: &ApiContext<'_>, mut record: RuleRecord) -> Result<Value, ApiError> {
-    if !ctx.registry.proxy().allows_upstream(&record.upstream) {
+    if !ctx.rules.proxy().allows_upstream(&record.upstream) {
         return Err(ApiError::new(
             EcrException::UnsupportedUpstreamRegistry,
             format!(
@@ -308,10 +308,10 @@ async fn create(ctx: &ApiContext<'_>, mut record: RuleRecord) -> Result<Value, A
     record.created_at_ms = now;
     record.updated_at_ms = now;
     let prefix = record.ecr_repository_prefix.clone();
-    let configured: Vec<String> = ctx.registry.proxy().configured().iter().map(|r| r.prefix.to_string()).collect();
+    let configured: Vec<String> = ctx.rules.proxy().configured().iter().map(|r| r.prefix.to_string()).collect();
     let new = record.clone();
-    ctx.registry
-        .update_pull_through_rules(|rules| {
+    ctx.rules
+        .update(|rules| {
             let taken = configured.iter().chain(rules.iter().map(|r| &r.ecr_repository_prefix));
             for existing in taken {
                 if existing == &prefix {
@@ -379,8 +379,8 @@ async fn update(
     check_secret(ctx, &probe)?;
     let now = ctx.registry.now_ms();
     let updated = ctx
-        .registry
-        .update_pull_through_rules(|rules| {
+        .rules
+        .update(|rules| {
             let rule =
                 rules.iter_mut().find(|r| r.ecr_repository_prefix == prefix).ok_or_else(|| not_found(ctx, prefix))?;
             rule.credential_arn.clone_from(&credential);
@@ -417,8 +417,8 @@ async fn delete(ctx: &ApiContext<'_>, prefix: &str) -> Result<Value, ApiError> {
         return Err(config_only(prefix));
     }
     let removed = ctx
-        .registry
-        .update_pull_through_rules(|rules| {
+        .rules
+        .update(|rules| {
             let at =
                 rules.iter().position(|r| r.ecr_repository_prefix == prefix).ok_or_else(|| not_found(ctx, prefix))?;
             Ok::<_, ApiError>(rules.remove(at))
@@ -436,7 +436,7 @@ async fn delete(ctx: &ApiContext<'_>, prefix: &str) -> Result<Value, ApiError> {
 /// Asks the upstream's `/v2/` with the rule's credentials.
 async fn validate(ctx: &ApiContext<'_>, prefix: &str) -> Result<Value, ApiError> {
     let rule = ctx
-        .registry
+        .rules
         .proxy()
         .rules()
         .into_iter()

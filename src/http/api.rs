@@ -254,6 +254,7 @@ async fn run(
     let ctx = ApiContext {
         registry: &app.registry,
         replication: &app.replication,
+        rules: &app.rules,
         principal: &principal,
         authenticator: auth.map(|a| a.authenticator.as_ref()),
         registry_id,

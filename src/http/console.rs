@@ -73,9 +73,15 @@ fn size(bytes: u64) -> String {
 }
 
 /// Serves a console path (under `/console`), with the query's `after` for paging.
-pub async fn page(registry: &Registry, replication: &ReplicationStore, path: &str, query: Option<&str>) -> Page {
+pub async fn page(
+    registry: &Registry,
+    replication: &ReplicationStore,
+    proxy: &crate::proxy::Proxy,
+    path: &str,
+    query: Option<&str>,
+) -> Page {
     let result = match path.strip_prefix("/console").unwrap_or("") {
-        "" | "/" => index(registry, replication, query).await,
+        "" | "/" => index(registry, replication, proxy, query).await,
         rest => match rest.strip_prefix("/repositories/").and_then(|n| RepositoryName::parse(n).ok()) {
             Some(name) => repository(registry, replication, &name).await,
             None => Ok(Page { status: 404, html: document("Not found", "<p>No such page.</p>") }),
@@ -90,6 +96,7 @@ pub async fn page(registry: &Registry, replication: &ReplicationStore, path: &st
 async fn index(
     registry: &Registry,
     replication: &ReplicationStore,
+    proxy: &crate::proxy::Proxy,
     query: Option<&str>,
 ) -> crate::registry::Result<Page> {
     let after = query
@@ -117,8 +124,8 @@ async fn index(
         let _ = write!(body, "<p><a href=\"/console?after={}\">Next page</a></p>", escape(&next));
     }
     body.push_str("<h2>Pull-through cache rules</h2><table><tr><th>Prefix</th><th>Upstream</th><th>From</th></tr>");
-    let configured: Vec<String> = registry.proxy().configured().iter().map(|r| r.prefix.to_string()).collect();
-    for rule in registry.proxy().rules() {
+    let configured: Vec<String> = proxy.configured().iter().map(|r| r.prefix.to_string()).collect();
+    for rule in proxy.rules() {
         let from = if configured.contains(&rule.prefix.to_string()) { "config file" } else { "ECR API" };
         let _ = write!(
             body,

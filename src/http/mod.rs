@@ -45,6 +45,8 @@ pub struct App {
     pub replication: Arc<crate::replication::store::ReplicationStore>,
     /// The audit trail.
     pub audit: Arc<crate::events::Audit>,
+    /// The pull-through rules created through the API.
+    pub rules: Arc<crate::proxy::rules::RuleStore>,
     /// Resource policies, parsed once per text.
     pub policies: crate::auth::policy::ParsedPolicies,
     /// Metrics.
@@ -479,7 +481,7 @@ pub async fn serve_admin(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     if path == "/console" || path.starts_with("/console/") {
-        let page = console::page(&app.registry, &app.replication, path, req.uri().query()).await;
+        let page = console::page(&app.registry, &app.replication, app.rules.proxy(), path, req.uri().query()).await;
         let resp = Response::builder()
             .status(StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK))
             .header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")

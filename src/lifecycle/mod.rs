@@ -15,6 +15,7 @@
 pub mod evaluate;
 pub mod evict;
 pub mod policy;
+pub mod previews;
 pub mod worker;
 
 pub use worker::LifecycleWorker;

@@ -4,6 +4,7 @@
 //! to every waiting client and into storage at once. Knows nothing of how storage is laid out.
 
 pub mod fill;
+pub mod rules;
 pub mod upstream;
 
 use crate::config::{PullThroughApiConfig, PullThroughRule, UpstreamSecret};

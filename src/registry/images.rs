@@ -104,23 +104,3 @@ impl Registry {
         Ok(true)
     }
 }
-
-impl Registry {
-    /// The repository's last lifecycle preview record (opaque to the registry), with its version.
-    pub async fn lifecycle_preview(
-        &self,
-        name: &RepositoryName,
-    ) -> Result<Option<(bytes::Bytes, crate::storage::Version)>> {
-        Ok(self.storage.record_get_versioned(&Key::lifecycle_preview(name)).await?)
-    }
-
-    /// Writes the preview record conditionally (`Conflict` when another writer got there first).
-    pub async fn put_lifecycle_preview(
-        &self,
-        name: &RepositoryName,
-        record: bytes::Bytes,
-        mode: crate::storage::PutMode,
-    ) -> Result<crate::storage::Version> {
-        Ok(self.storage.record_put_if(&Key::lifecycle_preview(name), record, mode).await?)
-    }
-}

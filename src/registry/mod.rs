@@ -7,7 +7,6 @@ pub mod images;
 mod manifests;
 pub mod outbox;
 mod pull_through;
-pub mod pull_through_rules;
 pub mod pulls;
 pub mod purge;
 pub mod repositories;

@@ -4,9 +4,8 @@
 //! by the one that wrote, within [`RULE_REFRESH`] by the others ([`RuleRefresh`]). The config
 //! file's rules are the proxy's own and never stored. Knows nothing of ECR's wire format.
 
-use super::{Error, Registry, Result};
-use crate::proxy::RuleRecord;
-use crate::storage::Key;
+use super::{Proxy, RuleRecord};
+use crate::storage::{self, records, Key, Storage};
 use crate::worker::{Worker, WorkerError, WorkerState};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -21,55 +20,68 @@ struct StoredRules {
     rules: Vec<RuleRecord>,
 }
 
-fn decode_rules(bytes: &[u8]) -> Result<Vec<RuleRecord>> {
-    super::manifests::decode::<StoredRules>(bytes).map(|s| s.rules)
+/// The stored rules, and the proxy they are put in force in.
+pub struct RuleStore {
+    storage: Arc<dyn Storage>,
+    proxy: Arc<Proxy>,
 }
 
-impl Registry {
+impl RuleStore {
+    /// The rules in `storage`, for `proxy`.
+    pub fn new(storage: Arc<dyn Storage>, proxy: Arc<Proxy>) -> Self {
+        Self { storage, proxy }
+    }
+
+    /// The pull-through rules in force and their upstream clients.
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
     /// The rules created through the API, as stored now.
-    pub async fn stored_pull_through_rules(&self) -> Result<Vec<RuleRecord>> {
-        match self.storage.record_get_versioned(&Key::pull_through_rules()).await? {
-            Some((bytes, _)) => decode_rules(&bytes),
-            None => Ok(Vec::new()),
-        }
+    pub async fn stored(&self) -> storage::Result<Vec<RuleRecord>> {
+        Ok(records::get::<StoredRules>(self.storage.as_ref(), &Key::pull_through_rules())
+            .await?
+            .unwrap_or_default()
+            .rules)
     }
 
     /// Changes the stored rules with `change` (retried on a racing write, so it must only
     /// look at what it is given), then puts them in force here at once.
-    pub async fn update_pull_through_rules<T, E: From<Error>>(
+    pub async fn update<T, E: From<storage::Error>>(
         &self,
         change: impl Fn(&mut Vec<RuleRecord>) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        let (stored, out) = self
-            .update_record(&Key::pull_through_rules(), |stored: &mut StoredRules| change(&mut stored.rules))
-            .await?;
+        let (stored, out) =
+            records::update(self.storage.as_ref(), &Key::pull_through_rules(), |s: &mut StoredRules| {
+                change(&mut s.rules)
+            })
+            .await
+            .map_err(|e| match e {
+                records::UpdateError::Storage(e) => E::from(e),
+                records::UpdateError::Refused(e) => e,
+            })?;
         self.proxy.set_stored(&stored.rules);
         Ok(out)
     }
 
     /// Reads the stored rules into the proxy.
-    pub async fn refresh_pull_through_rules(&self) -> Result<()> {
-        let rules = self.stored_pull_through_rules().await?;
+    pub async fn refresh(&self) -> storage::Result<()> {
+        let rules = self.stored().await?;
         self.proxy.set_stored(&rules);
         Ok(())
-    }
-
-    /// The pull-through rules and their upstream clients.
-    pub fn proxy(&self) -> &crate::proxy::Proxy {
-        &self.proxy
     }
 }
 
 /// Keeps this replica's rules in step with what other replicas stored.
 pub struct RuleRefresh {
-    registry: Arc<Registry>,
+    rules: Arc<RuleStore>,
     last: String,
 }
 
 impl RuleRefresh {
-    /// A refresher for `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry, last: String::new() }
+    /// A refresher of `rules`.
+    pub fn new(rules: Arc<RuleStore>) -> Self {
+        Self { rules, last: String::new() }
     }
 }
 
@@ -84,8 +96,8 @@ impl Worker for RuleRefresh {
     }
 
     async fn work(&mut self) -> std::result::Result<WorkerState, WorkerError> {
-        self.registry.refresh_pull_through_rules().await?;
-        self.last = format!("{} pull-through rules in force", self.registry.proxy.rules().len());
+        self.rules.refresh().await?;
+        self.last = format!("{} pull-through rules in force", self.rules.proxy.rules().len());
         Ok(WorkerState::Idle)
     }
 
