@@ -217,8 +217,19 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 
 pub async fn push_blob(client: &Client, base: &str, repo: &str, bytes: &[u8]) -> String {
     let d = digest(bytes);
-    let resp =
-        client.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}")).body(bytes.to_vec()).send().await.unwrap();
+    // Like a client, retry what the registry says to retry (a loaded S3 server's 503, a 429):
+    // a few times, with a short backoff.
+    let mut attempt = 0u32;
+    let resp = loop {
+        let resp =
+            client.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}")).body(bytes.to_vec()).send().await.unwrap();
+        let retryable = matches!(resp.status(), StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS);
+        if !retryable || attempt >= 8 {
+            break resp;
+        }
+        attempt += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50 << attempt.min(5))).await;
+    };
     if resp.status() == StatusCode::ACCEPTED {
         // docker-registry 2.8 opens a session instead of taking the blob in the POST.
         let location = header(&resp, "location");
