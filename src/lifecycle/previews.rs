@@ -1,4 +1,4 @@
-//! Lifecycle policy previews' records (`repos/<name>/_meta/lifecycle-preview`): one per
+//! Lifecycle policy previews' records (`repos/<name>/_lifecycle-preview`): one per
 //! repository, read with its version and written conditionally, so at most one preview per
 //! repository is in progress across replicas (ECR's `LifecyclePolicyPreviewInProgressException`).
 //! The record's content is the API's; this module owns where it lives and how it is changed.
