@@ -1,5 +1,5 @@
 //! The server: builds storage, the registry and the stores of the features around it once
-//! ([`Services`]), binds the registry and admin listeners, and starts the workers. `main` and
+//! (`Services`), binds the registry and admin listeners, and starts the workers. `main` and
 //! the tests start Ferry through [`start`]. Handles no request itself; commands run beside a
 //! server are [`crate::commands`]'.
 

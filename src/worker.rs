@@ -1,6 +1,7 @@
-//! Background workers: the [`Worker`] trait every background job implements (the upload purge
-//! now; garbage collection, lifecycle, replication and webhook delivery later) and the one
-//! runner that drives them, with backoff after errors, shutdown and per-worker metrics. Jobs
+//! Background workers: the [`Worker`] trait every background job implements (the upload purge,
+//! pull flushes, pull-through rule refreshes, garbage collection, lifecycle, replication and
+//! webhook delivery) and the one runner that drives them, with backoff after errors, shutdown
+//! and per-worker metrics. Jobs
 //! that must run on one replica at a time take a [`crate::storage::lease::Lease`] in `work`.
 //! Knows nothing of HTTP or of what the jobs do.
 

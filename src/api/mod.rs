@@ -2,8 +2,9 @@
 //! and the aws CLI work with nothing but `--endpoint-url`. Parse, then dispatch: the target
 //! and body become one typed [`Operation`] with its request validated by ECR's limits; each
 //! operation says which ECR actions it needs on which resources (authorized by the same policy
-//! engine as the registry API) and runs as a thin call into the registry. Errors are
-//! `{"__type","message"}` ([`ApiError`]). Knows nothing of HTTP framing or storage layout.
+//! engine as the registry API) and runs as a thin call into the registry and the features'
+//! stores. The operations are listed once, in [`operations`]. Errors are `{"__type","message"}`
+//! ([`ApiError`], of an [`EcrException`]). Knows nothing of HTTP framing or storage layout.
 
 mod account;
 mod backfill;

@@ -1,8 +1,9 @@
-//! Who is asking and what they may do: principals, the ECR action each request needs, and the
-//! one authorization decision every request passes before any handler runs. Today every client
-//! is anonymous and may do anything except write to a pull-through repository (read-only, as in
-//! ECR); identities, tokens and IAM-style policies come in behind this same call. Knows nothing
-//! of HTTP or storage.
+//! Who is asking and what they may do: principals and credentials ([`authenticator`], [`token`],
+//! [`sigv4`], [`secrets`]), the ECR action each request needs, the IAM policy language
+//! ([`policy`]), and [`authorize`], the one decision every request passes before any handler
+//! runs (read-only repositories, identity and repository policies, a replication's claim
+//! against the registry policy). Also the checks of `[auth]` only this module can make
+//! ([`check_config`]). Knows nothing of HTTP or of how storage is laid out.
 
 pub mod authenticator;
 pub mod policy;

@@ -1,6 +1,7 @@
-//! The HTTP edge: listeners (plain, h2c, TLS), limits, graceful shutdown, routing to
-//! handlers, the admin listener, and turning errors into OCI error responses.
-//! The only module that knows hyper.
+//! The HTTP edge: listeners (plain, h2c, TLS), limits, graceful shutdown, the request pipeline
+//! (parse, `admission`, handler, count, log, audit), the ECR API's framing (`api`), the admin
+//! listener and console, and turning errors into OCI error responses. The only module that
+//! knows hyper; owns no business rule.
 
 mod admin;
 mod admission;

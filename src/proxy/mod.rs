@@ -1,7 +1,7 @@
 //! Pull-through caching: the rules that map repository names to upstream registries (those of
-//! the config file, and those created through the ECR API, which the registry stores and hands
-//! over as [`RuleRecord`]s), the upstream client, and single-flight fills that stream a blob
-//! to every waiting client and into storage at once. Knows nothing of how storage is laid out.
+//! the config file, and those created through the ECR API, kept by [`rules`] and handed over as
+//! [`RuleRecord`]s), the upstream client, and single-flight fills that stream a blob to every
+//! waiting client and into storage at once. Knows nothing of how storage is laid out.
 
 pub mod fill;
 pub mod rules;

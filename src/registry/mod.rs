@@ -1,6 +1,9 @@
-//! The registry domain: repositories, blobs, uploads, manifests, tags, catalog and referrers.
-//! Handlers call one method here; the rules (what must exist, what a digest must match) live here.
-//! Knows nothing of HTTP.
+//! The registry domain: repositories (their settings, creation templates, and ECR's registry-wide
+//! settings), blobs, uploads, manifests, tags, catalog and referrers, and pull-through reads of
+//! them. Handlers call one method here; the rules (what must exist, what a digest must match)
+//! live here. Pushes and deletes are handed to the injected [`outbox`]'s consumers; the registry
+//! names none of them. Knows nothing of HTTP, access control, replication, webhooks, lifecycle or
+//! the audit trail.
 
 mod error;
 pub mod images;

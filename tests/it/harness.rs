@@ -221,8 +221,12 @@ pub async fn push_blob(client: &Client, base: &str, repo: &str, bytes: &[u8]) ->
     // a few times, with a short backoff.
     let mut attempt = 0u32;
     let resp = loop {
-        let resp =
-            client.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}")).body(bytes.to_vec()).send().await.unwrap();
+        let resp = client
+            .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
         let retryable = matches!(resp.status(), StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS);
         if !retryable || attempt >= 8 {
             break resp;
