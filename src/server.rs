@@ -133,6 +133,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         replication: services.replication.clone(),
         audit: services.audit.clone(),
         rules: services.rules.clone(),
+        account: services.account.clone(),
         policies: auth::policy::ParsedPolicies::default(),
         metrics: metrics.clone(),
         limits: http::limits::RequestLimits::new(
@@ -313,6 +314,8 @@ pub(crate) struct Services {
     pub(crate) webhooks: Arc<events::webhook_queue::WebhookQueue>,
     /// The pull-through rules created through the API.
     pub(crate) rules: Arc<proxy::rules::RuleStore>,
+    /// ECR's registry-wide settings.
+    pub(crate) account: Arc<registry::settings::AccountStore>,
 }
 
 impl Services {
@@ -334,12 +337,13 @@ impl Services {
             Arc::new(events::webhook_queue::WebhookQueue::new(storage.clone(), clock.clone(), config.webhooks.clone()));
         let outbox = registry::outbox::Outbox::new(vec![replication.clone(), webhooks.clone()]);
         let rules = Arc::new(proxy::rules::RuleStore::new(storage.clone(), proxy.clone()));
+        let account = Arc::new(registry::settings::AccountStore::new(storage.clone()));
         // Rules created through the ECR API are in force before the first request.
         rules.refresh().await.map_err(|e| std::io::Error::other(e.to_string()))?;
         let registry = Arc::new(
             registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock).with_outbox(outbox),
         );
-        Ok(Self { registry, audit: Arc::new(audit), replication, webhooks, rules })
+        Ok(Self { registry, audit: Arc::new(audit), replication, webhooks, rules, account })
     }
 }
 

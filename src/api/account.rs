@@ -167,11 +167,11 @@ pub async fn run(ctx: &ApiContext<'_>, op: SettingsOp) -> Result<Value, ApiError
     let reg = ctx.registry;
     match op {
         SettingsOp::PutScanning(config) => {
-            reg.put_scanning_configuration(&config).await?;
+            ctx.account.put_scanning_configuration(&config).await?;
             Ok(json!({ "registryScanningConfiguration": scanning_json(&config) }))
         }
         SettingsOp::GetScanning => {
-            let config = reg.scanning_configuration().await?;
+            let config = ctx.account.scanning_configuration().await?;
             Ok(json!({ "registryId": ctx.registry_id, "scanningConfiguration": scanning_json(&config) }))
         }
         SettingsOp::PutRepositoryScanning(name, on_push) => {
@@ -190,7 +190,7 @@ pub async fn run(ctx: &ApiContext<'_>, op: SettingsOp) -> Result<Value, ApiError
             }))
         }
         SettingsOp::GetRepositoryScanning(names) => {
-            let registry_config = reg.scanning_configuration().await?;
+            let registry_config = ctx.account.scanning_configuration().await?;
             let (mut found, mut failures) = (Vec::new(), Vec::new());
             for n in names {
                 let settings = match RepositoryName::parse(&n) {
@@ -216,11 +216,11 @@ pub async fn run(ctx: &ApiContext<'_>, op: SettingsOp) -> Result<Value, ApiError
             Ok(json!({ "scanningConfigurations": found, "failures": failures }))
         }
         SettingsOp::PutAccount(name, value) => {
-            reg.put_account_setting(&name, &value).await?;
+            ctx.account.put_account_setting(&name, &value).await?;
             Ok(json!({ "name": name, "value": value }))
         }
         SettingsOp::GetAccount(name) => {
-            let value = reg.account_settings().await?.get(&name);
+            let value = ctx.account.account_settings().await?.get(&name);
             Ok(json!({ "name": name, "value": value }))
         }
     }

@@ -44,6 +44,8 @@ pub struct ApiContext<'a> {
     pub replication: &'a crate::replication::store::ReplicationStore,
     /// The pull-through rules created through the API, and the proxy they are in force in.
     pub rules: &'a crate::proxy::rules::RuleStore,
+    /// ECR's registry-wide settings (scanning configuration, account settings).
+    pub account: &'a crate::registry::settings::AccountStore,
     /// Who signed the request.
     pub principal: &'a Principal,
     /// Access control, when on (it issues registry passwords).

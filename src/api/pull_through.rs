@@ -304,7 +304,7 @@ async fn create(ctx: &ApiContext<'_>, mut record: RuleRecord) -> Result<Value, A
         ));
     }
     check_secret(ctx, &record)?;
-    let now = ctx.registry.now_ms();
+    let now = ctx.registry.clock().now_ms();
     record.created_at_ms = now;
     record.updated_at_ms = now;
     let prefix = record.ecr_repository_prefix.clone();
@@ -377,7 +377,7 @@ async fn update(
     }
     let probe = RuleRecord { credential_arn: credential.clone(), ..placeholder(prefix) };
     check_secret(ctx, &probe)?;
-    let now = ctx.registry.now_ms();
+    let now = ctx.registry.clock().now_ms();
     let updated = ctx
         .rules
         .update(|rules| {

@@ -210,7 +210,7 @@ fn not_found(ctx: &ApiContext<'_>, prefix: &str) -> ApiError {
 
 /// `CreateRepositoryCreationTemplate`.
 pub async fn create(ctx: &ApiContext<'_>, input: TemplateInput) -> Result<Value, ApiError> {
-    if ctx.registry.creation_templates().await?.len() >= MAX_TEMPLATES {
+    if ctx.registry.templates().creation_templates().await?.len() >= MAX_TEMPLATES {
         return Err(ApiError::new(
             EcrException::LimitExceeded,
             format!("A registry can hold at most {MAX_TEMPLATES} repository creation templates"),
@@ -218,7 +218,7 @@ pub async fn create(ctx: &ApiContext<'_>, input: TemplateInput) -> Result<Value,
     }
     let mut template = CreationTemplate::new(&input.prefix, vec![]);
     input.apply(&mut template);
-    match ctx.registry.create_template(template).await? {
+    match ctx.registry.templates().create_template(template).await? {
         Some(t) => Ok(json!({ "registryId": ctx.registry_id, "repositoryCreationTemplate": describe(&t) })),
         None => Err(ApiError::new(
             EcrException::TemplateAlreadyExists,
@@ -232,7 +232,7 @@ pub async fn create(ctx: &ApiContext<'_>, input: TemplateInput) -> Result<Value,
 
 /// `UpdateRepositoryCreationTemplate`.
 pub async fn update(ctx: &ApiContext<'_>, input: TemplateInput) -> Result<Value, ApiError> {
-    match ctx.registry.update_template(&input.prefix, |t| input.apply(t)).await? {
+    match ctx.registry.templates().update_template(&input.prefix, |t| input.apply(t)).await? {
         Some(t) => Ok(json!({ "registryId": ctx.registry_id, "repositoryCreationTemplate": describe(&t) })),
         None => Err(not_found(ctx, &input.prefix)),
     }
@@ -240,7 +240,7 @@ pub async fn update(ctx: &ApiContext<'_>, input: TemplateInput) -> Result<Value,
 
 /// `DeleteRepositoryCreationTemplate`.
 pub async fn delete(ctx: &ApiContext<'_>, prefix: String) -> Result<Value, ApiError> {
-    match ctx.registry.delete_template(&prefix).await? {
+    match ctx.registry.templates().delete_template(&prefix).await? {
         Some(t) => Ok(json!({ "registryId": ctx.registry_id, "repositoryCreationTemplate": describe(&t) })),
         None => Err(not_found(ctx, &prefix)),
     }
@@ -248,7 +248,7 @@ pub async fn delete(ctx: &ApiContext<'_>, prefix: String) -> Result<Value, ApiEr
 
 /// `DescribeRepositoryCreationTemplates`: the ones asked for, or a page of all, by prefix.
 pub async fn list(ctx: &ApiContext<'_>, prefixes: Option<Vec<String>>, page: Page) -> Result<Value, ApiError> {
-    let all = ctx.registry.creation_templates().await?;
+    let all = ctx.registry.templates().creation_templates().await?;
     let after = page.after.as_deref().unwrap_or("");
     let mut wanted =
         all.iter().filter(|t| prefixes.as_ref().is_none_or(|p| p.contains(&t.prefix)) && t.prefix.as_str() > after);

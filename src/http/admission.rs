@@ -248,7 +248,9 @@ async fn create_on_push<B>(
         true => crate::registry::templates::AppliedFor::Replication,
         false => crate::registry::templates::AppliedFor::CreateOnPush,
     };
-    let Some(settings) = registry.settings_for_new_repository(name, purpose).await? else {
+    let Some(settings) =
+        registry.templates().settings_for_new_repository(name, purpose).await.map_err(crate::registry::Error::from)?
+    else {
         let registry_id = app.auth.as_ref().map_or("000000000000", |a| a.registry_id.as_str());
         return Err(OciError::new(
             ErrorCode::NameUnknown,
@@ -338,7 +340,7 @@ async fn token_answer(
         }
     };
     let (token, expires_in) = auth.authenticator.issue_bearer(&authenticated.principal, authenticated.expires_at);
-    let issued_at = humantime::format_rfc3339_seconds(app.registry.now()).to_string();
+    let issued_at = humantime::format_rfc3339_seconds(app.registry.clock().now()).to_string();
     let body = serde_json::json!({
         "token": token,
         "access_token": token,

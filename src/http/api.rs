@@ -156,7 +156,7 @@ async fn authenticate_and_read(
     };
     let headers = header_pairs(&parts.headers);
     let identities = auth.authenticator.identities();
-    let now = app.registry.now();
+    let now = app.registry.clock().now();
     let pre =
         sigv4::precheck(&headers, &identities, &auth.region, "ecr", &SIGNED_HEADERS, now).map_err(|e| refused(&e))?;
     too_large()?;
@@ -255,12 +255,13 @@ async fn run(
         registry: &app.registry,
         replication: &app.replication,
         rules: &app.rules,
+        account: &app.account,
         principal: &principal,
         authenticator: auth.map(|a| a.authenticator.as_ref()),
         registry_id,
         region,
         proxy_endpoint,
-        now: app.registry.now_secs(),
+        now: app.registry.clock().now_ms() / 1000,
         open_token_ttl: 12 * 3600,
         visible: &|name| {
             let access = [crate::auth::Access::on(crate::auth::Action::DescribeRepositories, name)];

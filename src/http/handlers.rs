@@ -210,7 +210,9 @@ async fn upload_start(app: &App, name: &RepositoryName, start: UploadStart, inpu
         }
         // With `BLOB_MOUNTING` set to DISABLED (ECR's account setting), a mount is answered
         // with a session, the spec's fallback, and the client uploads the blob.
-        UploadStart::Mount(digest, from) if reg.blob_mounting().await? => {
+        UploadStart::Mount(digest, from)
+            if app.account.blob_mounting().await.map_err(crate::registry::Error::from)? =>
+        {
             let mounted = match from {
                 Some(from) => reg.upload_mount(name, &digest, &from).await?,
                 // No source named: mount when the registry holds the blob (the spec lets a

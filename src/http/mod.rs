@@ -48,6 +48,8 @@ pub struct App {
     pub audit: Arc<crate::events::Audit>,
     /// The pull-through rules created through the API.
     pub rules: Arc<crate::proxy::rules::RuleStore>,
+    /// ECR's registry-wide settings.
+    pub account: Arc<crate::registry::settings::AccountStore>,
     /// Resource policies, parsed once per text.
     pub policies: crate::auth::policy::ParsedPolicies,
     /// Metrics.
@@ -384,8 +386,11 @@ pub fn decide_with(
     registry_policy: Option<&crate::auth::policy::Policy>,
     claims_replication: bool,
 ) -> Result<crate::auth::Verdict, Refusal> {
-    let context =
-        crate::auth::policy::Context { source_ip: client, secure_transport: app.tls, current_time: app.registry.now() };
+    let context = crate::auth::policy::Context {
+        source_ip: client,
+        secure_transport: app.tls,
+        current_time: app.registry.clock().now(),
+    };
     let lookup = |name: &crate::oci::RepositoryName| repository_policies.get(name).cloned().flatten();
     let identities = app.auth.as_ref().map(|a| a.authenticator.identities());
     let policies = match (&app.auth, &identities) {

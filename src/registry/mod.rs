@@ -139,6 +139,8 @@ pub struct Registry {
     settings_cache: moka::future::Cache<RepositoryName, Option<Arc<RepositorySettings>>>,
     /// Who is told of pushes and deletes (replication, webhooks), without the registry naming them.
     outbox: outbox::Outbox,
+    /// Repository creation templates.
+    templates: Arc<templates::TemplateStore>,
 }
 
 impl Registry {
@@ -151,7 +153,10 @@ impl Registry {
         clock: SharedClock,
     ) -> Self {
         let uses = storage::uses::ContentUses::new(storage.clone(), clock.clone(), settings.gc_grace);
+        let templates =
+            Arc::new(templates::TemplateStore::new(storage.clone(), clock.clone(), settings.create_on_push));
         Self {
+            templates,
             fills: Fills::new(storage.clone(), metrics.clone(), uploads::UploadState::for_fill(), uses.clone()),
             uses,
             pulls: Arc::new(pulls::PullTimes::new(storage.clone())),
@@ -177,24 +182,6 @@ impl Registry {
         self
     }
 
-    /// Changes the record at `key` (its default when absent) with `change` by a conditional
-    /// write, retried with backoff when another writer got there first (so `change` must only
-    /// look at what it is given); returns the record as written and what `change` returned.
-    pub(crate) async fn update_record<T, R, E>(
-        &self,
-        key: &Key,
-        change: impl Fn(&mut T) -> std::result::Result<R, E>,
-    ) -> std::result::Result<(T, R), E>
-    where
-        T: serde::Serialize + serde::de::DeserializeOwned + Default,
-        E: From<Error>,
-    {
-        storage::records::update(self.storage.as_ref(), key, change).await.map_err(|e| match e {
-            storage::records::UpdateError::Storage(e) => Error::from(e).into(),
-            storage::records::UpdateError::Refused(e) => e,
-        })
-    }
-
     /// A repository's settings (its policy among them), from a cache of a few seconds: replicas
     /// agree within that, and this process's own changes apply at once. For the decision on
     /// every request, which must not read storage each time.
@@ -209,21 +196,6 @@ impl Registry {
 
     async fn forget_repository_policy(&self, name: &RepositoryName) {
         self.settings_cache.invalidate(name).await;
-    }
-
-    /// Now, by the registry's clock.
-    pub fn now(&self) -> std::time::SystemTime {
-        self.clock.now()
-    }
-
-    /// Now in milliseconds since the epoch, by the registry's clock.
-    pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
-    }
-
-    /// Now in seconds since the epoch, by the registry's clock.
-    pub fn now_secs(&self) -> u64 {
-        self.clock.now_ms() / 1000
     }
 
     /// The store, for background work that runs beside the registry (the collector).

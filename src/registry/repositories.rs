@@ -153,7 +153,7 @@ impl Registry {
         if self.repository_exists(name).await? {
             return Err(Error::RepositoryAlreadyExists(name.clone()));
         }
-        settings.created_at = self.now_secs();
+        settings.created_at = self.clock.now_ms() / 1000;
         match self.storage.record_put_if(&Key::repository_settings(name), encode(&settings)?, PutMode::Create).await {
             Ok(_) => {}
             Err(crate::storage::Error::Conflict) => return Err(Error::RepositoryAlreadyExists(name.clone())),

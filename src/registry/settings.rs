@@ -3,10 +3,10 @@
 //! each, read by every replica. Which of them change behaviour is said where they are read
 //! (today `BLOB_MOUNTING`, by cross-repository mounts).
 
-use super::{Registry, Result};
-use crate::storage::Key;
+use crate::storage::{self, records, Key, Storage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One registry scanning rule: a frequency for the repositories its wildcards match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,42 +81,49 @@ impl AccountSettings {
     }
 }
 
-impl Registry {
+/// The registry-wide settings' records.
+pub struct AccountStore {
+    storage: Arc<dyn Storage>,
+}
+
+impl AccountStore {
+    /// The settings kept in `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self { storage }
+    }
+
     /// The scanning configuration.
-    pub async fn scanning_configuration(&self) -> Result<ScanningConfiguration> {
-        match self.storage.record_get(&Key::scanning_configuration()).await? {
-            Some(bytes) => super::manifests::decode(&bytes),
-            None => Ok(ScanningConfiguration::default()),
-        }
+    pub async fn scanning_configuration(&self) -> storage::Result<ScanningConfiguration> {
+        Ok(records::get(self.storage.as_ref(), &Key::scanning_configuration()).await?.unwrap_or_default())
     }
 
     /// Replaces the scanning configuration.
-    pub async fn put_scanning_configuration(&self, config: &ScanningConfiguration) -> Result<()> {
-        self.storage.record_put(&Key::scanning_configuration(), super::manifests::encode(config)?).await?;
-        Ok(())
+    pub async fn put_scanning_configuration(&self, config: &ScanningConfiguration) -> storage::Result<()> {
+        records::put(self.storage.as_ref(), &Key::scanning_configuration(), config).await
     }
 
     /// The account settings.
-    pub async fn account_settings(&self) -> Result<AccountSettings> {
-        match self.storage.record_get(&Key::account_settings()).await? {
-            Some(bytes) => super::manifests::decode(&bytes),
-            None => Ok(AccountSettings::default()),
-        }
+    pub async fn account_settings(&self) -> storage::Result<AccountSettings> {
+        Ok(records::get(self.storage.as_ref(), &Key::account_settings()).await?.unwrap_or_default())
     }
 
     /// Sets one account setting (already validated), keeping the others even when two
     /// replicas set different ones at once.
-    pub async fn put_account_setting(&self, name: &str, value: &str) -> Result<()> {
-        self.update_record(&Key::account_settings(), |settings: &mut AccountSettings| {
+    pub async fn put_account_setting(&self, name: &str, value: &str) -> storage::Result<()> {
+        records::update(self.storage.as_ref(), &Key::account_settings(), |settings: &mut AccountSettings| {
             settings.0.insert(name.to_owned(), value.to_owned());
-            Ok::<_, super::Error>(())
+            Ok::<_, std::convert::Infallible>(())
         })
         .await
         .map(|_| ())
+        .map_err(|e| match e {
+            records::UpdateError::Storage(e) => e,
+            records::UpdateError::Refused(never) => match never {},
+        })
     }
 
     /// Whether cross-repository mounts are on (`BLOB_MOUNTING`).
-    pub async fn blob_mounting(&self) -> Result<bool> {
+    pub async fn blob_mounting(&self) -> storage::Result<bool> {
         Ok(self.account_settings().await?.get("BLOB_MOUNTING") == "ENABLED")
     }
 }

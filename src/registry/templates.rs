@@ -3,10 +3,12 @@
 //! caches and replication. The most specific prefix wins; `ROOT` matches every name.
 
 use super::repositories::{RepositorySettings, ResourceTag, TagMutability};
-use super::{Error, Registry, Result};
+use super::{Registry, Result};
+use crate::clock::SharedClock;
 use crate::oci::RepositoryName;
-use crate::storage::{Key, PutMode};
+use crate::storage::{self, records, Key, PutMode, Storage};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// What a template is applied for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,13 +159,28 @@ fn key(prefix: &str) -> Key {
     Key::creation_template(&canonical_prefix(prefix).replace('/', "+"))
 }
 
-impl Registry {
+/// The templates' records (`templates/<prefix>`).
+pub struct TemplateStore {
+    storage: Arc<dyn Storage>,
+    clock: SharedClock,
+    /// `registry.create_on_push`: a push creates a repository no template covers.
+    create_on_push: bool,
+}
+
+impl TemplateStore {
+    /// The templates in `storage`.
+    pub fn new(storage: Arc<dyn Storage>, clock: SharedClock, create_on_push: bool) -> Self {
+        Self { storage, clock, create_on_push }
+    }
+
     /// Every template, sorted by prefix.
-    pub async fn creation_templates(&self) -> Result<Vec<CreationTemplate>> {
+    pub async fn creation_templates(&self) -> storage::Result<Vec<CreationTemplate>> {
         let mut out = Vec::new();
         for entry in self.storage.record_list(&Key::creation_templates()).await? {
-            if let Some(bytes) = self.storage.record_get(&Key::creation_template(&entry)).await? {
-                out.push(super::manifests::decode::<CreationTemplate>(&bytes)?);
+            if let Some(t) =
+                records::get::<CreationTemplate>(self.storage.as_ref(), &Key::creation_template(&entry)).await?
+            {
+                out.push(t);
             }
         }
         out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
@@ -175,7 +192,7 @@ impl Registry {
         &self,
         name: &RepositoryName,
         purpose: AppliedFor,
-    ) -> Result<Option<CreationTemplate>> {
+    ) -> storage::Result<Option<CreationTemplate>> {
         Ok(self
             .creation_templates()
             .await?
@@ -191,16 +208,63 @@ impl Registry {
         &self,
         name: &RepositoryName,
         purpose: AppliedFor,
-    ) -> Result<Option<RepositorySettings>> {
+    ) -> storage::Result<Option<RepositorySettings>> {
         match self.creation_template_for(name, purpose).await? {
             Some(t) => Ok(Some(t.settings())),
-            None if purpose != AppliedFor::CreateOnPush || self.settings.create_on_push => {
+            None if purpose != AppliedFor::CreateOnPush || self.create_on_push => {
                 Ok(Some(RepositorySettings::default()))
             }
             None => Ok(None),
         }
     }
 
+    /// Stores a new template; `None` when one with that prefix exists.
+    pub async fn create_template(&self, mut template: CreationTemplate) -> storage::Result<Option<CreationTemplate>> {
+        template.prefix = canonical_prefix(&template.prefix);
+        template.created_at = self.clock.now_ms() / 1000;
+        template.updated_at = template.created_at;
+        let bytes = records::encode(&template)?;
+        match self.storage.record_put_if(&key(&template.prefix), bytes, PutMode::Create).await {
+            Ok(_) => Ok(Some(template)),
+            Err(storage::Error::Conflict) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Changes a template with `change` (retried with backoff on a racing write); `None` when
+    /// there is none with that prefix.
+    pub async fn update_template(
+        &self,
+        prefix: &str,
+        change: impl Fn(&mut CreationTemplate),
+    ) -> storage::Result<Option<CreationTemplate>> {
+        let conflict = |e: &storage::Error| matches!(e, storage::Error::Conflict);
+        crate::clock::retry::retry(crate::clock::retry::Backoff::CONFLICT, conflict, || async {
+            let Some((mut template, version)) =
+                records::get_versioned::<CreationTemplate>(self.storage.as_ref(), &key(prefix)).await?
+            else {
+                return Ok(None);
+            };
+            change(&mut template);
+            template.updated_at = self.clock.now_ms() / 1000;
+            let bytes = records::encode(&template)?;
+            self.storage.record_put_if(&key(prefix), bytes, PutMode::Update(version)).await?;
+            Ok(Some(template))
+        })
+        .await
+    }
+
+    /// Removes a template; returns it, `None` when there was none.
+    pub async fn delete_template(&self, prefix: &str) -> storage::Result<Option<CreationTemplate>> {
+        let Some(template) = records::get::<CreationTemplate>(self.storage.as_ref(), &key(prefix)).await? else {
+            return Ok(None);
+        };
+        self.storage.record_delete(&key(prefix)).await?;
+        Ok(Some(template))
+    }
+}
+
+impl Registry {
     /// Gives a repository its template's settings when it has none yet (a pull-through cache
     /// or a replica the registry creates by itself); one another writer settled meanwhile is
     /// kept.
@@ -208,9 +272,9 @@ impl Registry {
         if self.storage.record_get(&Key::repository_settings(name)).await?.is_some() {
             return Ok(());
         }
-        let Some(template) = self.creation_template_for(name, purpose).await? else { return Ok(()) };
+        let Some(template) = self.templates.creation_template_for(name, purpose).await? else { return Ok(()) };
         let mut settings = template.settings();
-        settings.created_at = self.now_secs();
+        settings.created_at = self.clock.now_ms() / 1000;
         let bytes = super::manifests::encode(&settings)?;
         match self.storage.record_put_if(&Key::repository_settings(name), bytes, PutMode::Create).await {
             Ok(_) | Err(crate::storage::Error::Conflict) => {
@@ -221,48 +285,9 @@ impl Registry {
         }
     }
 
-    /// Stores a new template; `None` when one with that prefix exists.
-    pub async fn create_template(&self, mut template: CreationTemplate) -> Result<Option<CreationTemplate>> {
-        template.prefix = canonical_prefix(&template.prefix);
-        template.created_at = self.now_secs();
-        template.updated_at = template.created_at;
-        let bytes = super::manifests::encode(&template)?;
-        match self.storage.record_put_if(&key(&template.prefix), bytes, PutMode::Create).await {
-            Ok(_) => Ok(Some(template)),
-            Err(crate::storage::Error::Conflict) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Changes a template with `change`; `None` when there is none with that prefix.
-    pub async fn update_template(
-        &self,
-        prefix: &str,
-        change: impl Fn(&mut CreationTemplate),
-    ) -> Result<Option<CreationTemplate>> {
-        for _ in 0..16 {
-            let Some((bytes, version)) = self.storage.record_get_versioned(&key(prefix)).await? else {
-                return Ok(None);
-            };
-            let mut template: CreationTemplate = super::manifests::decode(&bytes)?;
-            change(&mut template);
-            template.updated_at = self.now_secs();
-            let bytes = super::manifests::encode(&template)?;
-            match self.storage.record_put_if(&key(prefix), bytes, PutMode::Update(version)).await {
-                Ok(_) => return Ok(Some(template)),
-                Err(crate::storage::Error::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::Storage(crate::storage::Error::Conflict))
-    }
-
-    /// Removes a template; returns it, `None` when there was none.
-    pub async fn delete_template(&self, prefix: &str) -> Result<Option<CreationTemplate>> {
-        let Some(bytes) = self.storage.record_get(&key(prefix)).await? else { return Ok(None) };
-        let template = super::manifests::decode(&bytes)?;
-        self.storage.record_delete(&key(prefix)).await?;
-        Ok(Some(template))
+    /// The repository creation templates.
+    pub fn templates(&self) -> &TemplateStore {
+        &self.templates
     }
 }
 
