@@ -92,10 +92,10 @@ pub async fn replication_backfill(
 }
 
 /// What each repository and pull-through rule stores (`ferry usage`).
-pub async fn usage(config: &Config) -> Result<registry::usage::UsageReport, StartError> {
+pub async fn usage(config: &Config) -> Result<gc::usage::UsageReport, StartError> {
     let registry = offline_registry(config, Arc::new(clock::SystemClock)).await?;
     let rules: Vec<String> = config.pull_through.iter().map(|r| r.prefix.clone()).collect();
-    Ok(registry.usage(&rules).await?)
+    Ok(gc::usage::usage(&registry, &rules).await?)
 }
 
 /// One garbage collection from the command line (`ferry gc`): beside running servers, under

@@ -30,6 +30,7 @@
 //! against repeated collections with a short grace period on two replicas (`tests/it/gc.rs`).
 
 mod bloom;
+pub mod usage;
 mod worker;
 
 pub use worker::GcWorker;

@@ -16,7 +16,6 @@ pub mod repositories;
 pub mod settings;
 pub mod templates;
 mod uploads;
-pub mod usage;
 
 pub use error::{Error, Result};
 pub use manifests::{ManifestContent, ManifestRecord, StoredManifest};
