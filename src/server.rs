@@ -134,7 +134,14 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         audit: services.audit.clone(),
         rules: services.rules.clone(),
         account: services.account.clone(),
-        policies: auth::policy::ParsedPolicies::default(),
+        authorizer: Arc::new(auth::authorizer::Authorizer::new(
+            authenticator.clone(),
+            &config.auth.registry_id,
+            &config.auth.region,
+            config.tls.enabled(),
+            clock.clone(),
+            Arc::new(StoredPolicies { registry: registry.clone(), replication: services.replication.clone() }),
+        )),
         metrics: metrics.clone(),
         limits: http::limits::RequestLimits::new(
             server.max_in_flight_requests,
@@ -344,6 +351,28 @@ impl Services {
             registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock).with_outbox(outbox),
         );
         Ok(Self { registry, audit: Arc::new(audit), replication, webhooks, rules, account })
+    }
+}
+
+/// Where the authorizer reads policies: repositories' settings (from the registry's short
+/// cache) and the registry policy (replication's record).
+struct StoredPolicies {
+    registry: Arc<registry::Registry>,
+    replication: Arc<replication::store::ReplicationStore>,
+}
+
+#[async_trait::async_trait]
+impl auth::authorizer::PolicySource for StoredPolicies {
+    async fn repository_policy(&self, name: &crate::oci::RepositoryName) -> storage::Result<Option<String>> {
+        let settings = self.registry.repository_settings_cached(name).await.map_err(|e| match e {
+            registry::Error::Storage(e) => e,
+            other => storage::Error::Corrupt(other.to_string()),
+        })?;
+        Ok(settings.and_then(|s| s.policy.clone()))
+    }
+
+    async fn registry_policy(&self) -> storage::Result<Option<String>> {
+        self.replication.registry_policy().await
     }
 }
 

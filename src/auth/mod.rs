@@ -6,6 +6,7 @@
 //! ([`check_config`]). Knows nothing of HTTP or of how storage is laid out.
 
 pub mod authenticator;
+pub mod authorizer;
 pub mod policy;
 pub mod secrets;
 pub mod sigv4;

@@ -11,7 +11,8 @@
 use super::endpoint::{Endpoint, Query};
 use super::{error_response, full, App, AuthState, Body};
 use crate::auth::authenticator::{AuthError, Authenticated};
-use crate::auth::{Access, Action, Principal, Refusal, Verdict};
+use crate::auth::authorizer::Ask;
+use crate::auth::{Principal, Refusal, Verdict};
 use crate::oci::{ErrorCode, OciError, RepositoryName};
 use crate::registry::Repo;
 use bytes::Bytes;
@@ -157,49 +158,20 @@ pub async fn admit<B>(
     }
     let claims = claims_replication(req.headers()) && endpoint.is_push_step();
     let read_only = |name: &RepositoryName| app.registry.read_only_reason(name, ns);
-    let verdict = decide_request(app, &principal, &accesses, client, &read_only, claims)
-        .await?
+    let ask =
+        Ask { principal: &principal, accesses: &accesses, client, read_only: &read_only, claims_replication: claims };
+    let verdict = app
+        .authorizer
+        .decide(ask)
+        .await
+        .map_err(crate::registry::Error::from)?
         .map_err(|r| refused(app, &principal, req, r, scope(endpoint).as_deref()))?;
     if let Some(Repo::Proxied(route)) = &mut repo {
-        let import = [Access::on(Action::BatchImportUpstreamImage, &route.local)];
-        route.may_import = decide_request(app, &principal, &import, client, &|_| None, false).await?.is_ok();
+        route.may_import =
+            app.authorizer.may_import(&principal, &route.local, client).await.map_err(crate::registry::Error::from)?;
     }
     create_on_push(app, &principal, endpoint, client, req, verdict).await?;
     Ok(Admitted { principal, replication: verdict.replication, repo })
-}
-
-/// Reads what a decision needs (the repositories' policies; the registry policy for a claimed
-/// replication) and decides. The outer error is a failure to read them.
-pub async fn decide_request(
-    app: &App,
-    principal: &Principal,
-    accesses: &[Access],
-    client: std::net::IpAddr,
-    read_only: &(dyn Fn(&RepositoryName) -> Option<String> + Sync),
-    claims_replication: bool,
-) -> Result<Result<Verdict, Refusal>, crate::registry::Error> {
-    let repository_policies = super::repository_policies(app, accesses).await?;
-    let registry_policy = match (claims_replication, &app.auth) {
-        (true, Some(_)) => match app.replication.registry_policy().await? {
-            Some(text) => Some(app.policies.resource(&text).map_err(|e| {
-                crate::registry::Error::Storage(crate::storage::Error::Corrupt(format!(
-                    "the registry policy no longer parses: {e}"
-                )))
-            })?),
-            None => None,
-        },
-        _ => None,
-    };
-    Ok(super::decide_with(
-        app,
-        principal,
-        accesses,
-        client,
-        read_only,
-        &repository_policies,
-        registry_policy.as_deref(),
-        claims_replication,
-    ))
 }
 
 /// A refusal as the registry API answers it: 401 with the challenge for anonymous callers
@@ -258,9 +230,10 @@ async fn create_on_push<B>(
         )
         .with_detail(serde_json::json!({ "name": name.as_str() })));
     };
-    let create = [Access::on(Action::CreateRepository, name)];
-    decide_request(app, principal, &create, client, &|_| None, verdict.replication)
-        .await?
+    app.authorizer
+        .may_create(principal, name, client, verdict.replication)
+        .await
+        .map_err(crate::registry::Error::from)?
         .map_err(|r| refused(app, principal, req, r, scope(endpoint).as_deref()))?;
     match registry.create_repository(name, settings).await {
         Ok(_) | Err(crate::registry::Error::RepositoryAlreadyExists(_)) => Ok(()),

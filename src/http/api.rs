@@ -265,16 +265,9 @@ async fn run(
         open_token_ttl: 12 * 3600,
         visible: &|name| {
             let access = [crate::auth::Access::on(crate::auth::Action::DescribeRepositories, name)];
-            super::allowed(app, &principal, &access, client)
+            app.authorizer.allowed_by_identity(&principal, &access, client)
         },
-        keeps_control: &|name, text| {
-            let kind = crate::auth::policy::PolicyKind::Resource;
-            let Ok(policy) = crate::auth::policy::Policy::parse(text, kind) else { return true };
-            let mut policies = super::RepositoryPolicies::new();
-            policies.insert(name.clone(), Some(std::sync::Arc::new(policy)));
-            let access = [crate::auth::Access::on(crate::auth::Action::SetRepositoryPolicy, name)];
-            super::decide(app, &principal, &access, client, &|_| None, &policies).is_ok()
-        },
+        keeps_control: &|name, text| app.authorizer.keeps_control(&principal, name, text, client),
     };
     let result = op.run(&ctx).await;
     if audited {
@@ -334,9 +327,15 @@ async fn read_body(body: Incoming, limit: usize, idle: std::time::Duration) -> R
 
 async fn authorize(app: &App, principal: &Principal, op: &Operation, client: std::net::IpAddr) -> Result<(), ApiError> {
     let accesses = op.accesses();
-    let policies = super::repository_policies(app, &accesses).await?;
-    match super::decide(app, principal, &accesses, client, &|_| None, &policies) {
-        Ok(()) => Ok(()),
+    let ask = crate::auth::authorizer::Ask {
+        principal,
+        accesses: &accesses,
+        client,
+        read_only: &|_| None,
+        claims_replication: false,
+    };
+    match app.authorizer.decide(ask).await? {
+        Ok(_) => Ok(()),
         Err(crate::auth::Refusal::ReadOnly(reason)) => Err(ApiError::new(EcrException::AccessDenied, reason)),
         Err(crate::auth::Refusal::NotAuthorized { action, resource }) => {
             app.metrics.auth.denials.with_label_values(&[action.as_str()]).inc();

@@ -145,7 +145,7 @@ async fn catalog(app: &App, input: &Input) -> Reply {
     let (n, last) = page_params(&input.query)?;
     let visible = |name: &RepositoryName| {
         let access = [crate::auth::Access::on(crate::auth::Action::DescribeRepositories, name)];
-        super::allowed(app, &input.principal, &access, input.client)
+        app.authorizer.allowed_by_identity(&input.principal, &access, input.client)
     };
     let page = app.registry.catalog(n, last, &visible).await?;
     let link = next_link("/v2/_catalog", n, &page);

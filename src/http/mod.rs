@@ -12,7 +12,7 @@ mod error;
 mod handlers;
 pub mod limits;
 
-use crate::auth::{Principal, Refusal};
+use crate::auth::Principal;
 use crate::metrics::Metrics;
 use crate::oci::OciError;
 use crate::registry::Registry;
@@ -50,8 +50,8 @@ pub struct App {
     pub rules: Arc<crate::proxy::rules::RuleStore>,
     /// ECR's registry-wide settings.
     pub account: Arc<crate::registry::settings::AccountStore>,
-    /// Resource policies, parsed once per text.
-    pub policies: crate::auth::policy::ParsedPolicies,
+    /// The one place that decides what a request may do.
+    pub authorizer: Arc<crate::auth::authorizer::Authorizer>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Requests in flight, globally and per client (a permit lives until the response body ends).
@@ -320,90 +320,6 @@ fn finish(
         })
         .boxed_unsync()
     })
-}
-
-/// Whether `principal` may do `accesses` by identity policies alone (listings such as the
-/// catalog, which would otherwise read every repository's policy).
-pub fn allowed(app: &App, principal: &Principal, accesses: &[crate::auth::Access], client: std::net::IpAddr) -> bool {
-    let none = std::collections::HashMap::new();
-    decide(app, principal, accesses, client, &|_| None, &none).is_ok()
-}
-
-/// The policies of the repositories `accesses` touch: their settings from the registry's
-/// short cache, each policy text parsed once.
-pub async fn repository_policies(
-    app: &App,
-    accesses: &[crate::auth::Access],
-) -> Result<RepositoryPolicies, crate::registry::Error> {
-    let mut out = std::collections::HashMap::new();
-    if app.auth.is_some() {
-        for name in accesses.iter().filter_map(|a| a.repository.as_ref()) {
-            if out.contains_key(name) {
-                continue;
-            }
-            let settings = app.registry.repository_settings_cached(name).await?;
-            let policy = match settings.as_ref().and_then(|s| s.policy.as_deref()) {
-                Some(text) => Some(app.policies.resource(text).map_err(|e| {
-                    crate::registry::Error::Storage(crate::storage::Error::Corrupt(format!(
-                        "the policy of {name} no longer parses: {e}"
-                    )))
-                })?),
-                None => None,
-            };
-            out.insert(name.clone(), policy);
-        }
-    }
-    Ok(out)
-}
-
-/// Repository policies by repository, read before a decision.
-pub type RepositoryPolicies =
-    std::collections::HashMap<crate::oci::RepositoryName, Option<Arc<crate::auth::policy::Policy>>>;
-
-/// The one decision: read-only repositories, then (access control on) identity and
-/// repository policies.
-pub fn decide(
-    app: &App,
-    principal: &Principal,
-    accesses: &[crate::auth::Access],
-    client: std::net::IpAddr,
-    read_only: &dyn Fn(&crate::oci::RepositoryName) -> Option<String>,
-    repository_policies: &RepositoryPolicies,
-) -> Result<(), Refusal> {
-    decide_with(app, principal, accesses, client, read_only, repository_policies, None, false).map(|_| ())
-}
-
-/// [`decide`] for a request that may claim to be a replication, with the registry policy
-/// that could honour the claim (see [`crate::auth::authorize`]).
-#[allow(clippy::too_many_arguments)]
-pub fn decide_with(
-    app: &App,
-    principal: &Principal,
-    accesses: &[crate::auth::Access],
-    client: std::net::IpAddr,
-    read_only: &dyn Fn(&crate::oci::RepositoryName) -> Option<String>,
-    repository_policies: &RepositoryPolicies,
-    registry_policy: Option<&crate::auth::policy::Policy>,
-    claims_replication: bool,
-) -> Result<crate::auth::Verdict, Refusal> {
-    let context = crate::auth::policy::Context {
-        source_ip: client,
-        secure_transport: app.tls,
-        current_time: app.registry.clock().now(),
-    };
-    let lookup = |name: &crate::oci::RepositoryName| repository_policies.get(name).cloned().flatten();
-    let identities = app.auth.as_ref().map(|a| a.authenticator.identities());
-    let policies = match (&app.auth, &identities) {
-        (Some(auth), Some(identities)) => Some(crate::auth::Policies {
-            registry_id: &auth.registry_id,
-            region: &auth.region,
-            anonymous: &identities.anonymous,
-            repository: &lookup,
-            registry: registry_policy,
-        }),
-        _ => None,
-    };
-    crate::auth::authorize(principal, accesses, read_only, policies.as_ref(), &context, claims_replication)
 }
 
 /// Connection settings for a listener.
