@@ -259,6 +259,8 @@ pub struct WorkerMetrics {
     pub runs: IntCounterVec,
     /// `ferry_worker_last_success_timestamp_seconds{worker}`.
     pub last_success: GaugeVec,
+    /// `ferry_worker_consecutive_errors{worker}`: rounds failed in a row (0 after a good one).
+    pub consecutive_errors: IntGaugeVec,
 }
 
 impl WorkerMetrics {
@@ -277,6 +279,13 @@ impl WorkerMetrics {
                         "ferry_worker_last_success_timestamp_seconds",
                         "When each background worker last finished a round without error",
                     ),
+                    &["worker"],
+                )?,
+            )?,
+            consecutive_errors: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("ferry_worker_consecutive_errors", "Rounds each background worker failed in a row"),
                     &["worker"],
                 )?,
             )?,

@@ -134,6 +134,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         audit: services.audit.clone(),
         rules: services.rules.clone(),
         account: services.account.clone(),
+        workers: worker::Workers::default(),
         authorizer: Arc::new(auth::authorizer::Authorizer::new(
             authenticator.clone(),
             &config.auth.registry_id,
@@ -191,7 +192,13 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
     // Sessions gone from storage (finished on another replica, purged) stop counting against
     // their clients.
     let pulls = registry.pull_times();
-    tasks.extend(spawn_workers(&config, &app, &services, clock.clone(), &metrics, &shutdown_rx));
+    let runner = worker::Runner {
+        metrics: metrics.clone(),
+        workers: app.workers.clone(),
+        clock: clock.clone(),
+        shutdown: shutdown_rx.clone(),
+    };
+    tasks.extend(spawn_workers(&config, &app, &services, &runner));
     tracing::info!(%addr, %admin_addr, tls = config.tls.enabled(), data_dir = %config.storage.data_dir.display(), "ferry started");
     Ok(RunningServer { addr, admin_addr, metrics, shutdown, tasks, authenticator, pulls, clock })
 }
@@ -222,15 +229,14 @@ fn spawn_workers(
     config: &Config,
     app: &Arc<http::App>,
     services: &Services,
-    clock: clock::SharedClock,
-    metrics: &Arc<metrics::Metrics>,
-    shutdown_rx: &watch::Receiver<bool>,
+    runner: &worker::Runner,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let (clock, metrics) = (runner.clock.clone(), &runner.metrics);
     let mut tasks = Vec::new();
     let registry = services.registry.clone();
     let edge = app.clone();
     let flush = registry::pulls::PullFlush::new(registry.pull_times(), clock.clone());
-    tasks.push(tokio::spawn(worker::run(Box::new(flush), metrics.clone(), shutdown_rx.clone())));
+    tasks.push(runner.spawn(Box::new(flush)));
     if !config.webhooks.is_empty() {
         match events::webhooks::WebhookWorker::new(
             registry.clone(),
@@ -240,12 +246,12 @@ fn spawn_workers(
             &config.auth.registry_id,
             &config.auth.region,
         ) {
-            Ok(worker) => tasks.push(tokio::spawn(worker::run(Box::new(worker), metrics.clone(), shutdown_rx.clone()))),
+            Ok(worker) => tasks.push(runner.spawn(Box::new(worker))),
             Err(e) => tracing::error!(error = %e, "webhook deliveries not started"),
         }
     }
     let rules = proxy::rules::RuleRefresh::new(services.rules.clone());
-    tasks.push(tokio::spawn(worker::run(Box::new(rules), metrics.clone(), shutdown_rx.clone())));
+    tasks.push(runner.spawn(Box::new(rules)));
     if config.gc.enabled {
         let collector = gc::Collector::new(
             registry.storage_handle(),
@@ -255,7 +261,7 @@ fn spawn_workers(
             rule_prefixes(config),
         );
         let worker = gc::GcWorker::new(collector, config.gc.interval.0, uuid::Uuid::new_v4().to_string());
-        tasks.push(tokio::spawn(worker::run(Box::new(worker), metrics.clone(), shutdown_rx.clone())));
+        tasks.push(runner.spawn(Box::new(worker)));
     }
     if config.lifecycle.enabled {
         let worker = lifecycle::LifecycleWorker::new(
@@ -265,7 +271,7 @@ fn spawn_workers(
             config.lifecycle.interval.0,
             uuid::Uuid::new_v4().to_string(),
         );
-        tasks.push(tokio::spawn(worker::run(Box::new(worker), metrics.clone(), shutdown_rx.clone())));
+        tasks.push(runner.spawn(Box::new(worker)));
     }
     if config.replication.enabled {
         match replication::destinations(&config.replication, &config.auth.registry_id) {
@@ -278,7 +284,7 @@ fn spawn_workers(
                     uuid::Uuid::new_v4().to_string(),
                     metrics.clone(),
                 );
-                tasks.push(tokio::spawn(worker::run(Box::new(worker), metrics.clone(), shutdown_rx.clone())));
+                tasks.push(runner.spawn(Box::new(worker)));
             }
             Err(e) => tracing::error!(error = %e, "replication workers not started"),
         }
@@ -289,7 +295,7 @@ fn spawn_workers(
         uuid::Uuid::new_v4().to_string(),
         Box::new(move |open| edge.uploads.retain(|id| open.contains(id))),
     );
-    tasks.push(tokio::spawn(worker::run(Box::new(purge), metrics.clone(), shutdown_rx.clone())));
+    tasks.push(runner.spawn(Box::new(purge)));
     tasks
 }
 

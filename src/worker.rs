@@ -54,10 +54,67 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// The longest wait after repeated errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// What one worker did last, as the console and the metrics show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// What it says it is doing or last did.
+    pub status: String,
+    /// How its last round ended (`busy`, `idle`, `done`, `error`; empty before its first).
+    pub last_result: &'static str,
+    /// When its last round ended (ms since the epoch; 0: never).
+    pub last_run_ms: u64,
+    /// When a round last ended without error (ms since the epoch; 0: never).
+    pub last_success_ms: u64,
+    /// Its last error, if its last round failed.
+    pub last_error: Option<String>,
+    /// Rounds failed in a row.
+    pub consecutive_errors: u32,
+}
+
+/// Every worker this process runs and what each did last: one table, shared by the runner
+/// (which writes it) and the console (which shows it).
+#[derive(Clone, Default)]
+pub struct Workers(Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, WorkerInfo>>>);
+
+impl Workers {
+    /// Each worker's row, by name.
+    pub fn snapshot(&self) -> Vec<(&'static str, WorkerInfo)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(n, i)| (*n, i.clone())).collect()
+    }
+
+    fn update(&self, name: &'static str, change: impl FnOnce(&mut WorkerInfo)) {
+        change(self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(name).or_default());
+    }
+}
+
+/// Runs workers: one table, one set of metrics, one clock, one shutdown signal.
+#[derive(Clone)]
+pub struct Runner {
+    /// The metrics every worker's rounds count in.
+    pub metrics: Arc<Metrics>,
+    /// The table of workers.
+    pub workers: Workers,
+    /// The clock their times are read from.
+    pub clock: crate::clock::SharedClock,
+    /// Turns true at shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Runner {
+    /// Runs `worker` in a task of its own (see [`run`]).
+    pub fn spawn(&self, worker: Box<dyn Worker>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(run(worker, self.clone()))
+    }
+}
+
 /// Runs `worker` until it is done or `shutdown` turns true: work while busy, wait while idle,
-/// back off (doubling, up to a minute) after errors.
-pub async fn run(mut worker: Box<dyn Worker>, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+/// back off (doubling, up to a minute) after errors; each round recorded in the table and the
+/// metrics.
+pub async fn run(mut worker: Box<dyn Worker>, runner: Runner) {
+    let Runner { metrics, workers, clock, mut shutdown } = runner;
     let name = worker.name();
+    workers.update(name, |i| i.status = worker.status());
+    metrics.workers.consecutive_errors.with_label_values(&[name]).set(0);
     let mut backoff = FIRST_BACKOFF;
     loop {
         if *shutdown.borrow() {
@@ -67,14 +124,24 @@ pub async fn run(mut worker: Box<dyn Worker>, metrics: Arc<Metrics>, mut shutdow
             r = worker.work() => r,
             _ = shutdown.changed() => return,
         };
+        let now = clock.now_ms();
+        let status = worker.status();
         let wait = match result {
             Ok(state) => {
                 metrics.workers.runs.with_label_values(&[name, state.as_str()]).inc();
-                metrics
-                    .workers
-                    .last_success
-                    .with_label_values(&[name])
-                    .set(crate::clock::millis_since_epoch(std::time::SystemTime::now()) as f64 / 1000.0);
+                #[allow(clippy::cast_precision_loss)] // ms since the epoch are far below 2^52
+                metrics.workers.last_success.with_label_values(&[name]).set(now as f64 / 1000.0);
+                metrics.workers.consecutive_errors.with_label_values(&[name]).set(0);
+                workers.update(name, |i| {
+                    *i = WorkerInfo {
+                        status,
+                        last_result: state.as_str(),
+                        last_run_ms: now,
+                        last_success_ms: now,
+                        last_error: None,
+                        consecutive_errors: 0,
+                    };
+                });
                 backoff = FIRST_BACKOFF;
                 match state {
                     WorkerState::Busy => None,
@@ -84,7 +151,17 @@ pub async fn run(mut worker: Box<dyn Worker>, metrics: Arc<Metrics>, mut shutdow
             }
             Err(e) => {
                 metrics.workers.runs.with_label_values(&[name, "error"]).inc();
-                tracing::warn!(worker = name, status = %worker.status(), error = %e, retry_in = ?backoff, "background work failed");
+                tracing::warn!(worker = name, status = %status, error = %e, retry_in = ?backoff, "background work failed");
+                let mut errors = 0;
+                workers.update(name, |i| {
+                    i.consecutive_errors = i.consecutive_errors.saturating_add(1);
+                    errors = i.consecutive_errors;
+                    i.status = status;
+                    i.last_result = "error";
+                    i.last_run_ms = now;
+                    i.last_error = Some(e.to_string());
+                });
+                metrics.workers.consecutive_errors.with_label_values(&[name]).set(i64::from(errors));
                 let wait = backoff;
                 backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
                 Some(Some(wait))
@@ -139,8 +216,21 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let (_tx, rx) = watch::channel(false);
         let started = tokio::time::Instant::now();
-        run(Box::new(Script { calls: calls.clone() }), metrics.clone(), rx).await;
+        let clock = crate::clock::ManualClock::new();
+        let workers = Workers::default();
+        let runner =
+            Runner { metrics: metrics.clone(), workers: workers.clone(), clock: Arc::new(clock.clone()), shutdown: rx };
+        run(Box::new(Script { calls: calls.clone() }), runner).await;
         assert_eq!(calls.load(Ordering::SeqCst), 5);
+        // The table says how it last ended: done, after two errors that no longer count.
+        let rows = workers.snapshot();
+        assert_eq!(rows.len(), 1);
+        let (name, info) = &rows[0];
+        assert_eq!(
+            (*name, info.last_result, info.consecutive_errors, info.last_error.as_ref()),
+            ("script", "done", 0, None)
+        );
+        assert_eq!(metrics.workers.consecutive_errors.with_label_values(&["script"]).get(), 0);
         // Two backoffs: 200 ms, then 400 ms (virtual time).
         assert_eq!(started.elapsed(), Duration::from_millis(600));
         let runs = |r: &str| metrics.workers.runs.with_label_values(&["script", r]).get();
@@ -167,7 +257,9 @@ mod tests {
         }
         let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).unwrap());
         let (tx, rx) = watch::channel(false);
-        let task = tokio::spawn(run(Box::new(Idle), metrics, rx));
+        let runner =
+            Runner { metrics, workers: Workers::default(), clock: Arc::new(crate::clock::SystemClock), shutdown: rx };
+        let task = runner.spawn(Box::new(Idle));
         tokio::task::yield_now().await;
         tx.send(true).unwrap();
         task.await.unwrap();

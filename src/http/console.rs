@@ -73,15 +73,10 @@ fn size(bytes: u64) -> String {
 }
 
 /// Serves a console path (under `/console`), with the query's `after` for paging.
-pub async fn page(
-    registry: &Registry,
-    replication: &ReplicationStore,
-    proxy: &crate::proxy::Proxy,
-    path: &str,
-    query: Option<&str>,
-) -> Page {
+pub async fn page(app: &super::App, path: &str, query: Option<&str>) -> Page {
+    let (registry, replication, proxy) = (app.registry.as_ref(), app.replication.as_ref(), app.rules.proxy());
     let result = match path.strip_prefix("/console").unwrap_or("") {
-        "" | "/" => index(registry, replication, proxy, query).await,
+        "" | "/" => index(registry, replication, proxy, &app.workers, query).await,
         rest => match rest.strip_prefix("/repositories/").and_then(|n| RepositoryName::parse(n).ok()) {
             Some(name) => repository(registry, replication, &name).await,
             None => Ok(Page { status: 404, html: document("Not found", "<p>No such page.</p>") }),
@@ -97,6 +92,7 @@ async fn index(
     registry: &Registry,
     replication: &ReplicationStore,
     proxy: &crate::proxy::Proxy,
+    workers: &crate::worker::Workers,
     query: Option<&str>,
 ) -> crate::registry::Result<Page> {
     let after = query
@@ -154,6 +150,23 @@ async fn index(
         }
         body.push_str("</table>");
     }
+    body.push_str(
+        "<h2>Workers</h2><table><tr><th>Worker</th><th>Last round</th><th>Ended</th><th>Errors in a row</th>\
+         <th>Last error</th><th>Status</th></tr>",
+    );
+    for (name, info) in workers.snapshot() {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(name),
+            escape(if info.last_result.is_empty() { "not run yet" } else { info.last_result }),
+            escape(&when((info.last_run_ms > 0).then_some(info.last_run_ms))),
+            info.consecutive_errors,
+            escape(info.last_error.as_deref().unwrap_or("")),
+            escape(&info.status),
+        );
+    }
+    body.push_str("</table>");
     Ok(Page { status: 200, html: document("Registry", &body) })
 }
 

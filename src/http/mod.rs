@@ -52,6 +52,8 @@ pub struct App {
     pub account: Arc<crate::registry::settings::AccountStore>,
     /// The one place that decides what a request may do.
     pub authorizer: Arc<crate::auth::authorizer::Authorizer>,
+    /// The background workers and what each did last (shown on the console).
+    pub workers: crate::worker::Workers,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Requests in flight, globally and per client (a permit lives until the response body ends).
@@ -403,7 +405,7 @@ pub async fn serve_admin(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     if path == "/console" || path.starts_with("/console/") {
-        let page = console::page(&app.registry, &app.replication, app.rules.proxy(), path, req.uri().query()).await;
+        let page = console::page(&app, path, req.uri().query()).await;
         let resp = Response::builder()
             .status(StatusCode::from_u16(page.status).unwrap_or(StatusCode::OK))
             .header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")

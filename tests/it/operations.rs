@@ -477,3 +477,30 @@ async fn the_console_shows_repositories_images_and_rules() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(missing.contains("There is no repository team/none."));
 }
+
+/// The workers table: every worker this replica runs is on the console with how its last
+/// round ended; a worker that keeps failing (the pull-through rules' record damaged behind
+/// Ferry's back) shows its error and how many rounds failed in a row, as does
+/// `ferry_worker_consecutive_errors`, and both clear once it works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_and_the_metrics_show_each_worker_and_its_errors() {
+    let f = TestFerry::start().await;
+    let console = || {
+        let url = format!("{}/console", f.admin);
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    let index = console().await;
+    for worker in ["upload_purge", "pull_times", "pull_through_rules"] {
+        assert!(index.contains(&format!("<td>{worker}</td>")), "{worker}: {index}");
+    }
+    f.write_raw("pull-through/rules", b"not json").await;
+    let errors =
+        || async { metric_sum(&f.metrics().await, "ferry_worker_consecutive_errors", &["pull_through_rules"]) };
+    eventually("the rules refresher fails twice in a row", Duration::from_secs(30), || async { errors().await >= 2.0 })
+        .await;
+    let index = console().await;
+    assert!(index.contains("does not decode"), "the error is shown: {index}");
+    f.write_raw("pull-through/rules", br#"{"rules":[]}"#).await;
+    eventually("the refresher works again", Duration::from_secs(30), || async { errors().await == 0.0 }).await;
+    assert!(!console().await.contains("does not decode"));
+}
