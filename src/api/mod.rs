@@ -12,7 +12,6 @@ mod error;
 mod images;
 mod layers;
 mod lifecycle;
-pub mod operations;
 mod pull_through;
 mod registry_policy;
 mod replication;
@@ -21,8 +20,9 @@ mod templates;
 
 pub use layers::{LAYER_PARTS_AT_ONCE, MAX_PART_BODY};
 
+pub use crate::auth::operations;
+pub use crate::auth::OperationName;
 pub use error::{ApiError, EcrException};
-pub use operations::OperationName;
 
 use crate::auth::authenticator::Authenticator;
 use crate::auth::{Access, Action, Principal};

@@ -7,6 +7,7 @@
 
 pub mod authenticator;
 pub mod authorizer;
+pub mod operations;
 pub mod policy;
 pub mod secrets;
 pub mod sigv4;
@@ -15,6 +16,7 @@ pub mod token;
 use crate::oci::RepositoryName;
 
 pub use authenticator::{Identity, Principal};
+pub use operations::{Action, OperationName};
 
 /// What `[auth]` says that only this module can check: every policy document parses (identity
 /// policies, strictly) and every secret hash is an argon2id hash. Run after
@@ -43,179 +45,7 @@ pub fn check_config(cfg: &crate::config::AuthConfig) -> Result<(), crate::config
     Ok(())
 }
 
-/// An ECR action (the IAM action every request maps to). The registry API's endpoints map as
-/// ECR's do; the rest are there for the ECR API and background jobs that come next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// Reading a manifest (GET/HEAD by tag or digest), or a subject's referrers.
-    BatchGetImage,
-    /// Reading a blob's bytes.
-    GetDownloadUrlForLayer,
-    /// Asking whether a blob is there (HEAD).
-    BatchCheckLayerAvailability,
-    /// Opening an upload (or mounting a blob).
-    InitiateLayerUpload,
-    /// Sending an upload's bytes, or asking its progress.
-    UploadLayerPart,
-    /// Finishing an upload.
-    CompleteLayerUpload,
-    /// Storing a manifest, or moving a tag.
-    PutImage,
-    /// Deleting a manifest, a tag or a blob.
-    BatchDeleteImage,
-    /// Listing a repository's tags.
-    ListImages,
-    /// Describing a repository's images.
-    DescribeImages,
-    /// Listing repositories (the catalog).
-    DescribeRepositories,
-    /// Fetching from a pull-through rule's upstream into the cache.
-    BatchImportUpstreamImage,
-    /// Creating a repository.
-    CreateRepository,
-    /// Deleting a repository.
-    DeleteRepository,
-    /// Getting a registry password (`docker login`).
-    GetAuthorizationToken,
-    /// Describing the registry (its id and replication).
-    DescribeRegistry,
-    /// Changing a repository's tag mutability.
-    PutImageTagMutability,
-    /// Setting a repository's policy.
-    SetRepositoryPolicy,
-    /// Reading a repository's policy.
-    GetRepositoryPolicy,
-    /// Removing a repository's policy.
-    DeleteRepositoryPolicy,
-    /// Adding resource tags.
-    TagResource,
-    /// Removing resource tags.
-    UntagResource,
-    /// Listing resource tags.
-    ListTagsForResource,
-    /// Creating a repository creation template.
-    CreateRepositoryCreationTemplate,
-    /// Listing repository creation templates.
-    DescribeRepositoryCreationTemplates,
-    /// Changing a repository creation template.
-    UpdateRepositoryCreationTemplate,
-    /// Removing a repository creation template.
-    DeleteRepositoryCreationTemplate,
-    /// Setting a repository's lifecycle policy.
-    PutLifecyclePolicy,
-    /// Reading a repository's lifecycle policy.
-    GetLifecyclePolicy,
-    /// Removing a repository's lifecycle policy.
-    DeleteLifecyclePolicy,
-    /// Starting a lifecycle policy preview.
-    StartLifecyclePolicyPreview,
-    /// Reading a lifecycle policy preview.
-    GetLifecyclePolicyPreview,
-    /// Setting the registry's replication configuration.
-    PutReplicationConfiguration,
-    /// Setting the registry policy.
-    PutRegistryPolicy,
-    /// Reading the registry policy.
-    GetRegistryPolicy,
-    /// Removing the registry policy.
-    DeleteRegistryPolicy,
-    /// Reading an image's replication status.
-    DescribeImageReplicationStatus,
-    /// Starting a replication backfill.
-    StartReplicationBackfill,
-    /// Stopping a replication backfill.
-    StopReplicationBackfill,
-    /// Reading a replication backfill's progress and results.
-    DescribeReplicationBackfillResults,
-    /// Listing replication backfills.
-    ListReplicationBackfills,
-    /// Creating a pull-through cache rule.
-    CreatePullThroughCacheRule,
-    /// Listing pull-through cache rules.
-    DescribePullThroughCacheRules,
-    /// Changing a pull-through cache rule's credentials.
-    UpdatePullThroughCacheRule,
-    /// Removing a pull-through cache rule.
-    DeletePullThroughCacheRule,
-    /// Checking that a pull-through cache rule reaches its upstream.
-    ValidatePullThroughCacheRule,
-    /// Setting the registry's scanning configuration.
-    PutRegistryScanningConfiguration,
-    /// Reading the registry's scanning configuration.
-    GetRegistryScanningConfiguration,
-    /// Setting a repository's scan on push.
-    PutImageScanningConfiguration,
-    /// Reading repositories' scanning configuration.
-    BatchGetRepositoryScanningConfiguration,
-    /// Setting an account setting.
-    PutAccountSetting,
-    /// Reading an account setting.
-    GetAccountSetting,
-    /// Pushing an image as another registry's replication (a permission, not an operation):
-    /// what a replicating registry needs at its destination, in place of the push actions.
-    ReplicateImage,
-}
-
 impl Action {
-    /// The IAM action name, `ecr:<Operation>`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BatchGetImage => "ecr:BatchGetImage",
-            Self::GetDownloadUrlForLayer => "ecr:GetDownloadUrlForLayer",
-            Self::BatchCheckLayerAvailability => "ecr:BatchCheckLayerAvailability",
-            Self::InitiateLayerUpload => "ecr:InitiateLayerUpload",
-            Self::UploadLayerPart => "ecr:UploadLayerPart",
-            Self::CompleteLayerUpload => "ecr:CompleteLayerUpload",
-            Self::PutImage => "ecr:PutImage",
-            Self::BatchDeleteImage => "ecr:BatchDeleteImage",
-            Self::ListImages => "ecr:ListImages",
-            Self::DescribeImages => "ecr:DescribeImages",
-            Self::DescribeRepositories => "ecr:DescribeRepositories",
-            Self::BatchImportUpstreamImage => "ecr:BatchImportUpstreamImage",
-            Self::CreateRepository => "ecr:CreateRepository",
-            Self::DeleteRepository => "ecr:DeleteRepository",
-            Self::GetAuthorizationToken => "ecr:GetAuthorizationToken",
-            Self::DescribeRegistry => "ecr:DescribeRegistry",
-            Self::PutImageTagMutability => "ecr:PutImageTagMutability",
-            Self::SetRepositoryPolicy => "ecr:SetRepositoryPolicy",
-            Self::GetRepositoryPolicy => "ecr:GetRepositoryPolicy",
-            Self::DeleteRepositoryPolicy => "ecr:DeleteRepositoryPolicy",
-            Self::TagResource => "ecr:TagResource",
-            Self::UntagResource => "ecr:UntagResource",
-            Self::ListTagsForResource => "ecr:ListTagsForResource",
-            Self::CreateRepositoryCreationTemplate => "ecr:CreateRepositoryCreationTemplate",
-            Self::DescribeRepositoryCreationTemplates => "ecr:DescribeRepositoryCreationTemplates",
-            Self::UpdateRepositoryCreationTemplate => "ecr:UpdateRepositoryCreationTemplate",
-            Self::DeleteRepositoryCreationTemplate => "ecr:DeleteRepositoryCreationTemplate",
-            Self::PutLifecyclePolicy => "ecr:PutLifecyclePolicy",
-            Self::GetLifecyclePolicy => "ecr:GetLifecyclePolicy",
-            Self::DeleteLifecyclePolicy => "ecr:DeleteLifecyclePolicy",
-            Self::StartLifecyclePolicyPreview => "ecr:StartLifecyclePolicyPreview",
-            Self::GetLifecyclePolicyPreview => "ecr:GetLifecyclePolicyPreview",
-            Self::PutReplicationConfiguration => "ecr:PutReplicationConfiguration",
-            Self::PutRegistryPolicy => "ecr:PutRegistryPolicy",
-            Self::GetRegistryPolicy => "ecr:GetRegistryPolicy",
-            Self::DeleteRegistryPolicy => "ecr:DeleteRegistryPolicy",
-            Self::DescribeImageReplicationStatus => "ecr:DescribeImageReplicationStatus",
-            Self::StartReplicationBackfill => "ecr:StartReplicationBackfill",
-            Self::StopReplicationBackfill => "ecr:StopReplicationBackfill",
-            Self::DescribeReplicationBackfillResults => "ecr:DescribeReplicationBackfillResults",
-            Self::ListReplicationBackfills => "ecr:ListReplicationBackfills",
-            Self::CreatePullThroughCacheRule => "ecr:CreatePullThroughCacheRule",
-            Self::DescribePullThroughCacheRules => "ecr:DescribePullThroughCacheRules",
-            Self::UpdatePullThroughCacheRule => "ecr:UpdatePullThroughCacheRule",
-            Self::DeletePullThroughCacheRule => "ecr:DeletePullThroughCacheRule",
-            Self::ValidatePullThroughCacheRule => "ecr:ValidatePullThroughCacheRule",
-            Self::PutRegistryScanningConfiguration => "ecr:PutRegistryScanningConfiguration",
-            Self::GetRegistryScanningConfiguration => "ecr:GetRegistryScanningConfiguration",
-            Self::PutImageScanningConfiguration => "ecr:PutImageScanningConfiguration",
-            Self::BatchGetRepositoryScanningConfiguration => "ecr:BatchGetRepositoryScanningConfiguration",
-            Self::PutAccountSetting => "ecr:PutAccountSetting",
-            Self::GetAccountSetting => "ecr:GetAccountSetting",
-            Self::ReplicateImage => "ecr:ReplicateImage",
-        }
-    }
-
     /// What the right to do this is when another registry replicates into this one, if a
     /// replication may do it at all: every step of a push (and the HEADs a pusher makes on the
     /// repository it pushes to, to skip what is there) is `ecr:ReplicateImage`; creating the

@@ -1,13 +1,37 @@
-//! The one list of the ECR operations Ferry answers, by area: each name appears here once, and
-//! from this list come the operation-name enums (one per area, and [`OperationName`] over all),
-//! the target parser, the names for metrics and the audit trail, and which areas must handle
-//! which operations (every area's parser matches its enum exhaustively, so an operation added
-//! here and not handled, or handled twice, does not compile). Knows nothing of what the
-//! operations do.
+//! The one list of the ECR operations Ferry answers, by area, and of the permission-only IAM
+//! actions: each name appears here once, and from this list come the operation-name enums (one
+//! per area, and [`OperationName`] over all), the IAM [`Action`]s (`ecr:<Operation>`, plus
+//! `ecr:ReplicateImage` and `ecr:BatchImportUpstreamImage`), the ECR API's target parser, the
+//! names for metrics and the audit trail, and which areas must handle which operations (every
+//! area's parser matches its enum exhaustively, so an operation added here and not handled does
+//! not compile). Knows nothing of what the operations do.
 
 /// Declares the areas and their operations.
 macro_rules! ecr_operations {
-    ($($area:ident { $($op:ident),+ $(,)? })+) => {
+    ($($area:ident { $($op:ident),+ $(,)? })+ ; permissions { $($permission:ident),+ $(,)? }) => {
+        /// An IAM action: `ecr:<Operation>` for every operation, and the permission-only ones.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Action {
+            $($(
+                #[doc = concat!("`ecr:", stringify!($op), "`.")]
+                $op,
+            )+)+
+            $(
+                #[doc = concat!("`ecr:", stringify!($permission), "` (a permission, not an operation).")]
+                $permission,
+            )+
+        }
+
+        impl Action {
+            /// The IAM action's name, `ecr:<Name>`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($(Self::$op => concat!("ecr:", stringify!($op)),)+)+
+                    $(Self::$permission => concat!("ecr:", stringify!($permission)),)+
+                }
+            }
+        }
+
         /// One enum per area, its operations' names.
         pub mod names {
             $(
@@ -132,6 +156,13 @@ ecr_operations! {
         BatchGetRepositoryScanningConfiguration,
         PutAccountSetting,
         GetAccountSetting,
+    };
+    permissions {
+        // Pushing as another registry's replication: what a replicating registry needs at its
+        // destination, in place of the push actions.
+        ReplicateImage,
+        // Fetching from a pull-through rule's upstream into the cache.
+        BatchImportUpstreamImage,
     }
 }
 
@@ -162,5 +193,7 @@ mod tests {
         assert!(OperationName::parse("PutImage").unwrap().audited());
         assert!(!OperationName::parse("DescribeImages").unwrap().audited());
         assert!(OperationName::parse("GetAuthorizationToken").unwrap().audited());
+        assert_eq!(Action::PutImage.as_str(), "ecr:PutImage");
+        assert_eq!(Action::ReplicateImage.as_str(), "ecr:ReplicateImage");
     }
 }
