@@ -502,7 +502,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::oci::{Reference, Tag};
-    use crate::registry::{Registry, Settings};
+    use crate::registry::testing::{self, body, image_manifest as manifest};
     use crate::storage::fs::FsStorage;
     use crate::storage::{ByteRange, ByteStream, OnWritten, PutMode, StoredBlob, UploadId, Version};
     use async_trait::async_trait;
@@ -595,22 +595,6 @@ mod tests {
         }
     }
 
-    fn body(bytes: &'static [u8]) -> ByteStream {
-        Box::pin(futures_util::stream::once(async move { Ok(Bytes::from_static(bytes)) }))
-    }
-
-    fn manifest(config: &Digest, layer: &Digest, n: u32) -> Bytes {
-        Bytes::from(
-            serde_json::to_vec(&serde_json::json!({
-                "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 2},
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 5}],
-                "annotations": {"n": n.to_string()},
-            }))
-            .unwrap(),
-        )
-    }
-
     /// A manifest PUT that checked its layer's link, and is about to store itself, while a
     /// collection runs: the layer's link was dangling and unused for longer than the grace
     /// period, yet the collection leaves it, because the PUT touched it first.
@@ -626,28 +610,12 @@ mod tests {
         });
         let clock = ManualClock::new();
         let shared: SharedClock = Arc::new(clock.clone());
-        let metrics = Arc::new(Metrics::new(prometheus::Registry::new()).unwrap());
         let grace = Duration::from_secs(3600);
-        let settings = Settings {
-            delete_enabled: true,
-            upload_max_idle: Duration::from_secs(3600),
-            local_namespaces: vec![],
-            create_on_push: true,
-            gc_grace: grace,
-        };
-        let proxy = Arc::new(
-            crate::proxy::Proxy::new(&[], &[], &crate::config::PullThroughApiConfig::default(), &metrics).unwrap(),
-        );
-        let registry = Arc::new(Registry::new(storage.clone(), proxy, settings, metrics, shared.clone()));
+        let registry = Arc::new(testing::registry(storage.clone(), testing::settings(grace), shared.clone()));
         let collector = Collector::new(storage.clone(), registry.content_uses(), shared, None, vec![]);
 
         let name = RepositoryName::parse("team/app").unwrap();
-        let sha = |b: &[u8]| {
-            let mut h = crate::oci::Hasher::new(crate::oci::DigestAlgorithm::Sha256);
-            h.update(b);
-            h.finish()
-        };
-        let (config, layer_digest) = (sha(b"{}"), sha(b"layer"));
+        let (config, layer_digest) = (Digest::sha256_of(b"{}"), Digest::sha256_of(b"layer"));
         registry.upload_monolithic(&name, &config, body(b"{}")).await.unwrap();
         registry.upload_monolithic(&name, &layer_digest, body(b"layer")).await.unwrap();
         let tag = |t: &str| Reference::Tag(Tag::parse(t).unwrap());

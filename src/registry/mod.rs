@@ -15,6 +15,10 @@ pub mod purge;
 pub mod repositories;
 pub mod settings;
 pub mod templates;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 mod uploads;
 
 pub use error::{Error, Result};
@@ -422,22 +426,4 @@ pub fn paginate(items: Vec<String>, n: Option<usize>, last: Option<&str>) -> Pag
     let rest = items.split_off(start.min(items.len()));
     let more = rest.len() > limit;
     Page { items: rest.into_iter().take(limit).collect(), more }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pagination() {
-        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(paginate(all.clone(), Some(2), None), Page { items: vec!["a".into(), "b".into()], more: true });
-        assert_eq!(
-            paginate(all.clone(), Some(2), Some("b")),
-            Page { items: vec!["c".into(), "d".into()], more: false }
-        );
-        assert_eq!(paginate(all.clone(), Some(0), None), Page { items: vec![], more: true });
-        assert_eq!(paginate(all.clone(), None, Some("bb")).items, vec!["c".to_string(), "d".into()]);
-        assert_eq!(paginate(all, Some(usize::MAX), Some("z")), Page { items: vec![], more: false });
-    }
 }

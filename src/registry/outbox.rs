@@ -111,37 +111,12 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    /// A consumer that keeps what it was given.
-    #[derive(Default)]
-    pub struct Kept {
-        pub events: Mutex<Vec<ImageEvent>>,
-        pub woken: Mutex<usize>,
-        pub only: Option<ImageAction>,
-    }
-
-    #[async_trait]
-    impl ImageEvents for Kept {
-        fn wants(&self, action: ImageAction, _: &RepositoryName) -> bool {
-            self.only.is_none_or(|a| a == action)
-        }
-        async fn record(&self, event: &ImageEvent) -> storage::Result<bool> {
-            if !self.wants(event.action, &event.repository) {
-                return Ok(false);
-            }
-            self.events.lock().unwrap().push(event.clone());
-            Ok(true)
-        }
-        fn committed(&self) {
-            *self.woken.lock().unwrap() += 1;
-        }
-    }
+    use crate::registry::testing::KeptEvents;
 
     #[tokio::test]
     async fn events_reach_the_consumers_that_want_them_and_wake_only_those() {
-        let all = Arc::new(Kept::default());
-        let deletes = Arc::new(Kept { only: Some(ImageAction::Delete), ..Kept::default() });
+        let all = Arc::new(KeptEvents::default());
+        let deletes = Arc::new(KeptEvents { only: Some(ImageAction::Delete), ..KeptEvents::default() });
         let outbox = Outbox::new(vec![all.clone(), deletes.clone()]);
         let name = RepositoryName::parse("team/app").unwrap();
         let event = ImageEvent {
@@ -155,8 +130,8 @@ mod tests {
         assert!(outbox.wants(ImageAction::Push, &name));
         let recorded = outbox.record(&event).await.unwrap();
         outbox.committed(recorded);
-        assert_eq!(all.events.lock().unwrap().as_slice(), [event]);
-        assert!(deletes.events.lock().unwrap().is_empty());
-        assert_eq!((*all.woken.lock().unwrap(), *deletes.woken.lock().unwrap()), (1, 0));
+        assert_eq!(all.events(), [event]);
+        assert!(deletes.events().is_empty());
+        assert_eq!((all.woken(), deletes.woken()), (1, 0));
     }
 }

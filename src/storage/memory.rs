@@ -4,12 +4,13 @@
 //! Owns only its maps; knows nothing of repositories.
 
 use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version};
+use crate::clock::{SharedClock, SystemClock};
 use crate::oci::Digest;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// An upload session's state and data.
@@ -30,15 +31,27 @@ struct Maps {
 }
 
 /// Storage in memory.
-#[derive(Default)]
 pub struct MemoryStorage {
     maps: Mutex<Maps>,
+    /// What stamps blobs and upload sessions (a test's manual clock ages them).
+    clock: SharedClock,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemoryStorage {
-    /// An empty store.
+    /// An empty store on the system clock.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An empty store whose blobs and sessions are stamped by `clock`.
+    pub fn with_clock(clock: SharedClock) -> Self {
+        Self { maps: Mutex::default(), clock }
     }
 
     fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
@@ -90,7 +103,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn blob_put_small(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
-        self.maps().blobs.insert(digest.to_string(), (digest.clone(), bytes, SystemTime::now()));
+        self.maps().blobs.insert(digest.to_string(), (digest.clone(), bytes, self.clock.now()));
         Ok(())
     }
 
@@ -114,7 +127,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn upload_create(&self, id: &UploadId, state: Bytes) -> Result<()> {
-        let session = Session { state, data: BytesMut::new(), sealed: false, modified: SystemTime::now() };
+        let session = Session { state, data: BytesMut::new(), sealed: false, modified: self.clock.now() };
         self.maps().uploads.insert(*id, session);
         Ok(())
     }
@@ -152,7 +165,7 @@ impl Storage for MemoryStorage {
                 let mut maps = self.maps();
                 let session = maps.uploads.get_mut(id).ok_or(Error::NotFound)?;
                 session.data.extend_from_slice(&chunk);
-                session.modified = SystemTime::now();
+                session.modified = self.clock.now();
                 session.data.len() as u64
             };
             on_written(size);
@@ -180,7 +193,7 @@ impl Storage for MemoryStorage {
         maps.uploads.remove(id);
         let keep = maps.blobs.get(&digest.to_string()).is_some_and(|(_, b, _)| b.len() as u64 == size);
         if !keep {
-            maps.blobs.insert(digest.to_string(), (digest.clone(), bytes, SystemTime::now()));
+            maps.blobs.insert(digest.to_string(), (digest.clone(), bytes, self.clock.now()));
         }
         Ok(())
     }

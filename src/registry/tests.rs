@@ -1,0 +1,290 @@
+//! The registry domain's rules, checked over the in-memory store: what a manifest must
+//! reference, tag immutability, what the outbox is told and when, and the upload protocol.
+//! No HTTP, no disk: each test runs in microseconds.
+
+use super::outbox::{ImageAction, Outbox};
+use super::repositories::{RepositorySettings, TagMutability};
+use super::testing::{self, body, image_manifest, KeptEvents};
+use super::{paginate, Error, Page, PushOrigin, Registry, Repo};
+use crate::clock::{ManualClock, SharedClock};
+use crate::oci::{Digest, Reference, RepositoryName, Tag};
+use crate::storage::memory::MemoryStorage;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Fixture {
+    registry: Registry,
+    clock: ManualClock,
+    events: Arc<KeptEvents>,
+}
+
+fn fixture_with(settings: super::Settings, events: KeptEvents) -> Fixture {
+    let clock = ManualClock::new();
+    let shared: SharedClock = Arc::new(clock.clone());
+    let events = Arc::new(events);
+    let registry = testing::registry(Arc::new(MemoryStorage::with_clock(shared.clone())), settings, shared)
+        .with_outbox(Outbox::new(vec![events.clone()]));
+    Fixture { registry, clock, events }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(testing::settings(Duration::from_secs(3600)), KeptEvents::default())
+}
+
+fn repo(name: &str) -> RepositoryName {
+    RepositoryName::parse(name).unwrap()
+}
+
+fn tag(t: &str) -> Reference {
+    Reference::Tag(Tag::parse(t).unwrap())
+}
+
+const CONFIG: &[u8] = b"{}";
+const LAYER: &[u8] = b"layer";
+
+/// Pushes the config and layer blobs every test manifest names.
+async fn push_blobs(registry: &Registry, name: &RepositoryName) -> (Digest, Digest) {
+    let (config, layer) = (Digest::sha256_of(CONFIG), Digest::sha256_of(LAYER));
+    registry.upload_monolithic(name, &config, body(CONFIG)).await.unwrap();
+    registry.upload_monolithic(name, &layer, body(LAYER)).await.unwrap();
+    (config, layer)
+}
+
+#[tokio::test]
+async fn a_manifest_naming_a_blob_its_repository_lacks_is_refused_and_leaves_nothing() {
+    let f = fixture();
+    let (app, other) = (repo("team/app"), repo("team/other"));
+    // The layer exists in the registry, but only in another repository.
+    let (config, layer) = push_blobs(&f.registry, &other).await;
+    f.registry.upload_monolithic(&app, &config, body(CONFIG)).await.unwrap();
+    let manifest = image_manifest(&config, &layer, 1);
+    let digest = Digest::sha256_of(&manifest);
+
+    let err = f.registry.manifest_put(&app, &tag("v1"), None, manifest, PushOrigin::Client).await.unwrap_err();
+    assert!(matches!(&err, Error::ManifestBlobUnknown(d) if d == &layer), "{err:?}");
+    assert!(!f.registry.holds_manifest(&app, &digest).await.unwrap());
+    let read = f.registry.manifest_record(&Repo::Local(app.clone()), &tag("v1")).await.unwrap_err();
+    assert!(matches!(read, Error::ManifestUnknown(_)), "{read:?}");
+    assert!(f.events.events().is_empty(), "a refused push is never reported");
+}
+
+#[tokio::test]
+async fn a_digest_reference_must_be_the_digest_of_the_bytes() {
+    let f = fixture();
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let claimed = Digest::sha256_of(b"something else");
+    let err = f
+        .registry
+        .manifest_put(
+            &name,
+            &Reference::Digest(claimed.clone()),
+            None,
+            image_manifest(&config, &layer, 1),
+            PushOrigin::Client,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::DigestMismatch { expected, .. } if expected == &claimed), "{err:?}");
+    assert!(!f.registry.holds_manifest(&name, &claimed).await.unwrap());
+}
+
+#[tokio::test]
+async fn an_immutable_tag_is_pushed_once_and_never_moves() {
+    let f = fixture();
+    let name = repo("team/app");
+    let settings = RepositorySettings { image_tag_mutability: TagMutability::Immutable, ..Default::default() };
+    f.registry.create_repository(&name, settings).await.unwrap();
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let first = image_manifest(&config, &layer, 1);
+    let stored = f.registry.manifest_put(&name, &tag("v1"), None, first.clone(), PushOrigin::Client).await.unwrap();
+
+    // Neither the same manifest again (as in ECR) nor another one may take the tag.
+    for bytes in [first, image_manifest(&config, &layer, 2)] {
+        let err = f.registry.manifest_put(&name, &tag("v1"), None, bytes, PushOrigin::Client).await.unwrap_err();
+        assert!(matches!(&err, Error::TagImmutable { tag, .. } if tag == "v1"), "{err:?}");
+    }
+    let record = f.registry.manifest_record(&Repo::Local(name.clone()), &tag("v1")).await.unwrap();
+    assert_eq!(record.digest, stored.digest);
+    // Other tags are still free to be pushed.
+    f.registry
+        .manifest_put(&name, &tag("v2"), None, image_manifest(&config, &layer, 3), PushOrigin::Client)
+        .await
+        .unwrap();
+    let pushed: Vec<_> = f.events.events().into_iter().map(|e| e.tag).collect();
+    assert_eq!(pushed, [Some("v1".to_owned()), Some("v2".to_owned())], "refused pushes are not reported");
+}
+
+#[tokio::test]
+async fn a_push_whose_event_cannot_be_recorded_stores_nothing() {
+    let f = fixture_with(testing::settings(Duration::from_secs(3600)), KeptEvents { fail: true, ..Default::default() });
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let manifest = image_manifest(&config, &layer, 1);
+    let digest = Digest::sha256_of(&manifest);
+    let err = f.registry.manifest_put(&name, &tag("v1"), None, manifest, PushOrigin::Client).await.unwrap_err();
+    assert!(matches!(err, Error::Storage(_)), "{err:?}");
+    // Acknowledging a push its consumers never heard of would lose its replication.
+    assert!(!f.registry.holds_manifest(&name, &digest).await.unwrap());
+    assert!(f.registry.manifest_record(&Repo::Local(name), &tag("v1")).await.is_err());
+    assert_eq!(f.events.woken(), 0);
+}
+
+#[tokio::test]
+async fn a_push_is_reported_once_stored_and_wakes_its_consumers() {
+    let f = fixture();
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let stored = f
+        .registry
+        .manifest_put(&name, &tag("v1"), None, image_manifest(&config, &layer, 1), PushOrigin::Replication)
+        .await
+        .unwrap();
+    let events = f.events.events();
+    assert_eq!(events.len(), 1);
+    let event = &events[0];
+    assert_eq!(
+        (event.action, &event.repository, &event.digest, event.tag.as_deref(), event.origin),
+        (ImageAction::Push, &name, &stored.digest, Some("v1"), PushOrigin::Replication)
+    );
+    assert_eq!(f.events.woken(), 1);
+}
+
+#[tokio::test]
+async fn a_retag_keeps_when_the_image_was_first_pushed() {
+    let f = fixture();
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let manifest = image_manifest(&config, &layer, 1);
+    f.registry.manifest_put(&name, &tag("v1"), None, manifest.clone(), PushOrigin::Client).await.unwrap();
+    let local = Repo::Local(name.clone());
+    let first = f.registry.manifest_record(&local, &tag("v1")).await.unwrap().pushed_at_ms;
+    assert!(first.is_some());
+    f.clock.advance(Duration::from_secs(86_400));
+    f.registry.manifest_put(&name, &tag("latest"), None, manifest, PushOrigin::Client).await.unwrap();
+    let retagged = f.registry.manifest_record(&local, &tag("latest")).await.unwrap().pushed_at_ms;
+    assert_eq!(retagged, first, "lifecycle's sinceImagePushed counts from the first push");
+}
+
+#[tokio::test]
+async fn deletes_report_what_they_removed() {
+    let f = fixture();
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let stored = f
+        .registry
+        .manifest_put(&name, &tag("v1"), None, image_manifest(&config, &layer, 1), PushOrigin::Client)
+        .await
+        .unwrap();
+    f.registry.manifest_delete(&name, &tag("v1")).await.unwrap();
+    f.registry.manifest_delete(&name, &Reference::Digest(stored.digest.clone())).await.unwrap();
+    let deletes: Vec<_> = f
+        .events
+        .events()
+        .into_iter()
+        .filter(|e| e.action == ImageAction::Delete)
+        .map(|e| (e.digest, e.tag, e.removes_manifest))
+        .collect();
+    assert_eq!(deletes, [(stored.digest.clone(), Some("v1".to_owned()), false), (stored.digest.clone(), None, true)]);
+    let gone = f.registry.manifest_record(&Repo::Local(name.clone()), &Reference::Digest(stored.digest)).await;
+    assert!(matches!(gone, Err(Error::ManifestUnknown(_))), "{gone:?}");
+    // Deleting what is gone is an error, and reports nothing.
+    assert!(matches!(f.registry.manifest_delete(&name, &tag("v1")).await, Err(Error::ManifestUnknown(_))));
+    assert_eq!(f.events.events().len(), 3);
+}
+
+#[tokio::test]
+async fn deletes_are_refused_when_turned_off() {
+    let settings = super::Settings { delete_enabled: false, ..testing::settings(Duration::from_secs(3600)) };
+    let f = fixture_with(settings, KeptEvents::default());
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    f.registry
+        .manifest_put(&name, &tag("v1"), None, image_manifest(&config, &layer, 1), PushOrigin::Client)
+        .await
+        .unwrap();
+    assert!(matches!(f.registry.manifest_delete(&name, &tag("v1")).await, Err(Error::DeleteDisabled)));
+    assert!(matches!(f.registry.blob_delete(&name, &layer).await, Err(Error::DeleteDisabled)));
+    assert!(f.registry.manifest_record(&Repo::Local(name), &tag("v1")).await.is_ok());
+}
+
+#[tokio::test]
+async fn chunks_must_follow_each_other_and_the_blob_is_the_bytes_received() {
+    let f = fixture();
+    let name = repo("team/app");
+    let id = f.registry.upload_start(&name).await.unwrap();
+    assert_eq!(f.registry.upload_append(&name, &id, Some(0), body(b"abc")).await.unwrap(), 3);
+    let err = f.registry.upload_append(&name, &id, Some(0), body(b"abc")).await.unwrap_err();
+    assert!(matches!(err, Error::RangeMismatch { start: 0, size: 3 }), "{err:?}");
+    assert_eq!(f.registry.upload_status(&name, &id).await.unwrap(), 3);
+    let digest = Digest::sha256_of(b"abcdef");
+    assert_eq!(f.registry.upload_finish(&name, &id, &digest, Some(3), Some(body(b"def"))).await.unwrap(), 6);
+    assert_eq!(f.registry.blob_size(&Repo::Local(name.clone()), &digest).await.unwrap(), 6);
+    // A finished session is gone: a second finish cannot commit anything.
+    let again = f.registry.upload_finish(&name, &id, &digest, None, None).await.unwrap_err();
+    assert!(matches!(again, Error::UploadUnknown), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_digest_stores_nothing_and_ends_the_session() {
+    let f = fixture();
+    let name = repo("team/app");
+    let id = f.registry.upload_start(&name).await.unwrap();
+    let claimed = Digest::sha256_of(b"not these bytes");
+    let err = f.registry.upload_finish(&name, &id, &claimed, None, Some(body(b"abc"))).await.unwrap_err();
+    assert!(matches!(&err, Error::DigestMismatch { expected, .. } if expected == &claimed), "{err:?}");
+    assert!(matches!(f.registry.upload_status(&name, &id).await, Err(Error::UploadUnknown)));
+    for d in [claimed, Digest::sha256_of(b"abc")] {
+        let size = f.registry.blob_size(&Repo::Local(name.clone()), &d).await;
+        assert!(matches!(size, Err(Error::NameUnknown(_) | Error::BlobUnknown(_))), "{size:?}");
+    }
+    assert!(!f.registry.repository_exists(&name).await.unwrap(), "a failed upload creates no repository");
+}
+
+#[tokio::test]
+async fn an_upload_session_belongs_to_its_repository() {
+    let f = fixture();
+    let (mine, theirs) = (repo("team/app"), repo("other/app"));
+    let id = f.registry.upload_start(&mine).await.unwrap();
+    assert!(matches!(f.registry.upload_status(&theirs, &id).await, Err(Error::UploadUnknown)));
+    assert!(matches!(f.registry.upload_append(&theirs, &id, None, body(b"x")).await, Err(Error::UploadUnknown)));
+    assert!(matches!(f.registry.upload_cancel(&theirs, &id).await, Err(Error::UploadUnknown)));
+    assert_eq!(f.registry.upload_status(&mine, &id).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_mount_links_only_what_its_source_holds() {
+    let f = fixture();
+    let (source, target, empty) = (repo("team/base"), repo("team/app"), repo("team/empty"));
+    let (_, layer) = push_blobs(&f.registry, &source).await;
+    assert!(!f.registry.upload_mount(&target, &layer, &empty).await.unwrap());
+    assert!(matches!(
+        f.registry.blob_size(&Repo::Local(target.clone()), &layer).await,
+        Err(Error::NameUnknown(_) | Error::BlobUnknown(_))
+    ));
+    assert!(f.registry.upload_mount(&target, &layer, &source).await.unwrap());
+    assert_eq!(f.registry.blob_size(&Repo::Local(target), &layer).await.unwrap(), LAYER.len() as u64);
+}
+
+#[tokio::test]
+async fn idle_uploads_are_purged_and_active_ones_kept() {
+    let f = fixture();
+    let name = repo("team/app");
+    let idle = f.registry.upload_start(&name).await.unwrap();
+    f.clock.advance(Duration::from_secs(7200));
+    let active = f.registry.upload_start(&name).await.unwrap();
+    f.registry.upload_append(&name, &active, None, body(b"x")).await.unwrap();
+    let purged = f.registry.purge_uploads().await.unwrap();
+    let left = f.registry.upload_ids().await.unwrap();
+    assert_eq!((purged, left.contains(&idle), left.contains(&active)), (1, false, true));
+}
+
+#[test]
+fn pagination() {
+    let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(paginate(all.clone(), Some(2), None), Page { items: vec!["a".into(), "b".into()], more: true });
+    assert_eq!(paginate(all.clone(), Some(2), Some("b")), Page { items: vec!["c".into(), "d".into()], more: false });
+    assert_eq!(paginate(all.clone(), Some(0), None), Page { items: vec![], more: true });
+    assert_eq!(paginate(all.clone(), None, Some("bb")).items, vec!["c".to_string(), "d".into()]);
+    assert_eq!(paginate(all, Some(usize::MAX), Some("z")), Page { items: vec![], more: false });
+}
