@@ -134,6 +134,7 @@ pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Resu
         audit: services.audit.clone(),
         rules: services.rules.clone(),
         account: services.account.clone(),
+        previews: services.previews.clone(),
         workers: worker::Workers::default(),
         authorizer: Arc::new(auth::authorizer::Authorizer::new(
             authenticator.clone(),
@@ -329,6 +330,8 @@ pub(crate) struct Services {
     pub(crate) rules: Arc<proxy::rules::RuleStore>,
     /// ECR's registry-wide settings.
     pub(crate) account: Arc<registry::settings::AccountStore>,
+    /// Lifecycle policy previews.
+    pub(crate) previews: Arc<lifecycle::previews::Previews>,
 }
 
 impl Services {
@@ -351,12 +354,13 @@ impl Services {
         let outbox = registry::outbox::Outbox::new(vec![replication.clone(), webhooks.clone()]);
         let rules = Arc::new(proxy::rules::RuleStore::new(storage.clone(), proxy.clone()));
         let account = Arc::new(registry::settings::AccountStore::new(storage.clone()));
+        let previews = Arc::new(lifecycle::previews::Previews::new(storage.clone(), clock.clone()));
         // Rules created through the ECR API are in force before the first request.
         rules.refresh().await.map_err(|e| std::io::Error::other(e.to_string()))?;
         let registry = Arc::new(
             registry::Registry::new(storage, proxy, registry_settings(config), metrics, clock).with_outbox(outbox),
         );
-        Ok(Self { registry, audit: Arc::new(audit), replication, webhooks, rules, account })
+        Ok(Self { registry, audit: Arc::new(audit), replication, webhooks, rules, account, previews })
     }
 }
 

@@ -1,21 +1,14 @@
-//! The lifecycle policy operations: put, get and delete a repository's policy, and start and
-//! read a preview, with ECR's exception names and output shapes. A preview runs the same
-//! planner a lifecycle run does, with no side effects, within the request; its record says
-//! `IN_PROGRESS` while it runs, so a second start on any replica meanwhile gets
-//! `LifecyclePolicyPreviewInProgressException`, and one left by a replica that died during it
-//! counts as `FAILED` after [`PREVIEW_STALE_MS`].
+//! The lifecycle policy operations' wire shapes: put, get and delete a repository's policy,
+//! and start and read a preview (whose protocol is [`crate::lifecycle::previews`]'s), with
+//! ECR's exception names and output shapes.
 
 use super::operations::names;
 use super::EcrException;
 use super::{ApiContext, ApiError, Input, Operation, Page};
-use crate::lifecycle::{self, policy, Expiry};
+use crate::lifecycle::previews::StartError;
+use crate::lifecycle::{policy, Expiry};
 use crate::oci::RepositoryName;
-use crate::storage::PutMode;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-
-/// A preview still `IN_PROGRESS` after this long was abandoned.
-pub const PREVIEW_STALE_MS: u64 = 10 * 60 * 1000;
 
 /// Parses one of the lifecycle operations on `name`.
 pub fn parse_operation(op: names::Lifecycle, input: &Input, name: RepositoryName) -> Result<Operation, ApiError> {
@@ -91,17 +84,6 @@ impl PreviewQuery {
     }
 }
 
-/// What the preview record holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PreviewRecord {
-    status: String,
-    policy: String,
-    started_at_ms: u64,
-    #[serde(default)]
-    results: Vec<Expiry>,
-}
-
 fn not_found(ctx: &ApiContext<'_>, name: &RepositoryName) -> ApiError {
     ApiError::new(
         EcrException::LifecyclePolicyNotFound,
@@ -159,39 +141,14 @@ pub async fn start_preview(
         None => return Err(not_found(ctx, &name)),
     };
     let parsed = policy::parse(&text).map_err(|e| ApiError::invalid("LifecyclePolicyText", e))?;
-    let now_ms = reg.clock().now_ms();
-    let mode = match crate::lifecycle::previews::get(reg.storage_handle().as_ref(), &name).await? {
-        Some((bytes, version)) => {
-            let running = serde_json::from_slice::<PreviewRecord>(&bytes)
-                .is_ok_and(|r| r.status == "IN_PROGRESS" && now_ms.saturating_sub(r.started_at_ms) < PREVIEW_STALE_MS);
-            if running {
-                return Err(in_progress(&name));
-            }
-            PutMode::Update(version)
-        }
-        None => PutMode::Create,
+    let status = match ctx.previews.run(reg, &name, text.clone(), &parsed).await {
+        Ok(status) => status,
+        Err(StartError::InProgress(name)) => return Err(in_progress(&name)),
+        Err(StartError::Registry(e)) => return Err(e.into()),
     };
-    let record =
-        PreviewRecord { status: "IN_PROGRESS".into(), policy: text.clone(), started_at_ms: now_ms, results: vec![] };
-    let version =
-        match crate::lifecycle::previews::put(reg.storage_handle().as_ref(), &name, encode(&record)?, mode).await {
-            Ok(v) => v,
-            Err(crate::storage::Error::Conflict) => return Err(in_progress(&name)),
-            Err(e) => return Err(e.into()),
-        };
-    let planned = lifecycle::plan(reg, &name, &parsed, now_ms).await;
-    let done = match planned {
-        Ok(results) => PreviewRecord { status: "COMPLETE".into(), results, ..record },
-        Err(e) => {
-            tracing::warn!(repository = %name, error = %e, "lifecycle preview failed");
-            PreviewRecord { status: "FAILED".into(), ..record }
-        }
-    };
-    let status = done.status.clone();
-    crate::lifecycle::previews::put(reg.storage_handle().as_ref(), &name, encode(&done)?, PutMode::Update(version))
-        .await?;
     Ok(json!({
-        "registryId": ctx.registry_id, "repositoryName": name.as_str(), "lifecyclePolicyText": text, "status": status,
+        "registryId": ctx.registry_id, "repositoryName": name.as_str(), "lifecyclePolicyText": text,
+        "status": status.as_str(),
     }))
 }
 
@@ -200,10 +157,6 @@ fn in_progress(name: &RepositoryName) -> ApiError {
         EcrException::LifecyclePolicyPreviewInProgress,
         format!("Previous lifecycle policy preview request has not completed for the repository with name '{name}'"),
     )
-}
-
-fn encode(record: &PreviewRecord) -> Result<bytes::Bytes, ApiError> {
-    crate::storage::records::encode(record).map_err(|e| ApiError::from(crate::registry::Error::from(e)))
 }
 
 /// `GetLifecyclePolicyPreview`.
@@ -219,14 +172,8 @@ pub async fn get_preview(ctx: &ApiContext<'_>, name: RepositoryName, query: Prev
             ),
         )
     };
-    let (bytes, _) = crate::lifecycle::previews::get(reg.storage_handle().as_ref(), &name).await?.ok_or_else(none)?;
-    let record: PreviewRecord = serde_json::from_slice(&bytes).map_err(|_| none())?;
-    let now_ms = reg.clock().now_ms();
-    let status = if record.status == "IN_PROGRESS" && now_ms.saturating_sub(record.started_at_ms) >= PREVIEW_STALE_MS {
-        "FAILED".to_owned()
-    } else {
-        record.status.clone()
-    };
+    let record = ctx.previews.last(&name).await?.ok_or_else(none)?;
+    let status = record.status.as_str();
     let wanted = |e: &Expiry| {
         let by_id = query.images.is_empty()
             || query.images.iter().any(|(d, t)| {

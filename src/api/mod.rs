@@ -46,6 +46,8 @@ pub struct ApiContext<'a> {
     pub rules: &'a crate::proxy::rules::RuleStore,
     /// ECR's registry-wide settings (scanning configuration, account settings).
     pub account: &'a crate::registry::settings::AccountStore,
+    /// Lifecycle policy previews.
+    pub previews: &'a crate::lifecycle::previews::Previews,
     /// Who signed the request.
     pub principal: &'a Principal,
     /// Access control, when on (it issues registry passwords).

@@ -256,6 +256,7 @@ async fn run(
         replication: &app.replication,
         rules: &app.rules,
         account: &app.account,
+        previews: &app.previews,
         principal: &principal,
         authenticator: auth.map(|a| a.authenticator.as_ref()),
         registry_id,

@@ -50,6 +50,8 @@ pub struct App {
     pub rules: Arc<crate::proxy::rules::RuleStore>,
     /// ECR's registry-wide settings.
     pub account: Arc<crate::registry::settings::AccountStore>,
+    /// Lifecycle policy previews.
+    pub previews: Arc<crate::lifecycle::previews::Previews>,
     /// The one place that decides what a request may do.
     pub authorizer: Arc<crate::auth::authorizer::Authorizer>,
     /// The background workers and what each did last (shown on the console).

@@ -226,11 +226,6 @@ impl Registry {
         &self.clock
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Whether the repository holds any content.
     pub async fn repository_exists(&self, name: &RepositoryName) -> Result<bool> {
         Ok(self.repositories.exists(name).await?)

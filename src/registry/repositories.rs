@@ -193,7 +193,7 @@ impl Registry {
     }
 
     /// Whether the repository holds any image (a manifest or a tag).
-    pub async fn repository_has_images(&self, name: &RepositoryName) -> Result<bool> {
+    pub(super) async fn repository_has_images(&self, name: &RepositoryName) -> Result<bool> {
         Ok(!self.storage.record_list(&Key::tags(name)).await?.is_empty()
             || !self.storage.record_list(&Key::manifest_links(name)).await?.is_empty())
     }

@@ -312,7 +312,7 @@ impl Registry {
     }
 
     /// Every session in storage.
-    pub async fn upload_ids(&self) -> Result<std::collections::HashSet<UploadId>> {
+    pub(super) async fn upload_ids(&self) -> Result<std::collections::HashSet<UploadId>> {
         Ok(self.storage.upload_list().await?.into_iter().map(|(id, _)| id).collect())
     }
 

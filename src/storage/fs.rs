@@ -3,6 +3,7 @@
 //! Writes go to a temporary file that is fsynced and renamed into place, so a crash never
 //! leaves partial content under a digest or a half-written record.
 
+use super::keys::{self, UploadObject};
 use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version};
 use crate::oci::Digest;
 use async_trait::async_trait;
@@ -185,12 +186,15 @@ impl FsStorage {
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
-        let hex = d.hex();
-        self.root.join("blobs").join(d.algorithm().as_str()).join(&hex[..2]).join(hex)
+        self.root.join(keys::blob_object(d))
     }
 
     fn upload_dir(&self, id: &UploadId) -> PathBuf {
-        self.root.join("uploads").join(id.to_string())
+        self.root.join(keys::upload_folder(id))
+    }
+
+    fn upload_path(&self, id: &UploadId, object: UploadObject) -> PathBuf {
+        self.root.join(keys::upload_object(id, object))
     }
 
     fn record_path(&self, key: &Key) -> PathBuf {
@@ -250,7 +254,7 @@ impl Storage for FsStorage {
     }
 
     async fn blob_list(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredBlob>> {
-        let root = self.root.join("blobs").join("sha256");
+        let root = self.root.join(keys::SHA256_BLOBS);
         let after = after.map(str::to_owned);
         Ok(blocking(move || list_blobs(&root, after.as_deref(), limit)).await?)
     }
@@ -265,25 +269,26 @@ impl Storage for FsStorage {
 
     async fn upload_create(&self, id: &UploadId, state: Bytes) -> Result<()> {
         let dir = self.upload_dir(id);
+        let (data, state_path) = (self.upload_path(id, UploadObject::Data), self.upload_path(id, UploadObject::State));
         let tmp = self.tmp_dir();
         blocking(move || {
             std::fs::create_dir_all(&dir)?;
-            std::fs::File::create(dir.join("data"))?;
-            write_atomic(&tmp, &dir.join("state"), &state)
+            std::fs::File::create(data)?;
+            write_atomic(&tmp, &state_path, &state)
         })
         .await?;
         Ok(())
     }
 
     async fn upload_state(&self, id: &UploadId) -> Result<Bytes> {
-        Ok(tokio::fs::read(self.upload_dir(id).join("state")).await.map_err(not_found_as)?.into())
+        Ok(tokio::fs::read(self.upload_path(id, UploadObject::State)).await.map_err(not_found_as)?.into())
     }
 
     async fn upload_seal(&self, id: &UploadId) -> Result<()> {
         // A rename is atomic: exactly one caller moves `state` away; everyone else, and every
         // later `upload_state`, finds it gone.
-        let dir = self.upload_dir(id);
-        blocking(move || std::fs::rename(dir.join("state"), dir.join("sealed"))).await.map_err(not_found_as)
+        let (state, sealed) = (self.upload_path(id, UploadObject::State), self.upload_path(id, UploadObject::Sealed));
+        blocking(move || std::fs::rename(state, sealed)).await.map_err(not_found_as)
     }
 
     async fn upload_append_observed(
@@ -292,7 +297,7 @@ impl Storage for FsStorage {
         mut body: ByteStream,
         on_written: OnWritten<'_>,
     ) -> Result<u64> {
-        let path = self.upload_dir(id).join("data");
+        let path = self.upload_path(id, UploadObject::Data);
         let (file, mut size) = blocking(move || {
             let file = std::fs::OpenOptions::new().append(true).open(path)?;
             let size = file.metadata()?.len();
@@ -351,20 +356,19 @@ impl Storage for FsStorage {
     }
 
     async fn upload_size(&self, id: &UploadId) -> Result<u64> {
-        Ok(tokio::fs::metadata(self.upload_dir(id).join("data")).await.map_err(not_found_as)?.len())
+        Ok(tokio::fs::metadata(self.upload_path(id, UploadObject::Data)).await.map_err(not_found_as)?.len())
     }
 
     async fn upload_read(&self, id: &UploadId, range: Option<ByteRange>) -> Result<ByteStream> {
-        let (file, len, _) = open_range(self.upload_dir(id).join("data"), range).await?;
+        let (file, len, _) = open_range(self.upload_path(id, UploadObject::Data), range).await?;
         Ok(read_ahead(file, len))
     }
 
     async fn upload_commit(&self, id: &UploadId, digest: &Digest, size: u64) -> Result<()> {
-        let dir = self.upload_dir(id);
+        let (dir, data) = (self.upload_dir(id), self.upload_path(id, UploadObject::Data));
         let dest = self.blob_path(digest);
         let what = digest.to_string();
         blocking(move || {
-            let data = dir.join("data");
             let file = std::fs::File::open(&data)?;
             let held = file.metadata()?.len();
             if held != size {
@@ -393,14 +397,14 @@ impl Storage for FsStorage {
     }
 
     async fn upload_list(&self) -> Result<Vec<(UploadId, SystemTime)>> {
-        let root = self.root.join("uploads");
+        let root = self.root.join(keys::UPLOADS);
         let list = blocking(move || {
             let mut out = Vec::new();
-            for entry in std::fs::read_dir(root)? {
+            for entry in std::fs::read_dir(&root)? {
                 let entry = entry?;
                 let Some(id) = entry.file_name().to_str().and_then(UploadId::parse) else { continue };
-                let data = entry.path().join("data");
-                let state = entry.path().join("state");
+                let data = root.join(keys::upload_object(&id, UploadObject::Data));
+                let state = root.join(keys::upload_object(&id, UploadObject::State));
                 // Last activity: the data file's modification time, else the state's, else the folder's.
                 let modified = [data, state, entry.path()]
                     .iter()
@@ -530,7 +534,7 @@ fn list_blobs(root: &Path, after: Option<&str>, limit: usize) -> io::Result<Vec<
         };
         names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (name, entry) in names {
-            let Ok(digest) = Digest::parse(&format!("sha256:{name}")) else { continue };
+            let Some(digest) = keys::blob_object_digest(&name) else { continue };
             let Ok(meta) = entry.metadata() else { continue };
             out.push(StoredBlob {
                 digest,

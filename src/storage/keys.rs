@@ -242,6 +242,67 @@ pub fn decode_catalog_entry(entry: &str) -> Option<RepositoryName> {
     RepositoryName::parse(&entry.replace('+', "/")).ok()
 }
 
+/// Where every sha256 blob's content lives: `blobs/sha256/`, fanned out by the first two hex
+/// digits.
+pub const SHA256_BLOBS: &str = "blobs/sha256/";
+
+/// Where upload sessions live: `uploads/<id>/`.
+pub const UPLOADS: &str = "uploads/";
+
+/// A blob's content object: `blobs/<algorithm>/<2 hex>/<hex>`, relative to the store's root
+/// (a directory on the filesystem, the key prefix in S3).
+pub fn blob_object(digest: &Digest) -> String {
+    let hex = digest.hex();
+    format!("blobs/{}/{}/{hex}", digest.algorithm().as_str(), &hex[..2])
+}
+
+/// The sha256 digest a blob object's path (or just its last component) names.
+pub fn blob_object_digest(path: &str) -> Option<Digest> {
+    let hex = path.rsplit('/').next()?;
+    Digest::parse(&format!("sha256:{hex}")).ok()
+}
+
+/// An upload session's folder: `uploads/<id>/`.
+pub fn upload_folder(id: &UploadId) -> String {
+    format!("{UPLOADS}{id}/")
+}
+
+/// One of an upload session's objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadObject {
+    /// The session's state (its repository, when it started); gone once sealed.
+    State,
+    /// Present once a finish sealed the session.
+    Sealed,
+    /// The filesystem's one data file.
+    Data,
+}
+
+/// An upload session's object: `uploads/<id>/{state,sealed,data}`.
+pub fn upload_object(id: &UploadId, object: UploadObject) -> String {
+    let name = match object {
+        UploadObject::State => "state",
+        UploadObject::Sealed => "sealed",
+        UploadObject::Data => "data",
+    };
+    format!("{}{name}", upload_folder(id))
+}
+
+/// Where an upload's segments live in S3 (one object per append): `uploads/<id>/seg/`.
+pub fn upload_segments(id: &UploadId) -> String {
+    format!("{}seg/", upload_folder(id))
+}
+
+/// The segment that starts at byte `offset`, zero-padded so segments list in offset order.
+pub fn upload_segment(id: &UploadId, offset: u64) -> String {
+    format!("{}{offset:020}", upload_segments(id))
+}
+
+/// The session a path under [`UPLOADS`] belongs to (`<id>/...` with the prefix stripped).
+pub fn upload_id_of(rest: &str) -> Option<UploadId> {
+    rest.split('/').next().and_then(UploadId::parse)
+}
+
 /// An upload session's id: a UUID, so it is also a safe path component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct UploadId(uuid::Uuid);
@@ -319,5 +380,22 @@ mod tests {
         assert_eq!(EventId::parse(&id.to_string()), Some(id.clone()));
         assert_eq!(id.recorded_at_ms(), 1_700_000_000_123);
         assert!(EventId::parse("0000000000000001-../../x").is_none());
+    }
+
+    #[test]
+    fn content_and_upload_objects_are_laid_out_once() {
+        let d = Digest::sha256_of(b"x");
+        let path = blob_object(&d);
+        assert_eq!(path, format!("{SHA256_BLOBS}{}/{}", &d.hex()[..2], d.hex()));
+        assert_eq!(blob_object_digest(&path), Some(d.clone()));
+        assert_eq!(blob_object_digest("blobs/sha256/ab/not-hex"), None);
+        let id = UploadId::new();
+        assert_eq!(upload_object(&id, UploadObject::State), format!("uploads/{id}/state"));
+        // Segments sort by offset as strings do.
+        let (a, b) = (upload_segment(&id, 9), upload_segment(&id, 10));
+        assert!(a < b && a.starts_with(&upload_segments(&id)), "{a} {b}");
+        let rest = upload_object(&id, UploadObject::Sealed);
+        assert_eq!(upload_id_of(rest.strip_prefix(UPLOADS).unwrap()), Some(id));
+        assert_eq!(upload_id_of("../x/state"), None);
     }
 }

@@ -37,6 +37,11 @@ pub async fn put<T: Serialize>(storage: &dyn Storage, key: &Key, value: &T) -> R
     storage.record_put(key, encode(value)?).await
 }
 
+/// Writes `value` at `key` under `mode`'s condition: its new version, or `Conflict`.
+pub async fn put_if<T: Serialize>(storage: &dyn Storage, key: &Key, value: &T, mode: PutMode) -> Result<Version> {
+    storage.record_put_if(key, encode(value)?, mode).await
+}
+
 /// Writes `value` at `key` if the record is still at `version`: its new version, or `None`
 /// when another writer changed it first.
 pub async fn put_if_unchanged<T: Serialize>(
@@ -45,7 +50,7 @@ pub async fn put_if_unchanged<T: Serialize>(
     value: &T,
     version: Version,
 ) -> Result<Option<Version>> {
-    match storage.record_put_if(key, encode(value)?, PutMode::Update(version)).await {
+    match put_if(storage, key, value, PutMode::Update(version)).await {
         Ok(v) => Ok(Some(v)),
         Err(Error::Conflict) => Ok(None),
         Err(e) => Err(e),

@@ -1,21 +1,21 @@
 //! The S3 backend: everything in one bucket (under an optional key prefix), so any number of
-//! Ferry replicas pointed at the bucket behave as one registry.
-//!
-//! Upload data is kept as segment objects (`uploads/<id>/seg/<offset>`) written by whichever
-//! replica received the chunk, so a `PATCH` may reach another replica than the `POST`, and a
-//! fill in progress can be read back. Finishing assembles the segments under the digest key
-//! with a server-side copy (one `CopyObject`, or a multipart upload of `UploadPartCopy` parts),
-//! so content appears under its digest only once, complete, after the caller verified it.
+//! Ferry replicas pointed at the bucket behave as one registry. This file owns the client
+//! (setup, the counted request helpers, listing, presigning) and the [`Storage`] promises over
+//! it; `uploads` owns the segment protocol, `error` what a failure means. Object paths come
+//! from [`keys`]. Knows nothing of repositories.
 
+mod error;
+use super::keys::{self, UploadObject};
 use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version};
 use crate::config::S3Config;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption};
+use aws_sdk_s3::types::{Delete, ObjectIdentifier, ServerSideEncryption};
 use aws_sdk_s3::Client;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use error::{backend_error, detail, is_condition_failed, sdk_error, status, HttpResponse};
 use futures_util::StreamExt;
 use std::io;
 use std::sync::Arc;
@@ -35,13 +35,10 @@ macro_rules! with_sse {
     }};
 }
 
+mod uploads;
+
 /// A listing: objects (key, size, last modified) and common prefixes.
 type Listing = (Vec<(String, u64, Option<SystemTime>)>, Vec<String>);
-
-/// S3's smallest part, except the last.
-const MIN_PART: u64 = 5 << 20;
-/// The largest object a single `CopyObject` may copy.
-const MAX_COPY: u64 = 5 << 30;
 
 /// Storage in one S3 bucket.
 #[derive(Clone)]
@@ -57,46 +54,6 @@ pub struct S3Storage {
     /// Set once the server has said it cannot list multipart uploads (some S3-compatible
     /// servers cannot), so the cleanup stops asking and warns once.
     no_multipart_listing: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// The SDK's HTTP response type, which every S3 error carries.
-type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
-
-/// An SDK error as a storage error: throttling told apart from other failures, the SDK's error
-/// kept as the source, and its full chain of causes in the message.
-fn sdk_error<E>(operation: &'static str, e: aws_sdk_s3::error::SdkError<E, HttpResponse>) -> Error
-where
-    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + Send + Sync + 'static,
-{
-    use aws_sdk_s3::error::ProvideErrorMetadata as _;
-    let message = detail(&e);
-    let throttled = matches!(
-        e.code(),
-        Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequests")
-    ) || e.raw_response().is_some_and(|r| matches!(r.status().as_u16(), 429 | 503));
-    if throttled {
-        Error::Throttled { operation, message, source: Box::new(e) }
-    } else {
-        Error::Backend { operation, message, source: Box::new(e) }
-    }
-}
-
-/// Any other failure of an S3 operation (reading a body, presigning), its cause kept.
-fn backend_error(operation: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Backend { operation, message: e.to_string(), source: Box::new(e) }
-}
-
-/// An S3 error's service detail, for messages (the SDK's Display says only "service error").
-fn detail<E: std::error::Error + 'static>(e: &aws_sdk_s3::error::SdkError<E, HttpResponse>) -> String {
-    use std::error::Error as _;
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 impl S3Storage {
@@ -174,15 +131,11 @@ impl S3Storage {
     }
 
     fn blob_key(&self, d: &Digest) -> String {
-        self.key(&format!("blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex()))
+        self.key(&keys::blob_object(d))
     }
 
-    fn upload_prefix(&self, id: &UploadId) -> String {
-        self.key(&format!("uploads/{id}/"))
-    }
-
-    fn segment_key(&self, id: &UploadId, offset: u64) -> String {
-        format!("{}seg/{offset:020}", self.upload_prefix(id))
+    fn upload_key(&self, id: &UploadId, object: UploadObject) -> String {
+        self.key(&keys::upload_object(id, object))
     }
 
     /// `bucket/key`, URL-encoded, as `CopySource` wants it.
@@ -236,9 +189,7 @@ impl S3Storage {
         self.observe("PutObject", started, &result);
         match result {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412) | Some(409)) => {
-                Err(Error::Conflict)
-            }
+            Err(e) if is_condition_failed(status(&e), false) => Err(Error::Conflict),
             Err(e) => Err(sdk_error("PutObject", e)),
         }
     }
@@ -304,130 +255,6 @@ impl S3Storage {
         }
         Ok(())
     }
-
-    /// The upload's segments in order: (offset, key, size); `NotFound` when they have a gap.
-    async fn segments(&self, id: &UploadId) -> Result<Vec<(u64, String, u64)>> {
-        let prefix = format!("{}seg/", self.upload_prefix(id));
-        let mut segs: Vec<(u64, String, u64)> = self
-            .list_all(&prefix)
-            .await?
-            .into_iter()
-            .filter_map(|(k, size, _)| {
-                k.strip_prefix(&prefix).and_then(|o| o.parse().ok()).map(|o| (o, k.clone(), size))
-            })
-            .collect();
-        segs.sort_unstable();
-        // Segments follow one another from offset 0. A gap means the upload is being removed
-        // (its segments go once it is stored under its digest): reading on would shift bytes.
-        let mut next = 0u64;
-        for (offset, _, size) in &segs {
-            if *offset != next {
-                return Err(Error::NotFound);
-            }
-            next = next.saturating_add(*size);
-        }
-        Ok(segs)
-    }
-
-    /// Assembles the segments under `dest` with server-side copies.
-    async fn assemble(&self, id: &UploadId, segs: &[(u64, String, u64)], dest: &str) -> Result<()> {
-        let total: u64 = segs.iter().map(|s| s.2).sum();
-        if segs.is_empty() {
-            return self.put(dest.to_owned(), Bytes::new()).await;
-        }
-        if segs.len() == 1 && total <= MAX_COPY {
-            let req = with_sse!(
-                self,
-                self.client.copy_object().bucket(&self.bucket).key(dest).copy_source(self.copy_source(&segs[0].1))
-            );
-            self.send("CopyObject", req.send()).await?;
-            return Ok(());
-        }
-        let create = with_sse!(self, self.client.create_multipart_upload().bucket(&self.bucket).key(dest));
-        let upload = self.send("CreateMultipartUpload", create.send()).await?;
-        let upload_id = upload.upload_id().unwrap_or_default().to_owned();
-        let result = self.copy_parts(id, segs, dest, &upload_id).await;
-        match result {
-            Ok(parts) => {
-                let complete = self
-                    .client
-                    .complete_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(dest)
-                    .upload_id(&upload_id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
-                self.send("CompleteMultipartUpload", complete.send()).await?;
-                Ok(())
-            }
-            Err(e) => {
-                let abort = self.client.abort_multipart_upload().bucket(&self.bucket).key(dest).upload_id(&upload_id);
-                let _ = self.send("AbortMultipartUpload", abort.send()).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Parts for a multipart upload: each segment copied server-side when S3's part rules allow,
-    /// else the data re-streamed into parts of `part_size`.
-    async fn copy_parts(
-        &self,
-        id: &UploadId,
-        segs: &[(u64, String, u64)],
-        dest: &str,
-        upload_id: &str,
-    ) -> Result<Vec<CompletedPart>> {
-        let copyable = segs
-            .iter()
-            .enumerate()
-            .all(|(i, s)| (s.2 >= MIN_PART || i.saturating_add(1) == segs.len()) && s.2 <= MAX_COPY);
-        let mut parts = Vec::new();
-        if copyable {
-            for (n, (_, key, _)) in (1i32..).zip(segs) {
-                let copy = self
-                    .client
-                    .upload_part_copy()
-                    .bucket(&self.bucket)
-                    .key(dest)
-                    .upload_id(upload_id)
-                    .part_number(n)
-                    .copy_source(self.copy_source(key));
-                let out = self.send("UploadPartCopy", copy.send()).await?;
-                let etag = out.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_owned();
-                parts.push(CompletedPart::builder().e_tag(etag).part_number(n).build());
-            }
-            return Ok(parts);
-        }
-        let total: u64 = segs.iter().map(|s| s.2).sum();
-        let mut data = match total {
-            0 => futures_util::stream::empty().boxed(),
-            _ => self.upload_read(id, Some(ByteRange { start: 0, end: total.saturating_sub(1) })).await?,
-        };
-        let mut buf = BytesMut::with_capacity(self.part_size);
-        let mut n: i32 = 0;
-        loop {
-            let next = data.next().await;
-            if let Some(chunk) = &next {
-                buf.extend_from_slice(chunk.as_ref().map_err(|e| Error::Io(io::Error::new(e.kind(), e.to_string())))?);
-            }
-            if buf.len() >= self.part_size || (next.is_none() && (!buf.is_empty() || n == 0)) {
-                n = n.saturating_add(1);
-                let body = buf.split().freeze();
-                let part = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(dest)
-                    .upload_id(upload_id)
-                    .part_number(n)
-                    .body(S3Body::from(body));
-                let out = self.send("UploadPart", part.send()).await?;
-                parts.push(CompletedPart::builder().e_tag(out.e_tag().unwrap_or_default()).part_number(n).build());
-            }
-            if next.is_none() {
-                return Ok(parts);
-            }
-        }
-    }
 }
 
 /// An S3 body as a byte stream.
@@ -484,11 +311,11 @@ impl Storage for S3Storage {
     }
 
     async fn upload_create(&self, id: &UploadId, state: Bytes) -> Result<()> {
-        self.put(format!("{}state", self.upload_prefix(id)), state).await
+        self.put(self.upload_key(id, UploadObject::State), state).await
     }
 
     async fn upload_state(&self, id: &UploadId) -> Result<Bytes> {
-        match self.get(format!("{}state", self.upload_prefix(id)), None).await? {
+        match self.get(self.upload_key(id, UploadObject::State), None).await? {
             Some(body) => Ok(body.collect().await.map_err(|e| backend_error("GetObject", e))?.into_bytes()),
             None => Err(Error::NotFound),
         }
@@ -497,43 +324,14 @@ impl Storage for S3Storage {
     async fn upload_seal(&self, id: &UploadId) -> Result<()> {
         // Exactly one replica creates the marker; then the state goes, so every replica's
         // `upload_state` answers NotFound from here on.
-        self.put_if_absent(format!("{}sealed", self.upload_prefix(id)), Bytes::new()).await?;
-        let state = format!("{}state", self.upload_prefix(id));
+        self.put_if_absent(self.upload_key(id, UploadObject::Sealed), Bytes::new()).await?;
+        let state = self.upload_key(id, UploadObject::State);
         self.send("DeleteObject", self.client.delete_object().bucket(&self.bucket).key(state).send()).await?;
         Ok(())
     }
 
-    async fn upload_append_observed(
-        &self,
-        id: &UploadId,
-        mut body: ByteStream,
-        on_written: OnWritten<'_>,
-    ) -> Result<u64> {
-        let mut offset = self.upload_size(id).await?;
-        let mut buf = BytesMut::with_capacity(self.part_size.min(8 << 20));
-        loop {
-            let next = body.next().await;
-            let done = next.is_none();
-            match next {
-                Some(Ok(b)) => buf.extend_from_slice(&b),
-                // Nothing of a failed request is kept: the upload holds whole segments only.
-                Some(Err(e)) => return Err(Error::Incoming(e)),
-                None => {}
-            }
-            while buf.len() >= self.part_size || (done && !buf.is_empty()) {
-                let take = buf.len().min(self.part_size);
-                let segment = buf.split_to(take).freeze();
-                let len = segment.len() as u64;
-                // Write-once: a replica racing this append at the same offset cannot replace
-                // bytes another append (and its running digest) already accounted for.
-                self.put_if_absent(self.segment_key(id, offset), segment).await?;
-                offset = offset.saturating_add(len);
-                on_written(offset);
-            }
-            if done {
-                return Ok(offset);
-            }
-        }
+    async fn upload_append_observed(&self, id: &UploadId, body: ByteStream, on_written: OnWritten<'_>) -> Result<u64> {
+        self.append_segments(id, body, on_written).await
     }
 
     fn append_buffer_bytes(&self) -> u64 {
@@ -541,74 +339,19 @@ impl Storage for S3Storage {
     }
 
     async fn upload_size(&self, id: &UploadId) -> Result<u64> {
-        Ok(self.segments(id).await?.iter().map(|s| s.2).sum())
+        Ok(uploads::total(&self.segments(id).await?))
     }
 
     async fn upload_read(&self, id: &UploadId, range: Option<ByteRange>) -> Result<ByteStream> {
-        let segs = self.segments(id).await?;
-        let total: u64 = segs.iter().map(|s| s.2).sum();
-        let (start, end) = match range {
-            Some(r) => (r.start, r.end.min(total.saturating_sub(1))),
-            None => (0, total.saturating_sub(1)),
-        };
-        if total == 0 || start > end {
-            return Ok(futures_util::stream::empty().boxed());
-        }
-        let pieces: Vec<(String, ByteRange)> = segs
-            .into_iter()
-            .filter(|(off, _, size)| *size > 0 && off.saturating_add(*size) > start && *off <= end)
-            .map(|(off, key, size)| {
-                let from = start.saturating_sub(off);
-                let to = end.saturating_sub(off).min(size.saturating_sub(1));
-                (key, ByteRange { start: from, end: to })
-            })
-            .collect();
-        let store = self.clone();
-        let stream = futures_util::stream::iter(pieces)
-            .then(move |(key, r)| {
-                let store = store.clone();
-                async move {
-                    match store.get(key, Some(r)).await {
-                        Ok(Some(body)) => body_stream(body),
-                        Ok(None) => {
-                            futures_util::stream::once(async { Err(io::Error::from(io::ErrorKind::NotFound)) }).boxed()
-                        }
-                        Err(e) => {
-                            futures_util::stream::once(async move { Err(io::Error::other(e.to_string())) }).boxed()
-                        }
-                    }
-                }
-            })
-            .flatten();
-        Ok(stream.boxed())
+        self.read_segments(id, range).await
     }
 
     async fn upload_commit(&self, id: &UploadId, digest: &Digest, size: u64) -> Result<()> {
-        let dest = self.blob_key(digest);
-        // Exactly the segments that tile the verified bytes: segments are written once per
-        // offset, so these hold the very bytes the caller hashed; any written after (by a
-        // request racing the finish on another replica) are left out and deleted below.
-        let mut segs = self.segments(id).await?;
-        let mut end = 0u64;
-        let keep = segs.iter().take_while(|s| {
-            let before = end;
-            end = end.saturating_add(s.2);
-            before < size
-        });
-        let keep = keep.count();
-        segs.truncate(keep);
-        let held: u64 = segs.iter().map(|s| s.2).sum();
-        if held != size {
-            return Err(Error::Corrupt(format!("upload for {digest} holds {held} bytes, {size} were verified")));
-        }
-        if self.head(dest.clone()).await?.map(|(stored, _)| stored) != Some(size) {
-            self.assemble(id, &segs, &dest).await?;
-        }
-        self.upload_delete(id).await
+        self.commit_segments(id, self.blob_key(digest), size, &digest.to_string()).await
     }
 
     async fn blob_list(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredBlob>> {
-        let prefix = self.key("blobs/sha256/");
+        let prefix = self.key(keys::SHA256_BLOBS);
         let start_after =
             after.and_then(|a| Digest::parse(a).ok()).map(|d| self.blob_key(&d)).unwrap_or_else(|| prefix.clone());
         let max_keys = i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000);
@@ -627,9 +370,8 @@ impl Storage for S3Storage {
             .contents()
             .iter()
             .filter_map(|o| {
-                let hex = o.key()?.rsplit('/').next()?;
                 Some(StoredBlob {
-                    digest: Digest::parse(&format!("sha256:{hex}")).ok()?,
+                    digest: keys::blob_object_digest(o.key()?)?,
                     size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
                     modified: o
                         .last_modified()
@@ -650,15 +392,14 @@ impl Storage for S3Storage {
     }
 
     async fn upload_delete(&self, id: &UploadId) -> Result<()> {
-        let keys: Vec<String> = self.list_all(&self.upload_prefix(id)).await?.into_iter().map(|(k, _, _)| k).collect();
-        self.delete_keys(keys).await
+        self.delete_upload(id).await
     }
 
     async fn upload_list(&self) -> Result<Vec<(UploadId, SystemTime)>> {
-        let prefix = self.key("uploads/");
+        let prefix = self.key(keys::UPLOADS);
         let mut latest: std::collections::HashMap<UploadId, SystemTime> = std::collections::HashMap::new();
         for (key, _, modified) in self.list_all(&prefix).await? {
-            let Some(id) = key.strip_prefix(&prefix).and_then(|r| r.split('/').next()).and_then(UploadId::parse) else {
+            let Some(id) = key.strip_prefix(&prefix).and_then(keys::upload_id_of) else {
                 continue;
             };
             let t = modified.unwrap_or(SystemTime::UNIX_EPOCH);
@@ -745,11 +486,8 @@ impl Storage for S3Storage {
         self.observe("PutObject", started, &result);
         match result {
             Ok(out) => Ok(Version(out.e_tag().unwrap_or_default().to_owned())),
-            // 412: the condition failed; 409: a concurrent conditional write; 404: If-Match on
-            // a record that is gone.
-            Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412 | 409 | 404)) => {
-                Err(Error::Conflict)
-            }
+            // Including 404: If-Match on a record that is gone.
+            Err(e) if is_condition_failed(status(&e), true) => Err(Error::Conflict),
             Err(e) => Err(sdk_error("PutObject", e)),
         }
     }
@@ -766,16 +504,34 @@ impl Storage for S3Storage {
     async fn record_list(&self, prefix: &Key) -> Result<Vec<String>> {
         let full = format!("{}/", self.key(prefix.as_str()));
         let (objects, prefixes) = self.list(&full, true).await?;
-        let mut names: Vec<String> = objects
-            .iter()
-            .map(|(k, _, _)| k.as_str())
-            .chain(prefixes.iter().map(|p| p.trim_end_matches('/')))
-            .filter_map(|k| k.strip_prefix(&full))
-            .filter(|n| !n.is_empty() && !n.starts_with('.'))
-            .map(str::to_owned)
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        Ok(names)
+        Ok(record_names(&full, objects.iter().map(|(k, _, _)| k.as_str()), &prefixes))
+    }
+}
+
+/// The names one level under `full` that a listing shows: its objects and its common prefixes
+/// (sub-folders) alike, sorted, each once; hidden (`.`) names are not records.
+fn record_names<'a>(full: &str, objects: impl Iterator<Item = &'a str>, prefixes: &'a [String]) -> Vec<String> {
+    let mut names: Vec<String> = objects
+        .chain(prefixes.iter().map(|p| p.trim_end_matches('/')))
+        .filter_map(|k| k.strip_prefix(full))
+        .filter(|n| !n.is_empty() && !n.starts_with('.'))
+        .map(str::to_owned)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_listing_shows_records_and_folders_once_each() {
+        let full = "pre/repos/team/app/_tags/";
+        let objects = ["pre/repos/team/app/_tags/v2", "pre/repos/team/app/_tags/.tmp", "pre/repos/team/app/_tags/v1"];
+        let prefixes = vec!["pre/repos/team/app/_tags/v1/".to_owned(), "pre/repos/team/app/_tags/sub/".to_owned()];
+        assert_eq!(record_names(full, objects.into_iter(), &prefixes), ["sub", "v1", "v2"]);
+        assert!(record_names(full, ["elsewhere/x"].into_iter(), &[]).is_empty());
     }
 }
