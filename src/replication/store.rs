@@ -440,7 +440,8 @@ impl ReplicationStore {
     }
 
     /// Sets the image's status at the destinations in `updates`, and its tags' in `tags`,
-    /// keeping the others.
+    /// keeping the others: a conditional update, so two replicas settling the same image at
+    /// once (two events of one image, or a backfill beside a push) both land.
     pub async fn set_replication_status(
         &self,
         name: &RepositoryName,
@@ -448,24 +449,30 @@ impl ReplicationStore {
         updates: &[DestinationStatus],
         tags: &[TagStatusUpdate],
     ) -> Result<()> {
-        let mut record = self.status_record(name, digest).await?;
-        for u in updates {
-            upsert(&mut record.destinations, u);
-        }
-        let by_tag = record.tags.get_or_insert_with(Default::default);
-        for t in tags {
-            match &t.status {
-                Some(status) => upsert(by_tag.entry(t.tag.clone()).or_default(), status),
-                None => {
-                    if let Some(list) = by_tag.get_mut(&t.tag) {
-                        list.clear();
+        let key = Key::replication_status(name, digest);
+        let change = |record: &mut StatusRecord| -> std::result::Result<(), std::convert::Infallible> {
+            for u in updates {
+                upsert(&mut record.destinations, u);
+            }
+            let by_tag = record.tags.get_or_insert_with(Default::default);
+            for t in tags {
+                match &t.status {
+                    Some(status) => upsert(by_tag.entry(t.tag.clone()).or_default(), status),
+                    None => {
+                        if let Some(list) = by_tag.get_mut(&t.tag) {
+                            list.clear();
+                        }
                     }
                 }
             }
+            by_tag.retain(|_, list| !list.is_empty());
+            Ok(())
+        };
+        match records::update(self.storage.as_ref(), &key, change).await {
+            Ok(_) => Ok(()),
+            Err(records::UpdateError::Storage(e)) => Err(e),
+            Err(records::UpdateError::Refused(never)) => match never {},
         }
-        by_tag.retain(|_, list| !list.is_empty());
-        let bytes = records::encode(&record)?;
-        self.storage.record_put(&Key::replication_status(name, digest), bytes).await
     }
 }
 
@@ -769,5 +776,37 @@ mod tests {
         assert_eq!(ids("team-bee/x"), ["333333333333", "222222222222", "444444444444"]);
         assert_eq!(ids("other"), ["444444444444"]);
         assert!(ReplicationConfiguration::default().destinations_for(&name("x")).is_empty());
+    }
+
+    /// Two replicas settling one image at once, each for its own destination and tag: both
+    /// statuses are kept (an unconditional write would drop one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_status_updates_all_land() {
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::memory::MemoryStorage::new());
+        let store = Arc::new(ReplicationStore::new(storage, Arc::new(crate::clock::SystemClock)));
+        let name = RepositoryName::parse("team/app").unwrap();
+        let digest = Digest::sha256_of(b"m");
+        let settle = (0..16).map(|i| {
+            let (store, name, digest) = (store.clone(), name.clone(), digest.clone());
+            tokio::spawn(async move {
+                let status = DestinationStatus {
+                    region: "eu-west-1".into(),
+                    registry_id: format!("{i:012}"),
+                    status: ReplicationState::Complete,
+                    failure_code: None,
+                };
+                let tag = TagStatusUpdate { tag: format!("v{i}"), status: Some(status.clone()) };
+                store.set_replication_status(&name, &digest, &[status], &[tag]).await
+            })
+        });
+        for task in futures_util::future::join_all(settle).await {
+            task.unwrap().unwrap();
+        }
+        let mut ids: Vec<String> =
+            store.replication_status(&name, &digest).await.unwrap().into_iter().map(|d| d.registry_id).collect();
+        ids.sort();
+        assert_eq!(ids, (0..16).map(|i| format!("{i:012}")).collect::<Vec<_>>());
+        let record = store.status_record(&name, &digest).await.unwrap();
+        assert_eq!(record.tags.map(|t| t.len()), Some(16));
     }
 }

@@ -131,4 +131,27 @@ mod tests {
         storage.record_put(&key, Bytes::from_static(b"not json")).await.unwrap();
         assert!(matches!(get::<Vec<u32>>(storage.as_ref(), &key).await, Err(Error::Corrupt(_))));
     }
+
+    /// A writer that lands between an update's read and its write: the update retries on the
+    /// new record instead of overwriting it.
+    #[tokio::test]
+    async fn an_update_raced_between_its_read_and_its_write_keeps_the_other_writers_change() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let key = Key::lease("records-test");
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let (_, ()) = update::<Vec<u32>, (), ()>(storage.as_ref(), &key, |v| {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                // The memory store's futures finish at once, so this write lands right here.
+                let other =
+                    futures_util::FutureExt::now_or_never(storage.record_put(&key, encode(&vec![7u32]).unwrap()));
+                assert!(matches!(other, Some(Ok(()))));
+            }
+            v.push(1);
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(get::<Vec<u32>>(storage.as_ref(), &key).await.unwrap(), Some(vec![7, 1]));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 }
