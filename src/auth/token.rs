@@ -71,7 +71,7 @@ impl TokenKey {
             match storage.record_put_if(&key, encoded, PutMode::Create).await {
                 Ok(_) => return Ok(Self(fresh.to_vec())),
                 // Another replica created it first: read theirs.
-                Err(storage::Error::Conflict) => continue,
+                Err(storage::Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }

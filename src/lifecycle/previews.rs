@@ -111,7 +111,7 @@ impl Previews {
             Preview { status: PreviewStatus::InProgress, policy: text, started_at_ms: now_ms, results: vec![] };
         let version = match records::put_if(self.storage.as_ref(), &key, &running, mode).await {
             Ok(v) => v,
-            Err(storage::Error::Conflict) => return Err(StartError::InProgress(name.clone())),
+            Err(storage::Error::Conflict { .. }) => return Err(StartError::InProgress(name.clone())),
             Err(e) => return Err(e.into()),
         };
         let done = match plan(registry, name, policy, now_ms).await {

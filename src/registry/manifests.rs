@@ -161,7 +161,7 @@ impl Registry {
                 // Exactly one of two replicas racing to create the tag wins.
                 match self.storage.record_put_if(&key, record_bytes, PutMode::Create).await {
                     Ok(_) => {}
-                    Err(storage::Error::Conflict) => {
+                    Err(storage::Error::Conflict { .. }) => {
                         return Err(Error::TagImmutable { tag: tag.to_string(), repository: name.clone() })
                     }
                     Err(e) => return Err(e.into()),

@@ -156,7 +156,7 @@ impl Registry {
         settings.created_at = self.clock.now_ms() / 1000;
         match self.storage.record_put_if(&Key::repository_settings(name), encode(&settings)?, PutMode::Create).await {
             Ok(_) => {}
-            Err(crate::storage::Error::Conflict) => return Err(Error::RepositoryAlreadyExists(name.clone())),
+            Err(crate::storage::Error::Conflict { .. }) => return Err(Error::RepositoryAlreadyExists(name.clone())),
             Err(e) => return Err(e.into()),
         }
         self.ensure_repository(name).await?;
@@ -173,23 +173,20 @@ impl Registry {
         change: impl Fn(&mut RepositorySettings) -> Result<()>,
     ) -> Result<RepositorySettings> {
         let key = Key::repository_settings(name);
-        for _ in 0..16 {
+        let conflict = |e: &Error| matches!(e, Error::Storage(crate::storage::Error::Conflict { .. }));
+        let settings = crate::clock::retry::retry(crate::clock::retry::Backoff::CONFLICT, conflict, || async {
             let (mut settings, mode) = match self.storage.record_get_versioned(&key).await? {
                 Some((bytes, version)) => (decode(&bytes)?, PutMode::Update(version)),
                 None if self.repository_exists(name).await? => (RepositorySettings::default(), PutMode::Create),
                 None => return Err(Error::NameUnknown(name.clone())),
             };
             change(&mut settings)?;
-            match self.storage.record_put_if(&key, encode(&settings)?, mode).await {
-                Ok(_) => {
-                    self.forget_repository_policy(name).await;
-                    return Ok(settings);
-                }
-                Err(crate::storage::Error::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::Storage(crate::storage::Error::Conflict))
+            self.storage.record_put_if(&key, encode(&settings)?, mode).await?;
+            Ok(settings)
+        })
+        .await?;
+        self.forget_repository_policy(name).await;
+        Ok(settings)
     }
 
     /// Whether the repository holds any image (a manifest or a tag).

@@ -226,7 +226,7 @@ impl TemplateStore {
         let bytes = records::encode(&template)?;
         match self.storage.record_put_if(&key(&template.prefix), bytes, PutMode::Create).await {
             Ok(_) => Ok(Some(template)),
-            Err(storage::Error::Conflict) => Ok(None),
+            Err(storage::Error::Conflict { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -238,7 +238,7 @@ impl TemplateStore {
         prefix: &str,
         change: impl Fn(&mut CreationTemplate),
     ) -> storage::Result<Option<CreationTemplate>> {
-        let conflict = |e: &storage::Error| matches!(e, storage::Error::Conflict);
+        let conflict = |e: &storage::Error| matches!(e, storage::Error::Conflict { .. });
         crate::clock::retry::retry(crate::clock::retry::Backoff::CONFLICT, conflict, || async {
             let Some((mut template, version)) =
                 records::get_versioned::<CreationTemplate>(self.storage.as_ref(), &key(prefix)).await?
@@ -277,7 +277,7 @@ impl Registry {
         settings.created_at = self.clock.now_ms() / 1000;
         let bytes = super::manifests::encode(&settings)?;
         match self.storage.record_put_if(&Key::repository_settings(name), bytes, PutMode::Create).await {
-            Ok(_) | Err(crate::storage::Error::Conflict) => {
+            Ok(_) | Err(crate::storage::Error::Conflict { .. }) => {
                 self.forget_repository_policy(name).await;
                 Ok(())
             }

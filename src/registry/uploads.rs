@@ -170,7 +170,7 @@ impl Registry {
         let new_size = match self.storage.upload_append(id, body).await {
             Ok(n) => n,
             // Another replica appended at this offset first: the chunk is out of order.
-            Err(storage::Error::Conflict) => {
+            Err(storage::Error::Conflict { .. }) => {
                 let size = self.storage.upload_size(id).await.map_err(unknown_if_gone)?;
                 return Err(Error::RangeMismatch { start: start.unwrap_or(size), size });
             }
@@ -217,7 +217,7 @@ impl Registry {
         match self.storage.upload_seal(id).await {
             Ok(()) => {}
             // Another finish (perhaps on another replica) sealed it first.
-            Err(storage::Error::Conflict | storage::Error::NotFound) => return Err(Error::UploadUnknown),
+            Err(storage::Error::Conflict { .. } | storage::Error::NotFound) => return Err(Error::UploadUnknown),
             Err(e) => return Err(e.into()),
         }
         let size = self.storage.upload_size(id).await.map_err(unknown_if_gone)?;

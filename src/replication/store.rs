@@ -689,7 +689,7 @@ impl ReplicationStore {
         // Exactly one of two replicas starting one at once gets the region.
         match self.storage.record_put_if(&marker, bytes::Bytes::from(id.to_string()), PutMode::Create).await {
             Ok(_) => {}
-            Err(crate::storage::Error::Conflict) => {
+            Err(crate::storage::Error::Conflict { .. }) => {
                 let holder = self.storage.record_get(&marker).await?.map(|b| String::from_utf8_lossy(&b).into_owned());
                 return Ok(Err(BackfillRefusal::InProgress(holder.unwrap_or_default())));
             }

@@ -123,7 +123,7 @@ pub async fn storage_contract(store: Arc<dyn Storage>, what: &str, atomic: bool)
     // Sealed once: then no one (on any replica) sees the session's state, and a second seal fails.
     store.upload_seal(&id).await.unwrap();
     assert!(matches!(store.upload_state(&id).await, Err(storage::Error::NotFound)));
-    assert!(matches!(store.upload_seal(&id).await, Err(storage::Error::Conflict | storage::Error::NotFound)));
+    assert!(matches!(store.upload_seal(&id).await, Err(storage::Error::Conflict { .. } | storage::Error::NotFound)));
     // Committing more bytes than the session holds stores nothing.
     let held = data.len() as u64;
     assert!(matches!(store.upload_commit(&id, &big, held + 1).await, Err(storage::Error::Corrupt(_))));
@@ -188,10 +188,11 @@ async fn conditional_writes(store: &dyn Storage, what: &str, atomic: bool) {
     let key = Key::lease("contract-record");
     assert_eq!(store.record_get_versioned(&key).await.unwrap(), None);
     let v1 = store.record_put_if(&key, Bytes::from_static(b"one"), PutMode::Create).await.unwrap();
-    assert!(matches!(
-        store.record_put_if(&key, Bytes::from_static(b"x"), PutMode::Create).await,
-        Err(storage::Error::Conflict)
-    ));
+    // The conflict names what was written, relative to the store (so a log says which record).
+    match store.record_put_if(&key, Bytes::from_static(b"x"), PutMode::Create).await {
+        Err(storage::Error::Conflict { key: named }) => assert_eq!(named, key.as_str(), "{what}"),
+        other => panic!("{what}: a second create must conflict: {other:?}"),
+    }
     let (value, read) = store.record_get_versioned(&key).await.unwrap().unwrap();
     assert_eq!((value.as_ref(), &read), (&b"one"[..], &v1));
     let v2 = store.record_put_if(&key, Bytes::from_static(b"two"), PutMode::Update(v1.clone())).await.unwrap();
@@ -199,7 +200,7 @@ async fn conditional_writes(store: &dyn Storage, what: &str, atomic: bool) {
     // An update from a version that is no longer current is refused, and changes nothing.
     assert!(matches!(
         store.record_put_if(&key, Bytes::from_static(b"stale"), PutMode::Update(v1)).await,
-        Err(storage::Error::Conflict)
+        Err(storage::Error::Conflict { .. })
     ));
     assert_eq!(store.record_get(&key).await.unwrap().unwrap().as_ref(), b"two");
 
@@ -211,7 +212,7 @@ async fn conditional_writes(store: &dyn Storage, what: &str, atomic: bool) {
     let creates = (0..8u8).map(|i| store.record_put_if(&race, Bytes::from(vec![i]), PutMode::Create));
     let won = futures_util::future::join_all(creates).await;
     assert_eq!(won.iter().filter(|r| r.is_ok()).count(), 1, "{what}: racing creates: {won:?}");
-    assert!(won.iter().all(|r| r.is_ok() || matches!(r, Err(storage::Error::Conflict))));
+    assert!(won.iter().all(|r| r.is_ok() || matches!(r, Err(storage::Error::Conflict { .. }))));
     let (_, v) = store.record_get_versioned(&race).await.unwrap().unwrap();
     let updates = (0..8u8).map(|i| store.record_put_if(&race, Bytes::from(vec![100 + i]), PutMode::Update(v.clone())));
     let won = futures_util::future::join_all(updates).await;

@@ -446,6 +446,7 @@ impl Storage for FsStorage {
         let tmp = self.tmp_dir();
         let lock_path = self.lock_path(key);
         let durable = !key.is_volatile();
+        let what = key.as_str().to_owned();
         blocking(move || {
             let Some(parent) = dest.parent() else {
                 return Ok(Err(Error::Corrupt(format!("{} is not a record path", dest.display()))));
@@ -471,7 +472,7 @@ impl Storage for FsStorage {
                 _ => false,
             };
             if !allowed {
-                return Ok(Err(Error::Conflict));
+                return Ok(Err(Error::Conflict { key: what }));
             }
             write_renamed(&tmp, &dest, &value, durable)?;
             Ok(Ok(content_version(&value)))

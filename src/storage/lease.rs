@@ -91,7 +91,7 @@ impl Lease {
         match storage.record_put_if(&key, encode(&record)?, mode).await {
             Ok(version) => Ok(Self { key, owner: owner.to_owned(), ttl, generation, expires_at_ms, version }),
             // Another replica took it between the read and the write.
-            Err(Error::Conflict) => Err(LeaseError::Lost),
+            Err(Error::Conflict { .. }) => Err(LeaseError::Lost),
             Err(e) => Err(e.into()),
         }
     }
@@ -110,7 +110,7 @@ impl Lease {
                 self.expires_at_ms = expires_at_ms;
                 Ok(())
             }
-            Err(Error::Conflict) => Err(LeaseError::Lost),
+            Err(Error::Conflict { .. }) => Err(LeaseError::Lost),
             Err(e) => Err(e.into()),
         }
     }
@@ -138,7 +138,7 @@ impl Lease {
     pub async fn release(self, storage: &dyn Storage) -> std::result::Result<(), LeaseError> {
         let record = LeaseRecord { owner: self.owner.clone(), expires_at_ms: 0, generation: self.generation };
         match storage.record_put_if(&self.key, encode(&record)?, PutMode::Update(self.version)).await {
-            Ok(_) | Err(Error::Conflict) => Ok(()),
+            Ok(_) | Err(Error::Conflict { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

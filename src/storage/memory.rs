@@ -3,6 +3,7 @@
 //! a tool. Not a production backend: nothing survives the process, and nothing bounds its size.
 //! Owns only its maps; knows nothing of repositories.
 
+use super::keys::{self, UploadObject};
 use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version};
 use crate::clock::{SharedClock, SystemClock};
 use crate::oci::Digest;
@@ -141,7 +142,7 @@ impl Storage for MemoryStorage {
 
     async fn upload_seal(&self, id: &UploadId) -> Result<()> {
         match self.maps().uploads.get_mut(id) {
-            Some(s) if s.sealed => Err(Error::Conflict),
+            Some(s) if s.sealed => Err(Error::Conflict { key: keys::upload_object(id, UploadObject::Sealed) }),
             Some(s) => {
                 s.sealed = true;
                 Ok(())
@@ -228,7 +229,7 @@ impl Storage for MemoryStorage {
         match (&mode, current) {
             (PutMode::Create, None) => {}
             (PutMode::Update(want), Some(have)) if *want == have => {}
-            _ => return Err(Error::Conflict),
+            _ => return Err(Error::Conflict { key: key.as_str().to_owned() }),
         }
         let version = maps.next_version();
         maps.records.insert(key.as_str().to_owned(), (value, version));

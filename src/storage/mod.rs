@@ -40,8 +40,11 @@ pub enum Error {
     Incoming(io::Error),
     /// Another writer got there first: the write was conditional and its condition no longer
     /// holds (an upload segment at that offset exists, a session is already sealed).
-    #[error("a concurrent write got there first")]
-    Conflict,
+    #[error("a concurrent write to {key} got there first")]
+    Conflict {
+        /// What was written: a record key, or an object path relative to the store's root.
+        key: String,
+    },
     /// What is stored is not what was recorded (a blob whose length differs from the size its
     /// link records, content that does not hash to its digest); never served.
     #[error("stored content is corrupt: {0}")]

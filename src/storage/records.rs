@@ -52,7 +52,7 @@ pub async fn put_if_unchanged<T: Serialize>(
 ) -> Result<Option<Version>> {
     match put_if(storage, key, value, PutMode::Update(version)).await {
         Ok(v) => Ok(Some(v)),
-        Err(Error::Conflict) => Ok(None),
+        Err(Error::Conflict { .. }) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -84,7 +84,7 @@ pub async fn update<T, R, E>(
 where
     T: Serialize + DeserializeOwned + Default,
 {
-    let conflict = |e: &UpdateError<E>| matches!(e, UpdateError::Storage(Error::Conflict));
+    let conflict = |e: &UpdateError<E>| matches!(e, UpdateError::Storage(Error::Conflict { .. }));
     crate::clock::retry::retry(crate::clock::retry::Backoff::CONFLICT, conflict, || async {
         let (mut value, mode) = match storage.record_get_versioned(key).await.map_err(UpdateError::Storage)? {
             Some((bytes, version)) => (decode::<T>(&bytes).map_err(UpdateError::Storage)?, PutMode::Update(version)),

@@ -156,7 +156,7 @@ impl ContentUses {
                     return Ok(());
                 }
                 // Another writer touched it, or a collector claimed it: look again.
-                Err(Error::Conflict) => continue,
+                Err(Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -213,7 +213,7 @@ impl ContentUses {
         let tombstone = UseRecord { at_ms: previous.at_ms, deleting_ms: Some(now) }.encode()?;
         match inner.storage.record_put_if(&key, tombstone, mode).await {
             Ok(version) => Ok(Some(Claim { digest: digest.clone(), version, previous, taken: Instant::now() })),
-            Err(Error::Conflict) => Ok(None),
+            Err(Error::Conflict { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -231,7 +231,7 @@ impl ContentUses {
         }
         match self.inner.storage.record_put_if(&key, claim.previous.encode()?, PutMode::Update(claim.version)).await {
             // A writer took an old tombstone over: the record is theirs now.
-            Ok(_) | Err(Error::Conflict) => Ok(()),
+            Ok(_) | Err(Error::Conflict { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }

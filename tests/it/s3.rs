@@ -177,8 +177,8 @@ async fn replicas_appending_at_one_offset_never_overwrite_each_other() {
     };
     let (ra, rb) = tokio::join!(a.upload_append(&id, gated(b'a')), b.upload_append(&id, gated(b'b')));
     let won = match (&ra, &rb) {
-        (Ok(1000), Err(storage::Error::Conflict)) => b'a',
-        (Err(storage::Error::Conflict), Ok(1000)) => b'b',
+        (Ok(1000), Err(storage::Error::Conflict { .. })) => b'a',
+        (Err(storage::Error::Conflict { .. }), Ok(1000)) => b'b',
         other => panic!("one append must win and one conflict: {other:?}"),
     };
     assert_eq!(collect(a.upload_read(&id, None).await.unwrap()).await, vec![won; 1000]);

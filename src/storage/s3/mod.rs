@@ -182,14 +182,16 @@ impl S3Storage {
     async fn put_if_absent(&self, key: String, body: Bytes) -> Result<()> {
         let req = with_sse!(
             self,
-            self.client.put_object().bucket(&self.bucket).key(key).body(S3Body::from(body)).if_none_match("*")
+            self.client.put_object().bucket(&self.bucket).key(&key).body(S3Body::from(body)).if_none_match("*")
         );
         let started = Instant::now();
         let result = req.send().await;
         self.observe("PutObject", started, &result);
         match result {
             Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(status(&e), false) => Err(Error::Conflict),
+            Err(e) if is_condition_failed(status(&e), false) => {
+                Err(Error::Conflict { key: key.strip_prefix(&self.prefix).unwrap_or(&key).to_owned() })
+            }
             Err(e) => Err(sdk_error("PutObject", e)),
         }
     }
@@ -487,7 +489,7 @@ impl Storage for S3Storage {
         match result {
             Ok(out) => Ok(Version(out.e_tag().unwrap_or_default().to_owned())),
             // Including 404: If-Match on a record that is gone.
-            Err(e) if is_condition_failed(status(&e), true) => Err(Error::Conflict),
+            Err(e) if is_condition_failed(status(&e), true) => Err(Error::Conflict { key: key.as_str().to_owned() }),
             Err(e) => Err(sdk_error("PutObject", e)),
         }
     }
