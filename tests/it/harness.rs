@@ -16,15 +16,16 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
 
-/// A Ferry running inside the test process. With `FERRY_TEST_BACKEND=s3` it stores into its
-/// own moto S3 server instead of the filesystem, so the same suites run on both backends.
+/// A Ferry running inside the test process. With `FERRY_TEST_BACKEND=s3` it stores into a
+/// bucket of its own on the test binary's moto instead of the filesystem, so the same suites
+/// run on both backends.
 pub struct TestFerry {
     pub server: Option<RunningServer>,
     pub dir: tempfile::TempDir,
     pub base: String,
     pub admin: String,
     pub client: Client,
-    pub s3: Option<crate::s3::Moto>,
+    pub s3: Option<crate::s3::S3Bucket>,
     pub config: Config,
 }
 
@@ -51,13 +52,12 @@ impl TestFerry {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         let s3 = if std::env::var("FERRY_TEST_BACKEND").as_deref() == Ok("s3") {
-            let moto = crate::s3::Moto::start();
-            moto.bucket("ferry").await;
-            moto.configure(&mut config, "ferry");
+            let bucket = crate::s3::S3Bucket::fresh().await;
+            bucket.configure(&mut config);
             // Segments bigger than a fill's 32 MiB window: a 64 MiB fill must still flow while
             // S3 gathers a segment (the window grows by what the backend buffers).
             config.storage.s3.part_size = ferry::config::ByteSize(40 << 20);
-            Some(moto)
+            Some(bucket)
         } else {
             None
         };
@@ -106,8 +106,8 @@ impl TestFerry {
     pub async fn read_raw(&self, key: &str) -> Vec<u8> {
         match &self.s3 {
             None => std::fs::read(self.data_dir().join(key)).unwrap(),
-            Some(moto) => {
-                let out = moto.client().get_object().bucket("ferry").key(key).send().await.unwrap();
+            Some(b) => {
+                let out = b.client().get_object().bucket(&b.bucket).key(key).send().await.unwrap();
                 out.body.collect().await.unwrap().into_bytes().to_vec()
             }
         }
@@ -122,9 +122,9 @@ impl TestFerry {
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                 std::fs::write(path, bytes).unwrap();
             }
-            Some(moto) => {
+            Some(b) => {
                 let body = aws_sdk_s3::primitives::ByteStream::from(bytes.to_vec());
-                moto.client().put_object().bucket("ferry").key(key).body(body).send().await.unwrap();
+                b.client().put_object().bucket(&b.bucket).key(key).body(body).send().await.unwrap();
             }
         }
     }
@@ -142,9 +142,9 @@ impl TestFerry {
     pub async fn stored_objects(&self) -> Vec<(String, u64)> {
         match &self.s3 {
             None => snapshot(&self.data_dir()).into_iter().filter(|(k, _)| !k.starts_with("tmp/")).collect(),
-            Some(moto) => {
+            Some(b) => {
                 let mut out = Vec::new();
-                let mut pages = moto.client().list_objects_v2().bucket("ferry").into_paginator().send();
+                let mut pages = b.client().list_objects_v2().bucket(&b.bucket).into_paginator().send();
                 while let Some(page) = pages.next().await {
                     for o in page.unwrap().contents() {
                         out.push((o.key().unwrap_or_default().to_owned(), o.size().unwrap_or(0) as u64));
@@ -167,7 +167,7 @@ impl TestFerry {
     pub async fn has_object(&self, key: &str) -> bool {
         match &self.s3 {
             None => self.data_dir().join(key).exists(),
-            Some(moto) => moto.client().head_object().bucket("ferry").key(key).send().await.is_ok(),
+            Some(b) => b.client().head_object().bucket(&b.bucket).key(key).send().await.is_ok(),
         }
     }
 
