@@ -171,11 +171,7 @@ async fn one_gib_blob_streams_in_bounded_memory() {
     assert!(peak < 150 << 20, "peak RSS {} MiB must stay under 150 MiB", peak >> 20);
     // Stored under its digest once the fill commits, just after the client got its last byte.
     let stored = cache_dir.path().join(format!("data/blobs/sha256/{}/{}", &d[7..9], &d[7..]));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !stored.exists() {
-        assert!(std::time::Instant::now() < deadline, "the fill never committed");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually("the fill commits", std::time::Duration::from_secs(60), || async { stored.exists() }).await;
     assert_eq!(std::fs::metadata(stored).unwrap().len(), (CHUNKS << 20) as u64);
 }
 

@@ -427,16 +427,46 @@ pub fn blob_key(digest: &str) -> String {
 
 /// Polls `check` until it holds, failing the test with `what` after `within`. For states that
 /// settle on their own (a permit released when a connection closes, a purge that runs on a
-/// timer), never as a stand-in for waiting on something the test itself controls.
+/// timer, a replication worker's copy), never as a stand-in for waiting on something the test
+/// itself controls.
 pub async fn eventually<F, Fut>(what: &str, within: std::time::Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    eventually_value(what, within, || {
+        let checked = check();
+        async move {
+            if checked.await {
+                Ok(())
+            } else {
+                Err("not yet")
+            }
+        }
+    })
+    .await
+}
+
+/// [`eventually`] for a check that yields a value once the state settles (`Ok`), or what it
+/// saw meanwhile (`Err`, shown when it gives up). Polls at 10 ms, backing off to 200 ms, so a
+/// check that runs a client costs little while it waits.
+pub async fn eventually_value<T, S, F, Fut>(what: &str, within: std::time::Duration, mut check: F) -> T
+where
+    S: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, S>>,
+{
     let deadline = std::time::Instant::now() + within;
-    while !check().await {
-        assert!(std::time::Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(seen) => {
+                assert!(std::time::Instant::now() < deadline, "not within {within:?}: {what}; last seen: {seen:?}")
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
     }
 }
 

@@ -225,17 +225,15 @@ pub async fn statuses(base: &str, repo: &str, digest: &str) -> Vec<(String, Stri
 
 /// Waits until the image's status at `region` is `want`; returns its failure code.
 pub async fn wait_status(base: &str, repo: &str, digest: &str, region: &Region, want: &str) -> String {
-    let deadline = Instant::now() + WITHIN;
-    loop {
+    let what = format!("{repo}@{digest} becomes {want} at {}", region.id);
+    eventually_value(&what, WITHIN, || async {
         let all = statuses(base, repo, digest).await;
-        if let Some((_, status, code)) = all.iter().find(|(id, _, _)| id == region.id) {
-            if status == want {
-                return code.clone();
-            }
+        match all.iter().find(|(id, status, _)| id == region.id && status == want) {
+            Some((_, _, code)) => Ok(code.clone()),
+            None => Err(all),
         }
-        assert!(Instant::now() < deadline, "{repo}@{digest} never became {want} at {}: {all:?}", region.id);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -450,20 +448,14 @@ async fn a_source_replica_killed_mid_blob_is_taken_over_by_the_other() {
     skopeo_push(dir.path(), &image.source, &replicas[0].base, "team/big:v1");
 
     // Whichever replica claimed the event is sending; kill it once a fifth of the layer left.
-    let deadline = Instant::now() + WITHIN;
-    let copying = loop {
-        let mut found = None;
-        for (i, p) in replicas.iter().enumerate() {
-            if metric_sum(&metrics_of(&p.admin).await, "ferry_replication_bytes_total", &[]) > (layer / 5) as f64 {
-                found = Some(i);
-            }
+    let copying = eventually_value("a replica copies a fifth of the layer", WITHIN, || async {
+        let mut sent = Vec::new();
+        for p in &replicas {
+            sent.push(metric_sum(&metrics_of(&p.admin).await, "ferry_replication_bytes_total", &[]));
         }
-        if let Some(i) = found {
-            break i;
-        }
-        assert!(Instant::now() < deadline, "no replica started copying");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        sent.iter().position(|&bytes| bytes > (layer / 5) as f64).ok_or(sent)
+    })
+    .await;
     replicas[copying].kill();
     let survivor = &replicas[1 - copying];
     assert_eq!(statuses(&survivor.base, "team/big", &image.top).await[0].1, "IN_PROGRESS");
@@ -647,15 +639,15 @@ async fn statuses_signed(region: &Region, repo: &str, digest: &str) -> Vec<Value
 }
 
 async fn wait_signed(region: &Region, repo: &str, digest: &str, to: &Region, want: &str) {
-    let deadline = Instant::now() + WITHIN;
-    loop {
+    let what = format!("{repo}@{digest} becomes {want} at {}", to.id);
+    eventually_value(&what, WITHIN, || async {
         let all = statuses_signed(region, repo, digest).await;
-        if all.iter().any(|s| s["registryId"] == to.id && s["status"] == want) {
-            return;
+        match all.iter().any(|s| s["registryId"] == to.id && s["status"] == want) {
+            true => Ok(()),
+            false => Err(all),
         }
-        assert!(Instant::now() < deadline, "{repo}@{digest} never became {want} at {}: {all:?}", to.id);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// What was there before the configuration is not replicated until `ferry replication
@@ -704,16 +696,15 @@ async fn backfill_copies_what_was_there_before_once_even_when_run_twice() {
 
 /// Waits until the backfill's status is `want`; returns its description.
 async fn wait_backfill(f: &TestFerry, id: &str, want: &str) -> Value {
-    let deadline = Instant::now() + WITHIN;
-    loop {
+    eventually_value(&format!("backfill {id} becomes {want}"), WITHIN, || async {
         let (status, body) = ecr(f, "DescribeReplicationBackfillResults", json!({ "replicationBackfillId": id })).await;
         assert_eq!(status, 200, "{body}");
-        if body["status"] == want {
-            return body;
+        match body["status"] == want {
+            true => Ok(body),
+            false => Err(body),
         }
-        assert!(Instant::now() < deadline, "backfill {id} never became {want}: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// ECR's backfill API (in this botocore model): a backfill to a region that is down is stopped
@@ -854,11 +845,14 @@ async fn a_tag_that_never_arrived_is_not_complete_until_a_backfill_sends_it() {
             ),
         )
     };
-    let deadline = Instant::now() + WITHIN;
-    while by_tag("v2") != json!([["333333333333", "COMPLETE"]]) {
-        assert!(Instant::now() < deadline, "v2 never replicated: {}", by_tag("v2"));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_value("v2 is replicated, asked by tag", WITHIN, || async {
+        let seen = by_tag("v2");
+        match seen == json!([["333333333333", "COMPLETE"]]) {
+            true => Ok(()),
+            false => Err(seen),
+        }
+    })
+    .await;
     assert_eq!(c.get("/v2/team/tagged/manifests/v2", ACCEPT_ALL).await.status(), StatusCode::OK);
     assert_eq!(c.get("/v2/team/tagged/manifests/v1", ACCEPT_ALL).await.status(), StatusCode::NOT_FOUND);
     assert_eq!(by_tag("v1"), json!([["333333333333", "FAILED"]]), "v1 never arrived");
