@@ -161,7 +161,8 @@ fn an_invalid_log_level_is_refused_not_silent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_labelled_by_source_and_logs_are_clean() {
     let dir = tempfile::tempdir().unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // A port nothing listens on, from the range no bind to port 0 is given.
+    let dead = format!("127.0.0.1:{}", free_port());
     let config = dir.path().join("ferry.toml");
     std::fs::write(&config, format!("[[pull_through]]\nprefix = \"up\"\nupstream = \"http://{dead}\"\n")).unwrap();
     let config_path = config.to_str().unwrap();

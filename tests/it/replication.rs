@@ -412,7 +412,8 @@ fn source_process(moto: &crate::s3::Moto, bucket: &str, targets: Vec<Replication
     c.replication.destinations = targets;
     c.replication.poll_interval = HumanDuration(Duration::from_millis(200));
     c.replication.lease_ttl = HumanDuration(Duration::from_secs(2));
-    let file = dir.join(format!("source-{}.toml", free_port()));
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let file = dir.join(format!("source-{}.toml", NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
     std::fs::write(&file, toml::to_string(&c).unwrap()).unwrap();
     FerryProcess::start_env(dir, &[("FERRY_CONFIG", file.to_str().unwrap())])
 }
