@@ -27,6 +27,13 @@ fn fixture_with(settings: super::Settings, events: KeptEvents) -> Fixture {
     Fixture { registry, clock, events }
 }
 
+impl Fixture {
+    /// A client's push of `bytes` under `tag`.
+    async fn push(&self, name: &RepositoryName, to: &str, bytes: bytes::Bytes) -> super::Result<super::StoredManifest> {
+        self.registry.manifest_put(name, &tag(to), None, bytes, PushOrigin::Client).await
+    }
+}
+
 fn fixture() -> Fixture {
     fixture_with(testing::settings(Duration::from_secs(3600)), KeptEvents::default())
 }
@@ -60,7 +67,7 @@ async fn a_manifest_naming_a_blob_its_repository_lacks_is_refused_and_leaves_not
     let manifest = image_manifest(&config, &layer, 1);
     let digest = Digest::sha256_of(&manifest);
 
-    let err = f.registry.manifest_put(&app, &tag("v1"), None, manifest, PushOrigin::Client).await.unwrap_err();
+    let err = f.push(&app, "v1", manifest).await.unwrap_err();
     assert!(matches!(&err, Error::ManifestBlobUnknown(d) if d == &layer), "{err:?}");
     assert!(!f.registry.holds_manifest(&app, &digest).await.unwrap());
     let read = f.registry.manifest_record(&Repo::Local(app.clone()), &tag("v1")).await.unwrap_err();
@@ -97,20 +104,17 @@ async fn an_immutable_tag_is_pushed_once_and_never_moves() {
     f.registry.create_repository(&name, settings).await.unwrap();
     let (config, layer) = push_blobs(&f.registry, &name).await;
     let first = image_manifest(&config, &layer, 1);
-    let stored = f.registry.manifest_put(&name, &tag("v1"), None, first.clone(), PushOrigin::Client).await.unwrap();
+    let stored = f.push(&name, "v1", first.clone()).await.unwrap();
 
     // Neither the same manifest again (as in ECR) nor another one may take the tag.
     for bytes in [first, image_manifest(&config, &layer, 2)] {
-        let err = f.registry.manifest_put(&name, &tag("v1"), None, bytes, PushOrigin::Client).await.unwrap_err();
+        let err = f.push(&name, "v1", bytes).await.unwrap_err();
         assert!(matches!(&err, Error::TagImmutable { tag, .. } if tag == "v1"), "{err:?}");
     }
     let record = f.registry.manifest_record(&Repo::Local(name.clone()), &tag("v1")).await.unwrap();
     assert_eq!(record.digest, stored.digest);
     // Other tags are still free to be pushed.
-    f.registry
-        .manifest_put(&name, &tag("v2"), None, image_manifest(&config, &layer, 3), PushOrigin::Client)
-        .await
-        .unwrap();
+    f.push(&name, "v2", image_manifest(&config, &layer, 3)).await.unwrap();
     let pushed: Vec<_> = f.events.events().into_iter().map(|e| e.tag).collect();
     assert_eq!(pushed, [Some("v1".to_owned()), Some("v2".to_owned())], "refused pushes are not reported");
 }
@@ -122,7 +126,7 @@ async fn a_push_whose_event_cannot_be_recorded_stores_nothing() {
     let (config, layer) = push_blobs(&f.registry, &name).await;
     let manifest = image_manifest(&config, &layer, 1);
     let digest = Digest::sha256_of(&manifest);
-    let err = f.registry.manifest_put(&name, &tag("v1"), None, manifest, PushOrigin::Client).await.unwrap_err();
+    let err = f.push(&name, "v1", manifest).await.unwrap_err();
     assert!(matches!(err, Error::Storage(_)), "{err:?}");
     // Acknowledging a push its consumers never heard of would lose its replication.
     assert!(!f.registry.holds_manifest(&name, &digest).await.unwrap());
@@ -156,12 +160,12 @@ async fn a_retag_keeps_when_the_image_was_first_pushed() {
     let name = repo("team/app");
     let (config, layer) = push_blobs(&f.registry, &name).await;
     let manifest = image_manifest(&config, &layer, 1);
-    f.registry.manifest_put(&name, &tag("v1"), None, manifest.clone(), PushOrigin::Client).await.unwrap();
+    f.push(&name, "v1", manifest.clone()).await.unwrap();
     let local = Repo::Local(name.clone());
     let first = f.registry.manifest_record(&local, &tag("v1")).await.unwrap().pushed_at_ms;
     assert!(first.is_some());
     f.clock.advance(Duration::from_secs(86_400));
-    f.registry.manifest_put(&name, &tag("latest"), None, manifest, PushOrigin::Client).await.unwrap();
+    f.push(&name, "latest", manifest).await.unwrap();
     let retagged = f.registry.manifest_record(&local, &tag("latest")).await.unwrap().pushed_at_ms;
     assert_eq!(retagged, first, "lifecycle's sinceImagePushed counts from the first push");
 }
@@ -171,11 +175,7 @@ async fn deletes_report_what_they_removed() {
     let f = fixture();
     let name = repo("team/app");
     let (config, layer) = push_blobs(&f.registry, &name).await;
-    let stored = f
-        .registry
-        .manifest_put(&name, &tag("v1"), None, image_manifest(&config, &layer, 1), PushOrigin::Client)
-        .await
-        .unwrap();
+    let stored = f.push(&name, "v1", image_manifest(&config, &layer, 1)).await.unwrap();
     f.registry.manifest_delete(&name, &tag("v1")).await.unwrap();
     f.registry.manifest_delete(&name, &Reference::Digest(stored.digest.clone())).await.unwrap();
     let deletes: Vec<_> = f
@@ -199,10 +199,7 @@ async fn deletes_are_refused_when_turned_off() {
     let f = fixture_with(settings, KeptEvents::default());
     let name = repo("team/app");
     let (config, layer) = push_blobs(&f.registry, &name).await;
-    f.registry
-        .manifest_put(&name, &tag("v1"), None, image_manifest(&config, &layer, 1), PushOrigin::Client)
-        .await
-        .unwrap();
+    f.push(&name, "v1", image_manifest(&config, &layer, 1)).await.unwrap();
     assert!(matches!(f.registry.manifest_delete(&name, &tag("v1")).await, Err(Error::DeleteDisabled)));
     assert!(matches!(f.registry.blob_delete(&name, &layer).await, Err(Error::DeleteDisabled)));
     assert!(f.registry.manifest_record(&Repo::Local(name), &tag("v1")).await.is_ok());
