@@ -285,3 +285,60 @@ fn pagination() {
     assert_eq!(paginate(all.clone(), None, Some("bb")).items, vec!["c".to_string(), "d".into()]);
     assert_eq!(paginate(all, Some(usize::MAX), Some("z")), Page { items: vec![], more: false });
 }
+
+#[tokio::test]
+async fn an_image_lists_its_tags_references_and_referrer_subject() {
+    let f = fixture();
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let image = f.push(&name, "v1", image_manifest(&config, &layer, 1)).await.unwrap();
+    f.push(&name, "latest", image_manifest(&config, &layer, 1)).await.unwrap();
+    let second = image_manifest(&config, &layer, 2);
+    let by_digest = Reference::Digest(Digest::sha256_of(&second));
+    let untagged = f.registry.manifest_put(&name, &by_digest, None, second, PushOrigin::Client).await.unwrap();
+    let mut images = f.registry.repository_images(&name).await.unwrap();
+    images.sort_by(|a, b| b.tags.len().cmp(&a.tags.len()));
+    assert_eq!(images.len(), 2);
+    assert_eq!(
+        (&images[0].digest, images[0].tags.as_slice(), images[0].blobs.as_slice()),
+        (&image.digest, &["latest".to_owned(), "v1".to_owned()][..], &[config.clone(), layer.clone()][..])
+    );
+    assert_eq!((&images[1].digest, images[1].tags.is_empty()), (&untagged.digest, true));
+    assert!(images.iter().all(|i| i.pushed_at_ms.is_some() && i.last_pulled_ms.is_none()));
+    // A pull is seen at once (noted in memory before any flush).
+    f.registry.manifest_get(&Repo::Local(name.clone()), &tag("v1")).await.unwrap();
+    let pulled = f.registry.repository_images(&name).await.unwrap();
+    assert!(pulled.iter().any(|i| i.digest == image.digest && i.last_pulled_ms.is_some()));
+}
+
+#[tokio::test]
+async fn expiring_an_image_retagged_since_it_was_judged_removes_nothing() {
+    let f = fixture();
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let image = f.push(&name, "v1", image_manifest(&config, &layer, 1)).await.unwrap();
+    let judged = vec!["v1".to_owned()];
+    // A push tags it again between the judgement and the expiry.
+    f.push(&name, "keep", image_manifest(&config, &layer, 1)).await.unwrap();
+    assert!(!f.registry.expire_image(&name, &image.digest, &judged).await.unwrap());
+    assert!(f.registry.holds_manifest(&name, &image.digest).await.unwrap());
+    // Judged with its tags as they are, it goes, with its tags; the outbox hears of it.
+    let now = vec!["keep".to_owned(), "v1".to_owned()];
+    assert!(f.registry.expire_image(&name, &image.digest, &now).await.unwrap());
+    assert!(!f.registry.holds_manifest(&name, &image.digest).await.unwrap());
+    assert!(f.registry.repository_images(&name).await.unwrap().is_empty());
+    let last = f.events.events().pop().map(|e| (e.action, e.removes_manifest));
+    assert_eq!(last, Some((ImageAction::Delete, true)));
+}
+
+#[tokio::test]
+async fn expiry_works_with_deletes_turned_off() {
+    let settings = super::Settings { delete_enabled: false, ..testing::settings(Duration::from_secs(3600)) };
+    let f = fixture_with(settings, KeptEvents::default());
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let image = f.push(&name, "v1", image_manifest(&config, &layer, 1)).await.unwrap();
+    // A lifecycle policy the owner set expires images even where clients may not delete.
+    assert!(f.registry.expire_image(&name, &image.digest, &["v1".to_owned()]).await.unwrap());
+    assert!(!f.registry.holds_manifest(&name, &image.digest).await.unwrap());
+}
