@@ -297,7 +297,7 @@ async fn an_image_lists_its_tags_references_and_referrer_subject() {
     let by_digest = Reference::Digest(Digest::sha256_of(&second));
     let untagged = f.registry.manifest_put(&name, &by_digest, None, second, PushOrigin::Client).await.unwrap();
     let mut images = f.registry.repository_images(&name).await.unwrap();
-    images.sort_by(|a, b| b.tags.len().cmp(&a.tags.len()));
+    images.sort_by_key(|i| std::cmp::Reverse(i.tags.len()));
     assert_eq!(images.len(), 2);
     assert_eq!(
         (&images[0].digest, images[0].tags.as_slice(), images[0].blobs.as_slice()),
