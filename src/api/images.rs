@@ -303,49 +303,60 @@ async fn detail(
     Ok(d)
 }
 
-/// Resolves an image id in `images`: the image and the tag named, or ECR's failure code.
-fn resolve<'a>(
-    images: &'a [StoredImage],
-    id: &ImageIdentifier,
-) -> Result<(&'a StoredImage, Option<String>), (&'static str, String)> {
+/// ECR's failure code and reason for one image id.
+type IdFailure = (&'static str, String);
+
+/// An image id's digest and tag, checked; ECR's failure code when either is malformed or both
+/// are missing.
+fn checked_id(id: &ImageIdentifier) -> Result<(Option<Digest>, Option<Tag>), IdFailure> {
     let digest = match &id.digest {
         Some(d) => Some(Digest::parse(d).map_err(|_| {
             ("InvalidImageDigest", format!("Invalid request parameters: image digest '{d}' is not valid"))
         })?),
         None => None,
     };
-    if let Some(t) = &id.tag {
-        Tag::parse(t)
-            .map_err(|_| ("InvalidImageTag", format!("Invalid request parameters: image tag '{t}' is not valid")))?;
+    let tag =
+        match &id.tag {
+            Some(t) => Some(Tag::parse(t).map_err(|_| {
+                ("InvalidImageTag", format!("Invalid request parameters: image tag '{t}' is not valid"))
+            })?),
+            None => None,
+        };
+    if digest.is_none() && tag.is_none() {
+        return Err(("MissingDigestAndTag", "Invalid request parameters: both tag and digest cannot be null".into()));
     }
+    Ok((digest, tag))
+}
+
+fn image_not_found() -> IdFailure {
+    ("ImageNotFound", "Requested image not found".to_owned())
+}
+
+fn tag_does_not_match() -> IdFailure {
+    ("ImageTagDoesNotMatchDigest", "Invalid request parameters: given tag does not map to the given digest".into())
+}
+
+/// Resolves an image id in `images`: the image and the tag named, or ECR's failure code.
+fn resolve<'a>(
+    images: &'a [StoredImage],
+    id: &ImageIdentifier,
+) -> Result<(&'a StoredImage, Option<String>), IdFailure> {
+    let (digest, _) = checked_id(id)?;
     let found = match (&digest, &id.tag) {
-        (None, None) => {
-            return Err((
-                "MissingDigestAndTag",
-                "Invalid request parameters: both tag and digest cannot be null".into(),
-            ))
-        }
+        (None, None) => return Err(image_not_found()),
         (_, Some(t)) => {
-            let image = images
-                .iter()
-                .find(|i| i.tags.contains(t))
-                .ok_or(("ImageNotFound", "Requested image not found".to_owned()))?;
+            let image = images.iter().find(|i| i.tags.contains(t)).ok_or_else(image_not_found)?;
             if digest.as_ref().is_some_and(|d| d != &image.digest) {
-                return Err((
-                    "ImageTagDoesNotMatchDigest",
-                    "Invalid request parameters: given tag does not map to the given digest".into(),
-                ));
+                return Err(tag_does_not_match());
             }
             image
         }
-        (Some(d), None) => {
-            images.iter().find(|i| &i.digest == d).ok_or(("ImageNotFound", "Requested image not found".to_owned()))?
-        }
+        (Some(d), None) => images.iter().find(|i| &i.digest == d).ok_or_else(image_not_found)?,
     };
     Ok((found, id.tag.clone()))
 }
 
-fn failure(id: &ImageIdentifier, (code, reason): (&str, String)) -> Value {
+fn failure(id: &ImageIdentifier, (code, reason): IdFailure) -> Value {
     json!({ "imageId": id.json(), "failureCode": code, "failureReason": reason })
 }
 
@@ -377,23 +388,43 @@ async fn describe(
     Ok(with_next(json!({ "imageDetails": out }), next))
 }
 
+/// `BatchGetImage`: each id looked up directly (its tag record, or its manifest link, then the
+/// manifest's bytes), so its cost does not grow with the repository.
 async fn batch_get(ctx: &ApiContext<'_>, name: &RepositoryName, ids: &[ImageIdentifier]) -> Result<Value, ApiError> {
-    let all = images(ctx, name).await?;
+    if ctx.registry.repository_settings(name).await?.is_none() {
+        return Err(super::repositories::not_found(ctx, name));
+    }
+    let repo = Repo::Local(name.clone());
     let (mut found, mut failures) = (Vec::new(), Vec::new());
     for id in ids {
-        let (image, tag) = match resolve(&all, id) {
+        let (digest, tag) = match checked_id(id) {
             Ok(x) => x,
             Err(f) => {
                 failures.push(failure(id, f));
                 continue;
             }
         };
+        let reference = match (&tag, &digest) {
+            (Some(t), _) => Reference::Tag(t.clone()),
+            (None, Some(d)) => Reference::Digest(d.clone()),
+            (None, None) => continue,
+        };
         // A pull: noted for lastRecordedPullTime, as every ECR pull's one BatchGetImage is.
-        let content =
-            ctx.registry.manifest_get(&Repo::Local(name.clone()), &Reference::Digest(image.digest.clone())).await?;
-        let mut image_id = json!({ "imageDigest": image.digest });
-        if let Some(t) = tag {
-            image_id["imageTag"] = json!(t);
+        let content = match ctx.registry.manifest_get(&repo, &reference).await {
+            Ok(c) => c,
+            Err(crate::registry::Error::ManifestUnknown(_) | crate::registry::Error::NameUnknown(_)) => {
+                failures.push(failure(id, image_not_found()));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if digest.as_ref().is_some_and(|d| d != &content.record.digest) {
+            failures.push(failure(id, tag_does_not_match()));
+            continue;
+        }
+        let mut image_id = json!({ "imageDigest": content.record.digest });
+        if let Some(t) = &tag {
+            image_id["imageTag"] = json!(t.as_str());
         }
         found.push(json!({
             "registryId": ctx.registry_id,
@@ -575,4 +606,72 @@ async fn referrers(
         .collect();
     let (referrers, next) = paged(&all, page)?;
     Ok(with_next(json!({ "referrers": referrers }), next))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::api::testing::ApiFixture;
+    use crate::oci::{Digest, Reference, RepositoryName, Tag};
+    use crate::registry::testing::{body, image_manifest};
+    use crate::registry::PushOrigin;
+    use serde_json::json;
+
+    /// A repository holding `images` tagged images (`v0`, `v1`, ...) sharing one layer.
+    async fn seeded(images: u32) -> (ApiFixture, RepositoryName) {
+        let f = ApiFixture::new();
+        let name = RepositoryName::parse("team/app").unwrap();
+        f.call("CreateRepository", json!({ "repositoryName": name.as_str() })).await.unwrap();
+        let (config, layer) = (Digest::sha256_of(b"{}"), Digest::sha256_of(b"layer"));
+        f.registry.upload_monolithic(&name, &config, body(b"{}")).await.unwrap();
+        f.registry.upload_monolithic(&name, &layer, body(b"layer")).await.unwrap();
+        for n in 0..images {
+            let tag = Reference::Tag(Tag::parse(&format!("v{n}")).unwrap());
+            let manifest = image_manifest(&config, &layer, n);
+            f.registry.manifest_put(&name, &tag, None, manifest, PushOrigin::Client).await.unwrap();
+        }
+        (f, name)
+    }
+
+    #[tokio::test]
+    async fn batch_get_of_one_image_costs_the_same_at_ten_and_at_a_thousand_images() {
+        let mut costs = Vec::new();
+        for images in [10, 1000] {
+            let (f, name) = seeded(images).await;
+            let ask = json!({ "repositoryName": name.as_str(), "imageIds": [{ "imageTag": "v7" }] });
+            let (out, by_tag) = f.counted("BatchGetImage", ask).await;
+            let out = out.unwrap();
+            assert_eq!(out["images"][0]["imageId"]["imageTag"], "v7", "{out}");
+            let digest = out["images"][0]["imageId"]["imageDigest"].as_str().unwrap().to_owned();
+            let by_digest = json!({ "repositoryName": name.as_str(), "imageIds": [{ "imageDigest": digest }] });
+            let (out, by_digest) = f.counted("BatchGetImage", by_digest).await;
+            assert_eq!(out.unwrap()["images"].as_array().map(Vec::len), Some(1));
+            // The repository's settings, the tag (or link), the manifest's bytes; no listing.
+            assert!(by_tag.reads <= 3 && by_tag.lists == 0, "{by_tag:?}");
+            assert!(by_digest.reads <= 3 && by_digest.lists == 0, "{by_digest:?}");
+            costs.push((by_tag, by_digest));
+        }
+        assert_eq!(costs[0], costs[1], "the cost does not grow with the repository");
+    }
+
+    #[tokio::test]
+    async fn batch_get_reports_each_failure_in_ecr_terms() {
+        let (f, name) = seeded(2).await;
+        let v0 =
+            f.call("BatchGetImage", json!({ "repositoryName": name.as_str(), "imageIds": [{ "imageTag": "v0" }] }));
+        let v0_digest = v0.await.unwrap()["images"][0]["imageId"]["imageDigest"].as_str().unwrap().to_owned();
+        let ids = json!([
+            { "imageTag": "missing" },
+            { "imageDigest": Digest::sha256_of(b"nothing").to_string() },
+            { "imageTag": "v1", "imageDigest": v0_digest },
+            { "imageTag": "v0", "imageDigest": v0_digest },
+        ]);
+        let out = f.call("BatchGetImage", json!({ "repositoryName": name.as_str(), "imageIds": ids })).await.unwrap();
+        let codes: Vec<&str> =
+            out["failures"].as_array().unwrap().iter().filter_map(|f| f["failureCode"].as_str()).collect();
+        assert_eq!(codes, ["ImageNotFound", "ImageNotFound", "ImageTagDoesNotMatchDigest"]);
+        assert_eq!(out["images"].as_array().map(Vec::len), Some(1));
+        let missing =
+            f.call("BatchGetImage", json!({ "repositoryName": "team/none", "imageIds": [{ "imageTag": "v0" }] }));
+        assert_eq!(missing.await.unwrap_err().kind.as_str(), "RepositoryNotFoundException");
+    }
 }

@@ -17,6 +17,8 @@ mod registry_policy;
 mod replication;
 mod repositories;
 mod templates;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use layers::{LAYER_PARTS_AT_ONCE, MAX_PART_BODY};
 

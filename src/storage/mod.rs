@@ -4,6 +4,7 @@
 //! nothing of repositories' rules or of HTTP.
 
 pub mod contract;
+pub mod counting;
 pub mod fs;
 pub mod hot;
 pub mod keys;
