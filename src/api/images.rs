@@ -260,6 +260,9 @@ async fn image_size(
     image: &StoredImage,
     all: &[StoredImage],
 ) -> Result<u64, ApiError> {
+    if let Some(size) = image.image_size {
+        return Ok(size);
+    }
     let mut size = 0u64;
     for d in &image.blobs {
         size = size.saturating_add(ctx.registry.linked_blob_size(name, d).await?);

@@ -5,9 +5,8 @@
 
 use super::manifests::{decode, ManifestRecord};
 use super::{Registry, Result};
-use crate::oci::{Digest, Manifest, RepositoryName, Tag};
+use crate::oci::{Digest, Manifest, RepositoryName};
 use crate::storage::{self, Key};
-use std::collections::HashMap;
 
 /// One manifest a repository holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,13 +29,17 @@ pub struct StoredImage {
     pub children: Vec<Digest>,
     /// The blobs it references (config and layers).
     pub blobs: Vec<Digest>,
+    /// ECR's image size, from the index (absent for a pull-through image: measure what is
+    /// cached).
+    pub image_size: Option<u64>,
 }
 
 impl Registry {
-    /// Every manifest `name` holds, with its tags and times. Costs a few reads per manifest; a
-    /// manifest whose bytes are gone or do not parse is listed without references.
+    /// Every manifest `name` holds, with its tags (from the index) and times. Costs a few reads
+    /// per manifest; a manifest whose bytes are gone or do not parse is listed without
+    /// references.
     pub async fn repository_images(&self, name: &RepositoryName) -> Result<Vec<StoredImage>> {
-        let tags = self.tags_by_digest(name).await?;
+        self.ensure_indexed(name).await?;
         let mut images = Vec::new();
         for hex in self.storage.record_list(&Key::manifest_links(name)).await? {
             let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else { continue };
@@ -52,9 +55,10 @@ impl Registry {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
-            let mut image_tags = tags.get(&digest).cloned().unwrap_or_default();
+            let mut image_tags = record.tags.clone().unwrap_or_default();
             image_tags.sort_unstable();
             images.push(StoredImage {
+                image_size: record.image_size,
                 tags: image_tags,
                 pushed_at_ms: record.pushed_at_ms,
                 last_pulled_ms,
@@ -69,19 +73,6 @@ impl Registry {
         Ok(images)
     }
 
-    async fn tags_by_digest(&self, name: &RepositoryName) -> Result<HashMap<Digest, Vec<String>>> {
-        let mut out: HashMap<Digest, Vec<String>> = HashMap::new();
-        for tag in self.storage.record_list(&Key::tags(name)).await? {
-            let Ok(t) = Tag::parse(&tag) else { continue };
-            if let Some(v) = self.storage.record_get(&Key::tag(name, &t)).await? {
-                if let Ok(record) = decode::<ManifestRecord>(&v) {
-                    out.entry(record.digest).or_default().push(tag);
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// The stored size of a blob the repository links (0 when it is not linked).
     pub async fn linked_blob_size(&self, name: &RepositoryName, digest: &Digest) -> Result<u64> {
         Ok(match self.storage.record_get(&Key::blob_link(name, digest)).await? {
@@ -94,9 +85,11 @@ impl Registry {
     /// link, regardless of `registry.delete_enabled` (a policy the owner set does it). Returns
     /// false, removing nothing, when its tags changed since it was judged.
     pub async fn expire_image(&self, name: &RepositoryName, digest: &Digest, tags: &[String]) -> Result<bool> {
-        let mut now: Vec<String> = self.tags_by_digest(name).await?.remove(digest).unwrap_or_default();
+        self.ensure_indexed(name).await?;
+        let Some(link) = self.storage.record_get(&Key::manifest_link(name, digest)).await? else { return Ok(false) };
+        let mut now: Vec<String> = decode::<ManifestRecord>(&link)?.tags.unwrap_or_default();
         now.sort_unstable();
-        if now != tags || self.storage.record_get(&Key::manifest_link(name, digest)).await?.is_none() {
+        if now != tags {
             return Ok(false);
         }
         self.remove_manifest(name, digest).await?;

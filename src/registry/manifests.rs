@@ -5,11 +5,11 @@ use super::outbox::{ImageAction, ImageEvent, PushOrigin};
 use super::{paginate, Error, Page, Registry, Repo, Result};
 use crate::oci::manifest::{ManifestError, MAX_MANIFEST_BYTES};
 use crate::oci::{Descriptor, Digest, DigestAlgorithm, Hasher, Manifest, Reference, RepositoryName, Tag};
-use crate::storage::{self, Key, PutMode};
+use crate::storage::{self, Key};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How many of a manifest's references are looked up at once.
 const REFERENCE_CHECKS_AT_ONCE: usize = 16;
@@ -31,6 +31,38 @@ pub struct ManifestRecord {
     /// records written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed_at_ms: Option<u64>,
+    /// The image index (manifest links only, see [`super::index`]): the tags that name this
+    /// manifest, sorted. Absent on tag records, and on links written before the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// The image index: ECR's `imageSizeInBytes` (its blobs' stored sizes; for an index, its
+    /// largest child's), worked out when the manifest was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<u64>,
+    /// The image index: the manifest it refers to (signatures, SBOMs), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Digest>,
+}
+
+impl ManifestRecord {
+    /// A record of `digest` with no times and no index fields.
+    pub fn new(digest: Digest, media_type: String, size: u64) -> Self {
+        Self {
+            digest,
+            media_type,
+            size,
+            fetched_at_ms: None,
+            pushed_at_ms: None,
+            tags: None,
+            image_size: None,
+            subject: None,
+        }
+    }
+
+    /// What a tag record holds: this record without the index's fields.
+    pub fn for_tag(&self) -> Self {
+        Self { tags: None, image_size: None, subject: None, ..self.clone() }
+    }
 }
 
 /// A manifest read for a GET.
@@ -129,19 +161,19 @@ impl Registry {
             removes_manifest: false,
         };
         let recorded = self.outbox.record(&event).await?;
-        let record = ManifestRecord {
-            digest: digest.clone(),
-            media_type: manifest.media_type.as_str().to_owned(),
-            size: bytes.len() as u64,
-            fetched_at_ms: None,
-            pushed_at_ms: Some(self.first_pushed_at(name, &digest).await?),
-        };
         self.touch_references(&manifest).await?;
-        self.check_references(name, &manifest).await?;
-        let record_bytes = encode(&record)?;
+        let image_size = self.check_references(name, &manifest).await?;
+        let record = ManifestRecord {
+            pushed_at_ms: Some(self.clock.now_ms()),
+            tags: Some(Vec::new()),
+            image_size: Some(image_size),
+            subject: manifest.subject.as_ref().map(|s| s.digest.clone()),
+            ..ManifestRecord::new(digest.clone(), manifest.media_type.as_str().to_owned(), bytes.len() as u64)
+        };
         self.uses.touch(&digest).await?;
         self.storage.blob_put_small(&digest, bytes).await?;
-        self.storage.record_put(&Key::manifest_link(name, &digest), record_bytes.clone()).await?;
+        // Keeps the tags the link has, and when the image was first pushed (a retag keeps it).
+        let record = self.write_link(name, record).await?;
         if let Some(subject) = &manifest.subject {
             let descriptor = Descriptor {
                 media_type: record.media_type.clone(),
@@ -156,59 +188,51 @@ impl Registry {
         }
         self.ensure_repository(name).await?;
         if let Reference::Tag(tag) = reference {
-            let key = Key::tag(name, tag);
-            if immutable {
-                // Exactly one of two replicas racing to create the tag wins.
-                match self.storage.record_put_if(&key, record_bytes, PutMode::Create).await {
-                    Ok(_) => {}
-                    Err(storage::Error::Conflict { .. }) => {
-                        return Err(Error::TagImmutable { tag: tag.to_string(), repository: name.clone() })
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            } else {
-                self.storage.record_put(&key, record_bytes).await?;
-            }
+            // Conditional: of two replicas racing to create an immutable tag exactly one wins.
+            self.set_tag(name, tag, &record, immutable).await?;
         }
         self.outbox.committed(recorded);
         Ok(StoredManifest { digest, subject: manifest.subject.map(|s| s.digest) })
     }
 
-    /// When the manifest was first stored in the repository: the link's time when it has one
-    /// (a retag keeps the original push time, as in ECR), else now.
-    pub(super) async fn first_pushed_at(&self, name: &RepositoryName, digest: &Digest) -> Result<u64> {
-        let existing = match self.storage.record_get(&Key::manifest_link(name, digest)).await? {
-            Some(v) => decode::<ManifestRecord>(&v).ok().and_then(|r| r.pushed_at_ms),
-            None => None,
-        };
-        Ok(existing.unwrap_or_else(|| self.clock.now_ms()))
-    }
-
     /// Checks that everything the manifest references is in the repository: each distinct
     /// digest once, a few at a time, so a manifest listing one layer 25,000 times costs one
-    /// lookup and a manifest of many costs bounded memory.
-    async fn check_references(&self, name: &RepositoryName, manifest: &Manifest) -> Result<()> {
-        let blobs: BTreeSet<&Digest> = manifest.blobs.iter().collect();
+    /// lookup and a manifest of many costs bounded memory. Returns the image's size as ECR
+    /// reports it (its blobs' stored sizes, each as often as listed; for an index, its largest
+    /// child's), from the links it read.
+    async fn check_references(&self, name: &RepositoryName, manifest: &Manifest) -> Result<u64> {
+        let mut blob_uses: BTreeMap<&Digest, u64> = BTreeMap::new();
+        for d in &manifest.blobs {
+            let n = blob_uses.entry(d).or_insert(0);
+            *n = n.saturating_add(1);
+        }
         let children: BTreeSet<&Digest> = manifest.children.iter().collect();
-        let keys: Vec<(Key, Digest)> = blobs
+        let keys: Vec<(Key, Digest, u64, bool)> = blob_uses
             .into_iter()
-            .map(|d| (Key::blob_link(name, d), d.clone()))
-            .chain(children.into_iter().map(|d| (Key::manifest_link(name, d), d.clone())))
+            .map(|(d, n)| (Key::blob_link(name, d), d.clone(), n, true))
+            .chain(children.into_iter().map(|d| (Key::manifest_link(name, d), d.clone(), 1, false)))
             .collect();
         let storage = self.storage.clone();
-        futures_util::stream::iter(keys)
-            .map(move |(key, d)| {
+        let sizes: Vec<(u64, bool)> = futures_util::stream::iter(keys)
+            .map(move |(key, d, uses, blob)| {
                 let storage = storage.clone();
                 async move {
-                    match storage.record_get(&key).await? {
-                        Some(_) => Ok(()),
-                        None => Err(Error::ManifestBlobUnknown(d)),
-                    }
+                    let Some(value) = storage.record_get(&key).await? else {
+                        return Err(Error::ManifestBlobUnknown(d));
+                    };
+                    let size = match blob {
+                        true => std::str::from_utf8(&value).ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
+                        false => decode::<ManifestRecord>(&value).ok().and_then(|r| r.image_size).unwrap_or(0),
+                    };
+                    Ok((size.saturating_mul(uses), blob))
                 }
             })
             .buffer_unordered(REFERENCE_CHECKS_AT_ONCE)
-            .try_for_each(|()| async { Ok(()) })
-            .await
+            .try_collect()
+            .await?;
+        let blobs = sizes.iter().filter(|(_, blob)| *blob).fold(0u64, |sum, (s, _)| sum.saturating_add(*s));
+        let largest_child = sizes.iter().filter(|(_, blob)| !*blob).map(|(s, _)| *s).max().unwrap_or(0);
+        Ok(blobs.max(largest_child))
     }
 
     /// Marks everything the manifest references as in use (see [`crate::storage::uses`]).
@@ -283,19 +307,10 @@ impl Registry {
         }
         let digest = match reference {
             Reference::Tag(tag) => {
-                // What the tag named, for the consumers told of the delete.
-                let tagged = match self.outbox.wants(ImageAction::Delete, name) {
-                    true => self
-                        .storage
-                        .record_get(&Key::tag(name, tag))
-                        .await?
-                        .and_then(|v| decode::<ManifestRecord>(&v).ok()),
-                    false => None,
-                };
-                if !self.storage.record_delete(&Key::tag(name, tag)).await? {
+                let Some(record) = self.unset_tag(name, tag).await? else {
                     return Err(self.unknown(name, Error::ManifestUnknown(tag.to_string())).await);
-                }
-                if let Some(record) = tagged {
+                };
+                if self.outbox.wants(ImageAction::Delete, name) {
                     self.notify_delete(name, &record.digest, Some(tag.as_str()), false).await?;
                 }
                 return Ok(());
@@ -341,13 +356,25 @@ impl Registry {
             Some(v) => decode::<ManifestRecord>(&v)?,
             None => return Ok(()),
         };
-        if let Ok(bytes) = self.storage.blob_read_small(digest).await {
-            let subject = Manifest::parse(&bytes, Some(&record.media_type)).ok().and_then(|m| m.subject);
-            if let Some(subject) = subject {
-                self.storage.record_delete(&Key::referrer(name, &subject.digest, digest)).await?;
-            }
+        let subject = match (&record.subject, record.image_size) {
+            // An indexed link says whether it has a subject (`image_size` marks it indexed).
+            (subject, Some(_)) => subject.clone(),
+            (_, None) => match self.storage.blob_read_small(digest).await {
+                Ok(bytes) => {
+                    Manifest::parse(&bytes, Some(&record.media_type)).ok().and_then(|m| m.subject).map(|s| s.digest)
+                }
+                Err(_) => None,
+            },
+        };
+        if let Some(subject) = subject {
+            self.storage.record_delete(&Key::referrer(name, &subject, digest)).await?;
         }
-        for tag in self.storage.record_list(&Key::tags(name)).await? {
+        // The index names the tags on it; a repository not indexed yet is walked.
+        let tags = match (&record.tags, self.is_indexed(name).await?) {
+            (Some(tags), true) => tags.clone(),
+            _ => self.storage.record_list(&Key::tags(name)).await?,
+        };
+        for tag in tags {
             let Ok(tag) = Tag::parse(&tag) else { continue };
             let key = Key::tag(name, &tag);
             if let Some(v) = self.storage.record_get(&key).await? {

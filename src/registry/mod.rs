@@ -7,6 +7,7 @@
 
 mod error;
 pub mod images;
+pub mod index;
 mod manifests;
 pub mod outbox;
 mod pull_through;
@@ -144,6 +145,8 @@ pub struct Registry {
     outbox: outbox::Outbox,
     /// Repository creation templates.
     templates: Arc<templates::TemplateStore>,
+    /// Repositories whose links carry the image index (their marker was seen).
+    indexed: moka::sync::Cache<RepositoryName, ()>,
 }
 
 impl Registry {
@@ -175,6 +178,7 @@ impl Registry {
             metrics,
             upload_hashes: Mutex::new(HashMap::new()),
             outbox: outbox::Outbox::default(),
+            indexed: moka::sync::Cache::new(1_000_000),
         }
     }
 

@@ -102,17 +102,18 @@ impl Registry {
         tag: Option<&Tag>,
         m: upstream::UpstreamManifest,
     ) -> Result<ManifestRecord> {
+        // No image size in the index: the blobs are fetched on demand, so readers measure what
+        // is cached when they ask.
+        let parsed = crate::oci::Manifest::parse(&m.bytes, Some(&m.media_type)).ok();
         let record = ManifestRecord {
-            digest: m.digest.clone(),
-            media_type: m.media_type,
-            size: m.bytes.len() as u64,
-            fetched_at_ms: None,
-            pushed_at_ms: Some(self.first_pushed_at(&route.local, &m.digest).await?),
+            pushed_at_ms: Some(self.clock.now_ms()),
+            tags: Some(Vec::new()),
+            subject: parsed.and_then(|p| p.subject.map(|s| s.digest)),
+            ..ManifestRecord::new(m.digest.clone(), m.media_type, m.bytes.len() as u64)
         };
         self.uses.touch(&m.digest).await?;
         self.storage.blob_put_small(&m.digest, m.bytes).await?;
-        let bytes = super::manifests::encode(&record)?;
-        self.storage.record_put(&Key::manifest_link(&route.local, &m.digest), bytes).await?;
+        let record = self.write_link(&route.local, record).await?;
         if !self.repository_exists(&route.local).await? {
             self.apply_creation_template(&route.local, super::templates::AppliedFor::PullThroughCache).await?;
         }
@@ -125,8 +126,7 @@ impl Registry {
     }
 
     async fn put_tag_record(&self, name: &RepositoryName, tag: &Tag, record: &ManifestRecord) -> Result<()> {
-        let bytes = super::manifests::encode(record)?;
-        Ok(self.storage.record_put(&Key::tag(name, tag), bytes).await?)
+        self.set_tag(name, tag, record, false).await
     }
 
     /// Makes sure the manifest is cached and fresh enough; returns its record.

@@ -1,6 +1,7 @@
 //! The upload purge as a background worker: every interval, on one replica at a time (the one
-//! holding the `leases/upload-purge` lease), abandoned upload sessions are removed. Owns the
-//! schedule and the lease; the purge itself is `Registry::purge_uploads`.
+//! holding the `leases/upload-purge` lease), abandoned upload sessions are removed and the
+//! image index's journal is replayed (tag moves a crash left unfinished). Owns the schedule and
+//! the lease; the work itself is `Registry::purge_uploads` and `Registry::replay_index_journal`.
 
 use super::Registry;
 use crate::storage::lease::{Lease, LeaseError};
@@ -46,8 +47,13 @@ impl UploadPurge {
         // Checked before committing work: a holder that paused past its lease stops here.
         lease.check(storage, clock).await?;
         let purged = self.registry.purge_uploads().await;
+        let replayed = self.registry.replay_index_journal().await;
+        if let Ok(n @ 1..) = replayed {
+            tracing::info!(moves = n, "finished the image index of tag moves a crash had left");
+        }
         let generation = lease.generation();
         lease.release(storage).await?;
+        replayed?;
         Ok(Some((purged?, generation)))
     }
 }

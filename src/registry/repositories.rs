@@ -228,6 +228,8 @@ impl Registry {
             }
         }
         self.storage.record_delete(&Key::lifecycle_preview(name)).await?;
+        self.storage.record_delete(&Key::image_index(name)).await?;
+        self.indexed.invalidate(name);
         self.storage.record_delete(&Key::repository_settings(name)).await?;
         self.storage.record_delete(&Key::catalog_entry(name)).await?;
         self.repositories.forget(name);

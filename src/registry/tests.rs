@@ -6,7 +6,7 @@ use super::outbox::{ImageAction, Outbox};
 use super::repositories::{RepositorySettings, TagMutability};
 use super::testing::{self, body, image_manifest, KeptEvents};
 use super::{paginate, Error, Page, PushOrigin, Registry, Repo};
-use crate::clock::{ManualClock, SharedClock};
+use crate::clock::{Clock as _, ManualClock, SharedClock};
 use crate::oci::{Digest, Reference, RepositoryName, Tag};
 use crate::storage::memory::MemoryStorage;
 use std::sync::Arc;
@@ -19,11 +19,21 @@ struct Fixture {
 }
 
 fn fixture_with(settings: super::Settings, events: KeptEvents) -> Fixture {
+    fixture_over(settings, events, false)
+}
+
+/// With `yielding`, every storage request gives way to other tasks first, so racing
+/// operations interleave as they do over a network store.
+fn fixture_over(settings: super::Settings, events: KeptEvents, yielding: bool) -> Fixture {
     let clock = ManualClock::new();
     let shared: SharedClock = Arc::new(clock.clone());
     let events = Arc::new(events);
-    let registry = testing::registry(Arc::new(MemoryStorage::with_clock(shared.clone())), settings, shared)
-        .with_outbox(Outbox::new(vec![events.clone()]));
+    let memory: Arc<dyn crate::storage::Storage> = Arc::new(MemoryStorage::with_clock(shared.clone()));
+    let storage: Arc<dyn crate::storage::Storage> = match yielding {
+        true => Arc::new(crate::storage::counting::CountingStorage::yielding(memory)),
+        false => memory,
+    };
+    let registry = testing::registry(storage, settings, shared).with_outbox(Outbox::new(vec![events.clone()]));
     Fixture { registry, clock, events }
 }
 
@@ -341,4 +351,114 @@ async fn expiry_works_with_deletes_turned_off() {
     // A lifecycle policy the owner set expires images even where clients may not delete.
     assert!(f.registry.expire_image(&name, &image.digest, &["v1".to_owned()]).await.unwrap());
     assert!(!f.registry.holds_manifest(&name, &image.digest).await.unwrap());
+}
+
+/// The tags the index lists under `digest`.
+async fn indexed_tags(f: &Fixture, name: &RepositoryName, digest: &Digest) -> Option<Vec<String>> {
+    let link = f.registry.storage.record_get(&crate::storage::Key::manifest_link(name, digest)).await.unwrap()?;
+    super::manifests::decode::<super::ManifestRecord>(&link).unwrap().tags
+}
+
+#[tokio::test]
+async fn the_index_follows_pushes_retags_and_deletes() {
+    let f = fixture();
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let a = f.push(&name, "v1", image_manifest(&config, &layer, 1)).await.unwrap().digest;
+    f.push(&name, "v2", image_manifest(&config, &layer, 1)).await.unwrap();
+    assert_eq!(indexed_tags(&f, &name, &a).await, Some(vec!["v1".to_owned(), "v2".to_owned()]));
+    let b = f.push(&name, "v1", image_manifest(&config, &layer, 2)).await.unwrap().digest;
+    assert_eq!(indexed_tags(&f, &name, &a).await, Some(vec!["v2".to_owned()]));
+    assert_eq!(indexed_tags(&f, &name, &b).await, Some(vec!["v1".to_owned()]));
+    f.registry.manifest_delete(&name, &tag("v2")).await.unwrap();
+    assert_eq!(indexed_tags(&f, &name, &a).await, Some(vec![]));
+    // Every move finished: nothing is left in the journal.
+    let journal = f.registry.storage.record_list(&crate::storage::Key::index_journal()).await.unwrap();
+    assert!(journal.is_empty(), "{journal:?}");
+    let images = f.registry.repository_images(&name).await.unwrap();
+    let size = (CONFIG.len() + LAYER.len()) as u64;
+    assert!(images.iter().all(|i| i.image_size == Some(size)), "{images:?}");
+}
+
+#[tokio::test]
+async fn a_repository_written_before_the_index_is_indexed_by_its_first_reader() {
+    let f = fixture();
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let a = f.push(&name, "v1", image_manifest(&config, &layer, 1)).await.unwrap().digest;
+    f.push(&name, "latest", image_manifest(&config, &layer, 1)).await.unwrap();
+    // As an older Ferry left it: links without index fields, no marker.
+    let storage = f.registry.storage.clone();
+    let key = crate::storage::Key::manifest_link(&name, &a);
+    let mut link: super::ManifestRecord =
+        super::manifests::decode(&storage.record_get(&key).await.unwrap().unwrap()).unwrap();
+    (link.tags, link.image_size) = (None, None);
+    storage.record_put(&key, super::manifests::encode(&link).unwrap()).await.unwrap();
+    storage.record_delete(&crate::storage::Key::image_index(&name)).await.unwrap();
+    f.registry.indexed.invalidate(&name);
+
+    let check = f.registry.rebuild_index(&name, false).await.unwrap();
+    assert_eq!((check.images, check.fixed), (1, 1), "a check finds the link to fix and changes nothing");
+    assert_eq!(indexed_tags(&f, &name, &a).await, None);
+    let images = f.registry.repository_images(&name).await.unwrap();
+    assert_eq!(images[0].tags, ["latest", "v1"]);
+    assert_eq!(indexed_tags(&f, &name, &a).await, Some(vec!["latest".to_owned(), "v1".to_owned()]));
+    assert!(storage.record_get(&crate::storage::Key::image_index(&name)).await.unwrap().is_some());
+    assert_eq!(f.registry.rebuild_index(&name, false).await.unwrap().fixed, 0);
+}
+
+#[tokio::test]
+async fn a_move_a_crash_left_unfinished_is_finished_by_the_journal() {
+    let f = fixture();
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    let a = f.push(&name, "v1", image_manifest(&config, &layer, 1)).await.unwrap().digest;
+    let second = image_manifest(&config, &layer, 2);
+    let by_digest = Reference::Digest(Digest::sha256_of(&second));
+    let b = f.registry.manifest_put(&name, &by_digest, None, second, PushOrigin::Client).await.unwrap().digest;
+    // The process died after moving v1 to b and before the index followed: the tag record and
+    // the journal say so, the links do not.
+    let storage = f.registry.storage.clone();
+    let t = Tag::parse("v1").unwrap();
+    let journal = serde_json::json!({ "digests": [a, b], "atMs": f.clock.now_ms() });
+    let entry = crate::storage::Key::index_journal_entry(&name, &t, &crate::storage::EventId::new(f.clock.now_ms()));
+    storage.record_put(&entry, journal.to_string().into()).await.unwrap();
+    let moved = super::ManifestRecord::new(b.clone(), "application/vnd.oci.image.manifest.v1+json".into(), 1);
+    storage.record_put(&crate::storage::Key::tag(&name, &t), super::manifests::encode(&moved).unwrap()).await.unwrap();
+    assert_eq!(indexed_tags(&f, &name, &a).await, Some(vec!["v1".to_owned()]));
+
+    // A fresh entry may belong to a move still running: left alone.
+    assert_eq!(f.registry.replay_index_journal().await.unwrap(), 0);
+    f.clock.advance(Duration::from_millis(super::index::JOURNAL_REPLAY_AFTER_MS));
+    assert_eq!(f.registry.replay_index_journal().await.unwrap(), 1);
+    assert_eq!(indexed_tags(&f, &name, &a).await, Some(vec![]));
+    assert_eq!(indexed_tags(&f, &name, &b).await, Some(vec!["v1".to_owned()]));
+    assert!(storage.record_list(&crate::storage::Key::index_journal()).await.unwrap().is_empty());
+}
+
+/// Sixteen pushes of one tag to sixteen manifests at once: whichever wins, exactly its link
+/// lists the tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_moves_of_one_tag_leave_it_listed_once_where_it_points() {
+    let f = Arc::new(fixture_over(testing::settings(Duration::from_secs(3600)), KeptEvents::default(), true));
+    let name = repo("team/app");
+    let (config, layer) = push_blobs(&f.registry, &name).await;
+    // Rounds, each racing a tag of its own, so the interleavings that matter come up.
+    for round in 0..8u32 {
+        let to = format!("r{round}");
+        let pushes = (0..16u32).map(|n| {
+            let (f, name, config, layer, to) = (f.clone(), name.clone(), config.clone(), layer.clone(), to.clone());
+            let bytes = image_manifest(&config, &layer, round * 100 + n);
+            tokio::spawn(async move { f.push(&name, &to, bytes).await.map(|s| s.digest) })
+        });
+        let mut digests = Vec::new();
+        for p in futures_util::future::join_all(pushes).await {
+            digests.push(p.unwrap().unwrap());
+        }
+        let winner = f.registry.manifest_record(&Repo::Local(name.clone()), &tag(&to)).await.unwrap().digest;
+        for d in &digests {
+            let listed = indexed_tags(&f, &name, d).await.unwrap_or_default();
+            assert_eq!(listed.contains(&to), d == &winner, "round {round}, {d}: {listed:?}");
+        }
+    }
 }

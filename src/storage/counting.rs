@@ -1,7 +1,9 @@
 //! A [`Storage`] wrapper that counts the requests made through it, by kind: reads (of content,
 //! sessions and records), writes, deletes and listings. Tests and benchmarks put it in front of
 //! any backend to assert what an operation costs in storage requests (on S3, requests are time
-//! and money), independent of how fast the machine is. Owns only its counters.
+//! and money), independent of how fast the machine is. Made [`CountingStorage::yielding`], it
+//! also gives way to other tasks before each request, as a network store does, so race tests
+//! over the in-memory store see their requests interleave. Owns only its counters.
 
 use super::{ByteRange, ByteStream, Key, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version};
 use crate::oci::Digest;
@@ -43,12 +45,18 @@ struct Counters {
 pub struct CountingStorage {
     inner: Arc<dyn Storage>,
     counters: Counters,
+    yields: bool,
 }
 
 impl CountingStorage {
     /// Counts the requests made to `inner`.
     pub fn new(inner: Arc<dyn Storage>) -> Self {
-        Self { inner, counters: Counters::default() }
+        Self { inner, counters: Counters::default(), yields: false }
+    }
+
+    /// Counts the requests made to `inner`, and yields to other tasks before each one.
+    pub fn yielding(inner: Arc<dyn Storage>) -> Self {
+        Self { inner, counters: Counters::default(), yields: true }
     }
 
     /// The requests made so far.
@@ -76,113 +84,125 @@ impl CountingStorage {
         (out, requests)
     }
 
-    fn read(&self) {
+    async fn read(&self) {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        if self.yields {
+            tokio::task::yield_now().await;
+        }
     }
-    fn write(&self) {
+    async fn write(&self) {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        if self.yields {
+            tokio::task::yield_now().await;
+        }
     }
-    fn delete(&self) {
+    async fn delete(&self) {
         self.counters.deletes.fetch_add(1, Ordering::Relaxed);
+        if self.yields {
+            tokio::task::yield_now().await;
+        }
     }
-    fn list(&self) {
+    async fn list(&self) {
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        if self.yields {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
 #[async_trait]
 impl Storage for CountingStorage {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        self.read();
+        self.read().await;
         self.inner.blob_size(digest).await
     }
     async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>, size: u64) -> Result<ByteStream> {
-        self.read();
+        self.read().await;
         self.inner.blob_read(digest, range, size).await
     }
     async fn blob_read_small_unverified(&self, digest: &Digest) -> Result<Bytes> {
-        self.read();
+        self.read().await;
         self.inner.blob_read_small_unverified(digest).await
     }
     async fn blob_url(&self, digest: &Digest) -> Result<Option<String>> {
         self.inner.blob_url(digest).await
     }
     async fn blob_put_small(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
-        self.write();
+        self.write().await;
         self.inner.blob_put_small(digest, bytes).await
     }
     async fn blob_list(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredBlob>> {
-        self.list();
+        self.list().await;
         self.inner.blob_list(after, limit).await
     }
     async fn blob_delete(&self, digest: &Digest) -> Result<bool> {
-        self.delete();
+        self.delete().await;
         self.inner.blob_delete(digest).await
     }
     async fn upload_create(&self, id: &UploadId, state: Bytes) -> Result<()> {
-        self.write();
+        self.write().await;
         self.inner.upload_create(id, state).await
     }
     async fn upload_state(&self, id: &UploadId) -> Result<Bytes> {
-        self.read();
+        self.read().await;
         self.inner.upload_state(id).await
     }
     async fn upload_seal(&self, id: &UploadId) -> Result<()> {
-        self.write();
+        self.write().await;
         self.inner.upload_seal(id).await
     }
     async fn upload_append_observed(&self, id: &UploadId, body: ByteStream, on_written: OnWritten<'_>) -> Result<u64> {
-        self.write();
+        self.write().await;
         self.inner.upload_append_observed(id, body, on_written).await
     }
     fn append_buffer_bytes(&self) -> u64 {
         self.inner.append_buffer_bytes()
     }
     async fn upload_size(&self, id: &UploadId) -> Result<u64> {
-        self.read();
+        self.read().await;
         self.inner.upload_size(id).await
     }
     async fn upload_read(&self, id: &UploadId, range: Option<ByteRange>) -> Result<ByteStream> {
-        self.read();
+        self.read().await;
         self.inner.upload_read(id, range).await
     }
     async fn upload_commit(&self, id: &UploadId, digest: &Digest, size: u64) -> Result<()> {
-        self.write();
+        self.write().await;
         self.inner.upload_commit(id, digest, size).await
     }
     async fn upload_delete(&self, id: &UploadId) -> Result<()> {
-        self.delete();
+        self.delete().await;
         self.inner.upload_delete(id).await
     }
     async fn upload_list(&self) -> Result<Vec<(UploadId, SystemTime)>> {
-        self.list();
+        self.list().await;
         self.inner.upload_list().await
     }
     async fn cleanup(&self, cutoff: SystemTime) -> Result<usize> {
         self.inner.cleanup(cutoff).await
     }
     async fn record_get(&self, key: &Key) -> Result<Option<Bytes>> {
-        self.read();
+        self.read().await;
         self.inner.record_get(key).await
     }
     async fn record_put(&self, key: &Key, value: Bytes) -> Result<()> {
-        self.write();
+        self.write().await;
         self.inner.record_put(key, value).await
     }
     async fn record_get_versioned(&self, key: &Key) -> Result<Option<(Bytes, Version)>> {
-        self.read();
+        self.read().await;
         self.inner.record_get_versioned(key).await
     }
     async fn record_put_if(&self, key: &Key, value: Bytes, mode: PutMode) -> Result<Version> {
-        self.write();
+        self.write().await;
         self.inner.record_put_if(key, value, mode).await
     }
     async fn record_delete(&self, key: &Key) -> Result<bool> {
-        self.delete();
+        self.delete().await;
         self.inner.record_delete(key).await
     }
     async fn record_list(&self, prefix: &Key) -> Result<Vec<String>> {
-        self.list();
+        self.list().await;
         self.inner.record_list(prefix).await
     }
 }

@@ -184,6 +184,22 @@ impl Key {
         Self(format!("repos/{name}/_referrers/sha256"))
     }
 
+    /// `repos/<name>/_index`: present once every manifest link of the repository carries the
+    /// image index (its tags; see [`crate::registry`]'s `index`).
+    pub fn image_index(name: &RepositoryName) -> Self {
+        Self(format!("repos/{name}/_index"))
+    }
+
+    /// `index-journal`: tag moves whose index update may not have finished.
+    pub fn index_journal() -> Self {
+        Self("index-journal".into())
+    }
+
+    /// `index-journal/<name with / as +>@<tag>@<id>`: one move of `tag` in `name` in progress.
+    pub fn index_journal_entry(name: &RepositoryName, tag: &Tag, id: &EventId) -> Self {
+        Self(format!("index-journal/{}@{tag}@{id}", encode_name(name)))
+    }
+
     /// `repos/<name>/_pulls/<alg>/<hex>`: when the image was last pulled (ms since the epoch,
     /// recorded at most hourly; see [`crate::registry::pulls`]).
     pub fn image_pull(name: &RepositoryName, digest: &Digest) -> Self {
@@ -235,6 +251,16 @@ impl fmt::Display for Key {
 /// `/` cannot appear in a file name; `+` cannot appear in a repository name, so it stands in.
 fn encode_name(name: &RepositoryName) -> String {
     name.as_str().replace('/', "+")
+}
+
+/// The repository, tag and move an index journal entry is about, if the entry is well formed.
+pub fn decode_index_journal_entry(entry: &str) -> Option<(RepositoryName, Tag, EventId)> {
+    let mut parts = entry.split('@');
+    let (name, tag, id) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((decode_catalog_entry(name)?, Tag::parse(tag).ok()?, EventId::parse(id)?))
 }
 
 /// The repository name a catalog entry stands for, if the entry is well formed.
@@ -397,5 +423,16 @@ mod tests {
         let rest = upload_object(&id, UploadObject::Sealed);
         assert_eq!(upload_id_of(rest.strip_prefix(UPLOADS).unwrap()), Some(id));
         assert_eq!(upload_id_of("../x/state"), None);
+    }
+
+    #[test]
+    fn index_journal_entries_round_trip() {
+        let (name, tag, id) =
+            (RepositoryName::parse("team/app").unwrap(), Tag::parse("v1.2").unwrap(), EventId::new(7));
+        let key = Key::index_journal_entry(&name, &tag, &id);
+        let entry = key.as_str().strip_prefix("index-journal/").unwrap();
+        assert_eq!(decode_index_journal_entry(entry), Some((name, tag, id)));
+        assert_eq!(decode_index_journal_entry("team+app@v1"), None);
+        assert_eq!(decode_index_journal_entry("..@v1@0000000000000007-00000000000000000000000000000000"), None);
     }
 }
