@@ -10,7 +10,7 @@ use super::EcrException;
 use super::{epoch_seconds, paged, ApiContext, ApiError, Input, Page};
 use crate::auth::{Access, Action};
 use crate::oci::{Digest, Manifest, Reference, RepositoryName, Tag};
-use crate::registry::images::StoredImage;
+use crate::registry::images::{ImageSummary, StoredImage};
 use crate::registry::{PushOrigin, Repo};
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -277,17 +277,12 @@ async fn image_size(
     Ok(size)
 }
 
-async fn detail(
-    ctx: &ApiContext<'_>,
-    name: &RepositoryName,
-    image: &StoredImage,
-    all: &[StoredImage],
-) -> Result<Value, ApiError> {
+fn detail(ctx: &ApiContext<'_>, name: &RepositoryName, image: &ImageSummary) -> Value {
     let mut d = json!({
         "registryId": ctx.registry_id,
         "repositoryName": name.as_str(),
         "imageDigest": image.digest,
-        "imageSizeInBytes": image_size(ctx, name, image, all).await?,
+        "imageSizeInBytes": image.image_size,
         "imageManifestMediaType": image.media_type,
         "imageStatus": "ACTIVE",
     });
@@ -303,7 +298,52 @@ async fn detail(
     if let Some(subject) = &image.subject {
         d["subjectManifestDigest"] = json!(subject);
     }
-    Ok(d)
+    d
+}
+
+/// One image of a listing, summarised as the index would.
+async fn summary(
+    ctx: &ApiContext<'_>,
+    name: &RepositoryName,
+    image: &StoredImage,
+    all: &[StoredImage],
+) -> Result<ImageSummary, ApiError> {
+    Ok(ImageSummary {
+        digest: image.digest.clone(),
+        media_type: image.media_type.clone(),
+        tags: image.tags.clone(),
+        image_size: image_size(ctx, name, image, all).await?,
+        pushed_at_ms: image.pushed_at_ms,
+        last_pulled_ms: image.last_pulled_ms,
+        subject: image.subject.clone(),
+    })
+}
+
+/// The image an id names, looked up directly (its tag record or link, then the index entry);
+/// ECR's failure code when the id is malformed or names nothing here.
+async fn lookup(
+    ctx: &ApiContext<'_>,
+    name: &RepositoryName,
+    id: &ImageIdentifier,
+) -> Result<Result<ImageSummary, IdFailure>, ApiError> {
+    let (digest, tag) = match checked_id(id) {
+        Ok(x) => x,
+        Err(f) => return Ok(Err(f)),
+    };
+    let repo = Repo::Local(name.clone());
+    let digest = match (tag, digest) {
+        (Some(t), digest) => match ctx.registry.manifest_record(&repo, &Reference::Tag(t)).await {
+            Ok(r) if digest.as_ref().is_some_and(|d| d != &r.digest) => return Ok(Err(tag_does_not_match())),
+            Ok(r) => r.digest,
+            Err(crate::registry::Error::ManifestUnknown(_) | crate::registry::Error::NameUnknown(_)) => {
+                return Ok(Err(image_not_found()))
+            }
+            Err(e) => return Err(e.into()),
+        },
+        (None, Some(d)) => d,
+        (None, None) => return Ok(Err(image_not_found())),
+    };
+    Ok(ctx.registry.image_summary(name, &digest).await?.ok_or_else(image_not_found))
 }
 
 /// ECR's failure code and reason for one image id.
@@ -370,23 +410,30 @@ async fn describe(
     status: Option<&str>,
     page: &Page,
 ) -> Result<Value, ApiError> {
-    let all = images(ctx, name).await?;
     if !ids.is_empty() {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         for id in ids {
-            let (image, _) = resolve(&all, id).map_err(|_| id.not_found(ctx, name))?;
+            let image = match lookup(ctx, name, id).await? {
+                Ok(image) => image,
+                // A missing repository is told apart only when something is not found.
+                Err(_) if ctx.registry.repository_settings(name).await?.is_none() => {
+                    return Err(super::repositories::not_found(ctx, name))
+                }
+                Err(_) => return Err(id.not_found(ctx, name)),
+            };
             if seen.insert(image.digest.clone()) {
-                out.push(detail(ctx, name, image, &all).await?);
+                out.push(detail(ctx, name, &image));
             }
         }
         return Ok(json!({ "imageDetails": out }));
     }
+    let all = images(ctx, name).await?;
     let chosen: Vec<&StoredImage> = all.iter().filter(|i| wanted(status, !i.tags.is_empty())).collect();
     let (chosen, next) = paged(&chosen, page)?;
     let mut out = Vec::new();
     for image in chosen {
-        out.push(detail(ctx, name, image, &all).await?);
+        out.push(detail(ctx, name, &summary(ctx, name, image, &all).await?));
     }
     Ok(with_next(json!({ "imageDetails": out }), next))
 }
@@ -676,5 +723,61 @@ mod tests {
         let missing =
             f.call("BatchGetImage", json!({ "repositoryName": "team/none", "imageIds": [{ "imageTag": "v0" }] }));
         assert_eq!(missing.await.unwrap_err().kind.as_str(), "RepositoryNotFoundException");
+    }
+
+    #[tokio::test]
+    async fn describing_one_image_costs_the_same_at_ten_and_at_a_thousand_images() {
+        let mut costs = Vec::new();
+        for images in [10, 1000] {
+            let (f, name) = seeded(images).await;
+            let ask = |id: serde_json::Value| json!({ "repositoryName": name.as_str(), "imageIds": [id] });
+            // The first call of a process reads the repository's index marker once.
+            f.call("DescribeImages", ask(json!({ "imageTag": "v7" }))).await.unwrap();
+            let (out, by_tag) = f.counted("DescribeImages", ask(json!({ "imageTag": "v7" }))).await;
+            let out = out.unwrap();
+            let detail = &out["imageDetails"][0];
+            assert_eq!(detail["imageTags"], json!(["v7"]), "{out}");
+            assert_eq!(detail["imageSizeInBytes"], 7, "{out}");
+            let digest = detail["imageDigest"].as_str().unwrap().to_owned();
+            let (out, by_digest) = f.counted("DescribeImages", ask(json!({ "imageDigest": digest }))).await;
+            assert_eq!(out.unwrap()["imageDetails"][0]["imageTags"], json!(["v7"]));
+            // The tag (for a tag), the link with the index, the pull record; no listing.
+            assert!(by_tag.reads <= 3 && by_tag.lists == 0, "{by_tag:?}");
+            assert!(by_digest.reads <= 2 && by_digest.lists == 0, "{by_digest:?}");
+            costs.push((by_tag, by_digest));
+        }
+        assert_eq!(costs[0], costs[1], "the cost does not grow with the repository");
+    }
+
+    #[tokio::test]
+    async fn describing_a_missing_image_or_repository_says_which() {
+        let (f, name) = seeded(1).await;
+        let missing = json!({ "repositoryName": name.as_str(), "imageIds": [{ "imageTag": "nope" }] });
+        assert_eq!(f.call("DescribeImages", missing).await.unwrap_err().kind.as_str(), "ImageNotFoundException");
+        let no_repo = json!({ "repositoryName": "team/none", "imageIds": [{ "imageTag": "v0" }] });
+        assert_eq!(f.call("DescribeImages", no_repo).await.unwrap_err().kind.as_str(), "RepositoryNotFoundException");
+    }
+
+    #[tokio::test]
+    async fn a_push_costs_the_same_into_ten_and_into_a_thousand_images() {
+        let mut costs = Vec::new();
+        for images in [10, 1000] {
+            let (f, name) = seeded(images).await;
+            let (config, layer) = (Digest::sha256_of(b"{}"), Digest::sha256_of(b"layer"));
+            // A new tag, then a retag of an existing one (the index moves it between links).
+            let mut cost = Vec::new();
+            for (to, n) in [("new", 100_000), ("v3", 100_001)] {
+                let tag = Reference::Tag(Tag::parse(to).unwrap());
+                let push =
+                    f.registry.manifest_put(&name, &tag, None, image_manifest(&config, &layer, n), PushOrigin::Client);
+                let (pushed, requests) = f.storage.count(push).await;
+                pushed.unwrap();
+                assert_eq!(requests.lists, 0, "{to}: {requests:?}");
+                cost.push(requests);
+            }
+            costs.push(cost);
+        }
+        assert_eq!(costs[0], costs[1], "the cost does not grow with the repository");
+        println!("push requests (new tag, retag): {:?}", costs[0]);
     }
 }

@@ -34,7 +34,58 @@ pub struct StoredImage {
     pub image_size: Option<u64>,
 }
 
+/// One image as the ECR image operations describe it, read from the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSummary {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its tags, sorted.
+    pub tags: Vec<String>,
+    /// ECR's image size.
+    pub image_size: u64,
+    /// When it was first pushed or cached (ms since the epoch), when known.
+    pub pushed_at_ms: Option<u64>,
+    /// When it was last pulled.
+    pub last_pulled_ms: Option<u64>,
+    /// The manifest it refers to, if any.
+    pub subject: Option<Digest>,
+}
+
 impl Registry {
+    /// One image of `name` from the index: its link and its pull time (a pull-through image,
+    /// whose size the index does not keep, is measured from what is cached). `None` when the
+    /// repository does not hold it.
+    pub async fn image_summary(&self, name: &RepositoryName, digest: &Digest) -> Result<Option<ImageSummary>> {
+        self.ensure_indexed(name).await?;
+        let Some(bytes) = self.storage.record_get(&Key::manifest_link(name, digest)).await? else { return Ok(None) };
+        let record: ManifestRecord = decode(&bytes)?;
+        let image_size = match record.image_size {
+            Some(size) => size,
+            None => self.measure_image(name, digest, &record.media_type).await?.0,
+        };
+        Ok(Some(ImageSummary {
+            last_pulled_ms: self.last_pulled(name, digest).await?,
+            digest: digest.clone(),
+            media_type: record.media_type,
+            tags: record.tags.unwrap_or_default(),
+            image_size,
+            pushed_at_ms: record.pushed_at_ms,
+            subject: record.subject,
+        }))
+    }
+
+    /// When the image was last pulled: as recorded, or as noted by this replica and not yet
+    /// written, whichever is later.
+    async fn last_pulled(&self, name: &RepositoryName, digest: &Digest) -> Result<Option<u64>> {
+        let recorded = self.pulls.read(name, digest).await?;
+        Ok(match (recorded, self.pulls.pending(name, digest)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
     /// Every manifest `name` holds, with its tags (from the index) and times. Costs a few reads
     /// per manifest; a manifest whose bytes are gone or do not parse is listed without
     /// references.
@@ -50,11 +101,7 @@ impl Registry {
                 Err(storage::Error::NotFound) => None,
                 Err(e) => return Err(e.into()),
             };
-            let recorded = self.pulls.read(name, &digest).await?;
-            let last_pulled_ms = match (recorded, self.pulls.pending(name, &digest)) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
+            let last_pulled_ms = self.last_pulled(name, &digest).await?;
             let mut image_tags = record.tags.clone().unwrap_or_default();
             image_tags.sort_unstable();
             images.push(StoredImage {

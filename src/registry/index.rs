@@ -346,7 +346,7 @@ impl Registry {
 
     /// A stored manifest's image size and subject, from its bytes and its blobs' links (for an
     /// index, its largest child's size).
-    async fn measure_image(
+    pub(super) async fn measure_image(
         &self,
         name: &RepositoryName,
         digest: &Digest,
