@@ -593,6 +593,14 @@ mod tests {
         async fn record_list(&self, k: &Key) -> storage::Result<Vec<String>> {
             self.inner.record_list(k).await
         }
+        async fn record_list_page(
+            &self,
+            k: &Key,
+            after: Option<&str>,
+            limit: usize,
+        ) -> storage::Result<storage::ListPage> {
+            self.inner.record_list_page(k, after, limit).await
+        }
     }
 
     /// A manifest PUT that checked its layer's link, and is about to store itself, while a

@@ -14,7 +14,7 @@
 )]
 
 use super::lease::{Lease, LeaseError};
-use super::{ByteRange, ByteStream, Key, PutMode, Storage, UploadId};
+use super::{ByteRange, ByteStream, Key, ListPage, PutMode, Storage, UploadId};
 use crate as ferry;
 use crate::clock::ManualClock;
 use crate::oci::Digest;
@@ -91,6 +91,26 @@ pub async fn storage_contract(store: Arc<dyn Storage>, what: &str, atomic: bool)
         store.record_put(&key, Bytes::from(tag.to_owned())).await.unwrap();
     }
     assert_eq!(store.record_list(&Key::tags(&name)).await.unwrap(), ["a", "b", "c"]);
+    // Pages: sorted, after a name, at most the limit, saying whether more follow; records
+    // only (a sub-folder's records are not this folder's).
+    let page = |after: Option<&'static str>, limit| {
+        let store = store.clone();
+        let name = name.clone();
+        async move { store.record_list_page(&Key::tags(&name), after, limit).await.unwrap() }
+    };
+    let nested = Key::lease("contract-dir/sub/record");
+    store.record_put(&nested, Bytes::from_static(b"1")).await.unwrap();
+    assert_eq!(page(None, 2).await, ListPage { names: vec!["a".into(), "b".into()], more: true }, "{what}");
+    assert_eq!(page(Some("a"), 5).await, ListPage { names: vec!["b".into(), "c".into()], more: false }, "{what}");
+    assert_eq!(page(Some("c"), 5).await, ListPage::default(), "{what}");
+    assert_eq!(page(Some("bb"), 1).await, ListPage { names: vec!["c".into()], more: false }, "{what}");
+    assert_eq!(page(None, 0).await, ListPage { names: vec![], more: true }, "{what}");
+    assert_eq!(store.record_list(&Key::lease("contract-dir")).await.unwrap(), ["sub"], "{what}");
+    let folders_only = store.record_list_page(&Key::lease("contract-dir"), None, 10).await.unwrap();
+    assert_eq!(folders_only, ListPage::default(), "{what}");
+    let records = store.record_list_page(&Key::lease("contract-dir/sub"), None, 10).await.unwrap();
+    assert_eq!(records.names, ["record"], "{what}");
+    store.record_delete(&nested).await.unwrap();
     let a = Key::tag(&name, &ferry::oci::Tag::parse("a").unwrap());
     assert_eq!(store.record_get(&a).await.unwrap().unwrap().as_ref(), b"a");
     assert!(store.record_delete(&a).await.unwrap());

@@ -205,6 +205,10 @@ impl Storage for CountingStorage {
         self.list().await;
         self.inner.record_list(prefix).await
     }
+    async fn record_list_page(&self, prefix: &Key, after: Option<&str>, limit: usize) -> Result<super::ListPage> {
+        self.list().await;
+        self.inner.record_list_page(prefix, after, limit).await
+    }
 }
 
 #[cfg(test)]

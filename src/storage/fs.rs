@@ -4,7 +4,9 @@
 //! leaves partial content under a digest or a half-written record.
 
 use super::keys::{self, UploadObject};
-use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version};
+use super::{
+    ByteRange, ByteStream, Error, Key, ListPage, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version,
+};
 use crate::oci::Digest;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -509,6 +511,38 @@ impl Storage for FsStorage {
         })
         .await?;
         Ok(names)
+    }
+
+    async fn record_list_page(&self, prefix: &Key, after: Option<&str>, limit: usize) -> Result<ListPage> {
+        // One directory read: its cost follows the directory's size (the filesystem keeps no
+        // sorted order to start from), its memory the page's.
+        let dir = self.record_path(prefix);
+        let after = after.map(str::to_owned);
+        Ok(blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ListPage::default()),
+                Err(e) => return Err(e),
+            };
+            // The page's names, kept to `limit + 1` smallest as the directory is read.
+            let mut page = std::collections::BTreeSet::new();
+            for entry in entries {
+                let entry = entry?;
+                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+                if name.starts_with('.') || after.as_deref().is_some_and(|a| name.as_str() <= a) {
+                    continue;
+                }
+                if !entry.file_type()?.is_file() {
+                    continue;
+                }
+                page.insert(name);
+                if page.len() > limit.saturating_add(1) {
+                    page.pop_last();
+                }
+            }
+            Ok(ListPage::of(page, None, limit))
+        })
+        .await?)
     }
 }
 

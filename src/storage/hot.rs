@@ -209,6 +209,10 @@ impl Storage for HotTier {
         Ok(existed)
     }
 
+    async fn record_list_page(&self, prefix: &Key, after: Option<&str>, limit: usize) -> Result<super::ListPage> {
+        self.inner.record_list_page(prefix, after, limit).await
+    }
+
     async fn record_list(&self, prefix: &Key) -> Result<Vec<String>> {
         self.inner.record_list(prefix).await
     }

@@ -4,7 +4,9 @@
 //! Owns only its maps; knows nothing of repositories.
 
 use super::keys::{self, UploadObject};
-use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version};
+use super::{
+    ByteRange, ByteStream, Error, Key, ListPage, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version,
+};
 use crate::clock::{SharedClock, SystemClock};
 use crate::oci::Digest;
 use async_trait::async_trait;
@@ -253,6 +255,23 @@ impl Storage for MemoryStorage {
             .filter(|n| !n.is_empty())
             .collect();
         Ok(names.into_iter().collect())
+    }
+
+    async fn record_list_page(&self, prefix: &Key, after: Option<&str>, limit: usize) -> Result<ListPage> {
+        let dir = format!("{}/", prefix.as_str().trim_end_matches('/'));
+        let start = format!("{dir}{}", after.unwrap_or(""));
+        let maps = self.maps();
+        // Records only (no further `/`): their keys sort as their names do.
+        let names = maps
+            .records
+            .range::<str, _>((std::ops::Bound::Excluded(start.as_str()), std::ops::Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(&dir))
+            .filter_map(|k| k.get(dir.len()..))
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .take(limit.saturating_add(1))
+            .map(str::to_owned);
+        Ok(ListPage::of(names, after, limit))
     }
 }
 

@@ -224,4 +224,27 @@ pub trait Storage: Send + Sync + 'static {
     async fn record_delete(&self, key: &Key) -> Result<bool>;
     /// The names directly below `prefix`, sorted.
     async fn record_list(&self, prefix: &Key) -> Result<Vec<String>>;
+    /// One page of the records (not sub-folders) directly below `prefix`, sorted by name: at
+    /// most `limit` names after `after`, and whether more follow. One listing request on S3
+    /// however many records there are.
+    async fn record_list_page(&self, prefix: &Key, after: Option<&str>, limit: usize) -> Result<ListPage>;
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// The names, sorted.
+    pub names: Vec<String>,
+    /// Whether more names follow the last one.
+    pub more: bool,
+}
+
+impl ListPage {
+    /// The page of sorted `names` after `after`, at most `limit` long.
+    pub fn of(names: impl IntoIterator<Item = String>, after: Option<&str>, limit: usize) -> Self {
+        let mut names: Vec<String> = names.into_iter().filter(|n| after.is_none_or(|a| n.as_str() > a)).collect();
+        let more = names.len() > limit;
+        names.truncate(limit);
+        Self { names, more }
+    }
 }

@@ -6,7 +6,9 @@
 
 mod error;
 use super::keys::{self, UploadObject};
-use super::{ByteRange, ByteStream, Error, Key, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version};
+use super::{
+    ByteRange, ByteStream, Error, Key, ListPage, OnWritten, PutMode, Result, Storage, StoredBlob, UploadId, Version,
+};
 use crate::config::S3Config;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
@@ -507,6 +509,31 @@ impl Storage for S3Storage {
         let full = format!("{}/", self.key(prefix.as_str()));
         let (objects, prefixes) = self.list(&full, true).await?;
         Ok(record_names(&full, objects.iter().map(|(k, _, _)| k.as_str()), &prefixes))
+    }
+
+    async fn record_list_page(&self, prefix: &Key, after: Option<&str>, limit: usize) -> Result<ListPage> {
+        let full = format!("{}/", self.key(prefix.as_str()));
+        // Records' keys sort as their names do; one more than the page says whether more follow.
+        let want = limit.saturating_add(1).clamp(1, 1000);
+        let mut req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .delimiter("/")
+            .max_keys(i32::try_from(want).unwrap_or(1000));
+        if let Some(after) = after {
+            req = req.start_after(format!("{full}{after}"));
+        }
+        let started = Instant::now();
+        let resp = req.send().await;
+        self.observe("ListObjectsV2", started, &resp);
+        let resp = resp.map_err(|e| sdk_error("ListObjectsV2", e))?;
+        let names = record_names(&full, resp.contents().iter().filter_map(|o| o.key()), &[]);
+        let truncated = resp.is_truncated() == Some(true);
+        let mut page = ListPage::of(names, after, limit);
+        page.more |= truncated;
+        Ok(page)
     }
 }
 
