@@ -1,5 +1,5 @@
 //! The commands run beside servers (`ferry gc`, `lifecycle run`, `replication backfill`,
-//! `usage`, `auth token`): each builds the same services a server builds, over storage without
+//! `usage`, `auth token`, `index check`): each builds the same services a server builds, over storage without
 //! the hot tier, and takes the same lease as the servers' schedule for its job. Knows nothing of
 //! HTTP.
 
@@ -89,6 +89,48 @@ pub async fn replication_backfill(
     )
     .await
     .map_err(StartError::from)
+}
+
+/// What `ferry index check` found: per repository, the images looked at and the links whose
+/// index fields were wrong (rewritten with `--repair`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct IndexCheckReport {
+    /// Repositories checked.
+    pub repositories: usize,
+    /// Images (manifest links) checked.
+    pub images: usize,
+    /// Links that were wrong (and, with repair, were rewritten).
+    pub wrong: usize,
+    /// Whether they were rewritten.
+    pub repaired: bool,
+    /// The repositories with wrong links, and how many.
+    pub wrong_in: Vec<(String, usize)>,
+}
+
+/// `ferry index check [--repair]`: compares each repository's image index with its tag records
+/// and manifests, beside running servers (a repair rewrites a link by a conditional write, so
+/// a push racing it is neither lost nor undone).
+pub async fn index_check(
+    config: &Config,
+    repository: Option<&oci::RepositoryName>,
+    repair: bool,
+) -> Result<IndexCheckReport, StartError> {
+    let registry = offline_registry(config, Arc::new(clock::SystemClock)).await?;
+    let names = match repository {
+        Some(name) => vec![name.clone()],
+        None => registry.repository_names().await.map_err(StartError::from)?,
+    };
+    let mut report = IndexCheckReport { repaired: repair, ..Default::default() };
+    for name in names {
+        let one = registry.rebuild_index(&name, repair).await.map_err(StartError::from)?;
+        report.repositories = report.repositories.saturating_add(1);
+        report.images = report.images.saturating_add(one.images);
+        report.wrong = report.wrong.saturating_add(one.fixed);
+        if one.fixed > 0 {
+            report.wrong_in.push((name.as_str().to_owned(), one.fixed));
+        }
+    }
+    Ok(report)
 }
 
 /// What each repository and pull-through rule stores (`ferry usage`).

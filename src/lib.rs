@@ -96,7 +96,7 @@ pub enum StartError {
 }
 
 pub use commands::{
-    collect_garbage, collect_garbage_with_clock, issue_token, replication_backfill, run_lifecycle, usage,
+    collect_garbage, collect_garbage_with_clock, index_check, issue_token, replication_backfill, run_lifecycle, usage,
 };
 pub use server::{open_storage, start, start_with_clock, RunningServer};
 

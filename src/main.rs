@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         command: ReplicationCommand,
     },
+    /// The per-repository image index.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
     /// Shows what each repository and pull-through rule stores: repositories by size (shared
     /// layers counted in each), the total (each stored digest once), then the rules.
     Usage {
@@ -94,6 +99,24 @@ enum ReplicationCommand {
         /// Only this destination: a registry id, or `<registry id>/<region>`.
         #[arg(long)]
         destination: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Compares each repository's image index (the tags, size and subject kept in its manifest
+    /// links) with its tag records and manifests, beside running servers. Prints a JSON report;
+    /// exits 1 when something was wrong and was not repaired.
+    Check {
+        /// Config file (TOML). Default: config/ferry.toml when it exists.
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only this repository.
+        #[arg(long)]
+        repository: Option<String>,
+        /// Rewrite the links that are wrong.
+        #[arg(long)]
+        repair: bool,
     },
 }
 
@@ -185,6 +208,9 @@ fn main() -> ExitCode {
             lifecycle_command(config, repository, dry_run)
         }
         Command::Usage { config, json } => usage_command(config, json),
+        Command::Index { command: IndexCommand::Check { config, repository, repair } } => {
+            index_command(config, repository, repair)
+        }
         Command::Replication { command: ReplicationCommand::Backfill { config, repository, destination } } => {
             backfill_command(config, repository, destination)
         }
@@ -361,6 +387,33 @@ fn lifecycle_command(config: Option<PathBuf>, repository: Option<String>, dry_ru
     };
     let clock = std::sync::Arc::new(ferry::clock::SystemClock);
     print_report(runtime.block_on(ferry::run_lifecycle(&c, repository.as_ref(), dry_run, clock)))
+}
+
+fn index_command(config: Option<PathBuf>, repository: Option<String>, repair: bool) -> ExitCode {
+    let (c, runtime) = match one_shot(config) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let repository = match repository.map(|r| ferry::oci::RepositoryName::parse(&r)).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: --repository: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(ferry::index_check(&c, repository.as_ref(), repair)) {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            match report.wrong > 0 && !repair {
+                true => ExitCode::FAILURE,
+                false => ExitCode::SUCCESS,
+            }
+        }
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn usage_command(config: Option<PathBuf>, json: bool) -> ExitCode {

@@ -101,9 +101,19 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 
 /// [`start`] with the clock everything time-based reads (tests move a manual one).
 pub async fn start_with_clock(config: Config, clock: clock::SharedClock) -> Result<RunningServer, StartError> {
+    start_wrapped(config, clock, |backend| backend).await
+}
+
+/// [`start_with_clock`] with `wrap` around the durable backend, under the hot tier: benchmarks
+/// count what each request costs in storage with [`storage::counting::CountingStorage`].
+pub async fn start_wrapped(
+    config: Config,
+    clock: clock::SharedClock,
+    wrap: impl FnOnce(Arc<dyn storage::Storage>) -> Arc<dyn storage::Storage>,
+) -> Result<RunningServer, StartError> {
     validate(&config)?;
     let metrics = Arc::new(metrics::Metrics::new(prometheus::Registry::new())?);
-    let backend = open_storage(&config, Some(metrics.clone()), false).await?;
+    let backend = wrap(open_storage(&config, Some(metrics.clone()), false).await?);
     let hot = &config.hot_tier;
     let store: Arc<dyn storage::Storage> = if hot.max_bytes.0 > 0 {
         Arc::new(storage::hot::HotTier::new(

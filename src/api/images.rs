@@ -212,7 +212,8 @@ async fn images(ctx: &ApiContext<'_>, name: &RepositoryName) -> Result<Vec<Store
     if ctx.registry.repository_settings(name).await?.is_none() {
         return Err(super::repositories::not_found(ctx, name));
     }
-    let mut images = ctx.registry.repository_images(name).await?;
+    // Tags and an index's children are all a batch delete needs: the index alone.
+    let mut images = ctx.registry.indexed_images(name).await?;
     images.sort_by(|a, b| a.digest.cmp(&b.digest));
     Ok(images)
 }
@@ -232,6 +233,42 @@ fn with_next(mut out: Value, next: Option<String>) -> Value {
     out
 }
 
+/// A page token of the image listings: the digest (hex) the page ended at, and for
+/// `ListImages` how many of that image's ids were already given.
+fn image_token(page: &Page) -> Result<Option<(String, usize)>, ApiError> {
+    let Some(t) = &page.after else { return Ok(None) };
+    let invalid = || ApiError::invalid("nextToken", "Member is not a token this registry issued");
+    let (hex, given) = match t.split_once('/') {
+        Some((hex, n)) => (hex, n.parse::<usize>().map_err(|_| invalid())?),
+        None => (t.as_str(), 0),
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(invalid());
+    }
+    Ok(Some((hex.to_owned(), given)))
+}
+
+fn encode_token(token: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(token)
+}
+
+/// The ids `ListImages` gives for one image: one per tag, or its digest alone when untagged.
+fn listed_ids(image: &ImageSummary, status: Option<&str>) -> Vec<Value> {
+    if image.tags.is_empty() {
+        return match wanted(status, false) {
+            true => vec![json!({ "imageDigest": image.digest })],
+            false => Vec::new(),
+        };
+    }
+    match wanted(status, true) {
+        true => image.tags.iter().map(|t| json!({ "imageDigest": image.digest, "imageTag": t })).collect(),
+        false => Vec::new(),
+    }
+}
+
+/// `ListImages`: pages of the index in digest order, each image read once, so a page costs
+/// what it returns (plus the images a filter leaves out), not the repository's size.
 async fn list(
     ctx: &ApiContext<'_>,
     name: &RepositoryName,
@@ -239,42 +276,51 @@ async fn list(
     page: &Page,
 ) -> Result<Value, ApiError> {
     let mut ids = Vec::new();
-    for image in images(ctx, name).await? {
-        if image.tags.is_empty() {
-            if wanted(status, false) {
-                ids.push(json!({ "imageDigest": image.digest }));
+    let mut cursor = None;
+    if let Some((hex, given)) = image_token(page)? {
+        // The image the last page stopped in: the rest of its ids first.
+        if let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) {
+            if let Some(image) = ctx.registry.image_summary(name, &digest).await? {
+                for (i, id) in listed_ids(&image, status).into_iter().enumerate().skip(given) {
+                    if ids.len() == page.max {
+                        return Ok(with_next(json!({ "imageIds": ids }), Some(encode_token(&format!("{hex}/{i}")))));
+                    }
+                    ids.push(id);
+                }
             }
-        } else if wanted(status, true) {
-            ids.extend(image.tags.iter().map(|t| json!({ "imageDigest": image.digest, "imageTag": t })));
+        }
+        cursor = Some(hex);
+    }
+    loop {
+        let want = page.max.saturating_sub(ids.len()).max(1);
+        let (images, more) = images_page(ctx, name, cursor.as_deref(), want).await?;
+        for image in &images {
+            for (i, id) in listed_ids(image, status).into_iter().enumerate() {
+                if ids.len() == page.max {
+                    let token = format!("{}/{i}", image.digest.hex());
+                    return Ok(with_next(json!({ "imageIds": ids }), Some(encode_token(&token))));
+                }
+                ids.push(id);
+            }
+        }
+        match images.last() {
+            Some(last) if more => cursor = Some(last.digest.hex().to_owned()),
+            _ => return Ok(json!({ "imageIds": ids })),
         }
     }
-    let (ids, next) = paged(&ids, page)?;
-    Ok(with_next(json!({ "imageIds": ids }), next))
 }
 
-/// The image's size as ECR reports it: its blobs' stored (compressed) sizes; for an index,
-/// its largest child's.
-async fn image_size(
+/// One page of the index; `RepositoryNotFoundException` when the repository does not exist.
+async fn images_page(
     ctx: &ApiContext<'_>,
     name: &RepositoryName,
-    image: &StoredImage,
-    all: &[StoredImage],
-) -> Result<u64, ApiError> {
-    if let Some(size) = image.image_size {
-        return Ok(size);
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<ImageSummary>, bool), ApiError> {
+    match ctx.registry.images_page(name, after, limit).await {
+        Err(crate::registry::Error::NameUnknown(_)) => Err(super::repositories::not_found(ctx, name)),
+        other => Ok(other?),
     }
-    let mut size = 0u64;
-    for d in &image.blobs {
-        size = size.saturating_add(ctx.registry.linked_blob_size(name, d).await?);
-    }
-    for child in image.children.iter().filter_map(|c| all.iter().find(|i| &i.digest == c)) {
-        let mut child_size = 0u64;
-        for d in &child.blobs {
-            child_size = child_size.saturating_add(ctx.registry.linked_blob_size(name, d).await?);
-        }
-        size = size.max(child_size);
-    }
-    Ok(size)
 }
 
 fn detail(ctx: &ApiContext<'_>, name: &RepositoryName, image: &ImageSummary) -> Value {
@@ -299,24 +345,6 @@ fn detail(ctx: &ApiContext<'_>, name: &RepositoryName, image: &ImageSummary) -> 
         d["subjectManifestDigest"] = json!(subject);
     }
     d
-}
-
-/// One image of a listing, summarised as the index would.
-async fn summary(
-    ctx: &ApiContext<'_>,
-    name: &RepositoryName,
-    image: &StoredImage,
-    all: &[StoredImage],
-) -> Result<ImageSummary, ApiError> {
-    Ok(ImageSummary {
-        digest: image.digest.clone(),
-        media_type: image.media_type.clone(),
-        tags: image.tags.clone(),
-        image_size: image_size(ctx, name, image, all).await?,
-        pushed_at_ms: image.pushed_at_ms,
-        last_pulled_ms: image.last_pulled_ms,
-        subject: image.subject.clone(),
-    })
 }
 
 /// The image an id names, looked up directly (its tag record or link, then the index entry);
@@ -428,14 +456,28 @@ async fn describe(
         }
         return Ok(json!({ "imageDetails": out }));
     }
-    let all = images(ctx, name).await?;
-    let chosen: Vec<&StoredImage> = all.iter().filter(|i| wanted(status, !i.tags.is_empty())).collect();
-    let (chosen, next) = paged(&chosen, page)?;
+    // Pages of the index in digest order: a page costs what it returns (plus the images a
+    // filter leaves out), not the repository's size.
     let mut out = Vec::new();
-    for image in chosen {
-        out.push(detail(ctx, name, &summary(ctx, name, image, &all).await?));
+    let mut cursor = image_token(page)?.map(|(hex, _)| hex);
+    loop {
+        let want = page.max.saturating_sub(out.len()).max(1);
+        let (images, more) = images_page(ctx, name, cursor.as_deref(), want).await?;
+        for (i, image) in images.iter().enumerate() {
+            if wanted(status, !image.tags.is_empty()) {
+                out.push(detail(ctx, name, image));
+            }
+            if out.len() == page.max {
+                let rest = more || i.saturating_add(1) < images.len();
+                let next = rest.then(|| encode_token(image.digest.hex()));
+                return Ok(with_next(json!({ "imageDetails": out }), next));
+            }
+        }
+        match images.last() {
+            Some(last) if more => cursor = Some(last.digest.hex().to_owned()),
+            _ => return Ok(json!({ "imageDetails": out })),
+        }
     }
-    Ok(with_next(json!({ "imageDetails": out }), next))
 }
 
 /// `BatchGetImage`: each id looked up directly (its tag record, or its manifest link, then the
@@ -779,5 +821,119 @@ mod tests {
         }
         assert_eq!(costs[0], costs[1], "the cost does not grow with the repository");
         println!("push requests (new tag, retag): {:?}", costs[0]);
+    }
+
+    /// Every id of `op`'s listing, walked page by page with `maxResults` of `per_page`.
+    async fn walk(f: &ApiFixture, op: &str, name: &RepositoryName, per_page: u64, status: &str) -> Vec<String> {
+        let key = if op == "ListImages" { "imageIds" } else { "imageDetails" };
+        let (mut seen, mut token) = (Vec::new(), None::<String>);
+        loop {
+            let mut ask =
+                json!({ "repositoryName": name.as_str(), "maxResults": per_page, "filter": { "tagStatus": status } });
+            if let Some(t) = &token {
+                ask["nextToken"] = json!(t);
+            }
+            let out = f.call(op, ask).await.unwrap();
+            let page = out[key].as_array().unwrap();
+            assert!(page.len() <= per_page as usize, "{out}");
+            for item in page {
+                let tags = match op {
+                    "ListImages" => vec![item["imageTag"].as_str().unwrap_or("").to_owned()],
+                    _ => item["imageTags"]
+                        .as_array()
+                        .map(|t| t.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+                        .unwrap_or_default(),
+                };
+                seen.push(format!("{}{:?}", item["imageDigest"].as_str().unwrap(), tags));
+            }
+            match out["nextToken"].as_str() {
+                Some(t) => token = Some(t.to_owned()),
+                None => return seen,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_of_images_costs_what_it_returns() {
+        let mut costs = Vec::new();
+        for images in [150, 1000] {
+            let (f, name) = seeded(images).await;
+            // The first call of a process reads the repository's index marker once.
+            f.call("ListImages", json!({ "repositoryName": name.as_str() })).await.unwrap();
+            for (op, key) in [("ListImages", "imageIds"), ("DescribeImages", "imageDetails")] {
+                let ask = json!({ "repositoryName": name.as_str(), "maxResults": 100 });
+                let (out, requests) = f.counted(op, ask).await;
+                let out = out.unwrap();
+                assert_eq!(out[key].as_array().map(Vec::len), Some(100), "{op}");
+                assert!(out["nextToken"].is_string(), "{op}: more follow");
+                // One listing, one read per image returned (the link holds tags, size and
+                // pull time), and the repository's settings.
+                assert!(requests.lists <= 2 && requests.reads <= 101, "{op}: {requests:?}");
+                costs.push(requests);
+            }
+            let (out, requests) = f
+                .storage
+                .count(f.registry.tags_list(&crate::registry::Repo::Local(name.clone()), Some(100), None))
+                .await;
+            let page = out.unwrap();
+            assert_eq!((page.items.len(), page.more), (100, true));
+            assert!(requests.lists <= 2 && requests.reads <= 100, "tags/list: {requests:?}");
+            costs.push(requests);
+        }
+        let (small, large) = costs.split_at(3);
+        assert_eq!(small, large, "the cost does not grow with the repository");
+    }
+
+    #[tokio::test]
+    async fn paging_through_images_gives_each_id_once() {
+        let (f, name) = seeded(23).await;
+        let (config, layer) = (Digest::sha256_of(b"{}"), Digest::sha256_of(b"layer"));
+        // An image with several tags (ListImages may split them across pages), and untagged ones.
+        for tag in ["v3-a", "v3-b", "v3-c"] {
+            let tag = Reference::Tag(Tag::parse(tag).unwrap());
+            f.registry
+                .manifest_put(&name, &tag, None, image_manifest(&config, &layer, 3), PushOrigin::Client)
+                .await
+                .unwrap();
+        }
+        for n in [500, 501] {
+            let untagged = Reference::Digest(Digest::sha256_of(&image_manifest(&config, &layer, n)));
+            f.registry
+                .manifest_put(&name, &untagged, None, image_manifest(&config, &layer, n), PushOrigin::Client)
+                .await
+                .unwrap();
+        }
+        for op in ["ListImages", "DescribeImages"] {
+            for status in ["ANY", "TAGGED", "UNTAGGED"] {
+                let whole = walk(&f, op, &name, 1000, status).await;
+                let expected = match (op, status) {
+                    ("ListImages", "ANY") => 23 + 3 + 2,
+                    ("ListImages", "TAGGED") => 23 + 3,
+                    (_, "UNTAGGED") => 2,
+                    (_, "ANY") => 23 + 2,
+                    _ => 23,
+                };
+                assert_eq!(whole.len(), expected, "{op} {status}");
+                for per_page in [1, 2, 3, 7] {
+                    assert_eq!(walk(&f, op, &name, per_page, status).await, whole, "{op} {status} by {per_page}");
+                }
+            }
+        }
+        let bad = json!({ "repositoryName": name.as_str(), "nextToken": "bm90IGEgdG9rZW4=" });
+        assert_eq!(f.call("ListImages", bad).await.unwrap_err().kind.as_str(), "InvalidParameterException");
+        let missing = f.call("ListImages", json!({ "repositoryName": "team/none" })).await;
+        assert_eq!(missing.unwrap_err().kind.as_str(), "RepositoryNotFoundException");
+    }
+
+    #[tokio::test]
+    async fn lifecycle_reads_one_link_per_image() {
+        let (f, name) = seeded(300).await;
+        f.registry.indexed_images(&name).await.unwrap();
+        // What lifecycle judges: the index alone, one listing and one link per image.
+        let (images, requests) = f.storage.count(f.registry.indexed_images(&name)).await;
+        let images = images.unwrap();
+        assert_eq!(images.len(), 300);
+        assert!(images.iter().all(|i| i.tags.len() == 1 && i.pushed_at_ms.is_some()));
+        assert_eq!((requests.lists, requests.reads, requests.writes), (1, 300, 0), "{requests:?}");
     }
 }

@@ -224,25 +224,20 @@ pub fn parse_describe(input: &Input) -> Result<(Option<Vec<RepositoryName>>, Pag
     Ok((names, page))
 }
 
-/// A page of the repositories the caller may describe, sorted by name.
+/// A page of the repositories the caller may describe, in catalog order: one listing and one
+/// read per repository returned, whatever the registry holds.
 pub async fn list(ctx: &ApiContext<'_>, page: Page) -> Result<Value, ApiError> {
-    let names = ctx.registry.repository_names().await?;
-    let after = page.after.as_deref().unwrap_or("");
-    let mut visible = names.iter().filter(|n| n.as_str() > after && (ctx.visible)(n));
+    let listed = ctx.registry.repositories_page(page.after.as_deref(), page.max, ctx.visible).await?;
     let mut out = Vec::new();
-    let mut last = None;
-    for name in visible.by_ref() {
+    for name in &listed.items {
+        // A catalog entry whose repository was just deleted has no settings: left out.
         if let Some(settings) = ctx.registry.repository_settings(name).await? {
             out.push(describe(ctx, name, &settings));
-            last = Some(name.as_str().to_owned());
-        }
-        if out.len() == page.max {
-            break;
         }
     }
     let mut resp = json!({ "repositories": out });
-    if let (Some(last), true) = (last, visible.next().is_some()) {
-        resp["nextToken"] = json!(STANDARD.encode(last));
+    if let (Some(last), true) = (listed.items.last(), listed.more) {
+        resp["nextToken"] = json!(STANDARD.encode(last.as_str()));
     }
     Ok(resp)
 }
@@ -298,4 +293,92 @@ pub async fn put_tag_mutability(
             filters.iter().map(|f| json!({ "filterType": "WILDCARD", "filter": f })).collect();
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::api::testing::ApiFixture;
+    use serde_json::json;
+
+    /// A registry holding `count` repositories, with names whose order as strings differs from
+    /// their catalog order (`team/a…` before `team-…`).
+    async fn seeded(count: usize) -> ApiFixture {
+        let f = ApiFixture::new();
+        for n in 0..count {
+            let name = match n % 3 {
+                0 => format!("team/a{n:05}"),
+                1 => format!("team-{n:05}"),
+                _ => format!("team.x/{n:05}"),
+            };
+            f.call("CreateRepository", json!({ "repositoryName": name })).await.unwrap();
+        }
+        f
+    }
+
+    /// Every repository, walked with `maxResults` of `per_page`.
+    async fn walk(f: &ApiFixture, per_page: u64) -> Vec<String> {
+        let (mut seen, mut token) = (Vec::new(), None::<String>);
+        loop {
+            let mut ask = json!({ "maxResults": per_page });
+            if let Some(t) = &token {
+                ask["nextToken"] = json!(t);
+            }
+            let out = f.call("DescribeRepositories", ask).await.unwrap();
+            for r in out["repositories"].as_array().unwrap() {
+                seen.push(r["repositoryName"].as_str().unwrap().to_owned());
+            }
+            match out["nextToken"].as_str() {
+                Some(t) => token = Some(t.to_owned()),
+                None => return seen,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_of_repositories_costs_what_it_returns() {
+        let mut costs = Vec::new();
+        for count in [150, 1000] {
+            let f = seeded(count).await;
+            let (out, requests) = f.counted("DescribeRepositories", json!({ "maxResults": 100 })).await;
+            let out = out.unwrap();
+            assert_eq!(out["repositories"].as_array().map(Vec::len), Some(100));
+            assert!(out["nextToken"].is_string());
+            assert!(requests.lists <= 2 && requests.reads <= 100, "{requests:?}");
+            let (page, catalog) = f.storage.count(f.registry.catalog(Some(100), None, &|_| true)).await;
+            let page = page.unwrap();
+            assert_eq!((page.items.len(), page.more), (100, true));
+            assert!(catalog.lists <= 2 && catalog.reads == 0, "{catalog:?}");
+            costs.push((requests, catalog));
+        }
+        assert_eq!(costs[0], costs[1], "the cost does not grow with the registry");
+    }
+
+    #[tokio::test]
+    async fn paging_through_repositories_gives_each_once_in_catalog_order() {
+        let f = seeded(40).await;
+        let whole = walk(&f, 1000).await;
+        assert_eq!(whole.len(), 40);
+        // Path components compared in turn, as distribution's catalog walks them.
+        let mut expected = whole.clone();
+        expected.sort_by(|a, b| a.split('/').cmp(b.split('/')));
+        assert_eq!(whole, expected);
+        assert!(whole[0].starts_with("team/a"), "{whole:?}");
+        for per_page in [1, 3, 7] {
+            assert_eq!(walk(&f, per_page).await, whole, "by {per_page}");
+        }
+        // The catalog pages the same way, and a caller sees only what it may.
+        let mut names = Vec::new();
+        let mut last: Option<String> = None;
+        let visible = |n: &crate::oci::RepositoryName| !n.as_str().starts_with("team-");
+        loop {
+            let page = f.registry.catalog(Some(4), last.as_deref(), &visible).await.unwrap();
+            names.extend(page.items.iter().cloned());
+            if !page.more {
+                break;
+            }
+            last = page.items.last().cloned();
+        }
+        let seen: Vec<String> = whole.iter().filter(|n| !n.starts_with("team-")).cloned().collect();
+        assert_eq!(names, seen);
+    }
 }

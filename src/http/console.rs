@@ -6,13 +6,15 @@
 //! an operators' network). Knows nothing of storage layout: it reads through the registry.
 
 use crate::oci::RepositoryName;
-use crate::registry::images::StoredImage;
 use crate::registry::Registry;
 use crate::replication::store::ReplicationStore;
 use std::fmt::Write as _;
 
-/// Repositories on one page of the index.
+/// Repositories (or images) on one page.
 const PAGE: usize = 50;
+
+/// Tags counted for the index at most (more show as `1000+`).
+const COUNT_UP_TO: usize = 1000;
 
 /// A page: its status and HTML.
 pub struct Page {
@@ -78,7 +80,7 @@ pub async fn page(app: &super::App, path: &str, query: Option<&str>) -> Page {
     let result = match path.strip_prefix("/console").unwrap_or("") {
         "" | "/" => index(registry, replication, proxy, &app.workers, query).await,
         rest => match rest.strip_prefix("/repositories/").and_then(|n| RepositoryName::parse(n).ok()) {
-            Some(name) => repository(registry, replication, &name).await,
+            Some(name) => repository(registry, replication, &name, query).await,
             None => Ok(Page { status: 404, html: document("Not found", "<p>No such page.</p>") }),
         },
     };
@@ -97,14 +99,19 @@ async fn index(
 ) -> crate::registry::Result<Page> {
     let after = query
         .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "after").map(|(_, v)| v.into_owned()));
-    let names = registry.repository_names().await?;
-    let start = after.as_ref().map_or(0, |a| names.partition_point(|n| n.as_str() <= a.as_str()));
-    let shown: Vec<&RepositoryName> = names.iter().skip(start).take(PAGE).collect();
+    // One page of the catalog, whatever the registry holds.
+    let listed = registry.repositories_page(after.as_deref(), PAGE, &|_| true).await?;
     let mut body = String::new();
-    let _ = write!(body, "<h2>Repositories ({})</h2><table><tr><th>Repository</th><th>Tags</th><th>Tag mutability</th><th>Created</th></tr>", names.len());
-    for name in &shown {
+    let _ = write!(
+        body,
+        "<h2>Repositories</h2><table><tr><th>Repository</th><th>Tags</th><th>Tag mutability</th><th>Created</th></tr>"
+    );
+    for name in &listed.items {
         let settings = registry.repository_settings(name).await?.unwrap_or_default();
-        let tags = registry.tag_count(name).await?;
+        let tags = match registry.tag_count_up_to(name, COUNT_UP_TO).await? {
+            (n, false) => n.to_string(),
+            (n, true) => format!("{n}+"),
+        };
         let created = (settings.created_at > 0).then(|| settings.created_at.saturating_mul(1000));
         let _ = write!(
             body,
@@ -115,7 +122,7 @@ async fn index(
         );
     }
     body.push_str("</table>");
-    if let Some(last) = shown.last().filter(|_| start.saturating_add(PAGE) < names.len()) {
+    if let Some(last) = listed.items.last().filter(|_| listed.more) {
         let next: String = form_urlencoded::byte_serialize(last.as_str().as_bytes()).collect();
         let _ = write!(body, "<p><a href=\"/console?after={}\">Next page</a></p>", escape(&next));
     }
@@ -170,31 +177,31 @@ async fn index(
     Ok(Page { status: 200, html: document("Registry", &body) })
 }
 
-async fn image_size(registry: &Registry, name: &RepositoryName, image: &StoredImage) -> crate::registry::Result<u64> {
-    let mut total = image.manifest_size;
-    for blob in &image.blobs {
-        total = total.saturating_add(registry.linked_blob_size(name, blob).await?);
-    }
-    Ok(total)
-}
-
 async fn repository(
     registry: &Registry,
     replication: &ReplicationStore,
     name: &RepositoryName,
+    query: Option<&str>,
 ) -> crate::registry::Result<Page> {
     let Some(settings) = registry.repository_settings(name).await? else {
         let body = format!("<p>There is no repository {}.</p>", escape(name.as_str()));
         return Ok(Page { status: 404, html: document("Not found", &body) });
     };
-    let mut images = registry.repository_images(name).await?;
-    images.sort_by(|a, b| b.pushed_at_ms.cmp(&a.pushed_at_ms).then_with(|| a.digest.cmp(&b.digest)));
+    // One page of the index in digest order (a digest's hex after `after`): a page costs its
+    // images, whatever the repository holds.
+    let after = query
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "after").map(|(_, v)| v.into_owned()))
+        .filter(|a| a.len() == 64 && a.bytes().all(|b| b.is_ascii_hexdigit()));
+    let (images, more) = registry.images_page(name, after.as_deref(), PAGE).await?;
+    let count = match (after.is_some(), more) {
+        (false, false) => format!("{} images", images.len()),
+        _ => "Images, a page at a time".to_owned(),
+    };
     let mut body = format!(
-        "<p>Tag mutability {}{}. {} images.</p><table><tr><th>Digest</th><th>Tags</th><th>Type</th><th>Size</th>\
+        "<p>Tag mutability {}{}. {count}.</p><table><tr><th>Digest</th><th>Tags</th><th>Type</th><th>Size</th>\
          <th>Pushed</th><th>Last pulled</th><th>Replication</th></tr>",
         escape(settings.image_tag_mutability.as_str()),
         if settings.policy.is_some() { ", with a repository policy" } else { "" },
-        images.len()
     );
     for image in &images {
         // The image with every tag it carries: COMPLETE only when all of them arrived.
@@ -207,10 +214,11 @@ async fn repository(
             })
             .collect();
         let digest = image.digest.to_string();
-        let kind = match (&image.subject, image.children.is_empty()) {
+        let is_index = crate::oci::MediaType::parse(&image.media_type).is_some_and(crate::oci::MediaType::is_index);
+        let kind = match (&image.subject, is_index) {
             (Some(_), _) => "referrer",
-            (None, false) => "index",
-            (None, true) => "image",
+            (None, true) => "index",
+            (None, false) => "image",
         };
         let _ = write!(
             body,
@@ -219,13 +227,21 @@ async fn repository(
             d = escape(&digest),
             short = escape(digest.get(..19).unwrap_or(&digest)),
             tags = escape(&image.tags.join(", ")),
-            size = escape(&size(image_size(registry, name, image).await?)),
+            size = escape(&size(image.image_size)),
             pushed = escape(&when(image.pushed_at_ms)),
             pulled = escape(&when(image.last_pulled_ms)),
             repl = escape(&replication.join("; ")),
         );
     }
     body.push_str("</table>");
+    if let Some(last) = images.last().filter(|_| more) {
+        let _ = write!(
+            body,
+            "<p><a href=\"/console/repositories/{}?after={}\">Next page</a></p>",
+            escape(name.as_str()),
+            escape(last.digest.hex())
+        );
+    }
     Ok(Page { status: 200, html: document(name.as_str(), &body) })
 }
 

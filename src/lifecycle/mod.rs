@@ -123,7 +123,8 @@ pub async fn plan(
     policy: &LifecyclePolicy,
     now_ms: u64,
 ) -> registry::Result<Vec<Expiry>> {
-    let grouped = Grouped::new(registry.repository_images(name).await?);
+    // One pass over the index: a link per image (and an image index's bytes, for its children).
+    let grouped = Grouped::new(registry.indexed_images(name).await?);
     let facts: Vec<ImageFacts> = grouped
         .owners
         .iter()

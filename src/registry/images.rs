@@ -5,7 +5,7 @@
 
 use super::manifests::{decode, ManifestRecord};
 use super::{Registry, Result};
-use crate::oci::{Digest, Manifest, RepositoryName};
+use crate::oci::{Digest, Manifest, MediaType, RepositoryName};
 use crate::storage::{self, Key};
 
 /// One manifest a repository holds.
@@ -66,7 +66,7 @@ impl Registry {
             None => self.measure_image(name, digest, &record.media_type).await?.0,
         };
         Ok(Some(ImageSummary {
-            last_pulled_ms: self.last_pulled(name, digest).await?,
+            last_pulled_ms: self.last_pulled(name, digest, &record).await?,
             digest: digest.clone(),
             media_type: record.media_type,
             tags: record.tags.unwrap_or_default(),
@@ -76,32 +76,88 @@ impl Registry {
         }))
     }
 
-    /// When the image was last pulled: as recorded, or as noted by this replica and not yet
-    /// written, whichever is later.
-    async fn last_pulled(&self, name: &RepositoryName, digest: &Digest) -> Result<Option<u64>> {
-        let recorded = self.pulls.read(name, digest).await?;
+    /// One page of the repository's images from the index, in digest order after the digest
+    /// whose hex is `after`: one listing and one read per image, and whether more follow.
+    /// `NameUnknown` when the repository does not exist.
+    pub async fn images_page(
+        &self,
+        name: &RepositoryName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ImageSummary>, bool)> {
+        self.ensure_indexed(name).await?;
+        let page = self.storage.record_list_page(&Key::manifest_links(name), after, limit).await?;
+        if page.names.is_empty() && !self.repository_exists(name).await? {
+            return Err(super::Error::NameUnknown(name.clone()));
+        }
+        let mut out = Vec::with_capacity(page.names.len());
+        for hex in &page.names {
+            let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else { continue };
+            let Some(bytes) = self.storage.record_get(&Key::manifest_link(name, &digest)).await? else { continue };
+            let record: ManifestRecord = decode(&bytes)?;
+            let image_size = match record.image_size {
+                Some(size) => size,
+                None => self.measure_image(name, &digest, &record.media_type).await?.0,
+            };
+            out.push(ImageSummary {
+                last_pulled_ms: self.last_pulled(name, &digest, &record).await?,
+                digest,
+                media_type: record.media_type,
+                tags: record.tags.unwrap_or_default(),
+                image_size,
+                pushed_at_ms: record.pushed_at_ms,
+                subject: record.subject,
+            });
+        }
+        Ok((out, page.more))
+    }
+
+    /// When the image was last pulled: as recorded (in its indexed link, or the pull record of
+    /// a link not indexed yet), or as noted by this replica and not yet written, whichever is
+    /// later.
+    async fn last_pulled(&self, name: &RepositoryName, digest: &Digest, link: &ManifestRecord) -> Result<Option<u64>> {
+        let recorded = match link.tags {
+            Some(_) => link.last_pulled_ms,
+            None => self.pulls.read(name, digest).await?,
+        };
         Ok(match (recorded, self.pulls.pending(name, digest)) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         })
     }
 
-    /// Every manifest `name` holds, with its tags (from the index) and times. Costs a few reads
-    /// per manifest; a manifest whose bytes are gone or do not parse is listed without
-    /// references.
+    /// Every manifest `name` holds, with its tags (from the index), times and references.
+    /// Costs two reads per manifest (its link and its bytes); a manifest whose bytes are gone
+    /// or do not parse is listed without references.
     pub async fn repository_images(&self, name: &RepositoryName) -> Result<Vec<StoredImage>> {
+        self.images(name, true).await
+    }
+
+    /// Every manifest `name` holds as the index knows it (tags, times, subject), with the
+    /// children of image indexes but not the blobs of images: one listing and one read per
+    /// image (two for an image index). What lifecycle policies judge.
+    pub async fn indexed_images(&self, name: &RepositoryName) -> Result<Vec<StoredImage>> {
+        self.images(name, false).await
+    }
+
+    async fn images(&self, name: &RepositoryName, content: bool) -> Result<Vec<StoredImage>> {
         self.ensure_indexed(name).await?;
         let mut images = Vec::new();
         for hex in self.storage.record_list(&Key::manifest_links(name)).await? {
             let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else { continue };
             let Some(bytes) = self.storage.record_get(&Key::manifest_link(name, &digest)).await? else { continue };
             let record: ManifestRecord = decode(&bytes)?;
-            let parsed = match self.storage.blob_read_small(&digest).await {
-                Ok(b) => Manifest::parse(&b, Some(&record.media_type)).ok(),
-                Err(storage::Error::NotFound) => None,
-                Err(e) => return Err(e.into()),
+            // An indexed link names its subject; only an index's children need its bytes.
+            let is_index = MediaType::parse(&record.media_type).is_some_and(MediaType::is_index);
+            let parsed = match content || is_index || record.tags.is_none() {
+                false => None,
+                true => match self.storage.blob_read_small(&digest).await {
+                    Ok(b) => Manifest::parse(&b, Some(&record.media_type)).ok(),
+                    Err(storage::Error::NotFound) => None,
+                    Err(e) => return Err(e.into()),
+                },
             };
-            let last_pulled_ms = self.last_pulled(name, &digest).await?;
+            let last_pulled_ms = self.last_pulled(name, &digest, &record).await?;
             let mut image_tags = record.tags.clone().unwrap_or_default();
             image_tags.sort_unstable();
             images.push(StoredImage {
@@ -111,7 +167,10 @@ impl Registry {
                 last_pulled_ms,
                 media_type: record.media_type,
                 manifest_size: record.size,
-                subject: parsed.as_ref().and_then(|m| m.subject.as_ref().map(|s| s.digest.clone())),
+                subject: match &parsed {
+                    Some(m) => m.subject.as_ref().map(|s| s.digest.clone()),
+                    None => record.subject.clone(),
+                },
                 children: parsed.as_ref().map(|m| m.children.clone()).unwrap_or_default(),
                 blobs: parsed.map(|m| m.blobs).unwrap_or_default(),
                 digest,

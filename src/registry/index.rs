@@ -211,6 +211,7 @@ impl Registry {
                     let existing: Option<ManifestRecord> = decode(&bytes).ok();
                     let link = ManifestRecord {
                         pushed_at_ms: existing.as_ref().and_then(|e| e.pushed_at_ms).or(record.pushed_at_ms),
+                        last_pulled_ms: existing.as_ref().and_then(|e| e.last_pulled_ms).or(record.last_pulled_ms),
                         tags: existing.and_then(|e| e.tags).or_else(|| record.tags.clone()),
                         ..record.clone()
                     };
@@ -331,6 +332,11 @@ impl Registry {
             }
             if !repair {
                 return Ok(true);
+            }
+            if link.tags.is_none() {
+                // A link the index first reaches takes over its legacy pull record.
+                let recorded = self.pulls.read(name, digest).await?;
+                link.last_pulled_ms = link.last_pulled_ms.max(recorded);
             }
             link.tags = Some(tags);
             link.image_size = Some(image_size);

@@ -42,6 +42,10 @@ pub struct ManifestRecord {
     /// The image index: the manifest it refers to (signatures, SBOMs), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<Digest>,
+    /// The image index: when the image was last pulled, as flushed by [`super::pulls`] (ms
+    /// since the epoch). On a link without `tags` (not indexed yet) the pull record holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pulled_ms: Option<u64>,
 }
 
 impl ManifestRecord {
@@ -56,12 +60,13 @@ impl ManifestRecord {
             tags: None,
             image_size: None,
             subject: None,
+            last_pulled_ms: None,
         }
     }
 
     /// What a tag record holds: this record without the index's fields.
     pub fn for_tag(&self) -> Self {
-        Self { tags: None, image_size: None, subject: None, ..self.clone() }
+        Self { tags: None, image_size: None, subject: None, last_pulled_ms: None, ..self.clone() }
     }
 }
 
@@ -396,7 +401,11 @@ impl Registry {
                 if !self.repository_exists(name).await? {
                     return Err(Error::NameUnknown(name.clone()));
                 }
-                self.storage.record_list(&Key::tags(name)).await?
+                // One page read from storage, whatever the repository holds.
+                let limit = n.unwrap_or(super::MAX_PAGE).min(super::MAX_PAGE);
+                let page = self.storage.record_list_page(&Key::tags(name), last, limit).await?;
+                let items = page.names.into_iter().filter(|t| Tag::parse(t).is_ok()).collect();
+                return Ok(Page { items, more: page.more });
             }
         };
         let mut tags: Vec<String> = tags.into_iter().filter(|t| Tag::parse(t).is_ok()).collect();

@@ -344,25 +344,60 @@ impl Registry {
         Ok(self.repositories.link_blob(name, digest, size).await?)
     }
 
-    /// The sorted catalog of repositories, one page after `last`.
-    /// Only repositories `visible` allows are listed.
+    /// The catalog of repositories, one page after `last`. Names come in the order of their
+    /// catalog entries (path components compared in turn, as distribution's catalog walks them:
+    /// `a/b` before `a-b`), so a page is read from storage as one listing, whatever the registry
+    /// holds. Only repositories `visible` allows are listed.
     pub async fn catalog(
         &self,
         n: Option<usize>,
         last: Option<&str>,
         visible: &(dyn Fn(&RepositoryName) -> bool + Sync),
     ) -> Result<Page<String>> {
-        let mut names: Vec<String> = self
-            .storage
-            .record_list(&Key::catalog())
-            .await?
-            .iter()
-            .filter_map(|e| storage::keys::decode_catalog_entry(e))
-            .filter(|n| visible(n))
-            .map(|n| n.as_str().to_owned())
-            .collect();
-        names.sort_unstable();
-        Ok(paginate(names, n, last))
+        let limit = n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        let page = self.repositories_page(last, limit, visible).await?;
+        Ok(Page { items: page.items.iter().map(|n| n.as_str().to_owned()).collect(), more: page.more })
+    }
+
+    /// One page of the repositories `visible` allows, after the name `after`, in catalog order.
+    /// A caller that sees every repository costs one listing call per page; one that sees few
+    /// costs the entries it passes over.
+    pub async fn repositories_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        visible: &(dyn Fn(&RepositoryName) -> bool + Sync),
+    ) -> Result<Page<RepositoryName>> {
+        let mut items = Vec::new();
+        // The listing resumes at the entry the name would have (`/` kept as `+`); a name that
+        // is not a repository's is only compared, never used as a key.
+        let mut cursor = after.map(|a| a.replace('/', "+"));
+        if limit == 0 {
+            return Ok(Page { items, more: false });
+        }
+        loop {
+            let batch = limit.saturating_sub(items.len()).max(1);
+            let page = self.storage.record_list_page(&Key::catalog(), cursor.as_deref(), batch).await?;
+            let mut names = page.names.iter();
+            for entry in names.by_ref() {
+                cursor = Some(entry.clone());
+                let Some(name) = storage::keys::decode_catalog_entry(entry) else { continue };
+                if visible(&name) {
+                    items.push(name);
+                    if items.len() == limit {
+                        break;
+                    }
+                }
+            }
+            if items.len() == limit {
+                // More follow if the listing goes on or this batch holds another visible name.
+                let rest = names.filter_map(|e| storage::keys::decode_catalog_entry(e)).any(|n| visible(&n));
+                return Ok(Page { items, more: page.more || rest });
+            }
+            if !page.more {
+                return Ok(Page { items, more: false });
+            }
+        }
     }
 }
 

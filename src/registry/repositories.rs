@@ -237,9 +237,11 @@ impl Registry {
         Ok(settings)
     }
 
-    /// How many tags the repository has.
-    pub async fn tag_count(&self, name: &RepositoryName) -> Result<usize> {
-        Ok(self.storage.record_list(&Key::tags(name)).await?.len())
+    /// How many tags the repository has, counted up to `limit` (one listing page), and
+    /// whether there are more.
+    pub async fn tag_count_up_to(&self, name: &RepositoryName, limit: usize) -> Result<(usize, bool)> {
+        let page = self.storage.record_list_page(&Key::tags(name), None, limit).await?;
+        Ok((page.names.len(), page.more))
     }
 
     /// Every repository, sorted.

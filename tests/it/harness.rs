@@ -171,6 +171,17 @@ impl TestFerry {
         }
     }
 
+    /// A stored object's bytes, read from outside Ferry (`None` when absent).
+    pub async fn read_object(&self, key: &str) -> Option<Vec<u8>> {
+        match &self.s3 {
+            None => std::fs::read(self.data_dir().join(key)).ok(),
+            Some(b) => {
+                let got = b.client().get_object().bucket(&b.bucket).key(key).send().await.ok()?;
+                Some(got.body.collect().await.ok()?.into_bytes().to_vec())
+            }
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.client.get(format!("{}/metrics", self.admin)).send().await.unwrap().text().await.unwrap()
     }

@@ -255,6 +255,12 @@ print(json.dumps(out))
     assert_eq!(v["no_policy_preview"][0], "LifecyclePolicyNotFoundException");
 }
 
+/// The last pull an image's link records.
+async fn last_pulled(f: &TestFerry, link: &str) -> Option<u64> {
+    let bytes = f.read_object(link).await.expect("the image's link");
+    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["last_pulled_ms"].as_u64()
+}
+
 /// A pull is noted without a write, written by the flush (here at shutdown), survives a
 /// restart, and keeps a pulled image from a `sinceImagePulled` rule that expires the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,10 +272,11 @@ async fn recorded_pull_times_survive_a_restart_and_decide_since_image_pulled() {
     let idle = image(&f, "app", Some("idle"), "idle", None).await;
     manual.advance(20 * DAY);
     assert_eq!(manifest_status(&f, "app", "pulled").await, StatusCode::OK);
-    let record = format!("repos/app/_pulls/sha256/{}", &pulled[7..]);
-    assert!(!f.has_object(&record).await, "a pull writes nothing on the request path");
+    // The image's link in the index keeps its last pull.
+    let link = format!("repos/app/_manifests/sha256/{}", &pulled[7..]);
+    assert_eq!(last_pulled(&f, &link).await, None, "a pull writes nothing on the request path");
     f.restart_with_clock(clock.clone()).await;
-    assert!(f.has_object(&record).await, "the pull was written at shutdown");
+    assert_eq!(last_pulled(&f, &link).await, Some(clock.now_ms()), "the pull was written at shutdown");
     manual.advance(15 * DAY); // pulled 15 days ago; idle pushed 35 days ago, never pulled
     let policy = r#"{"rules":[{"rulePriority":1,"selection":{"tagStatus":"any","countType":"sinceImagePulled","countUnit":"days","countNumber":30},"action":{"type":"expire"}}]}"#;
     let v = boto3(
