@@ -16,16 +16,24 @@
 //! period, is claimed and removed.
 //!
 //! **Why a racing push is safe.** Every removal, of a link or of content, happens under a
-//! claim of [`crate::storage::uses`], and every writer touches a digest *before* it stores,
-//! links or relies on it and checks it *after*. A claim and a touch are conditional writes on
-//! the same record, so exactly one of them wins. If the touch wins, the claim is refused and
-//! nothing is removed. If the claim wins, the writer waits for the collector to finish, then
-//! finds the link or content gone: an upload or fill stores the content again, and a manifest
+//! batch claim of [`crate::storage::uses`] on its digest's fan-out prefix, and every writer
+//! touches a digest *before* it stores, links or relies on it and checks it *after*. Under the
+//! claim the collector reads the digest's use record; a writer that writes that record reads
+//! the claim afterwards (the module docs of `uses` walk through every order). If the touch is
+//! seen, nothing is removed. If not, the writer waits for the collector to finish, then finds
+//! the link or content gone: an upload or fill stores the content again, and a manifest
 //! naming it is refused (`MANIFEST_BLOB_UNKNOWN`), never accepted. A link that existed when the
 //! mark read its repository is in the filter, so the sweep keeps its content; a link made after
 //! the run began was touched after it began (or found touched within half the grace period
 //! before), and a run claims nothing used that late, however long it takes
-//! ([`ContentUses::cutoff_ms`]). A unit test holds a manifest PUT between its checks and its
+//! ([`ContentUses::cutoff_ms`]).
+//!
+//! **What a removal costs.** One claim record per batch of up to [`BATCH`] digests (written,
+//! renewed every few seconds, deleted), then per object one read of its use record and its
+//! delete (plus the use record's delete for content): a repository's dangling links are
+//! removed right after its mark under the links claim, and the sweep removes each listed
+//! page's garbage by fan-out prefix. A writer whose touch writes a use record while a batch
+//! holds its digest waits for that batch (a fraction of a second). A unit test holds a manifest PUT between its checks and its
 //! writes while a collection runs; an integration test races pushes sharing layers
 //! against repeated collections with a short grace period on two replicas (`tests/it/gc.rs`).
 
@@ -39,7 +47,7 @@ use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Manifest, RepositoryName};
 use crate::storage::lease::{Lease, LeaseError};
-use crate::storage::uses::ContentUses;
+use crate::storage::uses::{BatchClaim, ContentUses};
 use crate::storage::{self, keys, Key, Storage};
 use bloom::Bloom;
 use futures_util::StreamExt;
@@ -55,9 +63,13 @@ pub const LEASE_TTL: Duration = Duration::from_secs(60);
 /// Content listed per page in the sweep.
 const PAGE: usize = 1000;
 
-/// Removals (each a claim, a delete and a release) in flight at once: they wait on storage
-/// (an fsync, an S3 round trip), not on the CPU.
+/// Removals (each a read and a delete) in flight at once: they wait on storage (an fsync, an
+/// S3 round trip), not on the CPU.
 const REMOVALS_AT_ONCE: usize = 8;
+
+/// Digests of one prefix removed under one batch claim at most (so a writer waiting on the
+/// claim waits for a short batch, and the claim is renewed between chunks).
+const BATCH: usize = 256;
 
 /// Manifests (and link sizes) read at once in the mark.
 const READS_AT_ONCE: usize = 16;
@@ -210,7 +222,11 @@ impl Collector {
         let total = names.len() as u64;
         for (i, name) in names.iter().enumerate() {
             self.keep(&mut lease, &mut renewed).await?;
-            self.mark_repository(name, since, dry_run, &mut lease, &mut live, &mut manifests, &mut report).await?;
+            let dangling = self.mark_repository(name, &mut live, &mut manifests, &mut report).await?;
+            // Removed right after the mark that found them, so the time between the mark's read
+            // and the removal stays short (see `uses`: a writer that found a young use record
+            // wrote nothing the removal could see).
+            self.remove_links(dangling, since, dry_run, &mut lease, &mut live, &mut report).await?;
             report.repositories = report.repositories.saturating_add(1);
             progress(Progress::Mark((i as u64).saturating_add(1), total));
             if report.repositories.is_multiple_of(1000) {
@@ -249,27 +265,26 @@ impl Collector {
             if !dry_run && !candidates.is_empty() {
                 self.check(&mut lease).await?;
             }
-            let cutoff = self.uses.cutoff_ms(since);
-            let outcomes: Vec<Result<(StoredBlob, bool, bool), GcError>> = futures_util::stream::iter(candidates)
-                .map(|(blob, is_manifest)| async move {
-                    let removed = match dry_run {
-                        true => self.uses.unused(&blob.digest, cutoff).await?,
-                        false => self.remove_content(&blob.digest, since).await?,
-                    };
-                    Ok((blob, is_manifest, removed))
+            let targets = candidates
+                .into_iter()
+                .map(|(blob, is_manifest)| Target {
+                    digest: blob.digest,
+                    link: None,
+                    size: blob.size,
+                    is_manifest,
+                    rule: None,
                 })
-                .buffer_unordered(REMOVALS_AT_ONCE)
-                .collect()
-                .await;
-            for outcome in outcomes {
-                let (blob, is_manifest, removed) = outcome?;
-                let kind = if is_manifest { "manifest" } else { "blob" };
+                .collect();
+            for (target, removed) in
+                self.remove_batched(targets, self.uses.cutoff_ms(since), dry_run, Scope::Prefix).await?
+            {
+                let kind = if target.is_manifest { "manifest" } else { "blob" };
                 if removed {
                     report.objects_removed = report.objects_removed.saturating_add(1);
-                    report.bytes_removed = report.bytes_removed.saturating_add(blob.size);
+                    report.bytes_removed = report.bytes_removed.saturating_add(target.size);
                 } else {
                     report.kept_recent = report.kept_recent.saturating_add(1);
-                    report.stored.entry(kind.into()).or_default().add(blob.size);
+                    report.stored.entry(kind.into()).or_default().add(target.size);
                 }
             }
             progress(Progress::Sweep(report.objects_scanned));
@@ -332,19 +347,16 @@ impl Collector {
         Ok(names)
     }
 
-    /// Marks one repository: its manifests and what they reference are live; its dangling
-    /// blob links are removed once claimed; what stays linked goes into `live`.
-    #[allow(clippy::too_many_arguments)]
+    /// Marks one repository: its manifests and what they reference are live, and what stays
+    /// linked goes into `live`; returns its dangling blob links (for [`Self::remove_links`],
+    /// which puts the ones it keeps into `live`).
     async fn mark_repository(
         &self,
         name: &RepositoryName,
-        since: u64,
-        dry_run: bool,
-        lease: &mut Option<&mut Lease>,
         live: &mut Bloom,
         manifests: &mut Bloom,
         report: &mut GcReport,
-    ) -> Result<(), GcError> {
+    ) -> Result<Vec<Target>, GcError> {
         let mut referenced: HashSet<Digest> = HashSet::new();
         // A manifest that cannot be read or parsed might reference any blob of the repository:
         // keep them all rather than guess.
@@ -410,37 +422,21 @@ impl Collector {
             linked_bytes = linked_bytes.saturating_add(size?);
         }
         drop(sizes);
-        if !dry_run && !dangling.is_empty() {
-            self.check(lease).await?;
-        }
-        let cutoff = self.uses.cutoff_ms(since);
-        let outcomes: Vec<Result<(Key, Digest, bool), GcError>> = futures_util::stream::iter(dangling)
-            .map(|(key, digest)| async move {
-                let removed = match dry_run {
-                    true => self.uses.unused(&digest, cutoff).await?,
-                    false => self.remove_link(&key, &digest, since).await?,
-                };
-                Ok((key, digest, removed))
+        let dangling = dangling
+            .into_iter()
+            .map(|(key, digest)| Target {
+                digest,
+                link: Some(key),
+                size: 0,
+                is_manifest: false,
+                rule: rule.map(|r| r.label.clone()),
             })
-            .buffer_unordered(REMOVALS_AT_ONCE)
-            .collect()
-            .await;
-        for outcome in outcomes {
-            let (key, digest, removed) = outcome?;
-            if removed {
-                report.links_removed = report.links_removed.saturating_add(1);
-            } else {
-                live.insert(&digest);
-                if rule.is_some() {
-                    linked_bytes = linked_bytes.saturating_add(self.link_size(&key).await?);
-                }
-            }
-        }
+            .collect();
         if let Some(rule) = rule {
             let total = report.rules.entry(rule.label.clone()).or_default();
             *total = total.saturating_add(linked_bytes);
         }
-        Ok(())
+        Ok(dangling)
     }
 
     /// A linked manifest's size and parsed content: `None` when its link is gone or does not
@@ -473,28 +469,158 @@ impl Collector {
         Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok()).unwrap_or(0))
     }
 
-    /// Removes a dangling blob link under a claim on its digest; false when it is in use.
-    async fn remove_link(&self, key: &Key, digest: &Digest, since: u64) -> Result<bool, GcError> {
-        let Some(claim) = self.uses.claim(digest, self.uses.cutoff_ms(since)).await? else { return Ok(false) };
-        let removed = match claim.is_fresh() {
-            true => self.storage.record_delete(key).await.map(|_| true).map_err(GcError::from),
-            false => Ok(false),
-        };
-        self.uses.release(claim, false).await?;
-        removed
+    /// Removes the dangling links that are unused (in batches under the links claim, see
+    /// [`Self::remove_batched`]); the rest go into `live`, and count towards their rule's usage.
+    async fn remove_links(
+        &self,
+        held: Vec<Target>,
+        since: u64,
+        dry_run: bool,
+        lease: &mut Option<&mut Lease>,
+        live: &mut Bloom,
+        report: &mut GcReport,
+    ) -> Result<(), GcError> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        if !dry_run {
+            self.check(lease).await?;
+        }
+        for (target, removed) in self.remove_batched(held, self.uses.cutoff_ms(since), dry_run, Scope::Links).await? {
+            if removed {
+                report.links_removed = report.links_removed.saturating_add(1);
+                continue;
+            }
+            live.insert(&target.digest);
+            if let (Some(rule), Some(key)) = (&target.rule, &target.link) {
+                let size = self.link_size(key).await?;
+                let total = report.rules.entry(rule.clone()).or_default();
+                *total = total.saturating_add(size);
+            }
+        }
+        Ok(())
     }
 
-    /// Removes content under a claim on its digest; false when it is in use.
-    async fn remove_content(&self, digest: &Digest, since: u64) -> Result<bool, GcError> {
-        let Some(claim) = self.uses.claim(digest, self.uses.cutoff_ms(since)).await? else { return Ok(false) };
+    /// Removes what of `targets` has been unused since `cutoff` (dry: says what would be), in
+    /// groups of at most [`BATCH`], each under one batch claim (by fan-out prefix, or the links
+    /// claim); returns each target with whether it was (or would be) removed.
+    async fn remove_batched(
+        &self,
+        mut targets: Vec<Target>,
+        cutoff: u64,
+        dry_run: bool,
+        scope: Scope,
+    ) -> Result<Vec<(Target, bool)>, GcError> {
+        targets.sort_by(|a, b| a.digest.hex().cmp(b.digest.hex()));
+        let mut out = Vec::with_capacity(targets.len());
+        let mut rest = targets.into_iter().peekable();
+        while let Some(first) = rest.next() {
+            let prefix = keys::fanout(&first.digest).to_owned();
+            let mut group = vec![first];
+            while group.len() < BATCH {
+                let same = |t: &Target| scope == Scope::Links || keys::fanout(&t.digest) == prefix;
+                match rest.next_if(same) {
+                    Some(t) => group.push(t),
+                    None => break,
+                }
+            }
+            if dry_run {
+                for t in group {
+                    let unused = self.uses.unused(&t.digest, cutoff).await?;
+                    out.push((t, unused));
+                }
+                continue;
+            }
+            let claimed = match scope {
+                Scope::Prefix => self.uses.claim_batch(&group[0].digest).await?,
+                Scope::Links => self.uses.claim_links().await?,
+            };
+            let Some(mut claim) = claimed else {
+                // Another collector holds the prefix: all kept, for the next run.
+                out.extend(group.into_iter().map(|t| (t, false)));
+                continue;
+            };
+            let mut failed = None;
+            let mut group = group.into_iter();
+            loop {
+                let chunk: Vec<Target> = group.by_ref().take(REMOVALS_AT_ONCE.saturating_mul(8)).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                if failed.is_some() || !self.uses.keep_batch(&mut claim).await? {
+                    out.extend(chunk.into_iter().map(|t| (t, false)));
+                    continue;
+                }
+                let claim = &claim;
+                let results: Vec<(Target, Result<bool, GcError>)> = futures_util::stream::iter(chunk)
+                    .map(|t| async move {
+                        let removed = self.remove_one(claim, &t, cutoff).await;
+                        (t, removed)
+                    })
+                    .buffer_unordered(REMOVALS_AT_ONCE)
+                    .collect()
+                    .await;
+                for (t, removed) in results {
+                    match removed {
+                        Ok(removed) => out.push((t, removed)),
+                        Err(e) => {
+                            out.push((t, false));
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            // Released before any error is returned, so writers of the prefix do not wait on it.
+            self.uses.release_batch(claim).await?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes one link or content under a batch claim when it is unused; whether it was.
+    async fn remove_one(&self, claim: &BatchClaim, target: &Target, cutoff: u64) -> Result<bool, GcError> {
+        let Some(had_record) = self.uses.unused_under(claim, &target.digest, cutoff).await? else { return Ok(false) };
         if !claim.is_fresh() {
-            self.uses.release(claim, false).await?;
             return Ok(false);
         }
-        self.storage.blob_delete(digest).await?;
-        self.uses.release(claim, true).await?;
+        match &target.link {
+            Some(key) => {
+                self.storage.record_delete(key).await?;
+            }
+            None => {
+                self.storage.blob_delete(&target.digest).await?;
+                if had_record {
+                    self.uses.forget(&target.digest).await?;
+                }
+            }
+        }
         Ok(true)
     }
+}
+
+/// What one batch claim holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Every digest of one fan-out prefix (content, in the sweep's order).
+    Prefix,
+    /// Every digest (one repository's dangling links).
+    Links,
+}
+
+/// Something the collector may remove: a dangling link (`link`) or stored content.
+#[derive(Debug)]
+struct Target {
+    digest: Digest,
+    /// The link's key; `None` for the content itself.
+    link: Option<Key>,
+    /// The content's stored size (0 for a link).
+    size: u64,
+    /// Whether the content is a manifest's.
+    is_manifest: bool,
+    /// The pull-through rule the link's repository belongs to.
+    rule: Option<String>,
 }
 
 #[cfg(test)]
@@ -673,5 +799,43 @@ mod tests {
         let report = collector.collect(false, None, &|_| {}).await.unwrap();
         assert_eq!((report.links_removed, report.objects_removed), (0, 0), "{report:?}");
         assert!(storage.blob_size(&layer_digest).await.unwrap().is_some());
+    }
+
+    /// Unreferenced content and its dangling links, all unused for longer than the grace
+    /// period: each removal costs at most three storage requests (its use record read, its
+    /// delete, and for content its use record's delete), claims and listings included.
+    #[tokio::test]
+    async fn removals_cost_at_most_three_requests_each() {
+        let clock = ManualClock::new();
+        let shared: SharedClock = Arc::new(clock.clone());
+        let memory: Arc<dyn Storage> = Arc::new(crate::storage::memory::MemoryStorage::with_clock(shared.clone()));
+        let storage = Arc::new(crate::storage::counting::CountingStorage::new(memory));
+        let grace = Duration::from_secs(3600);
+        let registry = testing::registry(storage.clone(), testing::settings(grace), shared.clone());
+        let collector = Collector::new(storage.clone(), registry.content_uses(), shared, None, vec![]);
+        let blobs = 2000usize;
+        for i in 0..blobs {
+            let name = RepositoryName::parse(&format!("team/app{}", i % 10)).unwrap();
+            let bytes = format!("blob {i}").into_bytes();
+            registry.upload_monolithic(&name, &Digest::sha256_of(&bytes), body(&bytes)).await.unwrap();
+        }
+        clock.advance(grace * 2);
+        let (report, requests) = storage.count(collector.collect(false, None, &|_| {})).await;
+        let report = report.unwrap();
+        assert_eq!((report.links_removed, report.objects_removed), (blobs as u64, blobs as u64), "{report:?}");
+        let removed = report.links_removed + report.objects_removed;
+        #[allow(clippy::cast_precision_loss)]
+        let per_removal = requests.total() as f64 / removed as f64;
+        assert!(per_removal <= 3.0, "{per_removal:.2} requests per removal: {requests:?}");
+        println!("gc: {per_removal:.2} storage requests per removal ({requests:?})");
+        // Nothing is left behind: no links, no content, no use records, no claims.
+        clock.advance(grace * 2);
+        let again = collector.collect(false, None, &|_| {}).await.unwrap();
+        assert_eq!((again.links_removed, again.objects_removed, again.objects_scanned), (0, 0, 0), "{again:?}");
+        for i in 0..blobs {
+            let digest = Digest::sha256_of(format!("blob {i}").as_bytes());
+            assert_eq!(storage.record_get(&Key::content_use(&digest)).await.unwrap(), None, "a use record is left");
+            assert_eq!(storage.record_get(&Key::batch_claim(&digest)).await.unwrap(), None, "a claim is left");
+        }
     }
 }

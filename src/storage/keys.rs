@@ -38,8 +38,19 @@ impl Key {
     /// removing it (see [`super::uses`]); fanned out as content is, so no one directory takes
     /// every create and unlink.
     pub fn content_use(digest: &Digest) -> Self {
-        let hex = digest.hex();
-        Self(format!("uses/{}/{}/{hex}", digest.algorithm().as_str(), hex.get(..2).unwrap_or("00")))
+        Self(format!("uses/{}/{}/{}", digest.algorithm().as_str(), fanout(digest), digest.hex()))
+    }
+
+    /// `gc/claims/<alg>/<2 hex>`: a collector is removing unused content (or links) whose
+    /// digests start with those two hex digits (see [`super::uses`]).
+    pub fn batch_claim(digest: &Digest) -> Self {
+        Self(format!("gc/claims/{}/{}", digest.algorithm().as_str(), fanout(digest)))
+    }
+
+    /// `gc/claims/links`: a collector is removing dangling blob links (of any digest; see
+    /// [`super::uses`]).
+    pub fn links_claim() -> Self {
+        Self("gc/claims/links".into())
     }
 
     /// `gc/usage`: what the last collection measured (stored bytes and objects), for every
@@ -249,6 +260,11 @@ impl fmt::Display for Key {
 }
 
 /// `/` cannot appear in a file name; `+` cannot appear in a repository name, so it stands in.
+/// The two hex digits content and use records are fanned out by.
+pub fn fanout(digest: &Digest) -> &str {
+    digest.hex().get(..2).unwrap_or("00")
+}
+
 fn encode_name(name: &RepositoryName) -> String {
     name.as_str().replace('/', "+")
 }

@@ -17,8 +17,32 @@
 //!
 //! A collector that dies holding a claim leaves a tombstone; writers take it over once it is
 //! [`TOMBSTONE_TTL`] old, and a collector never acts on a claim older than [`CLAIM_LIMIT`], so
-//! a claim it is still using is never one a writer has taken over. This module knows records
-//! and digests, never repositories.
+//! a claim it is still using is never one a writer has taken over.
+//!
+//! **Claims in batches.** Removing much content one claim at a time costs two conditional
+//! writes per object. A [`BatchClaim`] holds many digests with one record, written before and
+//! deleted after a batch of removals: `gc/claims/<alg>/<2 hex>` every digest of one fan-out
+//! prefix (the first two hex digits: content), `gc/claims/links` every digest (a batch of one
+//! repository's dangling links, removed right after its mark, as single claims were). Under
+//! it the collector *reads* each digest's use record and removes what has been unused since
+//! the cutoff. A writer that *writes* a use record reads both claims that could hold its
+//! digest afterwards, and while one is there waits for it to go, then touches again from the
+//! start. Why nothing in use is removed, for a collector C (claim written at c1, use
+//! record of D read at c2, D removed at c3, claim deleted at c4) and a writer W (use record of
+//! D written at w1, batch claim read at w2):
+//!
+//! - w1 before c2: C reads W's fresh record and keeps D;
+//! - w1 after c2: then w2 > c1, so W either finds the claim and waits until c4, or finds it
+//!   gone (c4 < w2, so c3 < w2); either way W's check of D, made after its touch returns, runs
+//!   after the removal and sees D gone (W stores it again, or refuses the manifest), and W's
+//!   touch, repeated after the claim went, writes back any record C deleted with D.
+//!
+//! A writer that finds a young record writes nothing and reads no claim, exactly as with
+//! single claims: C's read finds the same young record and keeps D. The batch claim expires
+//! like a tombstone ([`TOMBSTONE_TTL`] for writers, [`CLAIM_LIMIT`] for its collector, which
+//! stops acting on it sooner and renews it between removals), so a dead collector holds up a
+//! prefix's writers for at most [`TOMBSTONE_TTL`]. Collectors of this version still honour
+//! single-digest tombstones. This module knows records and digests, never repositories.
 
 use super::{Error, Key, PutMode, Result, Storage, Version};
 use crate::clock::SharedClock;
@@ -74,6 +98,22 @@ impl Claim {
     /// The digest claimed.
     pub fn digest(&self) -> &Digest {
         &self.digest
+    }
+}
+
+/// The collector's hold on every digest of one fan-out prefix, from
+/// [`ContentUses::claim_batch`].
+#[derive(Debug)]
+pub struct BatchClaim {
+    key: Key,
+    version: Version,
+    taken: Instant,
+}
+
+impl BatchClaim {
+    /// Whether the collector may still act on it.
+    pub fn is_fresh(&self) -> bool {
+        self.taken.elapsed() < CLAIM_LIMIT
     }
 }
 
@@ -152,6 +192,11 @@ impl ContentUses {
             let fresh = UseRecord { at_ms: now, deleting_ms: None }.encode()?;
             match inner.storage.record_put_if(&key, fresh, mode).await {
                 Ok(_) => {
+                    // A collector holding the prefix may have read the record before this
+                    // write: wait until it is done, then touch again (see the module docs).
+                    if self.wait_for_batch(digest, started).await? {
+                        continue;
+                    }
                     self.remember(digest, now);
                     return Ok(());
                 }
@@ -160,6 +205,114 @@ impl ContentUses {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Waits while a fresh batch claim holds `digest` (its prefix's, or the links'); whether
+    /// there was one.
+    async fn wait_for_batch(&self, digest: &Digest, started: Instant) -> Result<bool> {
+        let mut waited = false;
+        for key in [Key::batch_claim(digest), Key::links_claim()] {
+            let mut pause = Duration::from_millis(5);
+            while let Some(bytes) = self.inner.storage.record_get(&key).await? {
+                let since = UseRecord::decode(&bytes).deleting_ms.unwrap_or(0);
+                let fresh = self.inner.clock.now_ms().saturating_sub(since) < ms(TOMBSTONE_TTL);
+                if !fresh || started.elapsed() >= TOMBSTONE_TTL.saturating_add(Duration::from_secs(1)) {
+                    break;
+                }
+                waited = true;
+                tokio::time::sleep(pause).await;
+                pause = pause.saturating_mul(2).min(Duration::from_millis(200));
+            }
+        }
+        Ok(waited)
+    }
+
+    /// Claims every digest of `digest`'s fan-out prefix for a batch of removals (see the
+    /// module docs): `None` when another collector holds it.
+    pub async fn claim_batch(&self, digest: &Digest) -> Result<Option<BatchClaim>> {
+        self.claim_key(Key::batch_claim(digest)).await
+    }
+
+    /// Claims every digest for a batch of link removals: `None` when another collector holds
+    /// it.
+    pub async fn claim_links(&self) -> Result<Option<BatchClaim>> {
+        self.claim_key(Key::links_claim()).await
+    }
+
+    async fn claim_key(&self, key: Key) -> Result<Option<BatchClaim>> {
+        let now = self.inner.clock.now_ms();
+        let record = UseRecord { at_ms: 0, deleting_ms: Some(now) }.encode()?;
+        // Usually nobody holds it: one conditional create, no read.
+        match self.inner.storage.record_put_if(&key, record.clone(), PutMode::Create).await {
+            Ok(version) => return Ok(Some(BatchClaim { key, version, taken: Instant::now() })),
+            Err(Error::Conflict { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let Some((bytes, version)) = self.inner.storage.record_get_versioned(&key).await? else { return Ok(None) };
+        let since = UseRecord::decode(&bytes).deleting_ms.unwrap_or(0);
+        if now.saturating_sub(since) < ms(TOMBSTONE_TTL) {
+            return Ok(None);
+        }
+        // Its collector died: taken over.
+        match self.inner.storage.record_put_if(&key, record, PutMode::Update(version)).await {
+            Ok(version) => Ok(Some(BatchClaim { key, version, taken: Instant::now() })),
+            Err(Error::Conflict { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keeps a batch claim fresh (renewed once half of [`CLAIM_LIMIT`] has passed); false when
+    /// it can no longer be acted on (too old, or taken over).
+    pub async fn keep_batch(&self, claim: &mut BatchClaim) -> Result<bool> {
+        if claim.taken.elapsed() < CLAIM_LIMIT.checked_div(2).unwrap_or(CLAIM_LIMIT) {
+            return Ok(true);
+        }
+        if !claim.is_fresh() {
+            return Ok(false);
+        }
+        let record = UseRecord { at_ms: 0, deleting_ms: Some(self.inner.clock.now_ms()) }.encode()?;
+        match self.inner.storage.record_put_if(&claim.key, record, PutMode::Update(claim.version.clone())).await {
+            Ok(version) => {
+                claim.version = version;
+                claim.taken = Instant::now();
+                Ok(true)
+            }
+            Err(Error::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `digest`, under a batch claim on its prefix, has been unused since `cutoff_ms`
+    /// (and no single claim holds it): `Some(had_record)` when it may be removed.
+    pub async fn unused_under(&self, claim: &BatchClaim, digest: &Digest, cutoff_ms: u64) -> Result<Option<bool>> {
+        let holds = claim.key == Key::links_claim() || claim.key == Key::batch_claim(digest);
+        if !holds || !claim.is_fresh() {
+            return Ok(None);
+        }
+        let now = self.inner.clock.now_ms();
+        Ok(match self.inner.storage.record_get(&Key::content_use(digest)).await? {
+            None => Some(false),
+            Some(bytes) => {
+                let record = UseRecord::decode(&bytes);
+                let claimed_elsewhere = record.deleting_ms.is_some_and(|d| now.saturating_sub(d) < ms(TOMBSTONE_TTL));
+                (!claimed_elsewhere && record.at_ms < cutoff_ms).then_some(true)
+            }
+        })
+    }
+
+    /// Drops the use record of content a batch removed (a writer racing it writes it back).
+    pub async fn forget(&self, digest: &Digest) -> Result<()> {
+        self.inner.storage.record_delete(&Key::content_use(digest)).await?;
+        Ok(())
+    }
+
+    /// Ends a batch claim.
+    pub async fn release_batch(&self, claim: BatchClaim) -> Result<()> {
+        // Only while it is still ours: an old one may have been taken over.
+        if claim.taken.elapsed() < TOMBSTONE_TTL {
+            self.inner.storage.record_delete(&claim.key).await?;
+        }
+        Ok(())
     }
 
     fn remember(&self, digest: &Digest, at_ms: u64) {
@@ -283,5 +436,41 @@ mod tests {
             other.claim(&digest(2), other.cutoff_ms(clock.now_ms())).await.unwrap().is_none(),
             "touched: in use again"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_claim_and_a_touch_exclude_each_other() {
+        let storage: Arc<dyn Storage> = Arc::new(crate::storage::memory::MemoryStorage::new());
+        let clock = ManualClock::new();
+        let grace = Duration::from_secs(3600);
+        let uses = ContentUses::new(storage.clone(), Arc::new(clock.clone()), grace);
+        // Two digests of one prefix, both long unused.
+        let (old, new) = (digest(0x11), Digest::parse(&format!("sha256:11{}", "ab".repeat(31))).unwrap());
+        uses.touch(&old).await.unwrap();
+        clock.advance(grace * 2);
+        let cutoff = uses.cutoff_ms(clock.now_ms());
+        let claim = uses.claim_batch(&old).await.unwrap().expect("nobody holds the prefix");
+        assert!(uses.claim_batch(&new).await.unwrap().is_none(), "one collector per prefix");
+        assert_eq!(uses.unused_under(&claim, &old, cutoff).await.unwrap(), Some(true), "unused, with a record");
+        assert_eq!(uses.unused_under(&claim, &new, cutoff).await.unwrap(), Some(false), "never used, no record");
+        // A writer touching a digest of the prefix writes its record, then waits for the batch.
+        let writer = {
+            let (uses, new) = (uses.clone(), new.clone());
+            tokio::spawn(async move { uses.touch(&new).await })
+        };
+        while storage.record_get(&Key::content_use(&new)).await.unwrap().is_none() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!writer.is_finished(), "the touch waits while the batch claim is held");
+        assert_eq!(uses.unused_under(&claim, &new, cutoff).await.unwrap(), None, "the collector sees the touch");
+        uses.release_batch(claim).await.unwrap();
+        writer.await.unwrap().unwrap();
+        assert!(storage.record_get(&Key::content_use(&new)).await.unwrap().is_some());
+        // A collector that dies holding a prefix holds it up for TOMBSTONE_TTL at most.
+        let _abandoned = uses.claim_batch(&old).await.unwrap().unwrap();
+        clock.advance(TOMBSTONE_TTL + Duration::from_secs(1));
+        uses.forget(&old).await.unwrap();
+        uses.touch(&old).await.unwrap();
+        assert!(uses.claim_batch(&old).await.unwrap().is_some(), "a stale claim is taken over");
     }
 }
