@@ -506,3 +506,58 @@ async fn the_console_and_the_metrics_show_each_worker_and_its_errors() {
     eventually("the refresher works again", Duration::from_secs(30), || async { errors().await == 0.0 }).await;
     assert!(!console().await.contains("does not decode"));
 }
+
+/// `ferry index check` beside a running server: a link whose index fields were damaged behind
+/// Ferry's back is found (exit 1 without `--repair`), rewritten with `--repair`, and then
+/// `DescribeImages` (which reads the index) shows the image's tag again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_index_check_finds_and_repairs_a_damaged_index() {
+    let f = TestFerry::start().await;
+    f.push_image("team/idx", "v1", b"index check layer").await;
+    let (_, digest) = f.push_image("team/idx", "v2", b"another layer").await;
+    let link = f.data_dir().join(format!("repos/team/idx/_manifests/sha256/{}", &digest[7..]));
+    let describe = || async {
+        let body = serde_json::json!({ "repositoryName": "team/idx", "imageIds": [{ "imageDigest": digest }] });
+        let resp = f
+            .client
+            .post(format!("{}/", f.base))
+            .header("X-Amz-Target", "AmazonEC2ContainerRegistry_V20150921.DescribeImages")
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json::<serde_json::Value>().await.unwrap()["imageDetails"][0]["imageTags"].clone()
+    };
+    // The first reader marks the repository indexed; then the link is damaged.
+    assert_eq!(describe().await, serde_json::json!(["v2"]));
+    let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&link).unwrap()).unwrap();
+    assert_eq!(record["tags"], serde_json::json!(["v2"]), "{record}");
+    record["tags"] = serde_json::json!([]);
+    std::fs::write(&link, serde_json::to_vec(&record).unwrap()).unwrap();
+    assert_eq!(describe().await, serde_json::Value::Null, "the damaged index has lost the tag");
+
+    let check = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["index", "check"])
+            .args(args)
+            .env("FERRY_CONFIG", "/dev/null")
+            .env("FERRY_STORAGE_DATA_DIR", f.data_dir())
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code(), report)
+    };
+    let (code, report) = check(&[]);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!((report["images"].as_u64(), report["wrong"].as_u64()), (Some(2), Some(1)), "{report}");
+    assert_eq!(report["wrong_in"], serde_json::json!([["team/idx", 1]]));
+    let (code, report) = check(&["--repository", "team/idx", "--repair"]);
+    assert_eq!((code, report["wrong"].as_u64(), report["repaired"].as_bool()), (Some(0), Some(1), Some(true)));
+    assert_eq!(describe().await, serde_json::json!(["v2"]));
+    let (code, report) = check(&[]);
+    assert_eq!((code, report["wrong"].as_u64()), (Some(0), Some(0)), "{report}");
+    let (code, _) = check(&["--repository", "Not A Name"]);
+    assert_eq!(code, Some(2));
+}
