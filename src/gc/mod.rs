@@ -24,9 +24,9 @@
 //! the link or content gone: an upload or fill stores the content again, and a manifest
 //! naming it is refused (`MANIFEST_BLOB_UNKNOWN`), never accepted. A link that existed when the
 //! mark read its repository is in the filter, so the sweep keeps its content; a link made after
-//! the run began was touched after it began (or found touched within half the grace period
-//! before), and a run claims nothing used that late, however long it takes
-//! ([`ContentUses::cutoff_ms`]).
+//! the run began was touched after it began (or found touched within a quarter of the grace
+//! period before, by a writer that commits within a quarter of it), and a run claims nothing
+//! used that late, however long it takes ([`ContentUses::cutoff_ms`]).
 //!
 //! **What a removal costs.** One claim record per batch of up to [`BATCH`] digests (written,
 //! renewed every few seconds, deleted), then per object one read of its use record and its

@@ -4,7 +4,7 @@
 //! Each content digest D has a small *use record* (`uses/sha256/<2 hex>/<hex>`). Every writer that is
 //! about to store D, link D into a repository, or accept a manifest that references D first
 //! [`ContentUses::touch`]es D: it makes the record say "used now" unless it already says so
-//! within half the grace period. The collector removes D (or a link to D) only after
+//! within a quarter of the grace period. The collector removes D (or a link to D) only after
 //! [`ContentUses::claim`]ing it: a conditional write turning a record unused for the whole grace
 //! period into a tombstone. Both are conditional writes on the same record, so of a writer and
 //! the collector racing on D exactly one wins:
@@ -181,7 +181,9 @@ impl ContentUses {
                             continue;
                         }
                         Some(_) => PutMode::Update(version.clone()),
-                        None if now.saturating_sub(record.at_ms) < self.grace_ms() / 2 => {
+                        // Young enough that no run's cutoff reaches it while this writer works
+                        // (see `cutoff_ms`): nothing to write.
+                        None if now.saturating_sub(record.at_ms) < self.grace_ms() / 4 => {
                             self.remember(digest, record.at_ms);
                             return Ok(());
                         }
@@ -323,9 +325,15 @@ impl ContentUses {
 
     /// The latest use (ms since the epoch) a claim made now accepts: none within the grace
     /// period, and none within half of it before `since` — the start of the caller's view of
-    /// what links exist, so that content linked after that view was taken (its writer touched
-    /// it then, or found it touched within half the grace period) is never claimed, however
-    /// long the caller has been running.
+    /// what links exist, so that content linked after that view was taken is never claimed,
+    /// however long the caller has been running. Its writer either wrote the use record after
+    /// `since`, or found it written within a quarter of the grace period before its touch;
+    /// a writer that commits after `since` touched less than a quarter of the grace period
+    /// before committing (a manifest PUT or an upload's finish takes seconds, the grace period
+    /// is an hour), so that record is younger than `since` less half the grace period. (With
+    /// the threshold at a half, a writer that touched just before a run began and committed
+    /// just after the mark read its repository went unseen: rare, and only while the removal
+    /// followed the mark closely.)
     pub fn cutoff_ms(&self, since_ms: u64) -> u64 {
         let now = self.inner.clock.now_ms();
         now.saturating_sub(self.grace_ms()).min(since_ms.saturating_sub(self.grace_ms() / 2))
