@@ -373,33 +373,32 @@ fn one_shot(config: Option<PathBuf>) -> Result<(Config, tokio::runtime::Runtime)
     Ok((c, runtime))
 }
 
+/// [`one_shot`] for a command that may be limited to one `--repository` (a bad name exits 2).
+fn one_shot_for(
+    config: Option<PathBuf>,
+    repository: Option<String>,
+) -> Result<(Config, tokio::runtime::Runtime, Option<ferry::oci::RepositoryName>), ExitCode> {
+    let (c, runtime) = one_shot(config)?;
+    let repository = repository.map(|r| ferry::oci::RepositoryName::parse(&r)).transpose().map_err(|e| {
+        eprintln!("ferry: --repository: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok((c, runtime, repository))
+}
+
 fn lifecycle_command(config: Option<PathBuf>, repository: Option<String>, dry_run: bool) -> ExitCode {
-    let (c, runtime) = match one_shot(config) {
+    let (c, runtime, repository) = match one_shot_for(config, repository) {
         Ok(x) => x,
         Err(code) => return code,
-    };
-    let repository = match repository.map(|r| ferry::oci::RepositoryName::parse(&r)).transpose() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferry: --repository: {e}");
-            return ExitCode::from(2);
-        }
     };
     let clock = std::sync::Arc::new(ferry::clock::SystemClock);
     print_report(runtime.block_on(ferry::run_lifecycle(&c, repository.as_ref(), dry_run, clock)))
 }
 
 fn index_command(config: Option<PathBuf>, repository: Option<String>, repair: bool) -> ExitCode {
-    let (c, runtime) = match one_shot(config) {
+    let (c, runtime, repository) = match one_shot_for(config, repository) {
         Ok(x) => x,
         Err(code) => return code,
-    };
-    let repository = match repository.map(|r| ferry::oci::RepositoryName::parse(&r)).transpose() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferry: --repository: {e}");
-            return ExitCode::from(2);
-        }
     };
     match runtime.block_on(ferry::index_check(&c, repository.as_ref(), repair)) {
         Ok(report) => {

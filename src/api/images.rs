@@ -826,31 +826,9 @@ mod tests {
     /// Every id of `op`'s listing, walked page by page with `maxResults` of `per_page`.
     async fn walk(f: &ApiFixture, op: &str, name: &RepositoryName, per_page: u64, status: &str) -> Vec<String> {
         let key = if op == "ListImages" { "imageIds" } else { "imageDetails" };
-        let (mut seen, mut token) = (Vec::new(), None::<String>);
-        loop {
-            let mut ask =
-                json!({ "repositoryName": name.as_str(), "maxResults": per_page, "filter": { "tagStatus": status } });
-            if let Some(t) = &token {
-                ask["nextToken"] = json!(t);
-            }
-            let out = f.call(op, ask).await.unwrap();
-            let page = out[key].as_array().unwrap();
-            assert!(page.len() <= per_page as usize, "{out}");
-            for item in page {
-                let tags = match op {
-                    "ListImages" => vec![item["imageTag"].as_str().unwrap_or("").to_owned()],
-                    _ => item["imageTags"]
-                        .as_array()
-                        .map(|t| t.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
-                        .unwrap_or_default(),
-                };
-                seen.push(format!("{}{:?}", item["imageDigest"].as_str().unwrap(), tags));
-            }
-            match out["nextToken"].as_str() {
-                Some(t) => token = Some(t.to_owned()),
-                None => return seen,
-            }
-        }
+        let ask = json!({ "repositoryName": name.as_str(), "maxResults": per_page, "filter": { "tagStatus": status } });
+        let items = f.walk(op, ask, key).await;
+        items.iter().map(|item| format!("{}{}{}", item["imageDigest"], item["imageTag"], item["imageTags"])).collect()
     }
 
     #[tokio::test]

@@ -317,21 +317,8 @@ mod tests {
 
     /// Every repository, walked with `maxResults` of `per_page`.
     async fn walk(f: &ApiFixture, per_page: u64) -> Vec<String> {
-        let (mut seen, mut token) = (Vec::new(), None::<String>);
-        loop {
-            let mut ask = json!({ "maxResults": per_page });
-            if let Some(t) = &token {
-                ask["nextToken"] = json!(t);
-            }
-            let out = f.call("DescribeRepositories", ask).await.unwrap();
-            for r in out["repositories"].as_array().unwrap() {
-                seen.push(r["repositoryName"].as_str().unwrap().to_owned());
-            }
-            match out["nextToken"].as_str() {
-                Some(t) => token = Some(t.to_owned()),
-                None => return seen,
-            }
-        }
+        let items = f.walk("DescribeRepositories", json!({ "maxResults": per_page }), "repositories").await;
+        items.iter().map(|r| r["repositoryName"].as_str().unwrap_or_default().to_owned()).collect()
     }
 
     #[tokio::test]

@@ -82,6 +82,27 @@ impl ApiFixture {
         op.run(&ctx).await
     }
 
+    /// Every item under `key` of a paged operation, following `nextToken` from the first page
+    /// (`body` sets `maxResults` and filters); asserts no page is longer than `maxResults`.
+    pub async fn walk(&self, operation: &str, body: Value, key: &str) -> Vec<Value> {
+        let per_page = body["maxResults"].as_u64().map_or(usize::MAX, |n| n as usize);
+        let (mut items, mut token) = (Vec::new(), None::<String>);
+        loop {
+            let mut ask = body.clone();
+            if let Some(t) = &token {
+                ask["nextToken"] = Value::from(t.as_str());
+            }
+            let out = self.call(operation, ask).await.expect("a page");
+            let page = out[key].as_array().cloned().unwrap_or_default();
+            assert!(page.len() <= per_page, "{out}");
+            items.extend(page);
+            match out["nextToken"].as_str() {
+                Some(t) => token = Some(t.to_owned()),
+                None => return items,
+            }
+        }
+    }
+
     /// [`Self::call`], with the storage requests it made.
     pub async fn counted(&self, operation: &str, body: Value) -> (Result<Value, ApiError>, Requests) {
         self.storage.count(self.call(operation, body)).await
