@@ -2,6 +2,15 @@
 //!
 //! Writes go to a temporary file that is fsynced and renamed into place, so a crash never
 //! leaves partial content under a digest or a half-written record.
+//!
+//! A directory keeps no sorted order, so a page of records needs the whole directory. The
+//! sorted names of directories listed recently are kept in memory ([`Listings`]) with the
+//! directory's modification time when read; a page of a directory whose time has not changed
+//! is a binary search. Any write into the directory (by this process or another on the same
+//! `data_dir`) changes its time; a listing is kept only when the directory had been still for
+//! [`SETTLED`] before it was read, so a write landing in the same clock tick as the one the
+//! kept time shows cannot be missed. This assumes a local filesystem, whose timestamps come
+//! from this machine's clock.
 
 use super::keys::{self, UploadObject};
 use super::{
@@ -21,10 +30,82 @@ const WRITE_CHUNK: usize = 1 << 20;
 /// Outgoing blobs are read in chunks of this size, one chunk read ahead of the one being sent.
 const READ_CHUNK: usize = 512 * 1024;
 
+/// How long a directory must have been still before its listing is kept: far longer than a
+/// filesystem timestamp's tick.
+const SETTLED: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Record names kept in memory at most, over all directories.
+const LISTED_NAMES_KEPT: u64 = 500_000;
+
+/// A directory's records, sorted, as of its modification time.
+struct Listing {
+    modified: SystemTime,
+    names: Vec<String>,
+}
+
+/// Sorted listings of directories, each valid while the directory's time is unchanged.
+#[derive(Clone)]
+struct Listings(moka::sync::Cache<PathBuf, std::sync::Arc<Listing>>);
+
+impl Listings {
+    fn new() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .weigher(|_, l: &std::sync::Arc<Listing>| u32::try_from(l.names.len()).unwrap_or(u32::MAX).max(1))
+                .max_capacity(LISTED_NAMES_KEPT)
+                .build(),
+        )
+    }
+
+    /// The records of `dir`, sorted: kept ones while the directory is unchanged, else read.
+    fn records(&self, dir: &Path) -> io::Result<std::sync::Arc<Listing>> {
+        let modified = match std::fs::metadata(dir) {
+            Ok(m) => m.modified()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(std::sync::Arc::new(Listing { modified: SystemTime::UNIX_EPOCH, names: Vec::new() }))
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(kept) = self.0.get(dir).filter(|l| l.modified == modified) {
+            return Ok(kept);
+        }
+        let settled = SystemTime::now().duration_since(modified).is_ok_and(|still| still >= SETTLED);
+        let mut names = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(std::sync::Arc::new(Listing { modified, names }))
+            }
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if !name.starts_with('.') && entry.file_type()?.is_file() {
+                names.push(name);
+            }
+        }
+        names.sort_unstable();
+        let listing = std::sync::Arc::new(Listing { modified, names });
+        // A write during the read changes the time again, so the next call reads afresh.
+        if settled {
+            self.0.insert(dir.to_owned(), listing.clone());
+        }
+        Ok(listing)
+    }
+}
+
 /// Filesystem storage rooted at one directory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FsStorage {
     root: PathBuf,
+    listings: Listings,
+}
+
+impl std::fmt::Debug for FsStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsStorage").field("root", &self.root).finish_non_exhaustive()
+    }
 }
 
 fn not_found_as(e: io::Error) -> Error {
@@ -179,7 +260,7 @@ impl FsStorage {
         for dir in ["blobs", "repos", "uploads", "catalog", "tmp"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
-        Ok(Self { root })
+        Ok(Self { root, listings: Listings::new() })
     }
 
     /// The root directory.
@@ -514,33 +595,17 @@ impl Storage for FsStorage {
     }
 
     async fn record_list_page(&self, prefix: &Key, after: Option<&str>, limit: usize) -> Result<ListPage> {
-        // One directory read: its cost follows the directory's size (the filesystem keeps no
-        // sorted order to start from), its memory the page's.
+        // A directory unchanged since it was last listed costs a stat and a binary search;
+        // otherwise one pass over it (see the module docs).
         let dir = self.record_path(prefix);
         let after = after.map(str::to_owned);
+        let listings = self.listings.clone();
         Ok(blocking(move || {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ListPage::default()),
-                Err(e) => return Err(e),
-            };
-            // The page's names, kept to `limit + 1` smallest as the directory is read.
-            let mut page = std::collections::BTreeSet::new();
-            for entry in entries {
-                let entry = entry?;
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-                if name.starts_with('.') || after.as_deref().is_some_and(|a| name.as_str() <= a) {
-                    continue;
-                }
-                if !entry.file_type()?.is_file() {
-                    continue;
-                }
-                page.insert(name);
-                if page.len() > limit.saturating_add(1) {
-                    page.pop_last();
-                }
-            }
-            Ok(ListPage::of(page, None, limit))
+            let listing = listings.records(&dir)?;
+            let start = after.map_or(0, |a| listing.names.partition_point(|n| n.as_str() <= a.as_str()));
+            let rest = listing.names.get(start..).unwrap_or_default();
+            let names = rest.iter().take(limit).cloned().collect();
+            Ok(ListPage { names, more: rest.len() > limit })
         })
         .await?)
     }
@@ -586,10 +651,47 @@ fn list_blobs(root: &Path, after: Option<&str>, limit: usize) -> io::Result<Vec<
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keeps_the_storage_contract() {
         let dir = tempfile::tempdir().unwrap();
         let store = super::FsStorage::open(dir.path()).unwrap();
         super::super::contract::storage_contract(std::sync::Arc::new(store), "fs", true).await;
+    }
+
+    /// A directory's sorted listing is kept while the directory is unchanged (shown by removing
+    /// a file behind the store's back and putting the directory's time back), and read again
+    /// after any write into it, the store's own or another process's.
+    #[tokio::test]
+    async fn a_kept_listing_is_used_until_the_directory_changes() {
+        use crate::oci::{RepositoryName, Tag};
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStorage::open(dir.path()).unwrap();
+        let name = RepositoryName::parse("team/app").unwrap();
+        for t in ["a", "b", "c"] {
+            store.record_put(&Key::tag(&name, &Tag::parse(t).unwrap()), Bytes::from_static(b"x")).await.unwrap();
+        }
+        let tags_dir = dir.path().join(Key::tags(&name).as_str());
+        let still = SystemTime::now() - std::time::Duration::from_secs(10);
+        let set_time = |t: SystemTime| std::fs::File::open(&tags_dir).unwrap().set_modified(t).unwrap();
+        set_time(still);
+        let names = |page: ListPage| page.names;
+        let tags = Key::tags(&name);
+        let page = |after: Option<&'static str>, limit| store.record_list_page(&tags, after, limit);
+        assert_eq!(names(page(None, 10).await.unwrap()), ["a", "b", "c"]);
+        std::fs::remove_file(tags_dir.join("b")).unwrap();
+        set_time(still);
+        assert_eq!(names(page(None, 10).await.unwrap()), ["a", "b", "c"], "the kept listing");
+        store.record_put(&Key::tag(&name, &Tag::parse("d").unwrap()), Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(names(page(None, 10).await.unwrap()), ["a", "c", "d"], "read again after a write");
+        // Still again (at another time, as a directory's time never goes back): kept again.
+        set_time(still + std::time::Duration::from_secs(1));
+        assert_eq!(names(page(None, 10).await.unwrap()), ["a", "c", "d"]);
+        std::fs::write(tags_dir.join("e"), b"x").unwrap();
+        assert_eq!(names(page(None, 10).await.unwrap()), ["a", "c", "d", "e"], "another process's write");
+        let next = page(Some("a"), 2).await.unwrap();
+        assert_eq!((next.names, next.more), (vec!["c".to_owned(), "d".to_owned()], true));
+        assert_eq!(names(page(Some("e"), 2).await.unwrap()), Vec::<String>::new());
     }
 }
