@@ -8,6 +8,7 @@ use crate::oci::RepositoryName;
 use crate::registry::repositories::{RepositorySettings, ResourceTag, TagMutability};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use futures_util::StreamExt;
 use serde_json::Map;
 use serde_json::{json, Value};
 
@@ -228,11 +229,18 @@ pub fn parse_describe(input: &Input) -> Result<(Option<Vec<RepositoryName>>, Pag
 /// read per repository returned, whatever the registry holds.
 pub async fn list(ctx: &ApiContext<'_>, page: Page) -> Result<Value, ApiError> {
     let listed = ctx.registry.repositories_page(page.after.as_deref(), page.max, ctx.visible).await?;
+    // Read a few at once (each waits on storage), in order.
+    let registry = ctx.registry;
+    let read: Vec<_> = futures_util::stream::iter(listed.items.clone())
+        .map(|name| async move { registry.repository_settings(&name).await.map(|s| (name, s)) })
+        .buffered(16)
+        .collect()
+        .await;
     let mut out = Vec::new();
-    for name in &listed.items {
+    for result in read {
         // A catalog entry whose repository was just deleted has no settings: left out.
-        if let Some(settings) = ctx.registry.repository_settings(name).await? {
-            out.push(describe(ctx, name, &settings));
+        if let (name, Some(settings)) = result? {
+            out.push(describe(ctx, &name, &settings));
         }
     }
     let mut resp = json!({ "repositories": out });

@@ -8,6 +8,9 @@ use super::{Registry, Result};
 use crate::oci::{Digest, Manifest, MediaType, RepositoryName};
 use crate::storage::{self, Key};
 
+/// Links read at once for a page of images.
+const READS_AT_ONCE: usize = 16;
+
 /// One manifest a repository holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredImage {
@@ -90,24 +93,16 @@ impl Registry {
         if page.names.is_empty() && !self.repository_exists(name).await? {
             return Err(super::Error::NameUnknown(name.clone()));
         }
-        let mut out = Vec::with_capacity(page.names.len());
-        for hex in &page.names {
-            let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else { continue };
-            let Some(bytes) = self.storage.record_get(&Key::manifest_link(name, &digest)).await? else { continue };
-            let record: ManifestRecord = decode(&bytes)?;
-            let image_size = match record.image_size {
-                Some(size) => size,
-                None => self.measure_image(name, &digest, &record.media_type).await?.0,
-            };
-            out.push(ImageSummary {
-                last_pulled_ms: self.last_pulled(name, &digest, &record).await?,
-                digest,
-                media_type: record.media_type,
-                tags: record.tags.unwrap_or_default(),
-                image_size,
-                pushed_at_ms: record.pushed_at_ms,
-                subject: record.subject,
-            });
+        // The links are read a few at once (each waits on storage, an S3 round trip), in order.
+        let digests: Vec<Digest> =
+            page.names.iter().filter_map(|hex| Digest::parse(&format!("sha256:{hex}")).ok()).collect();
+        let mut out = Vec::with_capacity(digests.len());
+        for chunk in digests.chunks(READS_AT_ONCE) {
+            let reads = futures_util::future::join_all(chunk.iter().map(|d| self.image_summary(name, d))).await;
+            for image in reads {
+                // A link deleted since the listing is simply not on the page.
+                out.extend(image?);
+            }
         }
         Ok((out, page.more))
     }
