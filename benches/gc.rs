@@ -35,8 +35,17 @@ fn repo_of_blob(i: usize, n: usize) -> String {
 
 async fn push_blob(client: &reqwest::Client, base: &str, repo: &str, bytes: Vec<u8>) {
     let d = digest(&bytes);
-    let resp = client.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}")).body(bytes.clone()).send().await;
-    let resp = resp.expect("upload");
+    // A loaded S3 server (moto) sometimes fails a request: the registry answers 503, and a
+    // client tries again, as this one does.
+    let mut attempt = 0;
+    let resp = loop {
+        let resp = client.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}")).body(bytes.clone()).send().await;
+        let resp = resp.expect("upload");
+        if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || attempt == 5 {
+            break resp;
+        }
+        attempt += 1;
+    };
     if resp.status() == reqwest::StatusCode::ACCEPTED {
         // docker-registry opens a session instead of taking the blob in the POST.
         let location = resp.headers()["location"].to_str().unwrap().to_owned();
@@ -75,13 +84,21 @@ async fn seed(client: &reqwest::Client, base: &str, n: usize, name: &str) {
             let (client, base) = (client.clone(), base.to_owned());
             async move {
                 let repo = format!("bench/r{:03}", k % REPOS);
-                let resp = client
-                    .put(format!("{base}/v2/{repo}/manifests/m{k}"))
-                    .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-                    .body(manifest(k))
-                    .send()
-                    .await
-                    .expect("manifest put");
+                let mut attempt = 0;
+                let resp = loop {
+                    let resp = client
+                        .put(format!("{base}/v2/{repo}/manifests/m{k}"))
+                        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                        .body(manifest(k))
+                        .send()
+                        .await
+                        .expect("manifest put");
+                    // As a client would, try again what a loaded S3 server failed.
+                    if resp.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE || attempt == 5 {
+                        break resp;
+                    }
+                    attempt += 1;
+                };
                 assert_eq!(resp.status(), reqwest::StatusCode::CREATED, "{:?}", resp.text().await);
             }
         })
@@ -195,9 +212,13 @@ async fn compare(label: &str, n: usize, ferry_toml: &str, peer: Server) {
         failed.load(Ordering::Relaxed),
     );
     if s3_requests > 0 && removed > 0 {
+        // Per removed content object (the figure the first collector was measured by), and per
+        // removal of anything (content and links alike), the whole run's requests included.
+        let links = summary["links_removed"].as_u64().unwrap_or(0);
         println!(
-            "{label}_gc_s3_requests ferry_total={s3_requests} per_removed_object={:.2}",
-            s3_requests as f64 / removed as f64
+            "{label}_gc_s3_requests ferry_total={s3_requests} per_removed_object={:.2} per_removal={:.2}",
+            s3_requests as f64 / removed as f64,
+            s3_requests as f64 / (removed + links) as f64
         );
     }
 }

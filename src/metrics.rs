@@ -488,7 +488,8 @@ pub struct WebhookMetrics {
     /// `ferry_webhook_deliveries_total{webhook,result}`: delivered, retried (an attempt
     /// failed), failed (dropped after `give_up_after`).
     pub deliveries: IntCounterVec,
-    /// `ferry_webhook_events_pending{webhook}`: events waiting, as this replica last counted.
+    /// `ferry_webhook_events_pending{webhook}`: events waiting, as this replica last counted
+    /// (up to one listing page, about 1,000).
     pub pending: IntGaugeVec,
 }
 

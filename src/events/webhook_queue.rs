@@ -65,9 +65,10 @@ impl WebhookQueue {
         self.clock.now_ms()
     }
 
-    /// The receiver's events waiting, oldest first.
-    pub async fn events(&self, receiver: &str) -> storage::Result<Vec<EventId>> {
-        records::event_ids(self.storage.as_ref(), &Key::webhook_events(receiver)).await
+    /// The receiver's oldest events waiting, at most `limit`, and whether more wait: one
+    /// listing page, however long the queue.
+    pub async fn events(&self, receiver: &str, limit: usize) -> storage::Result<(Vec<EventId>, bool)> {
+        records::oldest_event_ids(self.storage.as_ref(), &Key::webhook_events(receiver), limit).await
     }
 
     /// One event and its version, if it is still there.

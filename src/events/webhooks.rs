@@ -35,6 +35,9 @@ const UNCOMMITTED_TTL_MS: u64 = 10 * 60 * 1000;
 /// Events looked at per receiver per round.
 const BATCH: usize = 64;
 
+/// Waiting events counted per round at most (one storage listing page).
+const COUNTED: usize = 1000;
+
 /// One receiver, ready to send to.
 struct Receiver {
     config: WebhookConfig,
@@ -200,7 +203,9 @@ impl WebhookWorker {
     }
 
     async fn deliver_all(&self, receiver: &Receiver) -> Result<(usize, usize, Option<u64>), crate::registry::Error> {
-        let ids = self.queue.events(&receiver.config.name).await?;
+        // One listing page: the pending gauge counts up to COUNTED (a queue longer than that
+        // shows as COUNTED), and a round delivers the oldest BATCH.
+        let (ids, _) = self.queue.events(&receiver.config.name, COUNTED).await?;
         self.metrics
             .webhooks
             .pending

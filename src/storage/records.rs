@@ -57,6 +57,13 @@ pub async fn put_if_unchanged<T: Serialize>(
     }
 }
 
+/// The oldest ids queued under `prefix`, at most `limit` (one listing page: ids sort by time),
+/// and whether more wait.
+pub async fn oldest_event_ids(storage: &dyn Storage, prefix: &Key, limit: usize) -> Result<(Vec<EventId>, bool)> {
+    let page = storage.record_list_page(prefix, None, limit).await?;
+    Ok((page.names.iter().filter_map(|s| EventId::parse(s)).collect(), page.more))
+}
+
 /// The ids of the events queued under `prefix`, oldest first (other names are skipped).
 pub async fn event_ids(storage: &dyn Storage, prefix: &Key) -> Result<Vec<EventId>> {
     let mut ids: Vec<EventId> = storage.record_list(prefix).await?.iter().filter_map(|s| EventId::parse(s)).collect();
