@@ -10,8 +10,10 @@
 //! `scale_<backend>_<op>_growth ratio=<t(largest)/t(smallest)>` (target <= 1.5 for every
 //! per-request operation). `FERRY_BENCH_SCALE_BACKENDS` (default `fs,s3s-fs`) picks backends.
 //!
-//! A lifecycle round's cost per image is asserted in the unit tests (one listing and one read
-//! per image, `lifecycle_reads_one_link_per_image`); this bench times only per-request work.
+//! A lifecycle round over the repository (`ferry lifecycle run --dry-run`, a policy that judges
+//! every image and expires none) is timed once per size: `scale_<backend>_lifecycle_round_<n>
+//! ms= ms_per_image=`. Its storage requests (one listing and one read per image) are asserted in
+//! the unit tests (`lifecycle_reads_one_link_per_image`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -185,7 +187,7 @@ async fn run(backend: &str, sizes: &[usize], rounds: usize) {
         s3.secret_access_key = Secret("benchsecret".into());
     }
     let mut counted = None;
-    let server = ferry::server::start_wrapped(config, Arc::new(ferry::clock::SystemClock), |backend| {
+    let server = ferry::server::start_wrapped(config.clone(), Arc::new(ferry::clock::SystemClock), |backend| {
         let c = Arc::new(CountingStorage::new(backend));
         counted = Some(c.clone());
         c
@@ -200,6 +202,10 @@ async fn run(backend: &str, sizes: &[usize], rounds: usize) {
         layer_digest: String::new(),
     };
     bench.ecr("CreateRepository", json!({ "repositoryName": REPO })).await;
+    // A policy that judges every image and expires none (no repository grows this large).
+    let policy = r#"{"rules":[{"rulePriority":1,"selection":{"tagStatus":"any","countType":"imageCountMoreThan","countNumber":10000000},"action":{"type":"expire"}}]}"#;
+    bench.ecr("PutLifecyclePolicy", json!({ "repositoryName": REPO, "lifecyclePolicyText": policy })).await;
+    let repo_name = ferry::oci::RepositoryName::parse(REPO).unwrap();
     bench.config_digest = bench.push_blob(b"{}").await;
     bench.layer_digest = bench.push_blob(b"layer").await;
 
@@ -275,6 +281,15 @@ async fn run(backend: &str, sizes: &[usize], rounds: usize) {
                 .await,
             ),
         ];
+        // A lifecycle round over the repository (dry, as `ferry lifecycle run --dry-run`): one
+        // pass over the index; once per size, its time per image.
+        let started = Instant::now();
+        let round = ferry::run_lifecycle(&config, Some(&repo_name), true, Arc::new(ferry::clock::SystemClock)).await;
+        let judged = round.expect("a lifecycle round").repositories.len();
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        #[allow(clippy::cast_precision_loss)]
+        let per_image = ms / size as f64;
+        println!("scale_{backend}_lifecycle_round_{size} repositories={judged} ms={ms:.1} ms_per_image={per_image:.4}");
         for (op, (ms, requests)) in ops {
             println!(
                 "scale_{backend}_{op}_{size} requests={} reads={} writes={} lists={} ms={ms:.3}",

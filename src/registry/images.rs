@@ -137,41 +137,56 @@ impl Registry {
 
     async fn images(&self, name: &RepositoryName, content: bool) -> Result<Vec<StoredImage>> {
         self.ensure_indexed(name).await?;
-        let mut images = Vec::new();
-        for hex in self.storage.record_list(&Key::manifest_links(name)).await? {
-            let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else { continue };
-            let Some(bytes) = self.storage.record_get(&Key::manifest_link(name, &digest)).await? else { continue };
-            let record: ManifestRecord = decode(&bytes)?;
-            // An indexed link names its subject; only an index's children need its bytes.
-            let is_index = MediaType::parse(&record.media_type).is_some_and(MediaType::is_index);
-            let parsed = match content || is_index || record.tags.is_none() {
-                false => None,
-                true => match self.storage.blob_read_small(&digest).await {
-                    Ok(b) => Manifest::parse(&b, Some(&record.media_type)).ok(),
-                    Err(storage::Error::NotFound) => None,
-                    Err(e) => return Err(e.into()),
-                },
-            };
-            let last_pulled_ms = self.last_pulled(name, &digest, &record).await?;
-            let mut image_tags = record.tags.clone().unwrap_or_default();
-            image_tags.sort_unstable();
-            images.push(StoredImage {
-                image_size: record.image_size,
-                tags: image_tags,
-                pushed_at_ms: record.pushed_at_ms,
-                last_pulled_ms,
-                media_type: record.media_type,
-                manifest_size: record.size,
-                subject: match &parsed {
-                    Some(m) => m.subject.as_ref().map(|s| s.digest.clone()),
-                    None => record.subject.clone(),
-                },
-                children: parsed.as_ref().map(|m| m.children.clone()).unwrap_or_default(),
-                blobs: parsed.map(|m| m.blobs).unwrap_or_default(),
-                digest,
-            });
+        let digests: Vec<Digest> = self
+            .storage
+            .record_list(&Key::manifest_links(name))
+            .await?
+            .iter()
+            .filter_map(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+            .collect();
+        // A few at once (each waits on storage, an S3 round trip), in order.
+        let mut images = Vec::with_capacity(digests.len());
+        for chunk in digests.chunks(READS_AT_ONCE) {
+            let reads = futures_util::future::join_all(chunk.iter().map(|d| self.stored_image(name, d, content))).await;
+            for image in reads {
+                images.extend(image?);
+            }
         }
         Ok(images)
+    }
+
+    /// One image as [`Self::images`] lists it; `None` when its link is gone.
+    async fn stored_image(&self, name: &RepositoryName, digest: &Digest, content: bool) -> Result<Option<StoredImage>> {
+        let Some(bytes) = self.storage.record_get(&Key::manifest_link(name, digest)).await? else { return Ok(None) };
+        let record: ManifestRecord = decode(&bytes)?;
+        // An indexed link names its subject; only an index's children need its bytes.
+        let is_index = MediaType::parse(&record.media_type).is_some_and(MediaType::is_index);
+        let parsed = match content || is_index || record.tags.is_none() {
+            false => None,
+            true => match self.storage.blob_read_small(digest).await {
+                Ok(b) => Manifest::parse(&b, Some(&record.media_type)).ok(),
+                Err(storage::Error::NotFound) => None,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let last_pulled_ms = self.last_pulled(name, digest, &record).await?;
+        let mut image_tags = record.tags.clone().unwrap_or_default();
+        image_tags.sort_unstable();
+        Ok(Some(StoredImage {
+            image_size: record.image_size,
+            tags: image_tags,
+            pushed_at_ms: record.pushed_at_ms,
+            last_pulled_ms,
+            media_type: record.media_type,
+            manifest_size: record.size,
+            subject: match &parsed {
+                Some(m) => m.subject.as_ref().map(|s| s.digest.clone()),
+                None => record.subject.clone(),
+            },
+            children: parsed.as_ref().map(|m| m.children.clone()).unwrap_or_default(),
+            blobs: parsed.map(|m| m.blobs).unwrap_or_default(),
+            digest: digest.clone(),
+        }))
     }
 
     /// The stored size of a blob the repository links (0 when it is not linked).
