@@ -362,13 +362,7 @@ impl Collector {
         // keep them all rather than guess.
         let mut unsure = false;
         let mut linked_bytes: u64 = 0;
-        let listed: Vec<Digest> = self
-            .storage
-            .record_list(&Key::manifest_links(name))
-            .await?
-            .iter()
-            .filter_map(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
-            .collect();
+        let listed = storage::records::sha256_names(self.storage.as_ref(), &Key::manifest_links(name)).await?;
         // Read a few manifests at once (each a link and a small blob: waits on storage), and
         // fold each into the mark as it arrives.
         let mut reads = futures_util::stream::iter(listed)

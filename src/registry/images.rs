@@ -137,13 +137,7 @@ impl Registry {
 
     async fn images(&self, name: &RepositoryName, content: bool) -> Result<Vec<StoredImage>> {
         self.ensure_indexed(name).await?;
-        let digests: Vec<Digest> = self
-            .storage
-            .record_list(&Key::manifest_links(name))
-            .await?
-            .iter()
-            .filter_map(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
-            .collect();
+        let digests = storage::records::sha256_names(self.storage.as_ref(), &Key::manifest_links(name)).await?;
         // A few at once (each waits on storage, an S3 round trip), in order.
         let mut images = Vec::with_capacity(digests.len());
         for chunk in digests.chunks(READS_AT_ONCE) {

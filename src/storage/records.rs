@@ -57,6 +57,17 @@ pub async fn put_if_unchanged<T: Serialize>(
     }
 }
 
+/// The digests of the records directly below `prefix` named by a sha256's hex (a repository's
+/// manifest or blob links), sorted; other names are skipped.
+pub async fn sha256_names(storage: &dyn Storage, prefix: &Key) -> Result<Vec<crate::oci::Digest>> {
+    Ok(storage
+        .record_list(prefix)
+        .await?
+        .iter()
+        .filter_map(|hex| crate::oci::Digest::parse(&format!("sha256:{hex}")).ok())
+        .collect())
+}
+
 /// The oldest ids queued under `prefix`, at most `limit` (one listing page: ids sort by time),
 /// and whether more wait.
 pub async fn oldest_event_ids(storage: &dyn Storage, prefix: &Key, limit: usize) -> Result<(Vec<EventId>, bool)> {
