@@ -118,6 +118,10 @@ pub struct GcReport {
     /// S3 requests the run made, lease included (0 on the filesystem; counted by `ferry gc`).
     #[serde(default)]
     pub s3_requests: u64,
+    /// Indexed manifest links whose index disagrees with the manifest the mark read (its
+    /// subject): `ferry index check --repair` puts them right.
+    #[serde(default)]
+    pub index_mismatches: u64,
 }
 
 /// Objects and bytes.
@@ -169,6 +173,11 @@ struct LinkedManifest {
     media_type: String,
     #[serde(default)]
     size: u64,
+    /// The image index's fields (see `registry::index`): present once the link is indexed.
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    subject: Option<Digest>,
 }
 
 impl Collector {
@@ -376,10 +385,14 @@ impl Collector {
             report.manifests_scanned = report.manifests_scanned.saturating_add(1);
             live.insert(&digest);
             manifests.insert(&digest);
-            let Some((size, parsed)) = read else {
+            let Some((size, parsed, index_agrees)) = read else {
                 unsure = true;
                 continue;
             };
+            if !index_agrees {
+                report.index_mismatches = report.index_mismatches.saturating_add(1);
+                tracing::warn!(repository = %name, %digest, "gc: the image index disagrees with the manifest; run `ferry index check --repair`");
+            }
             linked_bytes = linked_bytes.saturating_add(size);
             match parsed {
                 Some(m) => {
@@ -440,7 +453,7 @@ impl Collector {
         &self,
         name: &RepositoryName,
         digest: &Digest,
-    ) -> Result<Option<(u64, Option<Manifest>)>, GcError> {
+    ) -> Result<Option<(u64, Option<Manifest>, bool)>, GcError> {
         let link = self.storage.record_get(&Key::manifest_link(name, digest)).await?;
         let Some(link) = link.and_then(|b| serde_json::from_slice::<LinkedManifest>(&b).ok()) else {
             return Ok(None);
@@ -455,7 +468,12 @@ impl Collector {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Some((link.size, parsed)))
+        // The mark verifies what it can of the index for free: the subject the link names.
+        let index_agrees = match (&link.tags, &parsed) {
+            (Some(_), Some(m)) => m.subject.as_ref().map(|s| &s.digest) == link.subject.as_ref(),
+            _ => true,
+        };
+        Ok(Some((link.size, parsed, index_agrees)))
     }
 
     async fn link_size(&self, key: &Key) -> Result<u64, GcError> {
@@ -831,5 +849,36 @@ mod tests {
             assert_eq!(storage.record_get(&Key::content_use(&digest)).await.unwrap(), None, "a use record is left");
             assert_eq!(storage.record_get(&Key::batch_claim(&digest)).await.unwrap(), None, "a claim is left");
         }
+    }
+
+    /// The mark checks each indexed link's subject against the manifest it reads anyway, and
+    /// counts what disagrees (no extra request).
+    #[tokio::test]
+    async fn the_mark_counts_links_whose_index_disagrees_with_their_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(FsStorage::open(dir.path()).unwrap());
+        let clock = ManualClock::new();
+        let shared: SharedClock = Arc::new(clock.clone());
+        let registry = testing::registry(storage.clone(), testing::settings(Duration::from_secs(3600)), shared.clone());
+        let collector = Collector::new(storage.clone(), registry.content_uses(), shared, None, vec![]);
+        let name = RepositoryName::parse("team/app").unwrap();
+        let (config, layer) = (Digest::sha256_of(b"{}"), Digest::sha256_of(b"layer"));
+        registry.upload_monolithic(&name, &config, body(b"{}")).await.unwrap();
+        registry.upload_monolithic(&name, &layer, body(b"layer")).await.unwrap();
+        let tag = Reference::Tag(Tag::parse("v1").unwrap());
+        let pushed = registry
+            .manifest_put(&name, &tag, None, manifest(&config, &layer, 1), crate::registry::PushOrigin::Client)
+            .await
+            .unwrap();
+        assert_eq!(collector.collect(true, None, &|_| {}).await.unwrap().index_mismatches, 0);
+        // The link claims a subject its manifest does not have.
+        let key = Key::manifest_link(&name, &pushed.digest);
+        let mut link: serde_json::Value =
+            serde_json::from_slice(&storage.record_get(&key).await.unwrap().unwrap()).unwrap();
+        assert!(link["tags"].is_array(), "an indexed link: {link}");
+        link["subject"] = serde_json::json!(Digest::sha256_of(b"elsewhere"));
+        storage.record_put(&key, Bytes::from(serde_json::to_vec(&link).unwrap())).await.unwrap();
+        let report = collector.collect(true, None, &|_| {}).await.unwrap();
+        assert_eq!((report.index_mismatches, report.manifests_scanned), (1, 1), "{report:?}");
     }
 }
