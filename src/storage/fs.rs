@@ -8,8 +8,9 @@
 //! directory's modification time when read; a page of a directory whose time has not changed
 //! is a binary search. Any write into the directory (by this process or another on the same
 //! `data_dir`) changes its time; a listing is kept only when the directory had been still for
-//! [`SETTLED`] before it was read, so a write landing in the same clock tick as the one the
-//! kept time shows cannot be missed. This assumes a local filesystem, whose timestamps come
+//! [`SETTLED`] before it was read ([`SETTLED_WHOLE_SECONDS`] when its time has no fraction of
+//! a second), so a write landing in the same timestamp tick as the one the kept time shows
+//! cannot be missed. This assumes a local filesystem, whose timestamps come
 //! from this machine's clock.
 
 use super::keys::{self, UploadObject};
@@ -31,8 +32,14 @@ const WRITE_CHUNK: usize = 1 << 20;
 const READ_CHUNK: usize = 512 * 1024;
 
 /// How long a directory must have been still before its listing is kept: far longer than a
-/// filesystem timestamp's tick.
+/// filesystem timestamp's tick (ext4, XFS, btrfs and tmpfs keep nanoseconds, updated every few
+/// milliseconds).
 const SETTLED: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The same, for a directory whose time has no fraction of a second: likely a filesystem that
+/// keeps whole seconds (ext3, FAT, some network filesystems), where a later write in the same
+/// second would leave the time unchanged.
+const SETTLED_WHOLE_SECONDS: std::time::Duration = std::time::Duration::from_millis(2500);
 
 /// Record names kept in memory at most, over all directories.
 const LISTED_NAMES_KEPT: u64 = 500_000;
@@ -69,7 +76,9 @@ impl Listings {
         if let Some(kept) = self.0.get(dir).filter(|l| l.modified == modified) {
             return Ok(kept);
         }
-        let settled = SystemTime::now().duration_since(modified).is_ok_and(|still| still >= SETTLED);
+        let whole_seconds = modified.duration_since(SystemTime::UNIX_EPOCH).is_ok_and(|t| t.subsec_nanos() == 0);
+        let needed = if whole_seconds { SETTLED_WHOLE_SECONDS } else { SETTLED };
+        let settled = SystemTime::now().duration_since(modified).is_ok_and(|still| still >= needed);
         let mut names = Vec::new();
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
