@@ -798,6 +798,12 @@ mod tests {
         assert_eq!(f.call("DescribeImages", missing).await.unwrap_err().kind.as_str(), "ImageNotFoundException");
         let no_repo = json!({ "repositoryName": "team/none", "imageIds": [{ "imageTag": "v0" }] });
         assert_eq!(f.call("DescribeImages", no_repo).await.unwrap_err().kind.as_str(), "RepositoryNotFoundException");
+        // Asking about a repository that does not exist writes nothing (no index marker).
+        for op in ["ListImages", "DescribeImages"] {
+            let (out, requests) = f.counted(op, json!({ "repositoryName": "team/nobody" })).await;
+            assert_eq!(out.unwrap_err().kind.as_str(), "RepositoryNotFoundException");
+            assert_eq!((requests.writes, requests.deletes), (0, 0), "{op}: {requests:?}");
+        }
     }
 
     #[tokio::test]

@@ -261,7 +261,8 @@ impl Registry {
     /// Makes sure the repository's links carry the index, rebuilding it when its marker is
     /// missing (a repository written before the index).
     pub(super) async fn ensure_indexed(&self, name: &RepositoryName) -> Result<()> {
-        if !self.is_indexed(name).await? {
+        // A name nobody pushed to has nothing to index, and asking must write nothing.
+        if !self.is_indexed(name).await? && self.repository_exists(name).await? {
             self.rebuild_index(name, true).await?;
         }
         Ok(())
