@@ -7,7 +7,7 @@
 
 use super::operations::names;
 use super::EcrException;
-use super::{epoch_seconds, paged, ApiContext, ApiError, Input, Page};
+use super::{epoch_seconds, next_token, paged, ApiContext, ApiError, Input, Page};
 use crate::auth::{Access, Action};
 use crate::oci::{Digest, Manifest, Reference, RepositoryName, Tag};
 use crate::registry::images::{ImageSummary, StoredImage};
@@ -248,11 +248,6 @@ fn image_token(page: &Page) -> Result<Option<(String, usize)>, ApiError> {
     Ok(Some((hex.to_owned(), given)))
 }
 
-fn encode_token(token: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(token)
-}
-
 /// The ids `ListImages` gives for one image: one per tag, or its digest alone when untagged.
 fn listed_ids(image: &ImageSummary, status: Option<&str>) -> Vec<Value> {
     if image.tags.is_empty() {
@@ -283,7 +278,7 @@ async fn list(
             if let Some(image) = ctx.registry.image_summary(name, &digest).await? {
                 for (i, id) in listed_ids(&image, status).into_iter().enumerate().skip(given) {
                     if ids.len() == page.max {
-                        return Ok(with_next(json!({ "imageIds": ids }), Some(encode_token(&format!("{hex}/{i}")))));
+                        return Ok(with_next(json!({ "imageIds": ids }), Some(next_token(&format!("{hex}/{i}")))));
                     }
                     ids.push(id);
                 }
@@ -298,7 +293,7 @@ async fn list(
             for (i, id) in listed_ids(image, status).into_iter().enumerate() {
                 if ids.len() == page.max {
                     let token = format!("{}/{i}", image.digest.hex());
-                    return Ok(with_next(json!({ "imageIds": ids }), Some(encode_token(&token))));
+                    return Ok(with_next(json!({ "imageIds": ids }), Some(next_token(&token))));
                 }
                 ids.push(id);
             }
@@ -469,7 +464,7 @@ async fn describe(
             }
             if out.len() == page.max {
                 let rest = more || i.saturating_add(1) < images.len();
-                let next = rest.then(|| encode_token(image.digest.hex()));
+                let next = rest.then(|| next_token(image.digest.hex()));
                 return Ok(with_next(json!({ "imageDetails": out }), next));
             }
         }

@@ -216,8 +216,7 @@ pub async fn get_preview(ctx: &ApiContext<'_>, name: RepositoryName, query: Prev
         "summary": { "expiringImageTotalCount": expiring },
     });
     if end < total {
-        use base64::Engine as _;
-        out["nextToken"] = json!(base64::engine::general_purpose::STANDARD.encode(end.to_string()));
+        out["nextToken"] = json!(super::next_token(&end.to_string()));
     }
     Ok(out)
 }

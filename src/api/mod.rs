@@ -163,6 +163,11 @@ pub(crate) fn epoch_seconds(ms: u64) -> f64 {
 
 /// One page of `items` from the offset a previous page's token names, and the token of the
 /// next page when there is one.
+/// A `nextToken` that [`Input::page`] reads back as `after`: where a listing's page ended.
+pub(crate) fn next_token(after: &str) -> String {
+    STANDARD.encode(after)
+}
+
 pub(crate) fn paged<T: Clone>(items: &[T], page: &Page) -> Result<(Vec<T>, Option<String>), ApiError> {
     let start: usize = match &page.after {
         None => 0,
@@ -172,7 +177,7 @@ pub(crate) fn paged<T: Clone>(items: &[T], page: &Page) -> Result<(Vec<T>, Optio
     };
     let start = start.min(items.len());
     let end = start.saturating_add(page.max).min(items.len());
-    let next = (end < items.len()).then(|| STANDARD.encode(end.to_string()));
+    let next = (end < items.len()).then(|| next_token(&end.to_string()));
     Ok((items.get(start..end).unwrap_or_default().to_vec(), next))
 }
 

@@ -6,8 +6,6 @@ use super::{ApiContext, ApiError, Input, Page};
 use crate::auth::policy::{Policy, PolicyKind};
 use crate::oci::RepositoryName;
 use crate::registry::repositories::{RepositorySettings, ResourceTag, TagMutability};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use futures_util::StreamExt;
 use serde_json::Map;
 use serde_json::{json, Value};
@@ -245,7 +243,7 @@ pub async fn list(ctx: &ApiContext<'_>, page: Page) -> Result<Value, ApiError> {
     }
     let mut resp = json!({ "repositories": out });
     if let (Some(last), true) = (listed.items.last(), listed.more) {
-        resp["nextToken"] = json!(STANDARD.encode(last.as_str()));
+        resp["nextToken"] = json!(super::next_token(last.as_str()));
     }
     Ok(resp)
 }

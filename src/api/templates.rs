@@ -7,8 +7,6 @@ use super::EcrException;
 use super::{ApiContext, ApiError, Input, Page};
 use crate::registry::repositories::{ResourceTag, TagMutability};
 use crate::registry::templates::{canonical_prefix, AppliedFor, CreationTemplate, MAX_TEMPLATES, ROOT};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use serde_json::{json, Value};
 
 /// A template request's members; those absent leave a template as it is on update.
@@ -255,7 +253,7 @@ pub async fn list(ctx: &ApiContext<'_>, prefixes: Option<Vec<String>>, page: Pag
     let out: Vec<&CreationTemplate> = wanted.by_ref().take(page.max).collect();
     let mut resp = json!({ "registryId": ctx.registry_id, "repositoryCreationTemplates": out.iter().map(|t| describe(t)).collect::<Vec<_>>() });
     if let (Some(last), true) = (out.last(), wanted.next().is_some()) {
-        resp["nextToken"] = json!(STANDARD.encode(&last.prefix));
+        resp["nextToken"] = json!(super::next_token(&last.prefix));
     }
     Ok(resp)
 }

@@ -173,7 +173,7 @@ impl ContentUses {
                     match record.deleting_ms {
                         // A collector is removing it: wait until it is done, unless it died.
                         Some(since)
-                            if now.saturating_sub(since) < ms(TOMBSTONE_TTL)
+                            if held(Some(since), now)
                                 && started.elapsed() < TOMBSTONE_TTL.saturating_add(Duration::from_secs(1)) =>
                         {
                             tokio::time::sleep(pause).await;
@@ -216,8 +216,7 @@ impl ContentUses {
         for key in [Key::batch_claim(digest), Key::links_claim()] {
             let mut pause = Duration::from_millis(5);
             while let Some(bytes) = self.inner.storage.record_get(&key).await? {
-                let since = UseRecord::decode(&bytes).deleting_ms.unwrap_or(0);
-                let fresh = self.inner.clock.now_ms().saturating_sub(since) < ms(TOMBSTONE_TTL);
+                let fresh = held(UseRecord::decode(&bytes).deleting_ms, self.inner.clock.now_ms());
                 if !fresh || started.elapsed() >= TOMBSTONE_TTL.saturating_add(Duration::from_secs(1)) {
                     break;
                 }
@@ -251,8 +250,7 @@ impl ContentUses {
             Err(e) => return Err(e),
         }
         let Some((bytes, version)) = self.inner.storage.record_get_versioned(&key).await? else { return Ok(None) };
-        let since = UseRecord::decode(&bytes).deleting_ms.unwrap_or(0);
-        if now.saturating_sub(since) < ms(TOMBSTONE_TTL) {
+        if held(UseRecord::decode(&bytes).deleting_ms, now) {
             return Ok(None);
         }
         // Its collector died: taken over.
@@ -296,7 +294,7 @@ impl ContentUses {
             None => Some(false),
             Some(bytes) => {
                 let record = UseRecord::decode(&bytes);
-                let claimed_elsewhere = record.deleting_ms.is_some_and(|d| now.saturating_sub(d) < ms(TOMBSTONE_TTL));
+                let claimed_elsewhere = held(record.deleting_ms, now);
                 (!claimed_elsewhere && record.at_ms < cutoff_ms).then_some(true)
             }
         })
@@ -346,8 +344,7 @@ impl ContentUses {
             None => true,
             Some(bytes) => {
                 let record = UseRecord::decode(&bytes);
-                record.deleting_ms.is_none_or(|d| now.saturating_sub(d) >= ms(TOMBSTONE_TTL))
-                    && record.at_ms < cutoff_ms
+                !held(record.deleting_ms, now) && record.at_ms < cutoff_ms
             }
         })
     }
@@ -364,7 +361,7 @@ impl ContentUses {
             None => (UseRecord::default(), PutMode::Create),
             Some((bytes, version)) => {
                 let record = UseRecord::decode(&bytes);
-                let claimed_elsewhere = record.deleting_ms.is_some_and(|d| now.saturating_sub(d) < ms(TOMBSTONE_TTL));
+                let claimed_elsewhere = held(record.deleting_ms, now);
                 if claimed_elsewhere || record.at_ms >= cutoff_ms {
                     return Ok(None);
                 }
@@ -396,6 +393,12 @@ impl ContentUses {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether a claim taken at `deleting_ms` (a tombstone or a batch claim) still holds at
+/// `now_ms`: younger than [`TOMBSTONE_TTL`], after which writers take it over.
+fn held(deleting_ms: Option<u64>, now_ms: u64) -> bool {
+    deleting_ms.is_some_and(|since| now_ms.saturating_sub(since) < ms(TOMBSTONE_TTL))
 }
 
 fn ms(d: Duration) -> u64 {
